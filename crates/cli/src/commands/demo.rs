@@ -1,0 +1,111 @@
+//! `cutover demo`: the seed's story on two throwaway local PostgreSQL servers.
+//!
+//! Starts two servers from the installed PostgreSQL binaries, loads the seed
+//! scenario (the live "local" source with 22 users, the stale "external"
+//! target with 1) and shows what each holds. Everything is removed at the end
+//! unless `--keep` is given.
+
+use clap::Args;
+use cutover_testkit::{Backend, Fixture, PgPair, PgServer, SEED_DB};
+
+use crate::args::GlobalArgs;
+use crate::exit::Code;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Leave the two servers running at the end and print how to connect.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+pub(crate) fn run(_global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<Code> {
+    println!(
+        "Starting two throwaway PostgreSQL servers (source = the seed's \"local\", target = \"external\")..."
+    );
+    let pair = PgPair::start_on(Backend::Local)?;
+    pair.source.load_fixture(SEED_DB, Fixture::SeedSource)?;
+    pair.target.load_fixture(SEED_DB, Fixture::SeedTarget)?;
+    println!();
+    describe("source (local)", &pair.source)?;
+    describe("target (external)", &pair.target)?;
+    let only_source = pair.source.sql(
+        SEED_DB,
+        "SELECT string_agg(table_name, ', ' ORDER BY table_name) FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )?;
+    let on_target = pair.target.sql(
+        SEED_DB,
+        "SELECT string_agg(table_name, ',') FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )?;
+    let target_tables: Vec<&str> = on_target.split(',').collect();
+    let missing: Vec<&str> = only_source
+        .split(", ")
+        .filter(|t| !target_tables.contains(t))
+        .collect();
+    println!("tables only on the source: {}", missing.join(", "));
+    println!();
+    println!("The cutover stages (plan, run, verify, report) come in later versions of this demo.");
+    if args.keep {
+        keep(pair)?;
+    } else {
+        drop(pair);
+        println!("Both servers stopped and removed.");
+    }
+    Ok(Code::Success)
+}
+
+fn describe(label: &str, server: &PgServer) -> anyhow::Result<()> {
+    let summary = server.sql(
+        SEED_DB,
+        "SELECT (SELECT system_identifier FROM pg_control_system()), \
+                (SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'), \
+                (SELECT count(*) FROM users)",
+    )?;
+    let f: Vec<&str> = summary.split('\t').collect();
+    println!(
+        "{label:<18} 127.0.0.1:{:<5}  database {SEED_DB}  system id {}  {} tables  {} users",
+        server.port(),
+        f[0],
+        f[1],
+        f[2]
+    );
+    Ok(())
+}
+
+/// Leaves the servers running: their directories stay, and a password file
+/// (mode 0600) lets psql connect without the password ever being printed.
+fn keep(pair: PgPair) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::temp_dir().join(format!("cutover-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let pgpass = dir.join("pgpass");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&pgpass)?;
+    for server in [&pair.source, &pair.target] {
+        writeln!(
+            file,
+            "127.0.0.1:{}:*:{}:{}",
+            server.port(),
+            server.user(),
+            server.password()
+        )?;
+    }
+    println!("The servers keep running. Connect with:");
+    for (label, server) in [("source", &pair.source), ("target", &pair.target)] {
+        println!(
+            "  {label}: PGPASSFILE={} psql '{}'",
+            pgpass.display(),
+            server.url_without_password(SEED_DB)
+        );
+    }
+    println!("Stop them with: pkill -f cutover-testkit-");
+    // Forgetting the pair skips its Drop: the servers and their files stay.
+    std::mem::forget(pair);
+    Ok(())
+}

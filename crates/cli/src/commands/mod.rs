@@ -1,0 +1,41 @@
+//! One module per subcommand, each with its clap `Args` and its `run`.
+
+pub mod demo;
+pub mod doctor;
+pub mod init;
+pub mod inspect;
+pub mod plan;
+pub mod report;
+pub mod rollback;
+pub mod run;
+pub mod status;
+pub mod verify;
+
+use crate::args::{Cli, Command};
+use crate::exit::{Code, coded};
+
+/// Dispatches to the subcommand.
+pub(crate) fn run(cli: Cli) -> anyhow::Result<Code> {
+    let global = cli.global;
+    match cli.command {
+        Command::Init(args) => init::run(&global, args),
+        Command::Inspect(args) => inspect::run(&global, args),
+        Command::Doctor(args) => doctor::run(&global, args),
+        Command::Plan(args) => plan::run(&global, args),
+        Command::Run(args) => run::run(&global, args),
+        Command::Status(args) => status::run(&global, args),
+        Command::Verify(args) => verify::run(&global, args),
+        Command::Rollback(args) => rollback::run(&global, args),
+        Command::Report(args) => report::run(&global, args),
+        Command::Demo(args) => demo::run(&global, args),
+    }
+}
+
+/// The answer of a command this version does not have yet: an error, never a
+/// pretend success.
+pub(crate) fn not_implemented(command: &str) -> anyhow::Result<Code> {
+    Err(coded(
+        Code::NotImplemented,
+        format!("`cutover {command}` is not implemented yet in this version; nothing was done"),
+    ))
+}

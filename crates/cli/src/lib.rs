@@ -1,0 +1,45 @@
+//! cutover's command-line front end: parses arguments, sets up logging and the
+//! runtime, dispatches to one file per subcommand, and maps errors to the exit
+//! codes documented in [`exit`].
+
+mod args;
+mod commands;
+pub mod exit;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use args::Cli;
+
+/// Parses the command line, runs the command and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    let result = commands::run(cli);
+    match result {
+        Ok(code) => code.into(),
+        Err(err) => {
+            let code = exit::code_for(&err);
+            eprintln!("error: {}", exit::render(&err));
+            code.into()
+        }
+    }
+}
+
+fn init_logging(global: &args::GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (global.quiet, global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,205 @@
+//! The `local` backend: a private PostgreSQL cluster made with `initdb` and run
+//! with `pg_ctl`, in a temporary directory, on a free loopback port.
+//!
+//! PostgreSQL refuses to run as root; when the tests run as root the server
+//! processes run as the `postgres` user.
+
+use std::ffi::CString;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::binaries::{pg_binary, run_checked};
+
+/// Settings for test speed and for the features cutover needs (logical WAL).
+const SERVER_SETTINGS: &str = "
+listen_addresses = '127.0.0.1'
+wal_level = logical
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 100
+shared_buffers = 64MB
+max_wal_senders = 4
+max_replication_slots = 4
+log_min_messages = warning
+";
+
+pub(crate) struct LocalServer {
+    // Kept for its Drop: the whole cluster lives in it.
+    dir: tempfile::TempDir,
+    pub(crate) port: u16,
+    owner: Option<(u32, u32)>,
+}
+
+impl LocalServer {
+    /// `initdb` a new cluster with a password-protected superuser and start it.
+    pub(crate) fn start(user: &str, password: &str) -> Result<LocalServer> {
+        let owner = server_owner()?;
+        let dir = tempfile::Builder::new()
+            .prefix("cutover-testkit-")
+            .tempdir()
+            .context("failed to create a temporary directory for the test server")?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let pwfile = dir.path().join("pwfile");
+        std::fs::write(&pwfile, format!("{password}\n"))?;
+        std::fs::create_dir(dir.path().join("socket"))?;
+        if let Some((uid, gid)) = owner {
+            chown(dir.path(), uid, gid)?;
+            chown(&pwfile, uid, gid)?;
+            chown(&dir.path().join("socket"), uid, gid)?;
+        }
+        let mut server = LocalServer { dir, port: 0, owner };
+        run_checked(
+            server
+                .command("initdb")?
+                .arg("-D")
+                .arg(server.data_dir())
+                .args(["-U", user, "--auth-local=trust", "--auth-host=scram-sha-256"])
+                .arg(format!("--pwfile={}", pwfile.display()))
+                .args(["-E", "UTF8", "--locale=C", "-N"]),
+        )
+        .context("initdb failed")?;
+        std::fs::remove_file(&pwfile)?;
+        // A free port can be taken by someone else between our probe and the
+        // server's bind: try a few.
+        let mut last_err = None;
+        for _ in 0..5 {
+            server.port = free_port()?;
+            let conf = format!(
+                "{SERVER_SETTINGS}port = {}\nunix_socket_directories = '{}'\n",
+                server.port,
+                server.dir.path().join("socket").display()
+            );
+            std::fs::write(server.data_dir().join("postgresql.auto.conf"), conf)?;
+            match server.pg_ctl_start() {
+                Ok(()) => return Ok(server),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap())
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A command for one of the server binaries, run as the cluster's owner.
+    fn command(&self, binary: &str) -> Result<Command> {
+        let mut cmd = Command::new(pg_binary(binary)?);
+        cmd.current_dir(self.dir.path());
+        cmd.env_remove("PGDATA");
+        if let Some((uid, gid)) = self.owner {
+            cmd.uid(uid).gid(gid);
+        }
+        Ok(cmd)
+    }
+
+    fn pg_ctl_start(&self) -> Result<()> {
+        let log = self.dir.path().join("server.log");
+        run_checked(
+            self.command("pg_ctl")?
+                .arg("-D")
+                .arg(self.data_dir())
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "60", "start"]),
+        )
+        .with_context(|| {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            format!(
+                "the test server did not start; its log says:\n{}",
+                tail.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+            )
+        })?;
+        Ok(())
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) -> Result<()> {
+        run_checked(
+            self.command("pg_ctl")?
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-m", mode, "-w", "-t", "60", "stop"]),
+        )?;
+        Ok(())
+    }
+
+    /// Clean shutdown.
+    pub(crate) fn stop(&self) -> Result<()> {
+        self.pg_ctl_stop("fast")
+    }
+
+    /// Crash-like shutdown: no checkpoint; the next start runs recovery.
+    pub(crate) fn kill(&self) -> Result<()> {
+        self.pg_ctl_stop("immediate")
+    }
+
+    pub(crate) fn restart(&self) -> Result<()> {
+        if self.postmaster_pid().is_some() {
+            self.stop()?;
+        }
+        self.pg_ctl_start()
+    }
+
+    /// The postmaster's pid while the server runs.
+    pub(crate) fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    pub(crate) fn data_dir_path(&self) -> PathBuf {
+        self.data_dir()
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        if let Some(pid) = self.postmaster_pid() {
+            if self.pg_ctl_stop("immediate").is_err() {
+                // pg_ctl could not do it; make sure nothing outlives the test.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            for _ in 0..100 {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        // TempDir removes the cluster directory after this.
+    }
+}
+
+/// The uid and gid to run the server as: `None` when not root, the `postgres`
+/// user's when root.
+fn server_owner() -> Result<Option<(u32, u32)>> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let name = CString::new("postgres").unwrap();
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        bail!(
+            "running as root, and PostgreSQL refuses to run as root: create a `postgres` user \
+             (the PostgreSQL server package does) or run the tests as a normal user"
+        );
+    }
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    Ok(Some((uid, gid)))
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .with_context(|| format!("failed to chown {}", path.display()))
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("failed to find a free port")?;
+    Ok(listener.local_addr()?.port())
+}

@@ -1,0 +1,46 @@
+//! The command-line surface: help, version, exit codes, the demo.
+
+use crate::support::{cutover, output};
+
+#[test]
+fn help_lists_every_subcommand() {
+    let (out, stdout, _) = output(cutover().arg("--help"));
+    assert!(out.status.success());
+    for sub in [
+        "init", "inspect", "doctor", "plan", "run", "status", "verify", "rollback", "report", "demo",
+    ] {
+        assert!(
+            stdout.contains(&format!("\n  {sub} ")),
+            "--help lacks {sub}:\n{stdout}"
+        );
+    }
+    let (out, stdout, _) = output(cutover().arg("--version"));
+    assert!(out.status.success());
+    assert_eq!(stdout.trim(), format!("cutover {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn unknown_subcommand_is_bad_input() {
+    let (out, _, stderr) = output(cutover().arg("frobnicate"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("unrecognized subcommand"), "{stderr}");
+}
+
+#[test]
+fn demo_shows_the_split_and_leaves_no_server() {
+    let (out, stdout, stderr) = output(cutover().arg("demo"));
+    assert!(out.status.success(), "demo failed: {stderr}");
+    assert!(stdout.contains("17 tables  22 users"), "{stdout}");
+    assert!(stdout.contains("13 tables  1 users"), "{stdout}");
+    assert!(stdout.contains("protected_accounts, protection_settings, row_change_log, user_deletion_audit"));
+    let ports: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split("127.0.0.1:").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .collect();
+    assert_eq!(ports.len(), 2, "{stdout}");
+    for port in ports {
+        let alive = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok();
+        assert!(!alive, "a demo server still listens on {port}");
+    }
+}

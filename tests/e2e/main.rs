@@ -1,0 +1,6 @@
+//! cutover's end-to-end tests: one test binary, real PostgreSQL servers from
+//! the test kit, the real `cutover` binary.
+
+mod cli;
+mod kit;
+mod support;
