@@ -1,1 +1,14 @@
-//! placeholder
+//! cutover's model and engine: the plan file, the stage contract, the journal
+//! and the engine that runs, resumes and rolls back stages. No terminal here:
+//! stages report through [`event::Event`]s that a front end renders.
+
+pub mod endpoint;
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod identity;
+pub mod journal;
+pub mod plan_file;
+pub mod stage;
+
+pub use error::{Error, ErrorKind, Result};

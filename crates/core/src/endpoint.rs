@@ -1,0 +1,300 @@
+//! Resolving the source and target connections from the plan file, and keeping
+//! passwords out of everything cutover prints, logs or stores.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::plan_file::EndpointSpec;
+
+/// Which side of the cutover a connection belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Source,
+    Target,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Source => "source",
+            Role::Target => "target",
+        })
+    }
+}
+
+/// A resolved database connection. Its `Debug` and `Display` never show the password.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub role: Role,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub dbname: String,
+    /// The URL with the password removed (for pg_dump's `--dbname` and display).
+    url_without_password: String,
+    password: Option<String>,
+    query: Vec<(String, String)>,
+}
+
+impl Endpoint {
+    /// Reads `url` or the variable named by `url_env`, then the password from
+    /// `password_env` when given (else the URL, `PGPASSWORD` or `~/.pgpass`,
+    /// as libpq does).
+    pub fn resolve(role: Role, spec: &EndpointSpec) -> Result<Endpoint> {
+        let raw = match (&spec.url, &spec.url_env) {
+            (Some(url), None) => url.clone(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                Error::bad_input(format!(
+                    "[{role}] url_env = {var:?}, but the environment variable {var} is not set: \
+                     export it or put the URL in `url`"
+                ))
+            })?,
+            (Some(_), Some(_)) => {
+                return Err(Error::bad_input(format!(
+                    "[{role}] has both `url` and `url_env`: keep one"
+                )));
+            }
+            (None, None) => {
+                return Err(Error::bad_input(format!("[{role}] needs `url` or `url_env`")));
+            }
+        };
+        let mut url = Url::parse(&raw).map_err(|e| {
+            Error::bad_input(format!(
+                "[{role}] url {:?} is not a valid URL ({e}): write it as postgresql://user@host:port/database",
+                redact_text(&raw)
+            ))
+        })?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(Error::bad_input(format!(
+                "[{role}] url must start with postgresql:// (found {}://)",
+                url.scheme()
+            )));
+        }
+        let mut password = url.password().map(|p| percent_decode(p));
+        if let Some(var) = &spec.password_env {
+            password = Some(std::env::var(var).map_err(|_| {
+                Error::bad_input(format!(
+                    "[{role}] password_env = {var:?}, but the environment variable {var} is not set"
+                ))
+            })?);
+        }
+        let _ = url.set_password(None);
+        let host = url
+            .host_str()
+            .unwrap_or("localhost")
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = url.port().unwrap_or(5432);
+        let user = match url.username() {
+            "" => std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()),
+            u => percent_decode(u),
+        };
+        let dbname = match url.path().trim_start_matches('/') {
+            "" => {
+                return Err(Error::bad_input(format!(
+                    "[{role}] url names no database: add it after the port, as in postgresql://host:5432/app"
+                )));
+            }
+            db => percent_decode(db),
+        };
+        let query = url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Ok(Endpoint {
+            role,
+            host,
+            port,
+            user,
+            dbname,
+            url_without_password: url.to_string(),
+            password,
+            query,
+        })
+    }
+
+    /// Options for sqlx; the password, when known, is set here and nowhere visible.
+    pub fn connect_options(&self, connect_timeout: Duration) -> Result<PgConnectOptions> {
+        let mut opts = PgConnectOptions::from_str(&self.url_without_password)
+            .map_err(|e| Error::bad_input(format!("{} url: {e}", self.role)))?;
+        if let Some(pw) = &self.password {
+            opts = opts.password(pw);
+        }
+        let _ = connect_timeout; // applied by the pool's acquire timeout
+        Ok(opts.application_name(&format!(
+            "cutover {} (pid {})",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id()
+        )))
+    }
+
+    /// The same server and credentials, another database (scratch databases).
+    pub fn with_database(&self, dbname: &str) -> Endpoint {
+        let mut e = self.clone();
+        if let Ok(mut url) = Url::parse(&self.url_without_password) {
+            url.set_path(&format!("/{dbname}"));
+            e.url_without_password = url.to_string();
+        }
+        e.dbname = dbname.to_string();
+        e
+    }
+
+    /// The URL without its password, for libpq tools (`pg_dump --dbname`).
+    pub fn url_without_password(&self) -> &str {
+        &self.url_without_password
+    }
+
+    /// Environment for a libpq child process (pg_dump, pg_restore): the
+    /// password travels in `PGPASSWORD`, never on a command line.
+    pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![];
+        if let Some(pw) = &self.password {
+            env.push(("PGPASSWORD", pw.clone()));
+        }
+        env
+    }
+
+    /// The password (for rewriting consumer configurations that carry one).
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// Query parameters of the URL (sslmode and friends).
+    pub fn query(&self) -> &[(String, String)] {
+        &self.query
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Endpoint({}: {})", self.role, self)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Replaces the password of every `scheme://user:password@` in a text with `***`,
+/// and the value of every `password=` keyword.
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '/')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..colon]);
+                out.push_str(":***");
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    redact_keyword_passwords(&out)
+}
+
+fn redact_keyword_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("password=") {
+        let (head, tail) = rest.split_at(pos + "password=".len());
+        out.push_str(head);
+        let end = if let Some(quoted) = tail.strip_prefix('\'') {
+            quoted.find('\'').map(|e| e + 2).unwrap_or(tail.len())
+        } else {
+            tail.find(|c: char| c.is_whitespace() || c == '&')
+                .unwrap_or(tail.len())
+        };
+        out.push_str("***");
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(url: &str) -> EndpointSpec {
+        EndpointSpec {
+            url: Some(url.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn resolves_without_keeping_the_password_visible() {
+        let ep = Endpoint::resolve(
+            Role::Source,
+            &spec("postgresql://app:s%40cret@db.example:6543/shop?sslmode=require"),
+        )
+        .unwrap();
+        assert_eq!(
+            (ep.host.as_str(), ep.port, ep.user.as_str(), ep.dbname.as_str()),
+            ("db.example", 6543, "app", "shop")
+        );
+        assert_eq!(ep.password(), Some("s@cret"));
+        assert_eq!(
+            ep.url_without_password(),
+            "postgresql://app@db.example:6543/shop?sslmode=require"
+        );
+        assert!(!format!("{ep} {ep:?}").contains("cret"));
+        assert_eq!(ep.query(), &[("sslmode".to_string(), "require".to_string())]);
+    }
+
+    #[test]
+    fn bad_urls_say_what_to_write() {
+        let err = Endpoint::resolve(Role::Target, &spec("postgresql://u:pw@host:5432")).unwrap_err();
+        assert!(err.message.contains("names no database"), "{err}");
+        let err = Endpoint::resolve(Role::Target, &spec("mysql://u:topsecret@host/db")).unwrap_err();
+        assert!(
+            err.message.contains("postgresql://") && !err.message.contains("topsecret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn redacts_urls_and_keywords() {
+        assert_eq!(
+            redact_text("connect postgresql://u:p4ss@h:1/db failed; host=h password=p4ss dbname=x"),
+            "connect postgresql://u:***@h:1/db failed; host=h password=*** dbname=x"
+        );
+        assert_eq!(redact_text("password='a b' x"), "password=*** x");
+        assert_eq!(redact_text("postgresql://u@h/db"), "postgresql://u@h/db");
+    }
+}

@@ -1,0 +1,314 @@
+//! backup-target: a `pg_dump` (custom format) of the target's application
+//! schemas into the run directory, mode 0600, its sha256 in the journal, and
+//! proven by restoring it into a scratch database and comparing row counts.
+//! Nothing destructive touches the target before this stage is done.
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use cutover_core::endpoint::{Endpoint, Role};
+use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
+use cutover_core::{Error, Result};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::clear::drop_application_objects;
+use crate::inventory::{Inventory, quote_ident};
+use crate::tools;
+
+pub const STAGE: &str = "backup-target";
+
+pub struct BackupTarget {
+    pub description: Description,
+}
+
+impl BackupTarget {
+    pub fn new(target: &Inventory, run_dir: &Path) -> BackupTarget {
+        BackupTarget {
+            description: Description {
+                summary: format!(
+                    "pg_dump the target ({} tables, {} rows, {} MB on disk) into {}, then prove it by restoring \
+                     it into a scratch database and comparing row counts",
+                    target.tables.len(),
+                    target.total_rows(),
+                    target.database_bytes / 1_000_000,
+                    run_dir.join("backups").display()
+                ),
+                details: vec![],
+                warnings: vec![],
+                destructive: false,
+            },
+        }
+    }
+}
+
+/// The journal's record of a proven backup.
+#[derive(Debug, Clone)]
+pub struct BackupRecord {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+fn target_endpoint(ctx: &RunContext) -> Result<Endpoint> {
+    Endpoint::resolve(Role::Target, &ctx.plan.file.target)
+}
+
+/// The proven backup recorded for this run, checked against its file.
+pub async fn recorded(ctx: &RunContext) -> Result<Option<BackupRecord>> {
+    let row: Option<serde_json::Value> = sqlx::query_scalar(&format!(
+        "SELECT detail FROM {} WHERE run_id = $1 AND stage = $2 AND item = 'backup' AND state = 'done'",
+        ctx.journal.table("item_progress")
+    ))
+    .bind(ctx.run_id)
+    .bind(STAGE)
+    .fetch_optional(ctx.journal.pool())
+    .await?;
+    Ok(row.and_then(|d| {
+        Some(BackupRecord {
+            path: PathBuf::from(d.get("path")?.as_str()?),
+            sha256: d.get("sha256")?.as_str()?.to_string(),
+        })
+    }))
+}
+
+/// Fails unless a proven backup exists and its file still matches its checksum.
+pub async fn require_proven(ctx: &RunContext) -> Result<BackupRecord> {
+    let rec = recorded(ctx).await?.ok_or_else(|| {
+        Error::refused("no proven backup of the target exists in this run: run the backup-target stage first")
+    })?;
+    verify_file(&rec)?;
+    Ok(rec)
+}
+
+fn verify_file(rec: &BackupRecord) -> Result<()> {
+    if !rec.path.exists() {
+        return Err(Error::failure(format!(
+            "the target's backup {} is missing (sha256 {}): copy it back from the machine where the run began",
+            rec.path.display(),
+            rec.sha256
+        )));
+    }
+    let sum = sha256_file(&rec.path)?;
+    if sum != rec.sha256 {
+        return Err(Error::failure(format!(
+            "the target's backup {} does not match its recorded checksum (sha256 {} expected, {sum} found): the \
+             file was changed or replaced",
+            rec.path.display(),
+            rec.sha256
+        )));
+    }
+    Ok(())
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Restores the recorded backup into the target (after dropping what is there).
+pub async fn restore(ctx: &RunContext) -> Result<PathBuf> {
+    let rec = require_proven(ctx).await?;
+    let target = target_endpoint(ctx)?;
+    drop_application_objects(&ctx.target, ctx.journal.schema()).await?;
+    let pg_restore = tools::find("pg_restore")?;
+    let mut cmd = tools::command(&pg_restore, &target);
+    cmd.args([
+        "--no-owner",
+        "--no-privileges",
+        "--single-transaction",
+        "--exit-on-error",
+    ])
+    .arg(&rec.path);
+    tools::run(cmd, "pg_restore of the target's backup").await?;
+    Ok(rec.path)
+}
+
+#[async_trait]
+impl Stage for BackupTarget {
+    fn name(&self) -> String {
+        STAGE.into()
+    }
+    fn describe(&self) -> &Description {
+        &self.description
+    }
+    fn undo_kind(&self) -> Undo {
+        Undo::Nothing
+    }
+
+    async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
+        if let Some(rec) = recorded(ctx).await?
+            && verify_file(&rec).is_ok()
+        {
+            return Ok(
+                json!({ "summary": format!("reused the proven backup {}", rec.path.display()),
+                              "path": rec.path, "sha256": rec.sha256 }),
+            );
+        }
+        let target = target_endpoint(ctx)?;
+        let journal_schema = ctx.journal.schema().to_string();
+        let inventory = Inventory::read(&ctx.target, &journal_schema, true).await?;
+        let pg_dump = tools::checked("pg_dump", inventory.identity.version_num).await?;
+        let dir = ctx.run_dir.join("backups");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::failure(format!(
+                "cannot create {} ({e}): make the run directory writable",
+                dir.display()
+            ))
+        })?;
+        if let Some(free) = free_bytes(&dir)
+            && free < inventory.database_bytes as u64
+        {
+            return Err(Error::failure(format!(
+                "too little disk space for the backup: {} has {} MB free, the target database takes {} MB; free \
+                 space or set options.run_dir to a larger disk",
+                dir.display(),
+                free / 1_000_000,
+                inventory.database_bytes / 1_000_000
+            )));
+        }
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let path = dir.join(format!("target-{}-{stamp}.dump", target.dbname));
+        let partial = path.with_extension("dump.partial");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)?;
+        let mut cmd = tools::command(&pg_dump, &target);
+        cmd.args(["--format=custom", "--no-owner", "--no-privileges"])
+            .arg(format!("--exclude-schema={}", quote_ident(&journal_schema)));
+        cmd.stdout(file);
+        let out = cmd.stderr(std::process::Stdio::piped()).output().await?;
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&partial);
+            return Err(Error::failure(format!(
+                "pg_dump of the target failed: {}",
+                cutover_core::endpoint::redact_text(String::from_utf8_lossy(&out.stderr).trim())
+            )));
+        }
+        std::fs::File::open(&partial)?.sync_all()?;
+        std::fs::rename(&partial, &path)?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        let sha256 = sha256_file(&path)?;
+        let bytes = std::fs::metadata(&path)?.len();
+        let proof = prove(ctx, &target, &path, &inventory).await?;
+        let detail = json!({ "path": path, "sha256": sha256, "bytes": bytes, "proof": proof });
+        let mut conn = ctx.journal.pool().acquire().await?;
+        ctx.journal
+            .item_done_in(
+                &mut conn,
+                ctx.run_id,
+                STAGE,
+                "backup",
+                None,
+                Some(bytes as i64),
+                Some(&detail),
+            )
+            .await?;
+        Ok(json!({
+            "summary": format!("{} ({} kB, sha256 {}…), {}", path.display(), bytes / 1000, &sha256[..12], proof),
+            "path": path, "sha256": sha256, "bytes": bytes, "proof": proof,
+            "restore": format!("pg_restore --no-owner --no-privileges --single-transaction --dbname=<target url> {}", path.display()),
+        }))
+    }
+
+    async fn check(&self, ctx: &RunContext) -> Result<Check> {
+        Ok(match recorded(ctx).await? {
+            None => Check::Fails("no backup recorded".into()),
+            Some(rec) => match verify_file(&rec) {
+                Ok(()) => Check::Holds,
+                Err(e) => Check::Fails(e.message),
+            },
+        })
+    }
+
+    async fn undo(&self, _ctx: &RunContext) -> Result<String> {
+        Ok("nothing to undo (the backup file is kept)".into())
+    }
+}
+
+/// Restores the dump into a scratch database on the target server and compares
+/// row counts with the target; falls back to reading the archive's table of
+/// contents when the target user may not create databases.
+async fn prove(ctx: &RunContext, target: &Endpoint, path: &Path, inventory: &Inventory) -> Result<String> {
+    let pg_restore = tools::find("pg_restore")?;
+    let scratch = format!("cutover_proof_{}", &ctx.run_id.simple().to_string()[..12]);
+    let create = sqlx::query(&format!("CREATE DATABASE {}", quote_ident(&scratch)))
+        .execute(&ctx.target)
+        .await;
+    if let Err(e) = create {
+        if !e.to_string().contains("already exists") {
+            let mut cmd = tools::command(&pg_restore, target);
+            cmd.arg("--list").arg(path);
+            // --list reads only the file; drop the --dbname argument's effect by listing.
+            let list = tools::run(cmd, "pg_restore --list of the target's backup").await?;
+            let data_entries = list.lines().filter(|l| l.contains(" TABLE DATA ")).count();
+            let expected = inventory.storage_tables().count();
+            if data_entries != expected {
+                return Err(Error::failure(format!(
+                    "the backup lists {data_entries} tables of data, the target has {expected}: the backup is incomplete"
+                )));
+            }
+            return Ok(format!(
+                "proven by its table of contents only ({data_entries} tables of data): the target user may not \
+                 create a scratch database ({e})"
+            ));
+        }
+    }
+    let result = async {
+        let scratch_ep = target.with_database(&scratch);
+        let mut cmd = tools::command(&pg_restore, &scratch_ep);
+        cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"]).arg(path);
+        tools::run(cmd, "pg_restore of the backup into a scratch database").await?;
+        let pool = crate::connect::pool(&scratch_ep, 10, 0, 30, 1).await?;
+        let restored = Inventory::read(&pool, ctx.journal.schema(), true).await?;
+        pool.close().await;
+        let mut mismatches = vec![];
+        for t in inventory.storage_tables() {
+            let got = restored.table(&t.schema, &t.name).map(|r| r.rows);
+            if got != Some(t.rows) {
+                mismatches.push(format!("{}: {} rows on the target, {:?} restored", t.display(), t.rows, got));
+            }
+        }
+        if !mismatches.is_empty() {
+            return Err(Error::failure(format!(
+                "the backup does not restore to what the target holds: {}; if applications write to the target, \
+                 stop them and run again",
+                mismatches.join("; ")
+            )));
+        }
+        Ok(format!(
+            "proven by a restore into a scratch database: {} tables, {} rows match",
+            inventory.storage_tables().count(),
+            inventory.total_rows()
+        ))
+    }
+    .await;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_ident(&scratch)
+    ))
+    .execute(&ctx.target)
+    .await?;
+    result
+}

@@ -1,0 +1,123 @@
+//! clear-target: drop the application objects on the target (every schema
+//! but the system ones and the journal's), so the copy starts from nothing.
+//! Its undo restores the proven backup.
+
+use async_trait::async_trait;
+use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
+use cutover_core::{Error, Result};
+use serde_json::json;
+use sqlx::{Executor, PgPool};
+
+use crate::backup;
+use crate::inventory::{Inventory, quote_ident};
+
+pub struct ClearTarget {
+    pub description: Description,
+}
+
+impl ClearTarget {
+    pub fn new(target: &Inventory, destroyed: &[String]) -> ClearTarget {
+        let mut details: Vec<String> = destroyed.iter().map(|d| format!("destroys: {d}")).collect();
+        details.push(format!(
+            "drops schemas {} with {} tables ({} rows), {} sequences, extensions [{}], {} large objects",
+            target.schemas.join(", "),
+            target.tables.len(),
+            target.total_rows(),
+            target.sequences.len(),
+            target
+                .extensions
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            target.large_objects
+        ));
+        ClearTarget {
+            description: Description {
+                summary: format!(
+                    "drop every application object on the target ({} tables, {} rows); the journal schema stays",
+                    target.tables.len(),
+                    target.total_rows()
+                ),
+                details,
+                warnings: vec![],
+                destructive: true,
+            },
+        }
+    }
+}
+
+/// Drops every application schema, extension and large object on `pool`,
+/// except the journal schema; recreates an empty `public`. One transaction.
+pub async fn drop_application_objects(pool: &PgPool, journal_schema: &str) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace n WHERE nspname NOT IN ('pg_catalog', 'information_schema', $1) \
+         AND nspname NOT LIKE 'pg\\_%' \
+         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass \
+                         AND d.objid = n.oid AND d.deptype = 'e')",
+    )
+    .bind(journal_schema)
+    .fetch_all(&mut *tx)
+    .await?;
+    let extensions: Vec<String> =
+        sqlx::query_scalar("SELECT extname::text FROM pg_extension WHERE extname <> 'plpgsql'")
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut sql = String::new();
+    for e in &extensions {
+        sql.push_str(&format!("DROP EXTENSION IF EXISTS {} CASCADE;\n", quote_ident(e)));
+    }
+    for s in &schemas {
+        sql.push_str(&format!("DROP SCHEMA IF EXISTS {} CASCADE;\n", quote_ident(s)));
+    }
+    sql.push_str(
+        "CREATE SCHEMA IF NOT EXISTS public AUTHORIZATION pg_database_owner;\n\
+         GRANT USAGE ON SCHEMA public TO PUBLIC;\n\
+         COMMENT ON SCHEMA public IS 'standard public schema';\n\
+         SELECT lo_unlink(oid) FROM pg_largeobject_metadata;\n",
+    );
+    tx.execute(sqlx::raw_sql(&sql)).await.map_err(|e| {
+        Error::failure(format!(
+            "cannot drop the application objects on the target ({e}): the target user must own them (or be a superuser)"
+        ))
+    })?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Whether the target holds no application objects.
+pub async fn is_empty(pool: &PgPool, journal_schema: &str) -> Result<bool> {
+    let inv = Inventory::read(pool, journal_schema, false).await?;
+    Ok(inv.tables.is_empty() && inv.sequences.is_empty() && inv.large_objects == 0)
+}
+
+#[async_trait]
+impl Stage for ClearTarget {
+    fn name(&self) -> String {
+        "clear-target".into()
+    }
+    fn describe(&self) -> &Description {
+        &self.description
+    }
+    fn undo_kind(&self) -> Undo {
+        Undo::Reversible("restore the proven backup of the target".into())
+    }
+    async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
+        // Invariant 1: a proven backup exists before anything destructive.
+        backup::require_proven(ctx).await?;
+        drop_application_objects(&ctx.target, ctx.journal.schema()).await?;
+        Ok(json!({ "summary": "target cleared" }))
+    }
+    async fn check(&self, ctx: &RunContext) -> Result<Check> {
+        Ok(if is_empty(&ctx.target, ctx.journal.schema()).await? {
+            Check::Holds
+        } else {
+            Check::Fails("the target holds application objects".into())
+        })
+    }
+    async fn undo(&self, ctx: &RunContext) -> Result<String> {
+        let path = backup::restore(ctx).await?;
+        Ok(format!("target restored from {}", path.display()))
+    }
+}

@@ -1,0 +1,525 @@
+//! copy: schema pre-data with pg_dump/pg_restore, data by streaming
+//! `COPY … TO STDOUT` on the source into `COPY … FROM STDIN` on the target
+//! (binary between equal major versions) with several tables in flight under
+//! one exported snapshot, then post-data (indexes, constraints, triggers,
+//! materialized view data), sequences and large objects.
+//!
+//! Resumable: every item (pre-data, each table, post-data, sequences, large
+//! objects) is marked done in the journal in the same transaction as its
+//! effect where the effect is SQL; a table is truncated and reloaded in one
+//! transaction, so a resume recopies exactly the unfinished tables.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cutover_core::endpoint::{Endpoint, Role};
+use cutover_core::event::Event;
+use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
+use cutover_core::{Error, Result};
+use futures::StreamExt;
+use serde_json::json;
+use sqlx::pool::PoolConnection;
+use sqlx::{Acquire, Executor, Postgres};
+
+use crate::clear::drop_application_objects;
+use crate::inventory::{Inventory, TableInfo, quote_ident, quote_literal};
+use crate::tools;
+
+pub const STAGE: &str = "copy";
+
+pub struct Copy {
+    pub description: Description,
+    jobs: usize,
+}
+
+/// Tables copied at once: the plan's `jobs`, else one per CPU (at least 2).
+pub fn default_jobs(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .max(2)
+}
+
+impl Copy {
+    pub fn new(source: &Inventory, target: &Inventory, jobs: usize) -> Copy {
+        let binary = source.identity.version_num / 10000 == target.identity.version_num / 10000;
+        let mut warnings = vec![];
+        if !binary {
+            warnings.push(format!(
+                "source is PostgreSQL {} and target {}: data moves in text format (slower than binary)",
+                source.identity.version, target.identity.version
+            ));
+        }
+        Copy {
+            description: Description {
+                summary: format!(
+                    "copy the source's schema and data into the target: {} tables, {} rows, {} MB, {} sequences, \
+                     {} large objects; {} tables at a time, {} format",
+                    source.tables.len(),
+                    source.total_rows(),
+                    source.database_bytes / 1_000_000,
+                    source.sequences.len(),
+                    source.large_objects,
+                    jobs,
+                    if binary { "binary" } else { "text" }
+                ),
+                details: source
+                    .storage_tables()
+                    .map(|t| format!("{}: {} rows, {} kB", t.display(), t.rows, t.bytes / 1000))
+                    .collect(),
+                warnings,
+                destructive: true,
+            },
+            jobs,
+        }
+    }
+}
+
+fn endpoints(ctx: &RunContext) -> Result<(Endpoint, Endpoint)> {
+    Ok((
+        Endpoint::resolve(Role::Source, &ctx.plan.file.source)?,
+        Endpoint::resolve(Role::Target, &ctx.plan.file.target)?,
+    ))
+}
+
+async fn mark_done(
+    ctx: &RunContext,
+    item: &str,
+    rows: Option<i64>,
+    detail: Option<&serde_json::Value>,
+) -> Result<()> {
+    let mut conn = ctx.journal.pool().acquire().await?;
+    ctx.journal
+        .item_done_in(&mut conn, ctx.run_id, STAGE, item, rows, None, detail)
+        .await
+}
+
+pub fn table_item(t: &TableInfo) -> String {
+    format!("table:{}.{}", t.schema, t.name)
+}
+
+#[async_trait]
+impl Stage for Copy {
+    fn name(&self) -> String {
+        STAGE.into()
+    }
+    fn describe(&self) -> &Description {
+        &self.description
+    }
+    fn undo_kind(&self) -> Undo {
+        Undo::Reversible("drop everything the copy created on the target".into())
+    }
+
+    async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
+        let started = Instant::now();
+        let journal_schema = ctx.journal.schema().to_string();
+        let (source_ep, target_ep) = endpoints(ctx)?;
+        let done = ctx.journal.items_done(ctx.run_id, STAGE).await?;
+        let source = Inventory::read(&ctx.source, &journal_schema, false).await?;
+        let target_version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+            .fetch_one(&ctx.target)
+            .await?;
+        let binary = source.identity.version_num / 10000 == target_version / 10000;
+        let pg_dump = tools::checked("pg_dump", source.identity.version_num).await?;
+        let pg_restore = tools::find("pg_restore")?;
+        let dir = ctx.run_dir.join("copy");
+        std::fs::create_dir_all(&dir)?;
+
+        // One snapshot for the schema dump and every table.
+        let mut snapshot_conn = ctx.source.acquire().await?;
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *snapshot_conn)
+            .await?;
+        let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+            .fetch_one(&mut *snapshot_conn)
+            .await?;
+
+        let dump = |section: &'static str, file: &Path| {
+            let mut cmd = tools::command(&pg_dump, &source_ep);
+            cmd.args(["--format=custom", "--no-owner", "--no-privileges"])
+                .arg(format!("--section={section}"))
+                .arg(format!("--snapshot={snapshot}"))
+                .arg(format!("--exclude-schema={}", quote_ident(&journal_schema)))
+                .arg(format!("--file={}", file.display()));
+            cmd
+        };
+        let pre = dir.join("pre-data.dump");
+        let post = dir.join("post-data.dump");
+        if !done.contains("post-data") {
+            tools::run(
+                dump("post-data", &post),
+                "pg_dump --section=post-data of the source",
+            )
+            .await?;
+        }
+        if !done.contains("pre-data") {
+            tools::run(dump("pre-data", &pre), "pg_dump --section=pre-data of the source").await?;
+            // A pre-data restore interrupted before its journal entry left
+            // nothing (single transaction) or everything: start clean.
+            drop_application_objects(&ctx.target, &journal_schema).await?;
+            let mut cmd = tools::command(&pg_restore, &target_ep);
+            cmd.args([
+                "--section=pre-data",
+                "--single-transaction",
+                "--exit-on-error",
+                "--no-owner",
+                "--no-privileges",
+            ])
+            .arg(&pre);
+            tools::run(cmd, "pg_restore --section=pre-data into the target").await?;
+            mark_done(ctx, "pre-data", None, None).await?;
+        }
+        ctx.cancel.check()?;
+
+        // Data: largest tables first, `jobs` at a time.
+        let mut tables: Vec<TableInfo> = source
+            .storage_tables()
+            .filter(|t| !done.contains(&table_item(t)))
+            .cloned()
+            .collect();
+        tables.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        let total_tables = tables.len();
+        let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
+        let workers = self.jobs.min(total_tables).max(1);
+        let shared = Worker {
+            source: ctx.source.clone(),
+            target: ctx.target.clone(),
+            journal: ctx.journal.clone(),
+            run_id: ctx.run_id,
+            events: ctx.events.clone(),
+            cancel: ctx.cancel.clone(),
+            queue,
+            snapshot: snapshot.clone(),
+            binary,
+        };
+        let handles: Vec<_> = (0..workers).map(|_| tokio::spawn(shared.clone().run())).collect();
+        let mut rows_copied = 0u64;
+        let mut first_error = None;
+        for h in handles {
+            match h.await {
+                Ok(Ok(n)) => rows_copied += n,
+                Ok(Err(e)) => {
+                    // Stop the other workers at their next table.
+                    shared.queue.lock().unwrap().clear();
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(Error::failure(format!("a copy worker crashed: {e}")));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        ctx.cancel.check()?;
+
+        if !done.contains("post-data") {
+            if !post_data_present(ctx, &journal_schema).await? {
+                let mut cmd = tools::command(&pg_restore, &target_ep);
+                cmd.args([
+                    "--section=post-data",
+                    "--single-transaction",
+                    "--exit-on-error",
+                    "--no-owner",
+                    "--no-privileges",
+                ])
+                .arg(&post);
+                tools::run(cmd, "pg_restore --section=post-data into the target").await?;
+            }
+            mark_done(ctx, "post-data", None, None).await?;
+        }
+        let sequences = copy_sequences(ctx, &source).await?;
+        let large_objects = copy_large_objects(ctx).await?;
+        sqlx::query("COMMIT").execute(&mut *snapshot_conn).await?;
+        Ok(json!({
+            "summary": format!("{total_tables} tables ({rows_copied} rows) copied in this pass, {sequences} sequences set, \
+                                {large_objects} large objects, in {:.1} s", started.elapsed().as_secs_f64()),
+            "tables_copied": total_tables, "rows_copied": rows_copied, "sequences": sequences,
+            "large_objects": large_objects, "binary": binary,
+        }))
+    }
+
+    async fn check(&self, ctx: &RunContext) -> Result<Check> {
+        let schema = ctx.journal.schema();
+        let (source, target) = tokio::try_join!(
+            Inventory::read(&ctx.source, schema, true),
+            Inventory::read(&ctx.target, schema, true)
+        )?;
+        for t in source.storage_tables() {
+            match target.table(&t.schema, &t.name) {
+                None => {
+                    return Ok(Check::Fails(format!(
+                        "table {} is missing on the target",
+                        t.display()
+                    )));
+                }
+                Some(tt) if tt.rows != t.rows => {
+                    return Ok(Check::Fails(format!(
+                        "{}: {} rows on the source, {} on the target",
+                        t.display(),
+                        t.rows,
+                        tt.rows
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(Check::Holds)
+    }
+
+    async fn undo(&self, ctx: &RunContext) -> Result<String> {
+        drop_application_objects(&ctx.target, ctx.journal.schema()).await?;
+        ctx.journal.clear_items(ctx.run_id, STAGE).await?;
+        Ok("dropped what the copy created on the target".into())
+    }
+}
+
+/// What a copy worker owns: it runs as its own task.
+#[derive(Clone)]
+struct Worker {
+    source: sqlx::PgPool,
+    target: sqlx::PgPool,
+    journal: cutover_core::journal::Journal,
+    run_id: uuid::Uuid,
+    events: Arc<dyn cutover_core::event::EventSink>,
+    cancel: cutover_core::stage::CancelFlag,
+    queue: Arc<Mutex<VecDeque<TableInfo>>>,
+    snapshot: String,
+    binary: bool,
+}
+
+impl Worker {
+    /// Copies tables from the shared queue until it is empty; returns rows copied.
+    async fn run(self) -> Result<u64> {
+        let mut src = self.source.acquire().await?;
+        let mut tgt = self.target.acquire().await?;
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *src)
+            .await?;
+        sqlx::query(&format!(
+            "SET TRANSACTION SNAPSHOT {}",
+            quote_literal(&self.snapshot)
+        ))
+        .execute(&mut *src)
+        .await?;
+        sqlx::query("SET synchronous_commit = off")
+            .execute(&mut *tgt)
+            .await?;
+        // Triggers are created after the data (post-data), so none fires during
+        // the load anyway; replica mode also keeps rules and replication
+        // triggers quiet where the target user may set it.
+        if sqlx::query("SET session_replication_role = replica")
+            .execute(&mut *tgt)
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                "session_replication_role not permitted on the target; triggers come after the data"
+            );
+        }
+        let mut rows = 0u64;
+        loop {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            let next = self.queue.lock().unwrap().pop_front();
+            let Some(table) = next else { break };
+            match self.copy_table(&mut src, &mut tgt, &table).await {
+                Ok(n) => rows += n,
+                Err(e) => {
+                    src.close_on_drop();
+                    tgt.close_on_drop();
+                    return Err(e.context(format!("copying table {}", table.display())));
+                }
+            }
+        }
+        sqlx::query("COMMIT").execute(&mut *src).await?;
+        sqlx::query("RESET session_replication_role")
+            .execute(&mut *tgt)
+            .await?;
+        Ok(rows)
+    }
+
+    /// One table: truncate and load in one target transaction that also
+    /// marks the table done in the journal.
+    async fn copy_table(
+        &self,
+        src: &mut PoolConnection<Postgres>,
+        tgt: &mut PoolConnection<Postgres>,
+        table: &TableInfo,
+    ) -> Result<u64> {
+        let columns = if table.copy_columns.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                table
+                    .copy_columns
+                    .iter()
+                    .map(|c| quote_ident(c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let format = if self.binary { "binary" } else { "text" };
+        let name = table.display();
+        let mut tx = tgt.begin().await?;
+        sqlx::query(&format!("TRUNCATE ONLY {}", table.qualified()))
+            .execute(&mut *tx)
+            .await?;
+        let mut copy_in = tx
+            .copy_in_raw(&format!(
+                "COPY {}{columns} FROM STDIN (FORMAT {format}, FREEZE)",
+                table.qualified()
+            ))
+            .await?;
+        let mut stream = src
+            .copy_out_raw(&format!(
+                "COPY {}{columns} TO STDOUT (FORMAT {format})",
+                table.qualified()
+            ))
+            .await?;
+        let mut bytes = 0u64;
+        let mut last_report = Instant::now();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            bytes += chunk.len() as u64;
+            copy_in.send(chunk).await?;
+            if last_report.elapsed() > Duration::from_millis(500) {
+                last_report = Instant::now();
+                self.events.emit(Event::TableProgress {
+                    table: name.clone(),
+                    rows: 0,
+                    bytes,
+                    done: false,
+                });
+            }
+        }
+        drop(stream);
+        let rows = copy_in.finish().await?;
+        self.journal
+            .item_done_in(
+                &mut tx,
+                self.run_id,
+                STAGE,
+                &table_item(table),
+                Some(rows as i64),
+                Some(bytes as i64),
+                None,
+            )
+            .await?;
+        tx.commit().await?;
+        self.events.emit(Event::TableProgress {
+            table: name,
+            rows,
+            bytes,
+            done: true,
+        });
+        Ok(rows)
+    }
+}
+
+/// Whether the target already has every index, constraint and trigger of the
+/// source (a post-data restore that finished before its journal entry).
+async fn post_data_present(ctx: &RunContext, journal_schema: &str) -> Result<bool> {
+    let sql = "SELECT (SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', $1) \
+                 AND n.nspname NOT LIKE 'pg\\_%') \
+             + (SELECT count(*) FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace \
+                 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname NOT LIKE 'pg\\_%') \
+             + (SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE NOT t.tgisinternal AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname NOT LIKE 'pg\\_%')";
+    let s: i64 = sqlx::query_scalar(sql)
+        .bind(journal_schema)
+        .fetch_one(&ctx.source)
+        .await?;
+    let t: i64 = sqlx::query_scalar(sql)
+        .bind(journal_schema)
+        .fetch_one(&ctx.target)
+        .await?;
+    // Pre-data alone brings NOT NULL-free tables without any of these; the
+    // source having none means there is nothing to restore.
+    Ok(s > 0 && s == t)
+}
+
+/// Sets every sequence on the target to the source's position.
+async fn copy_sequences(ctx: &RunContext, source: &Inventory) -> Result<usize> {
+    let mut sql = String::new();
+    for s in &source.sequences {
+        if let Some(v) = s.last_value {
+            sql.push_str(&format!(
+                "SELECT setval({}, {v}, {});\n",
+                quote_literal(&s.qualified()),
+                s.is_called
+            ));
+        }
+    }
+    if !sql.is_empty() {
+        let mut conn = ctx.target.acquire().await?;
+        conn.execute(sqlx::raw_sql(&sql))
+            .await
+            .map_err(|e| Error::failure(format!("setting sequences: {e}")))?;
+    }
+    let mut conn = ctx.journal.pool().acquire().await?;
+    ctx.journal
+        .item_done_in(
+            &mut conn,
+            ctx.run_id,
+            STAGE,
+            "sequences",
+            Some(source.sequences.len() as i64),
+            None,
+            None,
+        )
+        .await?;
+    Ok(source.sequences.len())
+}
+
+/// Copies large objects one by one (each in its own transaction with its
+/// journal entry); pre-data created them empty.
+async fn copy_large_objects(ctx: &RunContext) -> Result<usize> {
+    let oids: Vec<sqlx::postgres::types::Oid> =
+        sqlx::query_scalar("SELECT oid FROM pg_largeobject_metadata ORDER BY oid")
+            .fetch_all(&ctx.source)
+            .await?;
+    let done = ctx.journal.items_done(ctx.run_id, STAGE).await?;
+    for oid in &oids {
+        let item = format!("large-object:{}", oid.0);
+        if done.contains(&item) {
+            continue;
+        }
+        let data: Vec<u8> = sqlx::query_scalar("SELECT lo_get($1)")
+            .bind(oid)
+            .fetch_one(&ctx.source)
+            .await?;
+        let mut tx = ctx.target.begin().await?;
+        sqlx::query("SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = $1")
+            .bind(oid)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT lo_from_bytea($1, $2)")
+            .bind(oid)
+            .bind(&data)
+            .execute(&mut *tx)
+            .await?;
+        ctx.journal
+            .item_done_in(
+                &mut tx,
+                ctx.run_id,
+                STAGE,
+                &item,
+                None,
+                Some(data.len() as i64),
+                None,
+            )
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(oids.len())
+}

@@ -1,0 +1,119 @@
+//! discover: inspect both databases, refuse the same database twice, and run
+//! the direction check (the target must not look like the live database).
+
+use async_trait::async_trait;
+use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
+use cutover_core::{Error, Result};
+use serde_json::json;
+
+use crate::inventory::{Comparison, Inventory, compare};
+
+pub struct Discover {
+    pub description: Description,
+    allow_target_ahead: bool,
+}
+
+impl Discover {
+    pub fn new(
+        source: &Inventory,
+        target: &Inventory,
+        cmp: &Comparison,
+        allow_target_ahead: bool,
+    ) -> Discover {
+        let mut details = vec![
+            format!(
+                "source: {} tables, {} rows, {} sequences, {} large objects ({} {})",
+                source.tables.len(),
+                source.total_rows(),
+                source.sequences.len(),
+                source.large_objects,
+                source.identity.database,
+                source.identity.version
+            ),
+            format!(
+                "target: {} tables, {} rows, {} sequences, {} large objects ({} {})",
+                target.tables.len(),
+                target.total_rows(),
+                target.sequences.len(),
+                target.large_objects,
+                target.identity.database,
+                target.identity.version
+            ),
+        ];
+        if !cmp.only_source.is_empty() {
+            details.push(format!("only on the source: {}", cmp.only_source.join(", ")));
+        }
+        if !cmp.only_target.is_empty() {
+            details.push(format!("only on the target: {}", cmp.only_target.join(", ")));
+        }
+        let mut warnings = vec![];
+        if !cmp.target_ahead.is_empty() {
+            warnings.push(format!(
+                "the target looks like the live database: {}{}",
+                cmp.target_ahead.join("; "),
+                if allow_target_ahead {
+                    " (allowed by allow_ahead / --allow-target-ahead)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Discover {
+            description: Description {
+                summary: "inspect both databases, check they are different servers and that the source is the live one"
+                    .into(),
+                details,
+                warnings,
+                destructive: false,
+            },
+            allow_target_ahead,
+        }
+    }
+}
+
+/// The refusal when the target looks ahead of the source.
+pub fn target_ahead_error(reasons: &[String]) -> Error {
+    Error::refused(format!(
+        "the target looks like the live database, not the source: {}. Clearing it would lose that data. Check that \
+         [source] and [target] are not swapped; if the target's extra data really is stale, run again with \
+         --allow-target-ahead (or set allow_ahead = true under [target])",
+        reasons.join("; ")
+    ))
+}
+
+#[async_trait]
+impl Stage for Discover {
+    fn name(&self) -> String {
+        "discover".into()
+    }
+    fn describe(&self) -> &Description {
+        &self.description
+    }
+    fn undo_kind(&self) -> Undo {
+        Undo::Nothing
+    }
+    async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
+        let schema = ctx.journal.schema();
+        let (source, target) = tokio::try_join!(
+            Inventory::read(&ctx.source, schema, true),
+            Inventory::read(&ctx.target, schema, true)
+        )?;
+        let cmp = compare(&source, &target, &ctx.source, &ctx.target).await?;
+        if !cmp.target_ahead.is_empty() && !self.allow_target_ahead {
+            return Err(target_ahead_error(&cmp.target_ahead));
+        }
+        Ok(json!({
+            "summary": format!("source {} tables / {} rows, target {} tables / {} rows",
+                source.tables.len(), source.total_rows(), target.tables.len(), target.total_rows()),
+            "source": { "tables": source.tables.len(), "rows": source.total_rows() },
+            "target": { "tables": target.tables.len(), "rows": target.total_rows() },
+            "comparison": cmp,
+        }))
+    }
+    async fn check(&self, _ctx: &RunContext) -> Result<Check> {
+        Ok(Check::Holds)
+    }
+    async fn undo(&self, _ctx: &RunContext) -> Result<String> {
+        Ok("nothing to undo".into())
+    }
+}

@@ -1,0 +1,407 @@
+//! Inspecting a database (tables with row counts and sizes, sequences,
+//! extensions, large objects) and comparing the source with the target,
+//! including what clearing the target would destroy.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cutover_core::Result;
+use cutover_core::identity::ServerIdentity;
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+/// Schemas never treated as application data.
+pub const SYSTEM_SCHEMAS: &str = "'pg_catalog', 'information_schema'";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableInfo {
+    pub schema: String,
+    pub name: String,
+    /// `r` ordinary table (or leaf partition), `p` partitioned parent.
+    pub kind: String,
+    pub is_partition: bool,
+    pub rows: i64,
+    pub bytes: i64,
+    /// (name, type) in column order, generated columns included.
+    pub columns: Vec<(String, String)>,
+    /// Columns that are not generated (what COPY moves).
+    pub copy_columns: Vec<String>,
+    /// Primary-key columns, if any.
+    pub primary_key: Vec<String>,
+}
+
+impl TableInfo {
+    /// `"schema"."name"`, ready for SQL.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+    /// `schema.name` for people (public tables without the schema).
+    pub fn display(&self) -> String {
+        if self.schema == "public" {
+            self.name.clone()
+        } else {
+            format!("{}.{}", self.schema, self.name)
+        }
+    }
+    /// Holds rows itself (not a partitioned parent).
+    pub fn has_storage(&self) -> bool {
+        self.kind == "r"
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SequenceInfo {
+    pub schema: String,
+    pub name: String,
+    pub last_value: Option<i64>,
+    pub is_called: bool,
+}
+
+impl SequenceInfo {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    pub identity: ServerIdentity,
+    pub database_bytes: i64,
+    /// Application schemas (not system, not the journal).
+    pub schemas: Vec<String>,
+    pub tables: Vec<TableInfo>,
+    pub sequences: Vec<SequenceInfo>,
+    pub extensions: Vec<(String, String)>,
+    pub large_objects: i64,
+    /// Whether row counts are exact (`count(*)`) or the planner's estimates.
+    pub exact_counts: bool,
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl Inventory {
+    /// Reads everything cutover needs to know about one database. Read-only.
+    pub async fn read(pool: &PgPool, journal_schema: &str, exact: bool) -> Result<Inventory> {
+        let identity = ServerIdentity::of(pool).await?;
+        let excluded = format!("{SYSTEM_SCHEMAS}, {}", quote_literal(journal_schema));
+        let schemas: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT nspname::text FROM pg_namespace n WHERE nspname NOT IN ({excluded}) \
+             AND nspname NOT LIKE 'pg\\_%' \
+             AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass \
+                             AND d.objid = n.oid AND d.deptype = 'e') ORDER BY 1"
+        ))
+        .fetch_all(pool)
+        .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relispartition, \
+                    greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid), \
+                    coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
+                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{{}}'), \
+                    coalesce((SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum) FROM pg_attribute a \
+                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{{}}'), \
+                    coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
+                              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '{{}}'), \
+                    coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_constraint con \
+                              CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord) \
+                              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
+                              WHERE con.conrelid = c.oid AND con.contype = 'p'), '{{}}') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ({excluded}) AND n.nspname NOT LIKE 'pg\\_%' \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                               AND d.objid = c.oid AND d.deptype = 'e') \
+             ORDER BY 1, 2"
+        ))
+        .fetch_all(pool)
+        .await?;
+        let mut tables: Vec<TableInfo> = rows
+            .into_iter()
+            .map(|r| {
+                let names: Vec<String> = r.get(6);
+                let types: Vec<String> = r.get(7);
+                TableInfo {
+                    schema: r.get(0),
+                    name: r.get(1),
+                    kind: r.get(2),
+                    is_partition: r.get(3),
+                    rows: r.get(4),
+                    bytes: r.get(5),
+                    columns: names.into_iter().zip(types).collect(),
+                    copy_columns: r.get(8),
+                    primary_key: r.get(9),
+                }
+            })
+            .collect();
+        if exact {
+            count_rows(pool, &mut tables).await?;
+        }
+        let seq_rows = sqlx::query(&format!(
+            "SELECT schemaname::text, sequencename::text FROM pg_sequences \
+             WHERE schemaname NOT IN ({excluded}) ORDER BY 1, 2"
+        ))
+        .fetch_all(pool)
+        .await?;
+        let mut sequences = vec![];
+        for r in seq_rows {
+            let (schema, name): (String, String) = (r.get(0), r.get(1));
+            let q = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
+            let (last_value, is_called): (i64, bool) =
+                sqlx::query_as(&format!("SELECT last_value, is_called FROM {q}"))
+                    .fetch_one(pool)
+                    .await?;
+            sequences.push(SequenceInfo {
+                schema,
+                name,
+                last_value: Some(last_value),
+                is_called,
+            });
+        }
+        let extensions: Vec<(String, String)> = sqlx::query_as(
+            "SELECT extname::text, extversion FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await?;
+        let large_objects: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_largeobject_metadata")
+            .fetch_one(pool)
+            .await?;
+        let database_bytes: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(pool)
+            .await?;
+        Ok(Inventory {
+            identity,
+            database_bytes,
+            schemas,
+            tables,
+            sequences,
+            extensions,
+            large_objects,
+            exact_counts: exact,
+        })
+    }
+
+    pub fn table(&self, schema: &str, name: &str) -> Option<&TableInfo> {
+        self.tables.iter().find(|t| t.schema == schema && t.name == name)
+    }
+
+    /// Tables that hold rows (leaf partitions and plain tables).
+    pub fn storage_tables(&self) -> impl Iterator<Item = &TableInfo> {
+        self.tables.iter().filter(|t| t.has_storage())
+    }
+
+    pub fn total_rows(&self) -> i64 {
+        self.storage_tables().map(|t| t.rows).sum()
+    }
+}
+
+/// Exact counts, in one round trip.
+async fn count_rows(pool: &PgPool, tables: &mut [TableInfo]) -> Result<()> {
+    let storage: Vec<usize> = (0..tables.len()).filter(|&i| tables[i].has_storage()).collect();
+    for chunk in storage.chunks(200) {
+        let sql = chunk
+            .iter()
+            .map(|&i| format!("SELECT {i}::int, count(*) FROM ONLY {}", tables[i].qualified()))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        for (i, n) in sqlx::query_as::<_, (i32, i64)>(&sql).fetch_all(pool).await? {
+            tables[i as usize].rows = n;
+        }
+    }
+    Ok(())
+}
+
+/// How the source and the target differ, and what clearing the target destroys.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub only_source: Vec<String>,
+    pub only_target: Vec<String>,
+    /// (table, source rows, target rows) where they differ.
+    pub row_differences: Vec<(String, i64, i64)>,
+    pub column_differences: Vec<String>,
+    /// "clearing the target destroys: …" lines.
+    pub destroyed: Vec<String>,
+    /// Why the target looks like the live database (empty = it does not).
+    pub target_ahead: Vec<String>,
+}
+
+/// Largest table compared row by row when listing what clearing destroys.
+const ROW_COMPARE_LIMIT: i64 = 50_000;
+
+pub async fn compare(
+    source: &Inventory,
+    target: &Inventory,
+    source_pool: &PgPool,
+    target_pool: &PgPool,
+) -> Result<Comparison> {
+    let key = |t: &TableInfo| (t.schema.clone(), t.name.clone());
+    let src: BTreeMap<_, _> = source.tables.iter().map(|t| (key(t), t)).collect();
+    let tgt: BTreeMap<_, _> = target.tables.iter().map(|t| (key(t), t)).collect();
+    let mut c = Comparison {
+        only_source: src
+            .iter()
+            .filter(|(k, _)| !tgt.contains_key(*k))
+            .map(|(_, t)| t.display())
+            .collect(),
+        only_target: tgt
+            .iter()
+            .filter(|(k, _)| !src.contains_key(*k))
+            .map(|(_, t)| t.display())
+            .collect(),
+        row_differences: vec![],
+        column_differences: vec![],
+        destroyed: vec![],
+        target_ahead: vec![],
+    };
+    for (k, t) in &tgt {
+        let Some(s) = src.get(k) else {
+            if t.has_storage() {
+                c.destroyed.push(format!(
+                    "table {} ({} rows) that the source does not have",
+                    t.display(),
+                    t.rows
+                ));
+                if t.rows > 0 {
+                    c.target_ahead.push(format!(
+                        "table {} holds {} rows and does not exist on the source",
+                        t.display(),
+                        t.rows
+                    ));
+                }
+            }
+            continue;
+        };
+        if s.columns != t.columns {
+            let sc: BTreeSet<_> = s.columns.iter().collect();
+            let tc: BTreeSet<_> = t.columns.iter().collect();
+            let fmt = |v: Vec<&&(String, String)>| {
+                v.iter()
+                    .map(|(n, ty)| format!("{n} {ty}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            c.column_differences.push(format!(
+                "{}: source only [{}], target only [{}]",
+                t.display(),
+                fmt(sc.difference(&tc).collect()),
+                fmt(tc.difference(&sc).collect())
+            ));
+        }
+        if !t.has_storage() {
+            continue;
+        }
+        if s.rows != t.rows {
+            c.row_differences.push((t.display(), s.rows, t.rows));
+        }
+        if t.rows > s.rows {
+            c.target_ahead.push(format!(
+                "{} has {} rows on the target but {} on the source",
+                t.display(),
+                t.rows,
+                s.rows
+            ));
+        }
+        if t.rows == 0 {
+            continue;
+        }
+        if t.rows > ROW_COMPARE_LIMIT || s.rows > ROW_COMPARE_LIMIT {
+            c.destroyed.push(format!(
+                "{}: {} rows, not compared row by row (large table)",
+                t.display(),
+                t.rows
+            ));
+            continue;
+        }
+        let lacking = rows_source_lacks(s, t, source_pool, target_pool).await?;
+        if !lacking.0.is_empty() || lacking.1 > 0 {
+            let n = lacking.1;
+            let examples = if lacking.0.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", lacking.0.join("; "))
+            };
+            c.destroyed.push(format!(
+                "{n} row{} of {} that the source lacks{examples}",
+                if n == 1 { "" } else { "s" },
+                t.display()
+            ));
+        }
+    }
+    Ok(c)
+}
+
+/// Rows of the target table whose exact content the source does not hold:
+/// up to three examples (primary key and a glimpse) and the count.
+async fn rows_source_lacks(
+    s: &TableInfo,
+    t: &TableInfo,
+    source_pool: &PgPool,
+    target_pool: &PgPool,
+) -> Result<(Vec<String>, i64)> {
+    let common: Vec<&String> = t
+        .copy_columns
+        .iter()
+        .filter(|c| s.copy_columns.contains(c))
+        .collect();
+    if common.is_empty() {
+        return Ok((vec![], t.rows));
+    }
+    let row_expr = format!(
+        "ROW({})::text",
+        common
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let source_hashes: BTreeSet<String> =
+        sqlx::query_scalar(&format!("SELECT md5({row_expr}) FROM ONLY {}", s.qualified()))
+            .fetch_all(source_pool)
+            .await?
+            .into_iter()
+            .collect();
+    let label = if t.primary_key.is_empty() {
+        format!("left({row_expr}, 60)")
+    } else {
+        t.primary_key
+            .iter()
+            .map(|k| format!("{} || '=' || {}::text", quote_literal(k), quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(" || ', ' || ")
+    };
+    let glimpse = t
+        .copy_columns
+        .iter()
+        .filter(|c| !t.primary_key.contains(c))
+        .find(|c| {
+            t.columns
+                .iter()
+                .any(|(n, ty)| n == *c && (ty == "text" || ty.starts_with("character") || ty == "citext"))
+        })
+        .map(|c| format!("coalesce(left({}::text, 40), 'NULL')", quote_ident(c)))
+        .unwrap_or_else(|| "''".into());
+    let rows: Vec<(String, String, String)> = sqlx::query_as(&format!(
+        "SELECT md5({row_expr}), {label}, {glimpse} FROM ONLY {} t",
+        t.qualified()
+    ))
+    .fetch_all(target_pool)
+    .await?;
+    let lacking: Vec<_> = rows
+        .into_iter()
+        .filter(|(h, _, _)| !source_hashes.contains(h))
+        .collect();
+    let examples = lacking
+        .iter()
+        .take(3)
+        .map(|(_, k, g)| {
+            if g.is_empty() {
+                k.clone()
+            } else {
+                format!("{k}, {g}")
+            }
+        })
+        .collect();
+    Ok((examples, lacking.len() as i64))
+}

@@ -1,0 +1,379 @@
+//! verify-data / `cutover verify`: per table, the exact row count and an
+//! order-independent content hash (sum of `hashtextextended` of each row's
+//! text form) computed on both servers with identical session settings; a
+//! mismatching table narrowed down to the differing key ranges; schema
+//! objects, sequences and large objects compared.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
+use cutover_core::{Error, ErrorKind, Result};
+use futures::StreamExt;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::inventory::{Inventory, TableInfo, quote_ident};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableVerdict {
+    pub table: String,
+    pub source_rows: i64,
+    pub target_rows: Option<i64>,
+    pub source_hash: String,
+    pub target_hash: Option<String>,
+    pub matches: bool,
+    /// Key ranges whose rows differ (tables with a single integer primary key).
+    pub differing_ranges: Vec<String>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub tables: Vec<TableVerdict>,
+    /// Sequences whose position differs: (name, source, target).
+    pub sequences: Vec<(String, String, String)>,
+    pub sequences_compared: usize,
+    /// Schema objects the source has and the target lacks.
+    pub missing_objects: Vec<String>,
+    pub large_objects: (i64, i64),
+    pub large_objects_match: bool,
+    pub ok: bool,
+}
+
+impl VerifyReport {
+    pub fn problems(&self) -> Vec<String> {
+        let mut p: Vec<String> = self
+            .tables
+            .iter()
+            .filter(|t| !t.matches)
+            .map(|t| {
+                let mut s = format!(
+                    "{}: {} rows on the source, {} on the target",
+                    t.table,
+                    t.source_rows,
+                    t.target_rows
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "missing".into())
+                );
+                if t.target_rows == Some(t.source_rows) {
+                    s.push_str(", contents differ");
+                }
+                if !t.differing_ranges.is_empty() {
+                    s.push_str(&format!(" (in {})", t.differing_ranges.join(", ")));
+                }
+                if let Some(n) = &t.note {
+                    s.push_str(&format!(" ({n})"));
+                }
+                s
+            })
+            .collect();
+        p.extend(
+            self.sequences
+                .iter()
+                .map(|(n, s, t)| format!("sequence {n}: {s} on the source, {t} on the target")),
+        );
+        p.extend(
+            self.missing_objects
+                .iter()
+                .map(|o| format!("{o} is missing on the target")),
+        );
+        if !self.large_objects_match {
+            p.push(format!(
+                "large objects differ ({} on the source, {} on the target)",
+                self.large_objects.0, self.large_objects.1
+            ));
+        }
+        p
+    }
+}
+
+fn row_expr(t: &TableInfo) -> String {
+    format!(
+        "ROW({})::text",
+        t.columns
+            .iter()
+            .map(|(c, _)| format!("t.{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+async fn table_hash(pool: &PgPool, t: &TableInfo, filter: &str) -> Result<(i64, String)> {
+    let sql = format!(
+        "SELECT count(*), coalesce(sum(hashtextextended({}, 0)), 0)::text FROM ONLY {} t {filter}",
+        row_expr(t),
+        t.qualified()
+    );
+    Ok(sqlx::query_as(&sql).fetch_one(pool).await?)
+}
+
+/// Compares the source and the target. `jobs` tables are hashed at once.
+pub async fn verify(
+    source_pool: &PgPool,
+    target_pool: &PgPool,
+    journal_schema: &str,
+    jobs: usize,
+) -> Result<VerifyReport> {
+    let (source, target) = tokio::try_join!(
+        Inventory::read(source_pool, journal_schema, false),
+        Inventory::read(target_pool, journal_schema, false)
+    )?;
+    let tables: Vec<TableInfo> = source.storage_tables().cloned().collect();
+    let handles: Vec<_> = tables
+        .into_iter()
+        .map(|t| {
+            let tt = target.table(&t.schema, &t.name).cloned();
+            let (s, d) = (source_pool.clone(), target_pool.clone());
+            async move { verify_table(&s, &d, &t, tt.as_ref()).await }
+        })
+        .collect();
+    let mut verdicts = vec![];
+    let mut stream = futures::stream::iter(handles.into_iter().map(tokio::spawn)).buffered(jobs.max(1));
+    while let Some(v) = stream.next().await {
+        verdicts.push(v.map_err(|e| Error::failure(format!("a verify task crashed: {e}")))??);
+    }
+    let tables = verdicts;
+
+    let mut sequences = vec![];
+    for s in &source.sequences {
+        let t = target
+            .sequences
+            .iter()
+            .find(|x| x.schema == s.schema && x.name == s.name);
+        let sv = format!(
+            "{:?}/{}",
+            s.last_value,
+            if s.is_called { "called" } else { "not called" }
+        );
+        match t {
+            None => sequences.push((s.qualified(), sv, "missing".into())),
+            Some(t) if t.last_value != s.last_value || t.is_called != s.is_called => sequences.push((
+                s.qualified(),
+                sv,
+                format!(
+                    "{:?}/{}",
+                    t.last_value,
+                    if t.is_called { "called" } else { "not called" }
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    let (src_objects, tgt_objects) = tokio::try_join!(
+        schema_objects(source_pool, journal_schema),
+        schema_objects(target_pool, journal_schema)
+    )?;
+    let missing_objects: Vec<String> = src_objects.difference(&tgt_objects).cloned().collect();
+    let lo_sql = "SELECT count(*), coalesce(sum(hashtextextended(oid::text || md5(lo_get(oid)), 0)), 0)::text \
+                  FROM pg_largeobject_metadata";
+    let (lo_s, lo_t): ((i64, String), (i64, String)) = tokio::try_join!(
+        async { Ok::<_, Error>(sqlx::query_as(lo_sql).fetch_one(source_pool).await?) },
+        async { Ok::<_, Error>(sqlx::query_as(lo_sql).fetch_one(target_pool).await?) }
+    )?;
+    let large_objects_match = lo_s == lo_t;
+    let ok = tables.iter().all(|t| t.matches)
+        && sequences.is_empty()
+        && missing_objects.is_empty()
+        && large_objects_match;
+    Ok(VerifyReport {
+        tables,
+        sequences_compared: source.sequences.len(),
+        sequences,
+        missing_objects,
+        large_objects: (lo_s.0, lo_t.0),
+        large_objects_match,
+        ok,
+    })
+}
+
+async fn verify_table(
+    source: &PgPool,
+    target: &PgPool,
+    t: &TableInfo,
+    tt: Option<&TableInfo>,
+) -> Result<TableVerdict> {
+    let mut v = TableVerdict {
+        table: t.display(),
+        source_rows: 0,
+        target_rows: None,
+        source_hash: String::new(),
+        target_hash: None,
+        matches: false,
+        differing_ranges: vec![],
+        note: None,
+    };
+    let Some(tt) = tt else {
+        let (n, h) = table_hash(source, t, "").await?;
+        (v.source_rows, v.source_hash) = (n, h);
+        v.note = Some("table missing on the target".into());
+        return Ok(v);
+    };
+    if tt.columns != t.columns {
+        let (n, h) = table_hash(source, t, "").await?;
+        (v.source_rows, v.source_hash) = (n, h);
+        v.target_rows = Some(tt.rows);
+        v.note = Some("columns differ".into());
+        return Ok(v);
+    }
+    let ((sn, sh), (tn, th)) = tokio::try_join!(table_hash(source, t, ""), table_hash(target, t, ""))?;
+    v.matches = sn == tn && sh == th;
+    (v.source_rows, v.source_hash, v.target_rows, v.target_hash) = (sn, sh, Some(tn), Some(th));
+    if !v.matches {
+        v.differing_ranges = narrow(source, target, t).await?;
+    }
+    Ok(v)
+}
+
+/// For a table with a single integer primary key: the key ranges whose rows
+/// differ, found by hashing 16 buckets and splitting differing ones again.
+async fn narrow(source: &PgPool, target: &PgPool, t: &TableInfo) -> Result<Vec<String>> {
+    let [pk] = t.primary_key.as_slice() else {
+        return Ok(vec![]);
+    };
+    let is_int = t
+        .columns
+        .iter()
+        .any(|(n, ty)| n == pk && matches!(ty.as_str(), "smallint" | "integer" | "bigint"));
+    if !is_int {
+        return Ok(vec![]);
+    }
+    let col = quote_ident(pk);
+    let bounds_sql = format!(
+        "SELECT min({col})::bigint, max({col})::bigint FROM ONLY {}",
+        t.qualified()
+    );
+    let (a, b): ((Option<i64>, Option<i64>), (Option<i64>, Option<i64>)) = tokio::try_join!(
+        async { Ok::<_, Error>(sqlx::query_as(&bounds_sql).fetch_one(source).await?) },
+        async { Ok::<_, Error>(sqlx::query_as(&bounds_sql).fetch_one(target).await?) }
+    )?;
+    let lo = [a.0, b.0].into_iter().flatten().min();
+    let hi = [a.1, b.1].into_iter().flatten().max();
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok(vec![]);
+    };
+    let mut pending = vec![(lo, hi)];
+    let mut found = vec![];
+    while let Some((lo, hi)) = pending.pop() {
+        if found.len() + pending.len() > 64 {
+            found.push(format!("{pk} {lo}..{hi}"));
+            continue;
+        }
+        let width = ((hi - lo) / 16).max(0) + 1;
+        let mut start = lo;
+        while start <= hi {
+            let end = (start + width - 1).min(hi);
+            let filter = format!("WHERE {col} BETWEEN {start} AND {end}");
+            let (s, d) = tokio::try_join!(table_hash(source, t, &filter), table_hash(target, t, &filter))?;
+            if s != d {
+                if end - start < 16 {
+                    found.push(if start == end {
+                        format!("{pk} {start}")
+                    } else {
+                        format!("{pk} {start}..{end}")
+                    });
+                } else {
+                    pending.push((start, end));
+                }
+            }
+            start = end + 1;
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Indexes, constraints, triggers, views, functions and types, by name.
+async fn schema_objects(pool: &PgPool, journal_schema: &str) -> Result<BTreeSet<String>> {
+    let app = "n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname NOT LIKE 'pg\\_%'";
+    let sql = format!(
+        "SELECT 'index ' || n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+           WHERE c.relkind IN ('i', 'I') AND {app} \
+         UNION ALL SELECT CASE c.relkind WHEN 'v' THEN 'view ' ELSE 'materialized view ' END || n.nspname || '.' || c.relname \
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm') AND {app} \
+         UNION ALL SELECT 'constraint ' || k.conname || ' on ' || n.nspname || '.' || c.relname FROM pg_constraint k \
+           JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {app} \
+         UNION ALL SELECT 'trigger ' || t.tgname || ' on ' || n.nspname || '.' || c.relname FROM pg_trigger t \
+           JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND {app} \
+         UNION ALL SELECT 'function ' || n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')' \
+           FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {app} \
+           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') \
+         UNION ALL SELECT 'type ' || n.nspname || '.' || t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+           WHERE t.typtype IN ('e', 'd') AND {app} AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = t.oid AND d.deptype = 'e') \
+         UNION ALL SELECT 'extension ' || extname FROM pg_extension"
+    );
+    let rows: Vec<String> = sqlx::query_scalar(&sql)
+        .bind(journal_schema)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The verify-data stage: fails when anything differs.
+pub struct VerifyData {
+    pub description: Description,
+    jobs: usize,
+}
+
+impl VerifyData {
+    pub fn new(source: &Inventory, jobs: usize) -> VerifyData {
+        VerifyData {
+            description: Description {
+                summary: format!(
+                    "compare every table on both servers (exact row count and content hash; {} tables, {} rows), \
+                     the schema objects, {} sequences and {} large objects",
+                    source.storage_tables().count(),
+                    source.total_rows(),
+                    source.sequences.len(),
+                    source.large_objects
+                ),
+                details: vec![],
+                warnings: vec![],
+                destructive: false,
+            },
+            jobs,
+        }
+    }
+}
+
+#[async_trait]
+impl Stage for VerifyData {
+    fn name(&self) -> String {
+        "verify-data".into()
+    }
+    fn describe(&self) -> &Description {
+        &self.description
+    }
+    fn undo_kind(&self) -> Undo {
+        Undo::Nothing
+    }
+    async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
+        let report = verify(&ctx.source, &ctx.target, ctx.journal.schema(), self.jobs).await?;
+        if !report.ok {
+            return Err(Error::new(
+                ErrorKind::Differences,
+                format!(
+                    "the target differs from the source: {}",
+                    report.problems().join("; ")
+                ),
+            ));
+        }
+        let rows: i64 = report.tables.iter().map(|t| t.source_rows).sum();
+        Ok(serde_json::json!({
+            "summary": format!("{} tables, {rows} rows, {} sequences and {} large objects identical",
+                report.tables.len(), report.sequences_compared, report.large_objects.0),
+            "report": report,
+        }))
+    }
+    async fn check(&self, ctx: &RunContext) -> Result<Check> {
+        let report = verify(&ctx.source, &ctx.target, ctx.journal.schema(), self.jobs).await?;
+        Ok(if report.ok {
+            Check::Holds
+        } else {
+            Check::Fails(report.problems().join("; "))
+        })
+    }
+    async fn undo(&self, _ctx: &RunContext) -> Result<String> {
+        Ok("nothing to undo".into())
+    }
+}
