@@ -59,10 +59,24 @@ pub fn coded(code: Code, message: impl Into<String>) -> anyhow::Error {
 }
 
 pub(crate) fn code_for(err: &anyhow::Error) -> Code {
-    err.chain()
-        .find_map(|e| e.downcast_ref::<CodedError>())
-        .map(|e| e.code)
-        .unwrap_or(Code::Failure)
+    use cutover_core::ErrorKind;
+    for e in err.chain() {
+        if let Some(c) = e.downcast_ref::<CodedError>() {
+            return c.code;
+        }
+        if let Some(c) = e.downcast_ref::<cutover_core::Error>() {
+            return match c.kind {
+                ErrorKind::Failure => Code::Failure,
+                ErrorKind::BadInput => Code::BadInput,
+                ErrorKind::Differences => Code::Differences,
+                ErrorKind::Locked => Code::Locked,
+                ErrorKind::Refused => Code::Refused,
+                ErrorKind::NotImplemented => Code::NotImplemented,
+                ErrorKind::Interrupted => Code::Interrupted,
+            };
+        }
+    }
+    Code::Failure
 }
 
 /// The whole error chain on one line: "outer: cause: root cause".

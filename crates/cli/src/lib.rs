@@ -5,6 +5,9 @@
 mod args;
 mod commands;
 pub mod exit;
+mod planner;
+mod render;
+mod session;
 
 use std::process::ExitCode;
 

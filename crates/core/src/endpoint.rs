@@ -76,7 +76,7 @@ impl Endpoint {
                 url.scheme()
             )));
         }
-        let mut password = url.password().map(|p| percent_decode(p));
+        let mut password = url.password().map(percent_decode);
         if let Some(var) = &spec.password_env {
             password = Some(std::env::var(var).map_err(|_| {
                 Error::bad_input(format!(

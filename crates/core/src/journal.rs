@@ -20,6 +20,16 @@ pub struct Journal {
     schema: String,
 }
 
+/// A work item of a stage, as recorded in `item_progress`.
+#[derive(Debug, Default)]
+pub struct Item<'a> {
+    pub stage: &'a str,
+    pub item: &'a str,
+    pub rows: Option<i64>,
+    pub bytes: Option<i64>,
+    pub detail: Option<&'a serde_json::Value>,
+}
+
 /// One row of `runs`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
@@ -275,16 +285,7 @@ impl Journal {
 
     /// Marks an item done on the given connection: call it inside the
     /// transaction that performs the item's effect.
-    pub async fn item_done_in(
-        &self,
-        conn: &mut PgConnection,
-        run_id: Uuid,
-        stage: &str,
-        item: &str,
-        rows: Option<i64>,
-        bytes: Option<i64>,
-        detail: Option<&serde_json::Value>,
-    ) -> Result<()> {
+    pub async fn item_done_in(&self, conn: &mut PgConnection, run_id: Uuid, item: &Item<'_>) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO {} (run_id, stage, item, state, rows, bytes, detail) VALUES ($1, $2, $3, 'done', $4, $5, $6) \
              ON CONFLICT (run_id, stage, item) DO UPDATE SET state = 'done', rows = $4, bytes = $5, detail = $6, \
@@ -292,11 +293,11 @@ impl Journal {
             self.table("item_progress")
         ))
         .bind(run_id)
-        .bind(stage)
-        .bind(item)
-        .bind(rows)
-        .bind(bytes)
-        .bind(detail)
+        .bind(item.stage)
+        .bind(item.item)
+        .bind(item.rows)
+        .bind(item.bytes)
+        .bind(item.detail)
         .execute(conn)
         .await?;
         Ok(())

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use cutover_core::endpoint::{Endpoint, Role};
+use cutover_core::journal::Item;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
 use serde_json::json;
@@ -186,23 +187,22 @@ impl Stage for BackupTarget {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
         let path = dir.join(format!("target-{}-{stamp}.dump", target.dbname));
         let partial = path.with_extension("dump.partial");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&partial)?;
+        // Created 0600 first: pg_dump truncates an existing file and keeps its mode.
+        drop(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&partial)?,
+        );
         let mut cmd = tools::command(&pg_dump, &target);
         cmd.args(["--format=custom", "--no-owner", "--no-privileges"])
-            .arg(format!("--exclude-schema={}", quote_ident(&journal_schema)));
-        cmd.stdout(file);
-        let out = cmd.stderr(std::process::Stdio::piped()).output().await?;
-        if !out.status.success() {
+            .arg(format!("--exclude-schema={}", quote_ident(&journal_schema)))
+            .arg(format!("--file={}", partial.display()));
+        if let Err(e) = tools::run(cmd, "pg_dump of the target").await {
             let _ = std::fs::remove_file(&partial);
-            return Err(Error::failure(format!(
-                "pg_dump of the target failed: {}",
-                cutover_core::endpoint::redact_text(String::from_utf8_lossy(&out.stderr).trim())
-            )));
+            return Err(e);
         }
         std::fs::File::open(&partial)?.sync_all()?;
         std::fs::rename(&partial, &path)?;
@@ -211,18 +211,27 @@ impl Stage for BackupTarget {
         }
         let sha256 = sha256_file(&path)?;
         let bytes = std::fs::metadata(&path)?.len();
-        let proof = prove(ctx, &target, &path, &inventory).await?;
+        let proof = match prove(ctx, &target, &path, &inventory).await {
+            Ok(p) => p,
+            Err(e) => {
+                // An unproven backup must not be mistaken for a good one later.
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         let detail = json!({ "path": path, "sha256": sha256, "bytes": bytes, "proof": proof });
         let mut conn = ctx.journal.pool().acquire().await?;
         ctx.journal
             .item_done_in(
                 &mut conn,
                 ctx.run_id,
-                STAGE,
-                "backup",
-                None,
-                Some(bytes as i64),
-                Some(&detail),
+                &Item {
+                    stage: STAGE,
+                    item: "backup",
+                    bytes: Some(bytes as i64),
+                    detail: Some(&detail),
+                    ..Default::default()
+                },
             )
             .await?;
         Ok(json!({

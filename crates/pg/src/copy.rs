@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cutover_core::endpoint::{Endpoint, Role};
 use cutover_core::event::Event;
+use cutover_core::journal::Item;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
 use futures::StreamExt;
@@ -96,7 +97,17 @@ async fn mark_done(
 ) -> Result<()> {
     let mut conn = ctx.journal.pool().acquire().await?;
     ctx.journal
-        .item_done_in(&mut conn, ctx.run_id, STAGE, item, rows, None, detail)
+        .item_done_in(
+            &mut conn,
+            ctx.run_id,
+            &Item {
+                stage: STAGE,
+                item,
+                rows,
+                detail,
+                ..Default::default()
+            },
+        )
         .await
 }
 
@@ -183,7 +194,7 @@ impl Stage for Copy {
             .filter(|t| !done.contains(&table_item(t)))
             .cloned()
             .collect();
-        tables.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        tables.sort_by_key(|t| std::cmp::Reverse(t.bytes));
         let total_tables = tables.len();
         let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
         let workers = self.jobs.min(total_tables).max(1);
@@ -407,11 +418,13 @@ impl Worker {
             .item_done_in(
                 &mut tx,
                 self.run_id,
-                STAGE,
-                &table_item(table),
-                Some(rows as i64),
-                Some(bytes as i64),
-                None,
+                &Item {
+                    stage: STAGE,
+                    item: &table_item(table),
+                    rows: Some(rows as i64),
+                    bytes: Some(bytes as i64),
+                    detail: None,
+                },
             )
             .await?;
         tx.commit().await?;
@@ -471,11 +484,12 @@ async fn copy_sequences(ctx: &RunContext, source: &Inventory) -> Result<usize> {
         .item_done_in(
             &mut conn,
             ctx.run_id,
-            STAGE,
-            "sequences",
-            Some(source.sequences.len() as i64),
-            None,
-            None,
+            &Item {
+                stage: STAGE,
+                item: "sequences",
+                rows: Some(source.sequences.len() as i64),
+                ..Default::default()
+            },
         )
         .await?;
     Ok(source.sequences.len())
@@ -512,11 +526,12 @@ async fn copy_large_objects(ctx: &RunContext) -> Result<usize> {
             .item_done_in(
                 &mut tx,
                 ctx.run_id,
-                STAGE,
-                &item,
-                None,
-                Some(data.len() as i64),
-                None,
+                &Item {
+                    stage: STAGE,
+                    item: &item,
+                    bytes: Some(data.len() as i64),
+                    ..Default::default()
+                },
             )
             .await?;
         tx.commit().await?;

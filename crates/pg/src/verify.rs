@@ -243,7 +243,8 @@ async fn narrow(source: &PgPool, target: &PgPool, t: &TableInfo) -> Result<Vec<S
         "SELECT min({col})::bigint, max({col})::bigint FROM ONLY {}",
         t.qualified()
     );
-    let (a, b): ((Option<i64>, Option<i64>), (Option<i64>, Option<i64>)) = tokio::try_join!(
+    type Bounds = (Option<i64>, Option<i64>);
+    let (a, b): (Bounds, Bounds) = tokio::try_join!(
         async { Ok::<_, Error>(sqlx::query_as(&bounds_sql).fetch_one(source).await?) },
         async { Ok::<_, Error>(sqlx::query_as(&bounds_sql).fetch_one(target).await?) }
     )?;
@@ -253,10 +254,10 @@ async fn narrow(source: &PgPool, target: &PgPool, t: &TableInfo) -> Result<Vec<S
         return Ok(vec![]);
     };
     let mut pending = vec![(lo, hi)];
-    let mut found = vec![];
+    let mut found: Vec<(i64, i64)> = vec![];
     while let Some((lo, hi)) = pending.pop() {
         if found.len() + pending.len() > 64 {
-            found.push(format!("{pk} {lo}..{hi}"));
+            found.push((lo, hi));
             continue;
         }
         let width = ((hi - lo) / 16).max(0) + 1;
@@ -267,11 +268,7 @@ async fn narrow(source: &PgPool, target: &PgPool, t: &TableInfo) -> Result<Vec<S
             let (s, d) = tokio::try_join!(table_hash(source, t, &filter), table_hash(target, t, &filter))?;
             if s != d {
                 if end - start < 16 {
-                    found.push(if start == end {
-                        format!("{pk} {start}")
-                    } else {
-                        format!("{pk} {start}..{end}")
-                    });
+                    found.push((start, end));
                 } else {
                     pending.push((start, end));
                 }
@@ -279,8 +276,25 @@ async fn narrow(source: &PgPool, target: &PgPool, t: &TableInfo) -> Result<Vec<S
             start = end + 1;
         }
     }
+    // Adjacent ranges read better as one.
     found.sort();
-    Ok(found)
+    let mut merged: Vec<(i64, i64)> = vec![];
+    for (a, b) in found {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 + 1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    Ok(merged
+        .into_iter()
+        .map(|(a, b)| {
+            if a == b {
+                format!("{pk} {a}")
+            } else {
+                format!("{pk} {a}..{b}")
+            }
+        })
+        .collect())
 }
 
 /// Indexes, constraints, triggers, views, functions and types, by name.

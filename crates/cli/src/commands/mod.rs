@@ -39,3 +39,8 @@ pub(crate) fn not_implemented(command: &str) -> anyhow::Result<Code> {
         format!("`cutover {command}` is not implemented yet in this version; nothing was done"),
     ))
 }
+
+/// The async runtime for commands that talk to databases.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

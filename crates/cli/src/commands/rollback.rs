@@ -1,13 +1,20 @@
-//! `cutover rollback`: undoes completed stages in reverse order.
+//! `cutover rollback`: undoes the latest run's stages in reverse order.
+
+use std::sync::Arc;
 
 use clap::Args;
+use cutover_core::engine;
+use cutover_core::plan_file::LoadedPlan;
+use cutover_core::stage::CancelFlag;
 
 use crate::args::GlobalArgs;
 use crate::exit::Code;
+use crate::render::Reporter;
+use crate::session::{self, Mode};
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    /// Also undo past stages that declare themselves irreversible.
+    /// Go on past stages that cannot be undone (they are left as they are).
     #[arg(long)]
     pub force: bool,
     /// Answer yes to the confirmation (for scripts).
@@ -15,6 +22,20 @@ pub struct RollbackArgs {
     pub yes: bool,
 }
 
-pub(crate) fn run(_global: &GlobalArgs, _args: RollbackArgs) -> anyhow::Result<Code> {
-    super::not_implemented("rollback")
+pub(crate) fn run(global: &GlobalArgs, args: RollbackArgs) -> anyhow::Result<Code> {
+    let loaded = LoadedPlan::load(&global.plan)?;
+    let events = Arc::new(Reporter {
+        output: global.output,
+        quiet: global.quiet,
+    });
+    let cancel = CancelFlag::default();
+    super::runtime()?.block_on(async {
+        session::cancel_on_ctrl_c(&cancel, events.clone());
+        // Rolling back must work when the target now holds more than the source.
+        let s = session::open(&loaded, true, Mode::Rollback, events, cancel).await?;
+        let confirm = session::confirmer(args.yes, s.planned.dbs.target.dbname.clone(), "rollback of");
+        confirm(&["the latest run".to_string()])?;
+        engine::rollback(s.plan(), &s.ctx, args.force).await?;
+        Ok::<_, anyhow::Error>(Code::Success)
+    })
 }

@@ -1,9 +1,16 @@
-//! `cutover run`: starts or resumes the cutover.
+//! `cutover run`: starts or resumes the cutover described by the plan file.
+
+use std::sync::Arc;
 
 use clap::Args;
+use cutover_core::engine::{self, Selection};
+use cutover_core::plan_file::LoadedPlan;
+use cutover_core::stage::CancelFlag;
 
 use crate::args::GlobalArgs;
 use crate::exit::Code;
+use crate::render::Reporter;
+use crate::session::{self, Mode};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -16,7 +23,7 @@ pub struct RunArgs {
     /// Run only this stage.
     #[arg(long, value_name = "STAGE", conflicts_with = "until")]
     pub only: Option<String>,
-    /// Forget the previous run of this plan and start over.
+    /// Abandon the previous run of this plan and start over.
     #[arg(long)]
     pub restart: bool,
     /// Clear the target even when it holds data the source lacks.
@@ -24,6 +31,31 @@ pub struct RunArgs {
     pub allow_target_ahead: bool,
 }
 
-pub(crate) fn run(_global: &GlobalArgs, _args: RunArgs) -> anyhow::Result<Code> {
-    super::not_implemented("run")
+pub(crate) fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<Code> {
+    let loaded = LoadedPlan::load(&global.plan)?;
+    let events = Arc::new(Reporter {
+        output: global.output,
+        quiet: global.quiet,
+    });
+    let cancel = CancelFlag::default();
+    super::runtime()?.block_on(async {
+        session::cancel_on_ctrl_c(&cancel, events.clone());
+        let s = session::open(
+            &loaded,
+            args.allow_target_ahead,
+            Mode::Run {
+                restart: args.restart,
+            },
+            events,
+            cancel,
+        )
+        .await?;
+        let confirm = session::confirmer(args.yes, s.planned.dbs.target.dbname.clone(), "stage");
+        let selection = Selection {
+            until: args.until,
+            only: args.only,
+        };
+        engine::run(s.plan(), &s.ctx, &selection, &confirm).await?;
+        Ok::<_, anyhow::Error>(Code::Success)
+    })
 }

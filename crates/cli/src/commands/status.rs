@@ -1,13 +1,78 @@
-//! `cutover status`: the run's stage table from the journal.
+//! `cutover status`: the latest run's stage table from the journal.
 
 use clap::Args;
+use cutover_core::endpoint::{Endpoint, Role};
+use cutover_core::journal::Journal;
+use cutover_core::plan_file::LoadedPlan;
 
-use crate::args::GlobalArgs;
+use crate::args::{GlobalArgs, Output};
 use crate::exit::Code;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {}
 
-pub(crate) fn run(_global: &GlobalArgs, _args: StatusArgs) -> anyhow::Result<Code> {
-    super::not_implemented("status")
+pub(crate) fn run(global: &GlobalArgs, _args: StatusArgs) -> anyhow::Result<Code> {
+    let loaded = LoadedPlan::load(&global.plan)?;
+    super::runtime()?.block_on(async {
+        let opts = &loaded.file.options;
+        let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
+        let pool = cutover_pg::connect::pool(&target, opts.connect_timeout, 0, opts.lock_timeout, 2).await?;
+        let Some(journal) = Journal::open_existing(&pool, &opts.journal_schema).await? else {
+            if global.output == Output::Json {
+                println!("{}", serde_json::json!({ "run": null, "stages": [] }));
+            } else {
+                println!(
+                    "No run yet: the target {target} has no journal (schema {}).",
+                    opts.journal_schema
+                );
+            }
+            return Ok(Code::Success);
+        };
+        let Some(run) = journal.latest_run().await? else {
+            println!("No run yet in the journal of {target}.");
+            return Ok(Code::Success);
+        };
+        let mut states: Vec<_> = journal.stage_states(run.id).await?.into_values().collect();
+        states.sort_by_key(|s| s.first_started_at.unwrap_or(s.at));
+        if global.output == Output::Json {
+            println!("{}", serde_json::json!({ "run": run, "stages": states }));
+            return Ok(Code::Success);
+        }
+        println!(
+            "Run {} ({}), began {} by {}@{}; plan {}",
+            run.id,
+            run.status,
+            run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            run.operator_user,
+            run.operator_host,
+            run.plan_path
+        );
+        println!(
+            "{:<16} {:<12} {:<20} {:>9}  detail",
+            "stage", "state", "started", "seconds"
+        );
+        for s in &states {
+            let detail = s
+                .error
+                .clone()
+                .or_else(|| {
+                    s.artefacts
+                        .as_ref()
+                        .and_then(|a| a.get("summary"))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or_default();
+            println!(
+                "{:<16} {:<12} {:<20} {:>9}  {detail}",
+                s.stage,
+                s.event,
+                s.last_started_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default(),
+                s.seconds().map(|x| format!("{x:.1}")).unwrap_or_default(),
+            );
+        }
+        Ok(Code::Success)
+    })
 }

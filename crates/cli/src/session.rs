@@ -1,0 +1,186 @@
+//! Opening a run for `run` and `rollback`: build the plan, take the run lock
+//! on the target, create or upgrade the journal, and find the run to resume,
+//! refusing when the plan file or a database changed since it began.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+
+use cutover_core::event::{Event, EventSink};
+use cutover_core::journal::{Journal, RunLock};
+use cutover_core::plan_file::LoadedPlan;
+use cutover_core::stage::{CancelFlag, RunContext};
+use cutover_core::{Error, ErrorKind, Result};
+
+use crate::planner::{self, Planned};
+
+pub struct Session {
+    pub planned: Planned,
+    pub ctx: RunContext,
+    // Held for the whole command; dropping it releases the lock.
+    _lock: RunLock,
+}
+
+pub enum Mode {
+    /// `run`: resume the latest run or start one.
+    Run { restart: bool },
+    /// `rollback`: the latest run must exist.
+    Rollback,
+}
+
+pub async fn open(
+    loaded: &LoadedPlan,
+    allow_target_ahead: bool,
+    mode: Mode,
+    events: Arc<dyn EventSink>,
+    cancel: CancelFlag,
+) -> Result<Session> {
+    let planned = planner::build(loaded, allow_target_ahead).await?;
+    let schema = &loaded.file.options.journal_schema;
+    let target_options = planned
+        .dbs
+        .target
+        .connect_options(std::time::Duration::from_secs(
+            loaded.file.options.connect_timeout,
+        ))?;
+    let lock = RunLock::acquire(&target_options, schema).await?;
+    let journal = Journal::ensure(&planned.dbs.target_pool, schema).await?;
+    let latest = journal.latest_run().await?;
+    let (run_id, resumed) = match (mode, latest) {
+        (Mode::Rollback, None) => {
+            return Err(Error::bad_input(
+                "there is no run of this plan in the target's journal: nothing to roll back",
+            ));
+        }
+        (Mode::Rollback, Some(run)) => {
+            refuse_drift(loaded, &planned, &run)?;
+            (run.id, true)
+        }
+        (Mode::Run { restart }, Some(run))
+            if !restart && !matches!(run.status.as_str(), "rolled_back" | "abandoned") =>
+        {
+            refuse_drift(loaded, &planned, &run)?;
+            (run.id, true)
+        }
+        (Mode::Run { .. }, previous) => {
+            if let Some(run) = previous
+                && !matches!(run.status.as_str(), "rolled_back" | "abandoned" | "done")
+            {
+                journal.set_run_status(run.id, "abandoned").await?;
+            }
+            let id = journal
+                .create_run(
+                    &loaded.path.display().to_string(),
+                    &loaded.fingerprint,
+                    &planned.dbs.source_identity,
+                    &planned.dbs.target_identity,
+                )
+                .await?;
+            (id, false)
+        }
+    };
+    events.emit(Event::RunStarted {
+        run_id: run_id.to_string(),
+        resumed,
+    });
+    let ctx = RunContext {
+        plan: loaded.clone(),
+        source: planned.dbs.source_pool.clone(),
+        target: planned.dbs.target_pool.clone(),
+        journal,
+        run_id,
+        run_dir: loaded.run_dir(),
+        events,
+        cancel,
+    };
+    Ok(Session {
+        planned,
+        ctx,
+        _lock: lock,
+    })
+}
+
+fn refuse_drift(
+    loaded: &LoadedPlan,
+    planned: &Planned,
+    run: &cutover_core::journal::RunRecord,
+) -> Result<()> {
+    let mut changes = vec![];
+    if run.plan_fingerprint != loaded.fingerprint {
+        changes.push(format!(
+            "the plan file changed (sha256 {}… when the run began, {}… now)",
+            &run.plan_fingerprint[..12],
+            &loaded.fingerprint[..12]
+        ));
+    }
+    for d in run.source_identity.differences(&planned.dbs.source_identity) {
+        changes.push(format!("the source changed: {d}"));
+    }
+    for d in run.target_identity.differences(&planned.dbs.target_identity) {
+        changes.push(format!("the target changed: {d}"));
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    Err(Error::refused(format!(
+        "run {} began on {} by {}@{} and cannot be resumed: {}. Put things back as they were, or start over with \
+         `cutover run --restart` (`cutover rollback` first if the earlier run changed anything)",
+        run.id,
+        run.started_at.format("%Y-%m-%d %H:%M UTC"),
+        run.operator_user,
+        run.operator_host,
+        changes.join("; ")
+    )))
+}
+
+/// Asks for the destructive stages' confirmation: `--yes`, or the target
+/// database's name typed on a terminal. No terminal and no `--yes`: refused.
+pub fn confirmer(yes: bool, target_db: String, what: &'static str) -> impl Fn(&[String]) -> Result<()> {
+    move |stages: &[String]| {
+        if yes {
+            return Ok(());
+        }
+        if !std::io::stdin().is_terminal() {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!(
+                    "{what} {} changes data and needs confirmation, but there is no terminal to ask on: \
+                     pass --yes to confirm",
+                    stages.join(", ")
+                ),
+            ));
+        }
+        eprint!(
+            "{what} {} changes data. Type the target database's name ({target_db}) to go on: ",
+            stages.join(", ")
+        );
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() == target_db {
+            Ok(())
+        } else {
+            Err(Error::refused(
+                "confirmation did not match the target database's name; nothing was changed",
+            ))
+        }
+    }
+}
+
+/// Installs the Ctrl-C handler: the first press stops at the next safe point.
+pub fn cancel_on_ctrl_c(cancel: &CancelFlag, events: Arc<dyn EventSink>) {
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            events.emit(Event::Warning {
+                message: "interrupted: stopping at the next safe point".into(),
+            });
+            cancel.cancel();
+        }
+    });
+}
+
+impl Session {
+    pub fn plan(&self) -> &cutover_core::stage::Plan {
+        &self.planned.plan
+    }
+}
