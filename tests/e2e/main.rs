@@ -2,5 +2,6 @@
 //! the test kit, the real `cutover` binary.
 
 mod cli;
+mod cutover;
 mod kit;
 mod support;

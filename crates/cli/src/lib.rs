@@ -34,8 +34,9 @@ fn init_logging(global: &args::GlobalArgs) {
     use tracing_subscriber::EnvFilter;
     let default = match (global.quiet, global.verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
+        // sqlx logs slow statements at warn: only -vv shows them.
+        (false, 0) => "warn,sqlx=error",
+        (false, 1) => "info,sqlx=error",
         (false, 2) => "debug",
         _ => "trace",
     };

@@ -5,6 +5,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
+use cutover_core::endpoint::{Endpoint, Role};
 use cutover_core::event::{Event, EventSink};
 use cutover_core::journal::{Journal, RunLock};
 use cutover_core::plan_file::LoadedPlan;
@@ -34,15 +35,13 @@ pub async fn open(
     events: Arc<dyn EventSink>,
     cancel: CancelFlag,
 ) -> Result<Session> {
-    let planned = planner::build(loaded, allow_target_ahead).await?;
+    // The lock comes first: a second run must not even inspect (inspection can
+    // wait behind the first run's locks).
     let schema = &loaded.file.options.journal_schema;
-    let target_options = planned
-        .dbs
-        .target
-        .connect_options(std::time::Duration::from_secs(
-            loaded.file.options.connect_timeout,
-        ))?;
-    let lock = RunLock::acquire(&target_options, schema).await?;
+    let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
+    let timeout = std::time::Duration::from_secs(loaded.file.options.connect_timeout);
+    let lock = RunLock::acquire(&target.connect_options(timeout)?, schema).await?;
+    let planned = planner::build(loaded, allow_target_ahead).await?;
     let journal = Journal::ensure(&planned.dbs.target_pool, schema).await?;
     let latest = journal.latest_run().await?;
     let (run_id, resumed) = match (mode, latest) {

@@ -262,27 +262,27 @@ impl Stage for BackupTarget {
 async fn prove(ctx: &RunContext, target: &Endpoint, path: &Path, inventory: &Inventory) -> Result<String> {
     let pg_restore = tools::find("pg_restore")?;
     let scratch = format!("cutover_proof_{}", &ctx.run_id.simple().to_string()[..12]);
+    // A run killed during an earlier proof may have left its scratch database.
+    let drop_scratch = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&scratch));
+    let _ = sqlx::query(&drop_scratch).execute(&ctx.target).await;
     let create = sqlx::query(&format!("CREATE DATABASE {}", quote_ident(&scratch)))
         .execute(&ctx.target)
         .await;
     if let Err(e) = create {
-        if !e.to_string().contains("already exists") {
-            let mut cmd = tools::command(&pg_restore, target);
-            cmd.arg("--list").arg(path);
-            // --list reads only the file; drop the --dbname argument's effect by listing.
-            let list = tools::run(cmd, "pg_restore --list of the target's backup").await?;
-            let data_entries = list.lines().filter(|l| l.contains(" TABLE DATA ")).count();
-            let expected = inventory.storage_tables().count();
-            if data_entries != expected {
-                return Err(Error::failure(format!(
-                    "the backup lists {data_entries} tables of data, the target has {expected}: the backup is incomplete"
-                )));
-            }
-            return Ok(format!(
-                "proven by its table of contents only ({data_entries} tables of data): the target user may not \
-                 create a scratch database ({e})"
-            ));
+        let mut cmd = tools::command(&pg_restore, target);
+        cmd.arg("--list").arg(path);
+        let list = tools::run(cmd, "pg_restore --list of the target's backup").await?;
+        let data_entries = list.lines().filter(|l| l.contains(" TABLE DATA ")).count();
+        let expected = inventory.storage_tables().count();
+        if data_entries != expected {
+            return Err(Error::failure(format!(
+                "the backup lists {data_entries} tables of data, the target has {expected}: the backup is incomplete"
+            )));
         }
+        return Ok(format!(
+            "proven by its table of contents only ({data_entries} tables of data): the target user may not create \
+             a scratch database ({e})"
+        ));
     }
     let result = async {
         let scratch_ep = target.with_database(&scratch);
@@ -313,11 +313,6 @@ async fn prove(ctx: &RunContext, target: &Endpoint, path: &Path, inventory: &Inv
         ))
     }
     .await;
-    sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        quote_ident(&scratch)
-    ))
-    .execute(&ctx.target)
-    .await?;
+    sqlx::query(&drop_scratch).execute(&ctx.target).await?;
     result
 }

@@ -105,10 +105,16 @@ impl Stage for FreezeSource {
             return Ok(json!({ "summary": "not frozen (freeze_source = false)" }));
         }
         let db = quote_ident(&self.database);
+        // On a resume the source may already be frozen, and new sessions then
+        // start read-only: this one must not.
+        let mut conn = ctx.source.acquire().await?;
+        sqlx::query("SET default_transaction_read_only = off")
+            .execute(&mut *conn)
+            .await?;
         sqlx::query(&format!(
             "ALTER DATABASE {db} SET default_transaction_read_only = on"
         ))
-        .execute(&ctx.source)
+        .execute(&mut *conn)
         .await
         .map_err(|e| {
             Error::failure(format!(
@@ -116,6 +122,7 @@ impl Stage for FreezeSource {
                      superuser; or set options.freeze_source = false and stop the writers yourself"
             ))
         })?;
+        drop(conn);
         let ended: Vec<(i32, bool)> = sqlx::query_as(
             "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
              AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND application_name NOT LIKE 'cutover %'",

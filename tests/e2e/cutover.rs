@@ -1,0 +1,412 @@
+//! End to end through the binary: plan, run, verify, status and rollback on
+//! the seed scenario and the tricky schema, with resume, refusals and locks.
+
+use std::time::Duration;
+
+use cutover_testkit::{Fixture, PgPair};
+
+use crate::support::{Scenario, output};
+
+fn q(server: &cutover_testkit::PgServer, sql: &str) -> String {
+    server.sql("app", sql).unwrap()
+}
+
+#[test]
+fn seed_cutover_plan_run_verify_rerun_rollback() {
+    let s = Scenario::seed();
+    let source_before = s.source_digest();
+    let target_before = s.target_digest();
+
+    // plan: writes nothing anywhere.
+    let (code, stdout, stderr) = s.run(&["plan"]);
+    assert_eq!(code, 0, "{stderr}");
+    for expected in [
+        "1. discover",
+        "2. backup-target",
+        "4. clear-target",
+        "5. copy",
+        "6. verify-data",
+    ] {
+        assert!(stdout.contains(expected), "plan lacks {expected}:\n{stdout}");
+    }
+    assert!(
+        stdout.contains("1 row of users that the source lacks (id=1, stale@tovplay.example)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        q(
+            &s.pair.target,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover'"
+        ),
+        "0"
+    );
+    assert!(!s.run_dir().exists(), "plan created the run directory");
+    let (code, json, _) = s.run(&["plan", "--output", "json"]);
+    assert_eq!(code, 0);
+    let plan: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(plan["stages"].as_array().unwrap().len(), 6);
+
+    // run without --yes and without a terminal: refused, nothing destroyed.
+    let (code, _, stderr) = s.run(&["run"]);
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("pass --yes"), "{stderr}");
+    assert_eq!(s.target_digest(), target_before);
+
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    // The target now holds exactly the source's data (independent digest).
+    assert_eq!(s.target_digest(), source_before);
+    assert_eq!(q(&s.pair.target, "SELECT count(*) FROM users"), "22");
+    // The change-log trigger did not fire during the load.
+    assert_eq!(q(&s.pair.target, "SELECT count(*) FROM row_change_log"), "23");
+    // The source is frozen for writes.
+    let err = s
+        .pair
+        .source
+        .sql("app", "INSERT INTO protection_settings VALUES ('k', 'v')")
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("read-only transaction"), "{err:#}");
+    // The backup is private and recorded.
+    let backups: Vec<_> = std::fs::read_dir(s.run_dir().join("backups"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(backups.len(), 1);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(backups[0].metadata().unwrap().permissions().mode() & 0o777, 0o600);
+
+    let (code, stdout, _) = s.run(&["verify"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("the target holds exactly the source's data"),
+        "{stdout}"
+    );
+
+    // Re-running a finished run is a no-op.
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("→ "), "a stage ran again:\n{stderr}");
+    assert_eq!(stderr.matches("skipped").count(), 6, "{stderr}");
+
+    let (code, stdout, _) = s.run(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("(done)") && stdout.matches(" done ").count() >= 6,
+        "{stdout}"
+    );
+    let (code, stdout, _) = s.run(&["status", "--output", "json"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["run"]["status"], "done");
+
+    // Sequences and triggers are right on the target: a new user gets id 24 and a change-log row.
+    assert_eq!(
+        q(
+            &s.pair.target,
+            "INSERT INTO users (email, username, created_at) VALUES ('new@x', 'new', now()) RETURNING id"
+        ),
+        "24"
+    );
+    assert_eq!(q(&s.pair.target, "SELECT count(*) FROM row_change_log"), "24");
+    q(
+        &s.pair.target,
+        "DELETE FROM row_change_log WHERE row_id = 24; SET app.allow_user_delete = 'on'; DELETE FROM users WHERE id = 24; DELETE FROM user_deletion_audit WHERE user_id = 24",
+    );
+
+    // Rollback: the target holds its stale data again, the source takes writes.
+    let (code, _, stderr) = s.run(&["rollback", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    let order: Vec<usize> = ["undoing copy", "undoing clear-target", "undoing freeze-source"]
+        .iter()
+        .map(|m| {
+            stderr
+                .find(m)
+                .unwrap_or_else(|| panic!("{m} missing in {stderr}"))
+        })
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "rollback order wrong:\n{stderr}"
+    );
+    assert_eq!(s.target_digest(), target_before);
+    q(
+        &s.pair.source,
+        "INSERT INTO protection_settings VALUES ('after-rollback', 'ok')",
+    );
+
+    // Nothing in the journal or the run directory holds a password.
+    let journal = q(
+        &s.pair.target,
+        "SELECT string_agg(t::text, ' ') FROM cutover.stage_events t",
+    );
+    let runs = q(
+        &s.pair.target,
+        "SELECT string_agg(t::text, ' ') FROM cutover.runs t",
+    );
+    for pw in [s.pair.source.password(), s.pair.target.password()] {
+        assert!(!journal.contains(pw) && !runs.contains(pw));
+        for f in walk(&s.run_dir()) {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(
+                !bytes.windows(pw.len()).any(|w| w == pw.as_bytes()),
+                "password in {}",
+                f.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+fn normalised_schema(server: &cutover_testkit::PgServer) -> String {
+    let out = std::process::Command::new(cutover_testkit::pg_bindir().unwrap().join("pg_dump"))
+        .args([
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--exclude-schema=cutover",
+        ])
+        .arg(server.url_without_password("app"))
+        .env("PGPASSWORD", server.password())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("--") && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn tricky_schema_copies_exactly_and_verify_localises_a_change() {
+    let pair = PgPair::start().unwrap();
+    pair.source.load_fixture("app", Fixture::Tricky).unwrap();
+    pair.target.create_database("app").unwrap();
+    let s = Scenario::with(pair, "");
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(s.target_digest(), s.source_digest());
+    assert_eq!(
+        q(&s.pair.target, "SELECT count(*) FROM public.audit_trail"),
+        "1",
+        "the audit trigger fired during the load"
+    );
+    assert_eq!(
+        q(&s.pair.target, "SELECT last_value FROM public.invoice_numbers"),
+        "1042"
+    );
+    assert_eq!(
+        q(
+            &s.pair.target,
+            "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata"
+        ),
+        "large object payload"
+    );
+    assert_eq!(
+        q(&s.pair.target, "SELECT sum(n) FROM inventory.event_counts"),
+        "400",
+        "materialized view not populated"
+    );
+    assert_eq!(
+        normalised_schema(&s.pair.source),
+        normalised_schema(&s.pair.target)
+    );
+    // Identity ALWAYS continues after the copied values.
+    assert_eq!(
+        q(
+            &s.pair.target,
+            "INSERT INTO \"Billing Dept\".\"Mixed Case Table\" (\"Weird Col\") VALUES ('n') RETURNING \"Id\""
+        ),
+        "5"
+    );
+    q(
+        &s.pair.target,
+        "DELETE FROM \"Billing Dept\".\"Mixed Case Table\" WHERE \"Id\" = 5; SELECT setval(pg_get_serial_sequence('\"Billing Dept\".\"Mixed Case Table\"', 'Id'), 4)",
+    );
+
+    let (code, stdout, _) = s.run(&["verify"]);
+    assert_eq!(code, 0, "{stdout}");
+    q(
+        &s.pair.target,
+        "UPDATE inventory.items SET price = 2 WHERE id = 3",
+    );
+    let (code, stdout, _) = s.run(&["verify"]);
+    assert_eq!(code, 3, "{stdout}");
+    assert!(
+        stdout.contains("inventory.items: 5 rows on the source, 5 on the target, contents differ (in id 3)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn refusals_leave_everything_as_it_was() {
+    let s = Scenario::seed();
+    let (source_before, target_before) = (s.source_digest(), s.target_digest());
+
+    // The same database under two spellings.
+    let port = s.pair.source.port();
+    let (user, pw) = (s.pair.source.user(), s.pair.source.password());
+    s.write_plan(
+        &format!("postgresql://{user}:{pw}@localhost:{port}/app"),
+        &format!("postgresql://{user}:{pw}@127.0.0.1:{port}/app"),
+        "",
+    );
+    let (code, _, stderr) = s.run(&["plan"]);
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("are the same database"), "{stderr}");
+
+    // Swapped direction: the "target" (the live database) holds data the "source" lacks.
+    s.write_plan(&s.pair.target.url("app"), &s.pair.source.url("app"), "");
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("looks like the live database"), "{stderr}");
+    assert!(stderr.contains("--allow-target-ahead"), "{stderr}");
+
+    // A typo in a safety setting is an error with its line, not a silent default.
+    std::fs::write(
+        s.plan_path(),
+        format!(
+            "[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n[options]\nfreeze_sorce = false\n",
+            s.pair.source.url("app"),
+            s.pair.target.url("app")
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = s.run(&["plan"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("line 6, column 1") && stderr.contains("unknown field `freeze_sorce`"),
+        "{stderr}"
+    );
+
+    // Wrong password: named, redacted.
+    s.write_plan(
+        &s.pair
+            .source
+            .url("app")
+            .replace(s.pair.source.password(), "wrong-pw"),
+        &s.pair.target.url("app"),
+        "",
+    );
+    let (code, _, stderr) = s.run(&["plan"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("password authentication failed") && !stderr.contains("wrong-pw"),
+        "{stderr}"
+    );
+
+    assert_eq!(s.source_digest(), source_before);
+    assert_eq!(s.target_digest(), target_before);
+}
+
+#[test]
+fn resume_after_kill_converges_and_drift_is_refused() {
+    let s = Scenario::seed();
+    let expected = s.source_digest();
+    // Kill the run at several points; every re-run picks up where it stopped.
+    for delay_ms in [150u64, 400, 700] {
+        let mut child = s
+            .cutover(&["run", "--yes"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(s.target_digest(), expected);
+
+    // A changed plan file stops a resume and says what changed.
+    let mut plan = std::fs::read_to_string(s.plan_path()).unwrap();
+    plan.push_str("# edited\n");
+    std::fs::write(s.plan_path(), plan).unwrap();
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("the plan file changed"), "{stderr}");
+    let (code, _, stderr) = s.run(&["run", "--yes", "--restart"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(s.target_digest(), expected);
+}
+
+#[test]
+fn run_lock_is_exclusive_and_freed_when_the_holder_dies() {
+    let s = Scenario::with(PgPair::seed().unwrap(), "\n[options]\nlock_timeout = 120\n");
+    // Hold a lock on a target table so the first run waits inside clear-target.
+    let mut blocker = std::process::Command::new(cutover_testkit::pg_bindir().unwrap().join("psql"))
+        .arg(s.pair.target.url_without_password("app"))
+        .env("PGPASSWORD", s.pair.target.password())
+        .args(["-X", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    writeln!(
+        blocker.stdin.as_mut().unwrap(),
+        "BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE;"
+    )
+    .unwrap();
+    blocker.stdin.as_mut().unwrap().flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut holder = s
+        .cutover(&["run", "--yes"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the holder is stuck behind the table lock.
+    let mut waited = 0;
+    while q(
+        &s.pair.target,
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+    ) == "0"
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+        assert!(waited < 200, "the first run never reached the locked table");
+    }
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cutover run lock (pid {}", holder.id())),
+        "{stderr}"
+    );
+
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    drop(blocker.stdin.take());
+    blocker.wait().unwrap();
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(s.target_digest(), s.source_digest());
+}
+
+#[test]
+fn freeze_blocks_source_writes_until_rollback() {
+    let s = Scenario::seed();
+    let (code, _, stderr) = s.run(&["run", "--yes", "--until", "freeze-source"]);
+    assert_eq!(code, 0, "{stderr}");
+    let err = s
+        .pair
+        .source
+        .sql("app", "UPDATE games SET genre = 'x' WHERE id = 1")
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("read-only transaction"), "{err:#}");
+    let (code, _, stderr) = s.run(&["rollback", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    q(&s.pair.source, "UPDATE games SET genre = 'board' WHERE id = 1");
+    let (out, _, _) = output(&mut s.cutover(&["run", "--only", "no-such-stage", "--yes"]));
+    assert_eq!(out.status.code(), Some(2));
+}
