@@ -3,8 +3,8 @@
 #
 # 1. The whole workspace on the `local` backend (servers from the installed
 #    PostgreSQL binaries); the docker-specific kit tests run here too.
-# 2. The test kit's and the docker-tagged end-to-end tests again on the
-#    `docker` backend (testcontainers).
+# 2. The test kit's tests and the seed and tricky-schema cutovers again on
+#    the `docker` backend (testcontainers).
 #
 # The docker backend uses $CUTOVER_TEST_PG_IMAGE, else the official postgres:15
 # image; when that cannot be found or pulled (no registry), an image is built
@@ -26,7 +26,7 @@ echo "== tests, backend local (docker image for docker-only tests: $CUTOVER_TEST
 CUTOVER_TEST_BACKEND=local cargo test --workspace --locked
 
 echo "== tests, backend docker"
-CUTOVER_TEST_BACKEND=docker cargo test --locked --test e2e -- kit:: docker_backend::
+CUTOVER_TEST_BACKEND=docker cargo test --locked --test e2e -- kit:: cutover::seed_cutover cutover::tricky_schema
 
 leftover=$(pgrep -f 'cutover-testkit-' || true)
 if [ -n "$leftover" ]; then

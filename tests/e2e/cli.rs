@@ -20,6 +20,18 @@ fn help_lists_every_subcommand() {
 }
 
 #[test]
+fn unimplemented_subcommands_say_so() {
+    for sub in ["init", "doctor", "report"] {
+        let (out, _, stderr) = output(cutover().arg(sub));
+        assert_eq!(out.status.code(), Some(6), "{sub}: {stderr}");
+        assert!(
+            stderr.contains("not implemented yet") && stderr.contains("nothing was done"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn unknown_subcommand_is_bad_input() {
     let (out, _, stderr) = output(cutover().arg("frobnicate"));
     assert_eq!(out.status.code(), Some(2));
@@ -33,6 +45,11 @@ fn demo_shows_the_split_and_leaves_no_server() {
     assert!(stdout.contains("17 tables  22 users"), "{stdout}");
     assert!(stdout.contains("13 tables  1 users"), "{stdout}");
     assert!(stdout.contains("protected_accounts, protection_settings, row_change_log, user_deletion_audit"));
+    assert!(stdout.contains("=== cutover plan"), "{stdout}");
+    assert!(
+        stdout.contains("verify: the target holds exactly the source's data."),
+        "{stdout}"
+    );
     let ports: Vec<&str> = stdout
         .lines()
         .filter_map(|l| l.split("127.0.0.1:").nth(1))

@@ -2,8 +2,9 @@
 //!
 //! Starts two servers from the installed PostgreSQL binaries, loads the seed
 //! scenario (the live "local" source with 22 users, the stale "external"
-//! target with 1) and shows what each holds. Everything is removed at the end
-//! unless `--keep` is given.
+//! target with 1), shows what each holds, then runs the real commands on them:
+//! inspect, plan, run, verify. Everything is removed at the end unless
+//! `--keep` is given.
 
 use clap::Args;
 use cutover_testkit::{Backend, Fixture, PgPair, PgServer, SEED_DB};
@@ -45,7 +46,43 @@ pub(crate) fn run(_global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<Code> 
         .collect();
     println!("tables only on the source: {}", missing.join(", "));
     println!();
-    println!("The cutover stages (plan, run, verify, report) come in later versions of this demo.");
+    // The rest is the real tool on these servers: a plan file in a private
+    // temporary directory (mode 0600, it holds the throwaway passwords).
+    let dir = tempfile::Builder::new().prefix("cutover-demo-").tempdir()?;
+    let plan = dir.path().join("cutover.toml");
+    write_private(
+        &plan,
+        &format!(
+            "# Written by `cutover demo`.\n[source]\nurl = \"{}\"\n\n[target]\nurl = \"{}\"\n",
+            pair.source.url(SEED_DB),
+            pair.target.url(SEED_DB)
+        ),
+    )?;
+    let steps: [(&str, &[&str]); 4] = [
+        ("inspect: both databases side by side", &["inspect"]),
+        (
+            "plan: what the cutover will do (nothing is changed yet)",
+            &["plan"],
+        ),
+        ("run: back up, freeze, clear, copy, verify", &["run", "--yes"]),
+        ("verify: the proof, table by table", &["verify"]),
+    ];
+    for (title, step) in steps {
+        println!("=== cutover {title}");
+        let status = std::process::Command::new(std::env::current_exe()?)
+            .arg("--plan")
+            .arg(&plan)
+            .args(step)
+            .current_dir(dir.path())
+            .status()?;
+        println!();
+        if !status.success() {
+            anyhow::bail!(
+                "the demo's `cutover {}` failed ({status}); the output above says why",
+                step.join(" ")
+            );
+        }
+    }
     if args.keep {
         keep(pair)?;
     } else {
@@ -70,6 +107,18 @@ fn describe(label: &str, server: &PgServer) -> anyhow::Result<()> {
         f[1],
         f[2]
     );
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
     Ok(())
 }
 
