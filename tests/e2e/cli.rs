@@ -52,6 +52,7 @@ fn demo_shows_the_split_and_leaves_no_server() {
     );
     let ports: Vec<&str> = stdout
         .lines()
+        .filter(|l| l.starts_with("source (local)") || l.starts_with("target (external)"))
         .filter_map(|l| l.split("127.0.0.1:").nth(1))
         .filter_map(|r| r.split_whitespace().next())
         .collect();
