@@ -283,6 +283,12 @@ impl Journal {
         Ok(rows.into_iter().collect())
     }
 
+    /// Marks an item done on its own connection (for effects outside the target's transactions).
+    pub async fn item_done(&self, run_id: Uuid, item: &Item<'_>) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        self.item_done_in(&mut conn, run_id, item).await
+    }
+
     /// Marks an item done on the given connection: call it inside the
     /// transaction that performs the item's effect.
     pub async fn item_done_in(&self, conn: &mut PgConnection, run_id: Uuid, item: &Item<'_>) -> Result<()> {

@@ -220,20 +220,14 @@ impl Stage for BackupTarget {
             }
         };
         let detail = json!({ "path": path, "sha256": sha256, "bytes": bytes, "proof": proof });
-        let mut conn = ctx.journal.pool().acquire().await?;
-        ctx.journal
-            .item_done_in(
-                &mut conn,
-                ctx.run_id,
-                &Item {
-                    stage: STAGE,
-                    item: "backup",
-                    bytes: Some(bytes as i64),
-                    detail: Some(&detail),
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let item = Item {
+            stage: STAGE,
+            item: "backup",
+            bytes: Some(bytes as i64),
+            detail: Some(&detail),
+            ..Default::default()
+        };
+        ctx.journal.item_done(ctx.run_id, &item).await?;
         Ok(json!({
             "summary": format!("{} ({} kB, sha256 {}…), {}", path.display(), bytes / 1000, &sha256[..12], proof),
             "path": path, "sha256": sha256, "bytes": bytes, "proof": proof,

@@ -89,22 +89,13 @@ fn endpoints(ctx: &RunContext) -> Result<(Endpoint, Endpoint)> {
     ))
 }
 
-async fn mark_done(
-    ctx: &RunContext,
-    item: &str,
-    rows: Option<i64>,
-    detail: Option<&serde_json::Value>,
-) -> Result<()> {
-    let mut conn = ctx.journal.pool().acquire().await?;
+async fn mark_done(ctx: &RunContext, item: &str) -> Result<()> {
     ctx.journal
-        .item_done_in(
-            &mut conn,
+        .item_done(
             ctx.run_id,
             &Item {
                 stage: STAGE,
                 item,
-                rows,
-                detail,
                 ..Default::default()
             },
         )
@@ -184,7 +175,7 @@ impl Stage for Copy {
             ])
             .arg(&pre);
             tools::run(cmd, "pg_restore --section=pre-data into the target").await?;
-            mark_done(ctx, "pre-data", None, None).await?;
+            mark_done(ctx, "pre-data").await?;
         }
         ctx.cancel.check()?;
 
@@ -243,7 +234,7 @@ impl Stage for Copy {
                 .arg(&post);
                 tools::run(cmd, "pg_restore --section=post-data into the target").await?;
             }
-            mark_done(ctx, "post-data", None, None).await?;
+            mark_done(ctx, "post-data").await?;
         }
         let sequences = copy_sequences(ctx, &source).await?;
         let large_objects = copy_large_objects(ctx).await?;
@@ -479,19 +470,13 @@ async fn copy_sequences(ctx: &RunContext, source: &Inventory) -> Result<usize> {
             .await
             .map_err(|e| Error::failure(format!("setting sequences: {e}")))?;
     }
-    let mut conn = ctx.journal.pool().acquire().await?;
-    ctx.journal
-        .item_done_in(
-            &mut conn,
-            ctx.run_id,
-            &Item {
-                stage: STAGE,
-                item: "sequences",
-                rows: Some(source.sequences.len() as i64),
-                ..Default::default()
-            },
-        )
-        .await?;
+    let item = Item {
+        stage: STAGE,
+        item: "sequences",
+        rows: Some(source.sequences.len() as i64),
+        ..Default::default()
+    };
+    ctx.journal.item_done(ctx.run_id, &item).await?;
     Ok(source.sequences.len())
 }
 
