@@ -20,26 +20,7 @@ impl Discover {
         cmp: &Comparison,
         allow_target_ahead: bool,
     ) -> Discover {
-        let mut details = vec![
-            format!(
-                "source: {} tables, {} rows, {} sequences, {} large objects ({} {})",
-                source.tables.len(),
-                source.total_rows(),
-                source.sequences.len(),
-                source.large_objects,
-                source.identity.database,
-                source.identity.version
-            ),
-            format!(
-                "target: {} tables, {} rows, {} sequences, {} large objects ({} {})",
-                target.tables.len(),
-                target.total_rows(),
-                target.sequences.len(),
-                target.large_objects,
-                target.identity.database,
-                target.identity.version
-            ),
-        ];
+        let mut details = vec![summary("source", source), summary("target", target)];
         if !cmp.only_source.is_empty() {
             details.push(format!("only on the source: {}", cmp.only_source.join(", ")));
         }
@@ -69,6 +50,18 @@ impl Discover {
             allow_target_ahead,
         }
     }
+}
+
+fn summary(label: &str, inv: &Inventory) -> String {
+    format!(
+        "{label}: {} tables, {} rows, {} sequences, {} large objects (database {}, PostgreSQL {})",
+        inv.tables.len(),
+        inv.total_rows(),
+        inv.sequences.len(),
+        inv.large_objects,
+        inv.identity.database,
+        inv.identity.version
+    )
 }
 
 /// The refusal when the target looks ahead of the source.

@@ -74,6 +74,19 @@ impl FreezeSource {
     }
 }
 
+/// `ALTER DATABASE … {clause}` on a session that is itself writable: once the
+/// source is frozen (a resume, an undo), new sessions start read-only.
+async fn set_read_only(pool: &PgPool, db: &str, clause: &str) -> std::result::Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET default_transaction_read_only = off")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!("ALTER DATABASE {db} {clause}"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 async fn is_frozen(pool: &PgPool) -> Result<bool> {
     let frozen: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
@@ -105,24 +118,14 @@ impl Stage for FreezeSource {
             return Ok(json!({ "summary": "not frozen (freeze_source = false)" }));
         }
         let db = quote_ident(&self.database);
-        // On a resume the source may already be frozen, and new sessions then
-        // start read-only: this one must not.
-        let mut conn = ctx.source.acquire().await?;
-        sqlx::query("SET default_transaction_read_only = off")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(&format!(
-            "ALTER DATABASE {db} SET default_transaction_read_only = on"
-        ))
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| {
-            Error::failure(format!(
-                "cannot make the source read-only ({e}): the source user must own the database or be a \
+        set_read_only(&ctx.source, &db, "SET default_transaction_read_only = on")
+            .await
+            .map_err(|e| {
+                Error::failure(format!(
+                    "cannot make the source read-only ({e}): the source user must own the database or be a \
                      superuser; or set options.freeze_source = false and stop the writers yourself"
-            ))
-        })?;
-        drop(conn);
+                ))
+            })?;
         let ended: Vec<(i32, bool)> = sqlx::query_as(
             "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
              AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND application_name NOT LIKE 'cutover %'",
@@ -151,16 +154,7 @@ impl Stage for FreezeSource {
             return Ok("nothing to undo".into());
         }
         let db = quote_ident(&self.database);
-        // New sessions on a frozen source start read-only: this one must not.
-        let mut conn = ctx.source.acquire().await?;
-        sqlx::query("SET default_transaction_read_only = off")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(&format!(
-            "ALTER DATABASE {db} RESET default_transaction_read_only"
-        ))
-        .execute(&mut *conn)
-        .await?;
+        set_read_only(&ctx.source, &db, "RESET default_transaction_read_only").await?;
         Ok("source writable again (new sessions)".into())
     }
 }
