@@ -3,5 +3,6 @@
 
 mod cli;
 mod cutover;
+mod engine;
 mod kit;
 mod support;
