@@ -4,7 +4,7 @@
 //! identifier but not its start time).
 
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::PgExecutor;
 
 use crate::error::Result;
 
@@ -24,7 +24,7 @@ pub struct ServerIdentity {
 }
 
 impl ServerIdentity {
-    pub async fn of(pool: &PgPool) -> Result<ServerIdentity> {
+    pub async fn of<'e>(pool: impl PgExecutor<'e>) -> Result<ServerIdentity> {
         let row: (String, String, String, i64, String, i32, String, i32) = sqlx::query_as(
             "SELECT (SELECT system_identifier::text FROM pg_control_system()), \
                     pg_postmaster_start_time()::text, current_database()::text, \
@@ -49,6 +49,17 @@ impl ServerIdentity {
     /// Whether two connections reached the very same database.
     pub fn same_database(&self, other: &ServerIdentity) -> bool {
         self.same_server(other) && self.database_oid == other.database_oid
+    }
+
+    /// The same database, also across a restart of its server (system
+    /// identifier and database oid).
+    pub fn same_database_any_start(&self, other: &ServerIdentity) -> bool {
+        self.system_identifier == other.system_identifier && self.database_oid == other.database_oid
+    }
+
+    /// `addr:port/database`, as the server sees itself.
+    pub fn place(&self) -> String {
+        format!("{}:{}/{}", self.server_addr, self.server_port, self.database)
     }
 
     /// Whether two connections reached the same running server.

@@ -37,6 +37,11 @@ pub struct EndpointSpec {
     /// Target only: clear it even when it holds data the source lacks.
     #[serde(default)]
     pub allow_ahead: bool,
+    /// Other `host:port` spellings of this server, as applications write them
+    /// (`postgres:5432` on a Docker network): how a consumer's configuration is
+    /// recognised when its server cannot be reached from here.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -72,20 +77,40 @@ impl Default for Options {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerSpec {
+    /// Unique name; the stage is `repoint:<name>`.
     pub name: String,
     pub kind: ConsumerKind,
+    /// The file (env, yaml, text); relative to the plan file's folder.
     pub path: Option<PathBuf>,
+    /// env: the variable; yaml: the dotted key path.
     pub key: Option<String>,
+    /// command: prints the consumer's connection on stdout.
+    pub get: Option<String>,
+    /// command: stores the connection given in `$CUTOVER_VALUE`.
+    pub set: Option<String>,
+    /// Name of an environment variable holding the exact connection this
+    /// consumer gets on the target (its own user and password); default:
+    /// the consumer's connection with the target's host, port, database and user.
+    pub target_url_env: Option<String>,
+    /// Run after the change (and after an undo), e.g. `docker compose up -d backend`.
     pub reload: Option<String>,
-    pub health: Option<String>,
+    /// SQL run through the consumer's new connection after the reload.
+    pub health_sql: Option<String>,
+    /// HTTP GET after the reload; must answer `health_expect`.
+    pub health_url: Option<String>,
+    /// An HTTP status (`200`, the default) or a text the body must contain.
+    pub health_expect: Option<String>,
+    /// Seconds the reload and the health probes may take (default 60).
+    pub timeout: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsumerKind {
+    #[default]
     Env,
     Yaml,
     Text,
@@ -96,9 +121,21 @@ pub enum ConsumerKind {
 #[serde(deny_unknown_fields)]
 pub struct DecommissionSpec {
     pub driver: DecommissionDriver,
+    /// docker: the source's container (name or id).
     pub container: Option<String>,
+    /// command: retires the source.
+    pub stop: Option<String>,
+    /// command: brings it back (the undo).
+    pub start: Option<String>,
+    /// command: destroys it (only with `destroy = true` and `--destroy`).
+    pub destroy_command: Option<String>,
+    /// Destroy instead of quarantine: drop the database / remove the
+    /// container. Also needs `--destroy` on the command line. Irreversible.
     #[serde(default)]
     pub destroy: bool,
+    /// docker, with destroy: also remove the container's volumes.
+    #[serde(default)]
+    pub remove_volumes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -184,6 +221,71 @@ fn validate(file: &PlanFile) -> std::result::Result<(), String> {
                 c.name
             ));
         }
+        validate_consumer(c)?;
+    }
+    if let Some(d) = &file.decommission {
+        let need = |what: &str, v: &Option<String>| match v {
+            Some(_) => Ok(()),
+            None => Err(format!("[decommission] driver = {:?} needs `{what}`", d.driver)),
+        };
+        match d.driver {
+            DecommissionDriver::Docker => need("container", &d.container)?,
+            DecommissionDriver::Command => {
+                need("stop", &d.stop)?;
+                need("start", &d.start)?;
+                if d.destroy {
+                    need("destroy_command", &d.destroy_command)?;
+                }
+            }
+            DecommissionDriver::None if d.destroy => {
+                return Err("[decommission] destroy = true needs a driver (postgres, docker or command)".into());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn validate_consumer(c: &ConsumerSpec) -> std::result::Result<(), String> {
+    let name = &c.name;
+    if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+        return Err(format!(
+            "[[consumer]] name {name:?}: use letters, digits, '-', '_' and '.' (it names a stage and a backup file)"
+        ));
+    }
+    let missing = |what: &str| Err(format!("[[consumer]] {name:?} (kind = {:?}) needs `{what}`", c.kind));
+    let unused = |what: &str| Err(format!("[[consumer]] {name:?}: `{what}` does not apply to kind = {:?}", c.kind));
+    match c.kind {
+        ConsumerKind::Env | ConsumerKind::Yaml => {
+            if c.path.is_none() {
+                return missing("path");
+            }
+            if c.key.is_none() {
+                return missing("key");
+            }
+        }
+        ConsumerKind::Text => {
+            if c.path.is_none() {
+                return missing("path");
+            }
+            if c.key.is_some() {
+                return unused("key");
+            }
+        }
+        ConsumerKind::Command => {
+            if c.get.is_none() {
+                return missing("get");
+            }
+            if c.set.is_none() {
+                return missing("set");
+            }
+        }
+    }
+    if c.kind != ConsumerKind::Command && (c.get.is_some() || c.set.is_some()) {
+        return unused("get/set");
+    }
+    if c.health_expect.is_some() && c.health_url.is_none() {
+        return Err(format!("[[consumer]] {name:?}: health_expect needs health_url"));
     }
     Ok(())
 }
@@ -237,8 +339,12 @@ mod tests {
     fn validation_rejects_bad_schema_and_duplicate_consumers() {
         let err = parse(&format!("{MINIMAL}[options]\njournal_schema = \"Bad-Name\"\n")).unwrap_err();
         assert!(err.contains("journal_schema"), "{err}");
-        let c = "[[consumer]]\nname = \"a\"\nkind = \"env\"\n";
+        let c = "[[consumer]]\nname = \"a\"\nkind = \"env\"\npath = \"x\"\nkey = \"K\"\n";
         let err = parse(&format!("{MINIMAL}{c}{c}")).unwrap_err();
         assert!(err.contains("unique"), "{err}");
+        let err = parse(&format!("{MINIMAL}[[consumer]]\nname = \"a\"\nkind = \"yaml\"\npath = \"x\"\n")).unwrap_err();
+        assert!(err.contains("needs `key`"), "{err}");
+        let err = parse(&format!("{MINIMAL}[decommission]\ndriver = \"docker\"\n")).unwrap_err();
+        assert!(err.contains("needs `container`"), "{err}");
     }
 }

@@ -1,0 +1,444 @@
+//! Reading a consumer's configuration: where its connection is written, which
+//! database it points at (by the server's identity when it can be reached
+//! from here, by host, port and database name otherwise), and what it will
+//! look like pointed at the target.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cutover_core::endpoint::{Endpoint, redact_text};
+use cutover_core::identity::ServerIdentity;
+use cutover_core::plan_file::{ConsumerKind, ConsumerSpec, EndpointSpec};
+use cutover_core::{Error, Result};
+use serde::Serialize;
+
+use crate::conn::{ConnString, Destination, same_host};
+use crate::hooks;
+use crate::locate::{self, Occurrence};
+
+/// One of the two databases, as consumers may write it.
+#[derive(Debug, Clone)]
+pub struct Side {
+    pub identity: ServerIdentity,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub aliases: Vec<(String, u16)>,
+}
+
+impl Side {
+    pub fn new(identity: ServerIdentity, endpoint: &Endpoint, spec: &EndpointSpec) -> Result<Side> {
+        let mut aliases = vec![];
+        for a in &spec.aliases {
+            let (h, p) = a.rsplit_once(':').unwrap_or((a.as_str(), "5432"));
+            let port = p.parse().map_err(|_| {
+                Error::bad_input(format!(
+                    "[{}] aliases: {a:?} is not host:port",
+                    endpoint.role.to_string().to_lowercase()
+                ))
+            })?;
+            aliases.push((h.to_string(), port));
+        }
+        Ok(Side {
+            identity,
+            host: endpoint.host.clone(),
+            port: endpoint.port,
+            dbname: endpoint.dbname.clone(),
+            aliases,
+        })
+    }
+
+    fn matches_address(&self, c: &ConnString) -> bool {
+        let (host, port, db) = (c.host(), c.port(), c.dbname().unwrap_or_default());
+        db == self.dbname
+            && ((same_host(&host, &self.host) && port == self.port)
+                || self.aliases.iter().any(|(h, p)| same_host(&host, h) && port == *p))
+    }
+}
+
+/// Both databases, and how to reach the target from a consumer.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    pub source: Side,
+    pub target: Side,
+    /// The target as the plan reaches it (host, port, database, user, password).
+    pub target_destination: Destination,
+    /// Seconds to wait when probing a consumer's connection.
+    pub probe_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Which {
+    Source,
+    Target,
+    Other,
+}
+
+impl std::fmt::Display for Which {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Which::Source => "the source",
+            Which::Target => "the target",
+            Which::Other => "neither the source nor the target",
+        })
+    }
+}
+
+/// Where one connection points, and how that was established.
+#[derive(Debug, Clone, Serialize)]
+pub struct Located {
+    pub which: Which,
+    /// The server it reached, when it could be reached from here.
+    pub reached: Option<ServerIdentity>,
+    /// "reached 10.0.0.5:5432/app" or "by address (not reachable from here: …)".
+    pub how: String,
+}
+
+/// One connection found in a consumer's configuration.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub occurrence: Occurrence,
+    pub conn: ConnString,
+    pub located: Located,
+}
+
+/// A consumer's configuration as read now.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub spec: ConsumerSpec,
+    /// The file (env, yaml, text).
+    pub path: Option<PathBuf>,
+    /// The file's text, or the `get` command's output.
+    pub content: String,
+    pub found: Vec<Found>,
+    /// Connections in a text file that point elsewhere (left alone).
+    pub ignored: Vec<Found>,
+}
+
+/// The folder commands run in and relative paths start from.
+pub fn base_dir(plan_path: &Path) -> PathBuf {
+    plan_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn consumer_error(spec: &ConsumerSpec, msg: impl std::fmt::Display) -> Error {
+    Error::bad_input(format!("consumer {}: {msg}", spec.name))
+}
+
+/// The consumer's file, resolved against the plan file's folder.
+pub fn file_path(spec: &ConsumerSpec, base: &Path) -> Option<PathBuf> {
+    spec.path.as_ref().map(|p| if p.is_absolute() { p.clone() } else { base.join(p) })
+}
+
+/// Reads the consumer's configuration and locates every connection in it.
+pub async fn read(spec: &ConsumerSpec, base: &Path, servers: &Servers) -> Result<Reading> {
+    let path = file_path(spec, base);
+    let timeout = Duration::from_secs(spec.timeout.unwrap_or(60));
+    let content = match (&spec.kind, &path) {
+        (ConsumerKind::Command, _) => {
+            let get = spec.get.as_deref().unwrap_or_default();
+            hooks::run_command("the get command", get, base, &[], timeout)
+                .await
+                .map_err(|e| consumer_error(spec, e.message))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string()
+        }
+        (_, Some(p)) => std::fs::read_to_string(p).map_err(|e| {
+            consumer_error(
+                spec,
+                format!("cannot read {}: {e}; fix `path` in the plan file", p.display()),
+            )
+        })?,
+        (_, None) => return Err(consumer_error(spec, "`path` is missing")),
+    };
+    let occurrences: Vec<Occurrence> = match spec.kind {
+        ConsumerKind::Env | ConsumerKind::Yaml => {
+            let key = spec.key.as_deref().unwrap_or_default();
+            let p = path.as_ref().unwrap().display();
+            let found = if spec.kind == ConsumerKind::Env {
+                locate::env(&content, key)
+            } else {
+                locate::yaml(&content, key)
+            }
+            .map_err(|e| consumer_error(spec, format!("{p}: {e}")))?;
+            match found {
+                Some(o) => vec![o],
+                None => {
+                    return Err(consumer_error(
+                        spec,
+                        format!("{key} is not set in {p}; fix `key` in the plan file"),
+                    ));
+                }
+            }
+        }
+        ConsumerKind::Text => locate::text(&content),
+        ConsumerKind::Command => vec![Occurrence {
+            line: 1,
+            start: 0,
+            end: content.len(),
+            value: content.clone(),
+            quoting: locate::Quoting::Bare,
+            pgpass: false,
+        }],
+    };
+    let mut found = vec![];
+    let mut ignored = vec![];
+    for occ in occurrences {
+        let conn = if occ.pgpass {
+            pgpass_conn(&occ.value)
+        } else {
+            ConnString::parse(&occ.value)
+        };
+        let Some(conn) = conn else {
+            if spec.kind == ConsumerKind::Text {
+                continue;
+            }
+            return Err(consumer_error(
+                spec,
+                format!(
+                    "line {}: {:?} is not a PostgreSQL connection (a postgresql:// URL or host=… dbname=…)",
+                    occ.line,
+                    redact_text(&occ.value)
+                ),
+            ));
+        };
+        let located = locate_conn(&conn, occ.pgpass, servers).await;
+        let f = Found {
+            occurrence: occ,
+            conn,
+            located,
+        };
+        if spec.kind == ConsumerKind::Text && f.located.which == Which::Other {
+            ignored.push(f);
+        } else {
+            found.push(f);
+        }
+    }
+    if found.is_empty() {
+        let p = path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        return Err(consumer_error(
+            spec,
+            format!(
+                "no connection to the source or the target found in {p} ({} other connection(s) left alone); \
+                 if the file names the source by another host name, add it to [source] aliases",
+                ignored.len()
+            ),
+        ));
+    }
+    Ok(Reading {
+        spec: spec.clone(),
+        path,
+        content,
+        found,
+        ignored,
+    })
+}
+
+/// host:port:database:user:password as a keyword connection.
+fn pgpass_conn(line: &str) -> Option<ConnString> {
+    let f: Vec<&str> = line.splitn(5, ':').collect();
+    if f.len() < 5 || f[1] == "*" || f[2] == "*" {
+        return None;
+    }
+    let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    ConnString::parse(&format!(
+        "host={} port={} dbname={} user={} password={}",
+        q(f[0]),
+        f[1],
+        q(f[2]),
+        q(f[3]),
+        q(f[4])
+    ))
+}
+
+/// Which database a connection points at: the server's identity when it can
+/// be reached from here, its address otherwise.
+pub async fn locate_conn(conn: &ConnString, pgpass: bool, servers: &Servers) -> Located {
+    let by_address = || {
+        if servers.source.matches_address(conn) {
+            Which::Source
+        } else if servers.target.matches_address(conn) {
+            Which::Target
+        } else {
+            Which::Other
+        }
+    };
+    let url = if pgpass { None } else { Some(conn.to_url()) };
+    let attempt = match url {
+        Some(u) if conn.password().is_some() || conn.user().is_none() => {
+            Some(hooks::probe_sql(&u, None, servers.probe_timeout).await)
+        }
+        // Without a password, a probe would fail on authentication: try
+        // with the plan's password when it is the plan's user on that server.
+        Some(u) => {
+            let which = by_address();
+            let d = &servers.target_destination;
+            if which == Which::Target && conn.user().as_deref() == Some(d.user.as_str()) && d.password.is_some() {
+                let with = conn.rewrite(d);
+                let u2 = ConnString::parse(&with).map(|c| c.to_url()).unwrap_or(u);
+                Some(hooks::probe_sql(&u2, None, servers.probe_timeout).await)
+            } else {
+                Some(hooks::probe_sql(&u, None, servers.probe_timeout).await)
+            }
+        }
+        None => None,
+    };
+    match attempt {
+        Some(Ok(reached)) => {
+            let which = if reached.identity.same_database_any_start(&servers.source.identity) {
+                Which::Source
+            } else if reached.identity.same_database_any_start(&servers.target.identity) {
+                Which::Target
+            } else {
+                Which::Other
+            };
+            Located {
+                which,
+                how: format!("reached {}", reached.identity.place()),
+                reached: Some(reached.identity),
+            }
+        }
+        Some(Err(e)) => Located {
+            which: by_address(),
+            reached: None,
+            how: format!("by address (not reachable from here: {})", e.message),
+        },
+        None => Located {
+            which: by_address(),
+            reached: None,
+            how: "by address".into(),
+        },
+    }
+}
+
+impl Reading {
+    /// Where the consumer points: the source, the target, or (a mix or elsewhere) other.
+    pub fn points_at(&self) -> Which {
+        let all = |w: Which| self.found.iter().all(|f| f.located.which == w);
+        if all(Which::Target) {
+            Which::Target
+        } else if self.found.iter().any(|f| f.located.which == Which::Source) {
+            Which::Source
+        } else {
+            Which::Other
+        }
+    }
+
+    /// A short, redacted account of each connection found.
+    pub fn describe_connections(&self) -> Vec<String> {
+        self.found
+            .iter()
+            .map(|f| {
+                format!(
+                    "line {}: {} → {} ({})",
+                    f.occurrence.line,
+                    redact_text(&f.occurrence.value),
+                    f.located.which,
+                    redact_text(&f.located.how)
+                )
+            })
+            .chain(self.ignored.iter().map(|f| {
+                format!(
+                    "line {}: {} points elsewhere; left alone",
+                    f.occurrence.line,
+                    redact_text(&f.occurrence.value)
+                )
+            }))
+            .collect()
+    }
+
+    /// The content with every connection to the source pointed at `dest`.
+    pub fn rewritten(&self, dest: &Destination) -> Result<String> {
+        let mut replacements = vec![];
+        for f in self.found.iter().filter(|f| f.located.which == Which::Source) {
+            let new = if f.occurrence.pgpass {
+                let old_pw = f.conn.password().unwrap_or_default();
+                format!(
+                    "{}:{}:{}:{}:{}",
+                    dest.host,
+                    dest.port,
+                    dest.dbname,
+                    dest.user,
+                    dest.password.as_deref().unwrap_or(&old_pw)
+                )
+            } else {
+                f.conn.rewrite(dest)
+            };
+            let encoded = locate::encode(&f.occurrence, &new)
+                .map_err(|e| consumer_error(&self.spec, format!("line {}: {e}", f.occurrence.line)))?;
+            replacements.push((f.occurrence.clone(), encoded));
+        }
+        Ok(locate::splice(&self.content, &replacements))
+    }
+
+    /// A unified diff between the content and `new`, passwords redacted.
+    pub fn diff(&self, new: &str) -> String {
+        let old = redact_lines(&self.content);
+        let new = redact_lines(new);
+        let name = self
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("{} (get command)", self.spec.name));
+        similar::TextDiff::from_lines(&old, &new)
+            .unified_diff()
+            .context_radius(1)
+            .header(&name, &name)
+            .to_string()
+    }
+}
+
+/// Redacts passwords in URLs, keyword strings and `.pgpass` lines.
+pub fn redact_lines(text: &str) -> String {
+    let text = redact_text(text);
+    text.split_inclusive('\n')
+        .map(|line| {
+            let body = line.trim_end_matches(['\n', '\r']);
+            let f: Vec<&str> = body.splitn(5, ':').collect();
+            if f.len() == 5 && f[1].chars().all(|c| c.is_ascii_digit() || c == '*') && !body.contains(' ') {
+                format!("{}:{}:{}:{}:***{}", f[0], f[1], f[2], f[3], &line[body.len()..])
+            } else {
+                line.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Where this consumer goes on the target: `target_url_env`'s connection, or
+/// the plan's target (host, port, database, user, password).
+pub fn destination(spec: &ConsumerSpec, servers: &Servers) -> Result<Destination> {
+    let Some(var) = &spec.target_url_env else {
+        return Ok(servers.target_destination.clone());
+    };
+    let value = std::env::var(var).map_err(|_| {
+        consumer_error(
+            spec,
+            format!("target_url_env names {var}, which is not set in this environment; export it or remove the key"),
+        )
+    })?;
+    let c = ConnString::parse(&value).ok_or_else(|| {
+        consumer_error(spec, format!("${var} is not a PostgreSQL connection (postgresql://…)"))
+    })?;
+    Ok(Destination {
+        host: c.host(),
+        port: c.port(),
+        dbname: c.dbname().unwrap_or_default(),
+        user: c.user().unwrap_or_else(|| servers.target_destination.user.clone()),
+        password: c.password(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgpass_lines_are_redacted() {
+        assert_eq!(redact_lines("db:5432:app:u:secret\r\nx\n"), "db:5432:app:u:***\r\nx\n");
+        assert_eq!(redact_lines("postgresql://u:pw@h/d\n"), "postgresql://u:***@h/d\n");
+    }
+}
