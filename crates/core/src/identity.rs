@@ -4,7 +4,8 @@
 //! identifier but not its start time).
 
 use serde::{Deserialize, Serialize};
-use sqlx::PgExecutor;
+use sqlx::PgPool;
+use sqlx::postgres::PgConnection;
 
 use crate::error::Result;
 
@@ -24,17 +25,18 @@ pub struct ServerIdentity {
 }
 
 impl ServerIdentity {
-    pub async fn of<'e>(pool: impl PgExecutor<'e>) -> Result<ServerIdentity> {
-        let row: (String, String, String, i64, String, i32, String, i32) = sqlx::query_as(
-            "SELECT (SELECT system_identifier::text FROM pg_control_system()), \
-                    pg_postmaster_start_time()::text, current_database()::text, \
-                    (SELECT oid::bigint FROM pg_database WHERE datname = current_database()), \
-                    coalesce(host(inet_server_addr()), 'local socket'), coalesce(inet_server_port(), 0), \
-                    current_setting('server_version'), current_setting('server_version_num')::int",
-        )
-        .fetch_one(pool)
-        .await?;
-        Ok(ServerIdentity {
+    pub async fn of(pool: &PgPool) -> Result<ServerIdentity> {
+        let row = sqlx::query_as(IDENTITY_SQL).fetch_one(pool).await?;
+        Ok(ServerIdentity::from_row(row))
+    }
+
+    pub async fn of_connection(conn: &mut PgConnection) -> Result<ServerIdentity> {
+        let row = sqlx::query_as(IDENTITY_SQL).fetch_one(conn).await?;
+        Ok(ServerIdentity::from_row(row))
+    }
+
+    fn from_row(row: IdentityRow) -> ServerIdentity {
+        ServerIdentity {
             system_identifier: row.0,
             started_at: row.1,
             database: row.2,
@@ -43,9 +45,19 @@ impl ServerIdentity {
             server_port: row.5,
             version: row.6,
             version_num: row.7,
-        })
+        }
     }
+}
 
+type IdentityRow = (String, String, String, i64, String, i32, String, i32);
+
+const IDENTITY_SQL: &str = "SELECT (SELECT system_identifier::text FROM pg_control_system()), \
+                    pg_postmaster_start_time()::text, current_database()::text, \
+                    (SELECT oid::bigint FROM pg_database WHERE datname = current_database()), \
+                    coalesce(host(inet_server_addr()), 'local socket'), coalesce(inet_server_port(), 0), \
+                    current_setting('server_version'), current_setting('server_version_num')::int";
+
+impl ServerIdentity {
     /// Whether two connections reached the very same database.
     pub fn same_database(&self, other: &ServerIdentity) -> bool {
         self.same_server(other) && self.database_oid == other.database_oid

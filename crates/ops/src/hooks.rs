@@ -90,20 +90,45 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<PgConnection> {
 
 /// Connects, identifies the server, runs `sql` (when given).
 pub async fn probe_sql(url: &str, sql: Option<&str>, timeout: Duration) -> Result<Reached> {
-    let t0 = Instant::now();
-    let mut conn = connect(url, timeout).await?;
-    let identity = ServerIdentity::of(&mut conn).await?;
-    if let Some(sql) = sql {
-        sqlx::raw_sql(sql)
-            .execute(&mut conn)
-            .await
-            .map_err(|e| Error::failure(format!("health SQL {sql:?} failed: {e}")))?;
-    }
-    let _ = conn.close().await;
-    Ok(Reached {
-        identity,
-        millis: t0.elapsed().as_millis() as u64,
+    let (url, sql) = (url.to_string(), sql.map(str::to_string));
+    // Spawned: keeps the connection's futures out of the stages' async-trait
+    // futures (sqlx's executor lifetimes defeat their Send inference).
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        let mut conn = connect(&url, timeout).await?;
+        let identity = ServerIdentity::of_connection(&mut conn).await?;
+        if let Some(sql) = sql {
+            sqlx::Executor::execute(&mut conn, sql.as_str())
+                .await
+                .map_err(|e| Error::failure(format!("health SQL {sql:?} failed: {e}")))?;
+        }
+        let _ = conn.close().await;
+        Ok(Reached {
+            identity,
+            millis: t0.elapsed().as_millis() as u64,
+        })
     })
+    .await
+    .map_err(|e| Error::failure(format!("probe crashed: {e}")))?
+}
+
+/// Connects and counts the rows of `table` holding `token`; returns whether
+/// it is there and the server reached.
+pub async fn probe_sentinel(url: &str, table: &str, token: &str, timeout: Duration) -> Result<(bool, ServerIdentity)> {
+    let (url, table, token) = (url.to_string(), table.to_string(), token.to_string());
+    tokio::spawn(async move {
+        let mut conn = connect(&url, timeout).await?;
+        let identity = ServerIdentity::of_connection(&mut conn).await?;
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE token = $1"))
+            .bind(&token)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| Error::failure(format!("cannot read the sentinel: {e}")))?;
+        let _ = conn.close().await;
+        Ok((n == 1, identity))
+    })
+    .await
+    .map_err(|e| Error::failure(format!("probe crashed: {e}")))?
 }
 
 /// HTTP GET `url`; `expect` is a status code (default 200) or a text the body must contain.

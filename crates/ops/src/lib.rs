@@ -8,3 +8,6 @@ pub mod consumer;
 pub mod files;
 pub mod hooks;
 pub mod locate;
+pub mod repoint;
+pub mod retire;
+pub mod sync;

@@ -1,0 +1,296 @@
+//! `repoint:<consumer>`: back the consumer's configuration up (run directory,
+//! mode 0600), write the target's connection in its place atomically, run
+//! its reload, wait for its health. A consumer already on the target is a
+//! verified no-op. Undo restores the backup byte for byte and reloads, after
+//! saying how many writes the target took since (rolling back loses them).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cutover_core::endpoint::redact_text;
+use cutover_core::event::Event;
+use cutover_core::journal::Item;
+use cutover_core::plan_file::ConsumerKind;
+use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
+use cutover_core::{Error, Result};
+use serde_json::json;
+
+use crate::conn::Destination;
+use crate::consumer::{self, Reading, Servers, Which};
+use crate::{files, hooks};
+
+pub struct Repoint {
+    reading: Reading,
+    dest: Destination,
+    base: PathBuf,
+    servers: Servers,
+    description: Description,
+}
+
+/// Row writes (inserts, updates, deletes) the target's application tables have taken, from the statistics.
+pub async fn target_writes(ctx: &RunContext) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint FROM pg_stat_user_tables \
+         WHERE schemaname <> $1",
+    )
+    .bind(ctx.journal.schema())
+    .fetch_one(&ctx.target)
+    .await?)
+}
+
+/// A URL for probing the destination (with its password when known).
+pub fn destination_url(d: &Destination) -> String {
+    let mut url = url::Url::parse("postgresql://localhost/").unwrap();
+    let _ = url.set_host(Some(&d.host));
+    let _ = url.set_port(Some(d.port));
+    url.set_path(&format!("/{}", percent_encoding::utf8_percent_encode(&d.dbname, percent_encoding::NON_ALPHANUMERIC)));
+    let _ = url.set_username(&percent_encoding::utf8_percent_encode(&d.user, percent_encoding::NON_ALPHANUMERIC).to_string());
+    if let Some(p) = &d.password {
+        let _ = url.set_password(Some(&percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC).to_string()));
+    }
+    url.to_string()
+}
+
+impl Repoint {
+    /// Builds the stage from the consumer as read at plan time.
+    pub fn new(reading: Reading, dest: Destination, base: PathBuf, servers: Servers) -> Result<Repoint> {
+        let spec = &reading.spec;
+        let place = match (&spec.kind, &reading.path) {
+            (ConsumerKind::Command, _) => format!("through `{}`", redact_text(spec.set.as_deref().unwrap_or(""))),
+            (kind, Some(p)) => match &spec.key {
+                Some(k) => format!("{k} in {} ({})", p.display(), format!("{kind:?}").to_lowercase()),
+                None => format!("{} (text)", p.display()),
+            },
+            _ => String::new(),
+        };
+        let mut details = reading.describe_connections();
+        let mut warnings = vec![];
+        let summary = match reading.points_at() {
+            Which::Target => format!("consumer {} already points at the target ({place}): nothing to write", spec.name),
+            Which::Source => {
+                let new = reading.rewritten(&dest)?;
+                details.extend(reading.diff(&new).lines().map(str::to_string));
+                if reading.found.iter().any(|f| f.conn.password().is_some()) && dest.password.is_none() {
+                    warnings.push(format!(
+                        "consumer {}: its connection carries a password, but the target's is not known to cutover; \
+                         the new connection is written without one (set target_url_env, or a password in [target])",
+                        spec.name
+                    ));
+                }
+                let mut s = format!("point consumer {} at the target: {place}", spec.name);
+                if let Some(r) = &spec.reload {
+                    s.push_str(&format!("; reload with `{}`", redact_text(r)));
+                }
+                s
+            }
+            Which::Other => {
+                return Err(Error::bad_input(format!(
+                    "consumer {}: its connection points at neither the source nor the target ({}); fix the \
+                     configuration, or add the host:port it uses to [source] aliases or [target] aliases",
+                    spec.name,
+                    reading.describe_connections().join("; ")
+                )));
+            }
+        };
+        Ok(Repoint {
+            description: Description {
+                summary,
+                details,
+                warnings,
+                destructive: false,
+            },
+            reading,
+            dest,
+            base,
+            servers,
+        })
+    }
+
+    fn backup_path(&self, ctx: &RunContext) -> PathBuf {
+        ctx.run_dir
+            .join("consumers")
+            .join(ctx.run_id.to_string())
+            .join(format!("{}.orig", self.reading.spec.name))
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.reading.spec.timeout.unwrap_or(60))
+    }
+
+    /// Writes `content` where the consumer keeps its connection.
+    async fn store(&self, content: &str) -> Result<()> {
+        let spec = &self.reading.spec;
+        match (&spec.kind, &self.reading.path) {
+            (ConsumerKind::Command, _) => {
+                let set = spec.set.as_deref().unwrap_or_default();
+                hooks::run_command("the set command", set, &self.base, &[("CUTOVER_VALUE", content)], self.timeout())
+                    .await
+                    .map(|_| ())
+            }
+            (_, Some(path)) => files::replace_atomically(path, content.as_bytes()),
+            _ => Err(Error::failure("consumer has no path")),
+        }
+    }
+
+    /// Reload, then the health probes through the new connection.
+    async fn reload_and_probe(&self, ctx: &RunContext) -> Result<serde_json::Value> {
+        let spec = &self.reading.spec;
+        if let Some(reload) = &spec.reload {
+            hooks::run_command("the reload command", reload, &self.base, &[], self.timeout()).await?;
+        }
+        let url = destination_url(&self.dest);
+        let sql = spec.health_sql.as_deref();
+        let reached = hooks::retry(self.timeout(), || hooks::probe_sql(&url, sql, Duration::from_secs(5))).await?;
+        if !reached.identity.same_database_any_start(&self.servers.target.identity) {
+            return Err(Error::failure(format!(
+                "consumer {}: its new connection reached {}, which is not the target",
+                spec.name,
+                reached.identity.place()
+            )));
+        }
+        let http_ms = match &spec.health_url {
+            Some(u) => Some(
+                hooks::retry(self.timeout(), || {
+                    hooks::probe_http(u, spec.health_expect.as_deref(), Duration::from_secs(5))
+                })
+                .await?,
+            ),
+            None => None,
+        };
+        ctx.emit(Event::Info {
+            message: format!(
+                "consumer {}: connection reaches the target ({}) in {} ms{}",
+                spec.name,
+                reached.identity.place(),
+                reached.millis,
+                http_ms.map(|m| format!("; health URL answered in {m} ms")).unwrap_or_default()
+            ),
+        });
+        Ok(json!({ "reached": reached.identity.place(), "millis": reached.millis, "http_millis": http_ms }))
+    }
+}
+
+#[async_trait]
+impl Stage for Repoint {
+    fn name(&self) -> String {
+        format!("repoint:{}", self.reading.spec.name)
+    }
+    fn describe(&self) -> &Description {
+        &self.description
+    }
+    fn undo_kind(&self) -> Undo {
+        Undo::Reversible("restore the configuration from its backup byte for byte, then reload".into())
+    }
+
+    async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
+        let spec = &self.reading.spec;
+        let backup = self.backup_path(ctx);
+        let now = consumer::read(spec, &self.base, &self.servers).await?;
+        match now.points_at() {
+            Which::Target if !backup.exists() => {
+                let probe = self.reload_and_probe_readonly(ctx).await?;
+                return Ok(json!({
+                    "summary": format!("{} already pointed at the target; nothing written", spec.name),
+                    "changed": false,
+                    "probe": probe,
+                }));
+            }
+            // Written by an earlier attempt of this run: finish reload and health.
+            Which::Target => {}
+            Which::Source => {
+                if !backup.exists() {
+                    files::write_private(&backup, now.content.as_bytes())?;
+                }
+                let writes = target_writes(ctx).await?;
+                ctx.journal
+                    .item_done(
+                        ctx.run_id,
+                        &Item {
+                            stage: &self.name(),
+                            item: "written",
+                            rows: Some(writes),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                let new = now.rewritten(&consumer::destination(spec, &self.servers)?)?;
+                self.store(&new).await?;
+            }
+            Which::Other => {
+                return Err(Error::failure(format!(
+                    "consumer {} now points at neither the source nor the target: {}",
+                    spec.name,
+                    now.describe_connections().join("; ")
+                )));
+            }
+        }
+        let probe = self.reload_and_probe(ctx).await?;
+        let bytes = std::fs::read(&backup)?;
+        Ok(json!({
+            "summary": format!("{} now points at the target", spec.name),
+            "changed": true,
+            "backup": backup.display().to_string(),
+            "backup_sha256": files::sha256(&bytes),
+            "probe": probe,
+        }))
+    }
+
+    async fn check(&self, _ctx: &RunContext) -> Result<Check> {
+        let now = consumer::read(&self.reading.spec, &self.base, &self.servers).await?;
+        Ok(match now.points_at() {
+            Which::Target => Check::Holds,
+            other => Check::Fails(format!("it points at {other}")),
+        })
+    }
+
+    async fn undo(&self, ctx: &RunContext) -> Result<String> {
+        let spec = &self.reading.spec;
+        let backup = self.backup_path(ctx);
+        if !backup.exists() {
+            return Ok(format!("{} was not changed by this run; nothing to restore", spec.name));
+        }
+        let name = self.name();
+        let at_repoint = ctx
+            .journal
+            .items(ctx.run_id)
+            .await?
+            .into_iter()
+            .find(|(stage, item, ..)| *stage == name && item == "written")
+            .and_then(|(.., rows)| rows);
+        if let Some(before) = at_repoint {
+            let since = target_writes(ctx).await? - before;
+            if since > 0 {
+                ctx.emit(Event::Warning {
+                    message: format!(
+                        "the target took {since} row writes since {name} (from its statistics); {} goes back to \
+                         the source, which does not have them",
+                        spec.name
+                    ),
+                });
+            }
+        }
+        let bytes = std::fs::read(&backup)
+            .map_err(|e| Error::failure(format!("cannot read the backup {}: {e}", backup.display())))?;
+        let content = String::from_utf8(bytes)
+            .map_err(|_| Error::failure(format!("the backup {} is not text", backup.display())))?;
+        self.store(&content).await?;
+        if let Some(reload) = &spec.reload {
+            hooks::run_command("the reload command", reload, &self.base, &[], self.timeout()).await?;
+        }
+        std::fs::remove_file(&backup)?;
+        Ok(format!("{} restored byte for byte from its backup", spec.name))
+    }
+}
+
+impl Repoint {
+    /// A consumer already on the target: only prove its connection works.
+    async fn reload_and_probe_readonly(&self, _ctx: &RunContext) -> Result<serde_json::Value> {
+        let f = &self.reading.found[0];
+        let url = f.conn.to_url();
+        match hooks::probe_sql(&url, self.reading.spec.health_sql.as_deref(), Duration::from_secs(5)).await {
+            Ok(r) => Ok(json!({ "reached": r.identity.place(), "millis": r.millis })),
+            Err(e) => Ok(json!({ "unverified": redact_text(&e.message) })),
+        }
+    }
+}
