@@ -2,6 +2,7 @@
 //! the test kit, the real `cutover` binary.
 
 mod cli;
+mod consumers;
 mod cutover;
 mod engine;
 mod kit;

@@ -1,17 +1,41 @@
 //! Building the plan: one function, used by `plan` (to print it) and by `run`
 //! and `rollback` (to execute it). Never a second copy of this logic.
+//!
+//! Building it is also the preflight: every consumer is read and checked
+//! (file, key, writable, commands) before any stage runs, so a problem stops
+//! the run with nothing changed.
 
-use cutover_core::plan_file::{DecommissionDriver, LoadedPlan};
-use cutover_core::stage::Plan;
-use cutover_core::{Error, ErrorKind, Result};
+use std::time::Duration;
+
+use cutover_core::endpoint::{Endpoint, Role};
+use cutover_core::journal::Journal;
+use cutover_core::plan_file::{ConsumerKind, DecommissionDriver, LoadedPlan};
+use cutover_core::stage::{Plan, Stage};
+use cutover_core::{Error, Result};
+use cutover_ops::conn::Destination;
+use cutover_ops::consumer::{self, Reading, Servers, Side, Which};
+use cutover_ops::repoint::Repoint;
+use cutover_ops::retire::{self, Decommission};
+use cutover_ops::sync::VerifySync;
+use cutover_ops::{files, hooks};
 use cutover_pg::Databases;
 use cutover_pg::backup::BackupTarget;
 use cutover_pg::clear::ClearTarget;
 use cutover_pg::copy::{Copy, default_jobs};
 use cutover_pg::discover::Discover;
 use cutover_pg::freeze::{FreezeSource, other_sessions};
-use cutover_pg::inventory::{Inventory, compare};
+use cutover_pg::inventory::{Comparison, Inventory, compare};
 use cutover_pg::verify::VerifyData;
+
+/// Switches from the command line that change the plan.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Switches {
+    pub allow_target_ahead: bool,
+    /// `--destroy`: with `destroy = true` in the plan, destroy the source.
+    pub destroy: bool,
+    /// `--force`: decommission even while clients are connected to the source.
+    pub force: bool,
+}
 
 /// A plan with the connections and the inspection it was built from.
 pub struct Planned {
@@ -19,71 +43,155 @@ pub struct Planned {
     pub dbs: Databases,
 }
 
-/// Refuses what this version cannot do yet, before anything is touched.
-fn supported(loaded: &LoadedPlan) -> Result<()> {
-    if !loaded.file.consumers.is_empty() {
-        return Err(Error::new(
-            ErrorKind::NotImplemented,
-            format!(
-                "{}: [[consumer]] entries (repointing applications) are not implemented in this version; remove \
-                 them to run the database stages, and repoint the applications by hand afterwards",
-                loaded.path.display()
-            ),
-        ));
+/// Connects both databases; when the source cannot be reached because this
+/// plan's run retired it, goes on with a lazy source connection so that
+/// `status`, `rollback` and a resume still work.
+pub async fn connect(loaded: &LoadedPlan, max: u32) -> Result<(Databases, bool)> {
+    let err = match Databases::connect(loaded, max).await {
+        Ok(d) => return Ok((d, false)),
+        Err(e) => e,
+    };
+    let opts = &loaded.file.options;
+    let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
+    let Ok(pool) =
+        cutover_pg::connect::pool(&target, opts.connect_timeout, opts.statement_timeout, opts.lock_timeout, max).await
+    else {
+        return Err(err);
+    };
+    let Some(journal) = Journal::open_existing(&pool, &opts.journal_schema).await? else {
+        return Err(err);
+    };
+    let Some(run) = journal.latest_run().await? else {
+        return Err(err);
+    };
+    let retired = journal
+        .stage_states(run.id)
+        .await?
+        .get(retire::NAME)
+        .is_some_and(|s| s.event != "undone");
+    if !retired {
+        return Err(err);
     }
-    if let Some(d) = &loaded.file.decommission
-        && d.driver != DecommissionDriver::None
-    {
-        return Err(Error::new(
-            ErrorKind::NotImplemented,
-            format!(
-                "{}: [decommission] driver {:?} is not implemented in this version; use driver = \"none\" or remove \
-                 the section (the source is then left alone)",
-                loaded.path.display(),
-                d.driver
-            ),
-        ));
-    }
-    Ok(())
+    Ok((Databases::with_retired_source(loaded, pool, run.source_identity, max).await?, true))
 }
 
-/// Inspects both databases (read-only) and builds the stages in their safe order.
-pub async fn build(loaded: &LoadedPlan, allow_target_ahead: bool) -> Result<Planned> {
-    supported(loaded)?;
+/// The two databases as consumers may name them.
+pub fn servers(loaded: &LoadedPlan, dbs: &Databases) -> Result<Servers> {
+    Ok(Servers {
+        source: Side::new(dbs.source_identity.clone(), &dbs.source, &loaded.file.source)?,
+        target: Side::new(dbs.target_identity.clone(), &dbs.target, &loaded.file.target)?,
+        target_destination: Destination {
+            host: dbs.target.host.clone(),
+            port: dbs.target.port,
+            dbname: dbs.target.dbname.clone(),
+            user: dbs.target.user.clone(),
+            password: dbs.target.password().map(str::to_string),
+        },
+        probe_timeout: Duration::from_secs(loaded.file.options.connect_timeout.min(5)),
+    })
+}
+
+/// Inspects both databases and every consumer (read-only) and builds the stages in their safe order.
+pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     let jobs = default_jobs(loaded.file.options.jobs);
-    let dbs = Databases::connect(loaded, jobs as u32 + 3).await?;
+    let (dbs, retired) = connect(loaded, jobs as u32 + 3).await?;
     let schema = &loaded.file.options.journal_schema;
-    let (source, target) = tokio::try_join!(
-        Inventory::read(&dbs.source_pool, schema, true),
-        Inventory::read(&dbs.target_pool, schema, true)
-    )?;
-    let comparison = compare(&source, &target, &dbs.source_pool, &dbs.target_pool).await?;
-    let allow_ahead = allow_target_ahead || loaded.file.target.allow_ahead;
-    let freeze = loaded.file.options.freeze_source;
-    let sessions = if freeze {
-        other_sessions(&dbs.source_pool).await?
-    } else {
-        vec![]
-    };
+    let target = Inventory::read(&dbs.target_pool, schema, true).await?;
     let mut warnings = vec![];
+    let (source, comparison) = if retired {
+        warnings.push(
+            "the source was retired by this plan's run (decommission-source): stages before it are described \
+             without inspecting it; `cutover rollback` brings it back"
+                .into(),
+        );
+        (Inventory::empty(dbs.source_identity.clone()), Comparison::default())
+    } else {
+        let source = Inventory::read(&dbs.source_pool, schema, true).await?;
+        let comparison = compare(&source, &target, &dbs.source_pool, &dbs.target_pool).await?;
+        (source, comparison)
+    };
+    let allow_ahead = switches.allow_target_ahead || loaded.file.target.allow_ahead;
+    let freeze = loaded.file.options.freeze_source;
+    let sessions = if retired { vec![] } else { other_sessions(&dbs.source_pool).await? };
     if !comparison.target_ahead.is_empty() && !allow_ahead {
         warnings.push(cutover_pg::discover::target_ahead_error(&comparison.target_ahead).message);
     }
     if !freeze {
-        warnings
-            .push("freeze_source = false: writes to the source after the copy's snapshot are lost".into());
+        warnings.push("freeze_source = false: writes to the source after the copy's snapshot are lost".into());
     }
+    let servers = servers(loaded, &dbs)?;
+    let base = consumer::base_dir(&loaded.path);
+    let readings = preflight(loaded, &servers).await?;
+
     let run_dir = loaded.run_dir();
-    let plan = Plan {
-        stages: vec![
-            Box::new(Discover::new(&source, &target, &comparison, allow_ahead)),
-            Box::new(BackupTarget::new(&target, &run_dir)),
-            Box::new(FreezeSource::new(freeze, &dbs.source.dbname, sessions)),
-            Box::new(ClearTarget::new(&target, &comparison.destroyed)),
-            Box::new(Copy::new(&source, &target, jobs)),
-            Box::new(VerifyData::new(&source, jobs)),
-        ],
-        warnings,
-    };
-    Ok(Planned { plan, dbs })
+    let mut stages: Vec<Box<dyn Stage>> = vec![
+        Box::new(Discover::new(&source, &target, &comparison, allow_ahead)),
+        Box::new(BackupTarget::new(&target, &run_dir)),
+        Box::new(FreezeSource::new(freeze, &dbs.source.dbname, sessions.clone())),
+        Box::new(ClearTarget::new(&target, &comparison.destroyed)),
+        Box::new(Copy::new(&source, &target, jobs)),
+        Box::new(VerifyData::new(&source, jobs)),
+    ];
+    for reading in &readings {
+        let dest = consumer::destination(&reading.spec, &servers)?;
+        let stage = Repoint::new(reading.clone(), dest, base.clone(), servers.clone())?;
+        warnings.extend(stage.describe().warnings.iter().cloned());
+        stages.push(Box::new(stage));
+    }
+    if !readings.is_empty() {
+        stages.push(Box::new(VerifySync::new(
+            loaded.file.consumers.clone(),
+            base.clone(),
+            servers.clone(),
+        )));
+    }
+    if let Some(d) = &loaded.file.decommission
+        && d.driver != DecommissionDriver::None
+    {
+        if readings.is_empty() {
+            return Err(Error::bad_input(format!(
+                "{}: [decommission] needs the [[consumer]] entries: the source is retired only after the sync \
+                 through every consumer is proven (verify-sync). List the applications that connect to the \
+                 databases, or remove [decommission]",
+                loaded.path.display()
+            )));
+        }
+        let stage = Decommission::new(d.clone(), dbs.source.clone(), switches.destroy, switches.force, base, &sessions);
+        warnings.extend(stage.describe().warnings.iter().cloned());
+        stages.push(Box::new(stage));
+    }
+    Ok(Planned {
+        plan: Plan { stages, warnings },
+        dbs,
+    })
+}
+
+/// Reads and checks every consumer; the first problem stops everything.
+async fn preflight(loaded: &LoadedPlan, servers: &Servers) -> Result<Vec<Reading>> {
+    let base = consumer::base_dir(&loaded.path);
+    let mut readings = vec![];
+    for spec in &loaded.file.consumers {
+        let reading = consumer::read(spec, &base, servers).await?;
+        let fail = |msg: String| Err(Error::bad_input(format!("consumer {}: {msg}", spec.name)));
+        if reading.points_at() == Which::Source
+            && spec.kind != ConsumerKind::Command
+            && let Some(path) = &reading.path
+            && let Err(e) = files::check_writable(path)
+        {
+            return fail(format!("{e}; cutover must replace the file to repoint it"));
+        }
+        for (what, cmd) in [("reload", &spec.reload), ("get", &spec.get), ("set", &spec.set)] {
+            if let Some(cmd) = cmd
+                && !hooks::command_exists(cmd, &base)
+            {
+                return fail(format!(
+                    "its {what} command `{}` cannot be found; fix `{what}` in the plan file",
+                    cmd.split_whitespace().next().unwrap_or_default()
+                ));
+            }
+        }
+        consumer::destination(spec, servers)?;
+        readings.push(reading);
+    }
+    Ok(readings)
 }

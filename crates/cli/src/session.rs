@@ -30,7 +30,7 @@ pub enum Mode {
 
 pub async fn open(
     loaded: &LoadedPlan,
-    allow_target_ahead: bool,
+    switches: planner::Switches,
     mode: Mode,
     events: Arc<dyn EventSink>,
     cancel: CancelFlag,
@@ -41,7 +41,7 @@ pub async fn open(
     let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
     let timeout = std::time::Duration::from_secs(loaded.file.options.connect_timeout);
     let lock = RunLock::acquire(&target.connect_options(timeout)?, schema).await?;
-    let planned = planner::build(loaded, allow_target_ahead).await?;
+    let planned = planner::build(loaded, switches).await?;
     let journal = Journal::ensure(&planned.dbs.target_pool, schema).await?;
     let latest = journal.latest_run().await?;
     let (run_id, resumed) = match (mode, latest) {

@@ -14,6 +14,8 @@ pub enum Quoting {
     Single,
     /// YAML single quotes (`''` escapes a quote).
     YamlSingle,
+    /// Free text: replaced as is (the surrounding script does its own quoting).
+    Raw,
 }
 
 /// One connection value inside a file.
@@ -51,6 +53,7 @@ pub fn encode(occ: &Occurrence, value: &str) -> Result<String, String> {
         }
         Quoting::Single => Ok(value.to_string()),
         Quoting::YamlSingle => Ok(value.replace('\'', "''")),
+        Quoting::Raw => Ok(value.to_string()),
     }
 }
 
@@ -319,7 +322,7 @@ pub fn text(text: &str) -> Vec<Occurrence> {
             start: m.start(),
             end: m.end(),
             value: m.as_str().to_string(),
-            quoting: Quoting::Bare,
+            quoting: Quoting::Raw,
             pgpass: false,
         });
     }
@@ -337,7 +340,7 @@ pub fn text(text: &str) -> Vec<Occurrence> {
             start: m.start(),
             end: m.start() + s.len(),
             value: s.to_string(),
-            quoting: Quoting::Bare,
+            quoting: Quoting::Raw,
             pgpass: false,
         });
     }
@@ -351,7 +354,7 @@ pub fn text(text: &str) -> Vec<Occurrence> {
             start: m.start(),
             end: m.end(),
             value: m.as_str().to_string(),
-            quoting: Quoting::Bare,
+            quoting: Quoting::Raw,
             pgpass: true,
         });
     }

@@ -70,6 +70,46 @@ impl Databases {
     }
 }
 
+impl Databases {
+    /// The databases when the source was retired by this plan's run: the
+    /// target connected, the source's pool connecting only when used (after
+    /// a rollback of the retirement) and its identity from the journal.
+    pub async fn with_retired_source(
+        plan: &LoadedPlan,
+        target_pool: PgPool,
+        source_identity: ServerIdentity,
+        max_connections: u32,
+    ) -> Result<Databases> {
+        let source = Endpoint::resolve(Role::Source, &plan.file.source)?;
+        let target = Endpoint::resolve(Role::Target, &plan.file.target)?;
+        let opts = &plan.file.options;
+        let setup = format!(
+            "{SESSION_SETTINGS}; SET statement_timeout = '{}s'; SET lock_timeout = '{}s'",
+            opts.statement_timeout, opts.lock_timeout
+        );
+        let source_pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(opts.connect_timeout.max(1)))
+            .after_connect(move |conn, _| {
+                let setup = setup.clone();
+                Box::pin(async move {
+                    conn.execute(sqlx::raw_sql(&setup)).await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(source.connect_options(Duration::from_secs(opts.connect_timeout))?);
+        let target_identity = ServerIdentity::of(&target_pool).await?;
+        Ok(Databases {
+            source,
+            target,
+            source_pool,
+            target_pool,
+            source_identity,
+            target_identity,
+        })
+    }
+}
+
 /// A pool whose sessions carry [`SESSION_SETTINGS`] and the plan's timeouts.
 pub async fn pool(
     endpoint: &Endpoint,

@@ -85,6 +85,20 @@ pub fn quote_literal(s: &str) -> String {
 }
 
 impl Inventory {
+    /// An inventory of nothing (a source that cannot be inspected any more).
+    pub fn empty(identity: ServerIdentity) -> Inventory {
+        Inventory {
+            identity,
+            database_bytes: 0,
+            schemas: vec![],
+            tables: vec![],
+            sequences: vec![],
+            extensions: vec![],
+            large_objects: 0,
+            exact_counts: true,
+        }
+    }
+
     /// Reads everything cutover needs to know about one database. Read-only.
     pub async fn read(pool: &PgPool, journal_schema: &str, exact: bool) -> Result<Inventory> {
         let identity = ServerIdentity::of(pool).await?;
@@ -214,7 +228,7 @@ async fn count_rows(pool: &PgPool, tables: &mut [TableInfo]) -> Result<()> {
 }
 
 /// How the source and the target differ, and what clearing the target destroys.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Comparison {
     pub only_source: Vec<String>,
     pub only_target: Vec<String>,

@@ -10,6 +10,7 @@ use cutover_core::stage::CancelFlag;
 use crate::args::GlobalArgs;
 use crate::exit::Code;
 use crate::render::Reporter;
+use crate::planner;
 use crate::session::{self, Mode};
 
 #[derive(Debug, Args)]
@@ -32,7 +33,16 @@ pub(crate) fn run(global: &GlobalArgs, args: RollbackArgs) -> anyhow::Result<Cod
     super::runtime()?.block_on(async {
         session::cancel_on_ctrl_c(&cancel, events.clone());
         // Rolling back must work when the target now holds more than the source.
-        let s = session::open(&loaded, true, Mode::Rollback, events, cancel).await?;
+        let s = session::open(
+            &loaded,
+            planner::Switches {
+                allow_target_ahead: true,
+                ..Default::default()
+            },
+            Mode::Rollback,
+            events,
+            cancel,
+        ).await?;
         let confirm = session::confirmer(args.yes, s.planned.dbs.target.dbname.clone(), "rollback of");
         confirm(&["the latest run".to_string()])?;
         engine::rollback(s.plan(), &s.ctx, args.force).await?;

@@ -10,6 +10,7 @@ use cutover_core::stage::CancelFlag;
 use crate::args::GlobalArgs;
 use crate::exit::Code;
 use crate::render::Reporter;
+use crate::planner;
 use crate::session::{self, Mode};
 
 #[derive(Debug, Args)]
@@ -29,6 +30,12 @@ pub struct RunArgs {
     /// Clear the target even when it holds data the source lacks.
     #[arg(long)]
     pub allow_target_ahead: bool,
+    /// With `destroy = true` under [decommission]: destroy the source instead of retiring it (irreversible).
+    #[arg(long)]
+    pub destroy: bool,
+    /// Decommission the source even while clients are still connected to it (they are disconnected).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub(crate) fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<Code> {
@@ -42,7 +49,11 @@ pub(crate) fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<Code> {
         session::cancel_on_ctrl_c(&cancel, events.clone());
         let s = session::open(
             &loaded,
-            args.allow_target_ahead,
+            planner::Switches {
+                allow_target_ahead: args.allow_target_ahead,
+                destroy: args.destroy,
+                force: args.force,
+            },
             Mode::Run {
                 restart: args.restart,
             },
