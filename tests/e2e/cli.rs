@@ -21,14 +21,47 @@ fn help_lists_every_subcommand() {
 
 #[test]
 fn unimplemented_subcommands_say_so() {
-    for sub in ["init", "doctor", "report"] {
-        let (out, _, stderr) = output(cutover().arg(sub));
-        assert_eq!(out.status.code(), Some(6), "{sub}: {stderr}");
-        assert!(
-            stderr.contains("not implemented yet") && stderr.contains("nothing was done"),
-            "{stderr}"
-        );
+    let (out, _, stderr) = output(cutover().arg("report"));
+    assert_eq!(out.status.code(), Some(6), "report: {stderr}");
+    assert!(
+        stderr.contains("not implemented yet") && stderr.contains("nothing was done"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn init_writes_a_template_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("cutover.toml");
+    let (out, _, stderr) = output(cutover().arg("--plan").arg(&plan).arg("init"));
+    assert!(out.status.success(), "{stderr}");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    for key in [
+        "[source]",
+        "url_env",
+        "aliases",
+        "[[consumer]]",
+        "health_url",
+        "[decommission]",
+        "destroy",
+    ] {
+        assert!(text.contains(key), "the template lacks {key}");
     }
+    std::fs::write(&plan, "mine").unwrap();
+    let (out, _, stderr) = output(cutover().arg("--plan").arg(&plan).arg("init"));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("already exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&plan).unwrap(),
+        "mine",
+        "nothing was overwritten"
+    );
+    let (out, _, _) = output(cutover().arg("--plan").arg(&plan).args(["init", "--force"]));
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(&plan).unwrap(), text);
 }
 
 #[test]

@@ -98,7 +98,10 @@ fn seed_consumers_doctor_repoint_sync_quarantine_and_rollback() {
         stdout.contains("production, dashboard, backups → source") && stdout.contains("22 users"),
         "{stdout}"
     );
-    assert!(stdout.contains("staging → target") && stdout.contains("1 users"), "{stdout}");
+    assert!(
+        stdout.contains("staging → target") && stdout.contains("1 users"),
+        "{stdout}"
+    );
 
     // plan: a diff per repointed consumer, passwords redacted, the irreversible step named.
     let (code, stdout, stderr) = s.run(&["plan"]);
@@ -115,7 +118,10 @@ fn seed_consumers_doctor_repoint_sync_quarantine_and_rollback() {
     ] {
         assert!(stdout.contains(expected), "plan lacks {expected:?}:\n{stdout}");
     }
-    assert!(stdout.contains("+DATABASE_URL=\"postgresql://kit_admin:***@"), "{stdout}");
+    assert!(
+        stdout.contains("+DATABASE_URL=\"postgresql://kit_admin:***@"),
+        "{stdout}"
+    );
 
     let (code, stdout, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
@@ -133,12 +139,17 @@ fn seed_consumers_doctor_repoint_sync_quarantine_and_rollback() {
     let new_url = tgt.url("app");
     assert_eq!(
         read("production.env"),
-        before
-            .production
-            .replace(&src.url("app"), &new_url)
+        before.production.replace(&src.url("app"), &new_url)
     );
-    assert_eq!(read("staging.env"), before.staging, "staging was already on the target");
-    assert_eq!(read("compose.yml"), before.compose.replace(&src.url("app"), &new_url));
+    assert_eq!(
+        read("staging.env"),
+        before.staging,
+        "staging was already on the target"
+    );
+    assert_eq!(
+        read("compose.yml"),
+        before.compose.replace(&src.url("app"), &new_url)
+    );
     assert_eq!(
         read("backup.sh"),
         before.backup.replace(
@@ -146,12 +157,27 @@ fn seed_consumers_doctor_repoint_sync_quarantine_and_rollback() {
             &format!("host={} port={} dbname=app", tgt.host(), tgt.port())
         )
     );
-    assert_eq!(read("production.reloaded"), read("production.env"), "the reload ran after the write");
+    assert_eq!(
+        read("production.reloaded"),
+        read("production.env"),
+        "the reload ran after the write"
+    );
     // The sentinel is gone; the source is quarantined, not destroyed (no --destroy).
     assert_eq!(q(tgt, "app", "SELECT count(*) FROM cutover.sentinels"), "0");
-    let retired = q(src, "postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'app_retired_%'");
+    let retired = q(
+        src,
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname LIKE 'app_retired_%'",
+    );
     assert!(retired.starts_with("app_retired_"), "{retired:?}");
-    assert_eq!(q(src, "postgres", "SELECT count(*) FROM pg_database WHERE datname = 'app'"), "0");
+    assert_eq!(
+        q(
+            src,
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'app'"
+        ),
+        "0"
+    );
     assert!(
         s.run_dir().join("final/source-app.dump").exists(),
         "a final dump precedes the decommission"
@@ -167,7 +193,11 @@ fn seed_consumers_doctor_repoint_sync_quarantine_and_rollback() {
     assert!(stdout.contains("decommission-source"), "{stdout}");
 
     // A write on the target after the repoint: rollback warns that it is lost.
-    tgt.sql("app", "INSERT INTO protection_settings VALUES ('after', 'repoint')").unwrap();
+    tgt.sql(
+        "app",
+        "INSERT INTO protection_settings VALUES ('after', 'repoint')",
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
     let (code, stdout, stderr) = s.run(&["rollback", "--yes"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
@@ -176,7 +206,11 @@ fn seed_consumers_doctor_repoint_sync_quarantine_and_rollback() {
     assert_eq!(read("staging.env"), before.staging);
     assert_eq!(read("compose.yml"), before.compose);
     assert_eq!(read("backup.sh"), before.backup);
-    assert_eq!(q(src, "app", "SELECT count(*) FROM users"), "22", "the source is back");
+    assert_eq!(
+        q(src, "app", "SELECT count(*) FROM users"),
+        "22",
+        "the source is back"
+    );
     assert_eq!(s.target_digest(), target_before);
 }
 
@@ -194,7 +228,11 @@ fn a_consumer_problem_stops_the_run_before_anything_changes() {
     );
     assert_eq!(s.target_digest(), target_before);
     assert_eq!(
-        q(&s.pair.target, "app", "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover'"),
+        q(
+            &s.pair.target,
+            "app",
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover'"
+        ),
         "0",
         "nothing was written, not even the journal"
     );

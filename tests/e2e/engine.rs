@@ -58,7 +58,13 @@ struct TestStage {
     log: Arc<Log>,
 }
 
-fn stage(name: &'static str, behaviour: Behaviour, undo: Undo, destructive: bool, log: &Arc<Log>) -> Box<dyn Stage> {
+fn stage(
+    name: &'static str,
+    behaviour: Behaviour,
+    undo: Undo,
+    destructive: bool,
+    log: &Arc<Log>,
+) -> Box<dyn Stage> {
     Box::new(TestStage {
         name,
         behaviour,
@@ -170,13 +176,19 @@ impl Bench {
         let server = PgServer::start().unwrap();
         server.create_database("engine").unwrap();
         server
-            .sql("engine", "CREATE TABLE effects (stage text PRIMARY KEY, state text NOT NULL)")
+            .sql(
+                "engine",
+                "CREATE TABLE effects (stage text PRIMARY KEY, state text NOT NULL)",
+            )
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let plan_path = dir.path().join("cutover.toml");
         std::fs::write(
             &plan_path,
-            format!("[source]\nurl = \"{0}\"\n[target]\nurl = \"{0}\"\n", server.url("engine")),
+            format!(
+                "[source]\nurl = \"{0}\"\n[target]\nurl = \"{0}\"\n",
+                server.url("engine")
+            ),
         )
         .unwrap();
         let loaded = LoadedPlan::load(&plan_path).unwrap();
@@ -229,7 +241,10 @@ impl Bench {
             )
             .await
         });
-        assert!(outcome.is_err(), "the run should still have been busy when killed");
+        assert!(
+            outcome.is_err(),
+            "the run should still have been busy when killed"
+        );
     }
 
     fn rollback(&self, plan: &Plan, force: bool) -> Result<()> {
@@ -265,7 +280,10 @@ impl Bench {
 }
 
 fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 #[test]
@@ -376,7 +394,13 @@ fn rollback_goes_in_reverse_and_stops_at_an_irreversible_stage() {
     let plan = Plan {
         stages: vec![
             stage("a", Behaviour::Succeeds, undo(), false, &log),
-            stage("i", Behaviour::Succeeds, Undo::Irreversible("it burns bridges".into()), true, &log),
+            stage(
+                "i",
+                Behaviour::Succeeds,
+                Undo::Irreversible("it burns bridges".into()),
+                true,
+                &log,
+            ),
             stage("b", Behaviour::Succeeds, undo(), false, &log),
             stage("c", Behaviour::Succeeds, undo(), false, &log),
         ],
@@ -387,11 +411,17 @@ fn rollback_goes_in_reverse_and_stops_at_an_irreversible_stage() {
     let err = bench.rollback(&plan, false).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Refused);
     assert!(
-        err.message.contains("stage i cannot be undone (it burns bridges)") && err.message.contains("--force"),
+        err.message
+            .contains("stage i cannot be undone (it burns bridges)")
+            && err.message.contains("--force"),
         "{}",
         err.message
     );
-    assert_eq!(log.undone(), vec!["c", "b"], "later stages undone in reverse order");
+    assert_eq!(
+        log.undone(),
+        vec!["c", "b"],
+        "later stages undone in reverse order"
+    );
     assert_eq!(bench.effects(), owned(&[("a", "complete"), ("i", "complete")]));
     let states = bench.states();
     assert_eq!((states["c"].as_str(), states["b"].as_str()), ("undone", "undone"));
@@ -402,7 +432,11 @@ fn rollback_goes_in_reverse_and_stops_at_an_irreversible_stage() {
     assert_eq!(log.undone(), vec!["c", "b"]);
 
     bench.rollback(&plan, true).unwrap();
-    assert_eq!(log.undone(), vec!["c", "b", "a"], "--force goes past i and leaves it as is");
+    assert_eq!(
+        log.undone(),
+        vec!["c", "b", "a"],
+        "--force goes past i and leaves it as is"
+    );
     assert_eq!(bench.effects(), owned(&[("i", "complete")]));
     assert_eq!(bench.run_status(), "rolled_back");
 }
@@ -421,13 +455,22 @@ fn a_refused_confirmation_runs_nothing() {
     let asked = Mutex::new(vec![]);
     let err = bench
         .rt
-        .block_on(engine::run(&plan, &bench.ctx, &Selection::default(), &|stages: &[String]| {
-            asked.lock().unwrap().extend_from_slice(stages);
-            Err(Error::refused("no"))
-        }))
+        .block_on(engine::run(
+            &plan,
+            &bench.ctx,
+            &Selection::default(),
+            &|stages: &[String]| {
+                asked.lock().unwrap().extend_from_slice(stages);
+                Err(Error::refused("no"))
+            },
+        ))
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Refused);
-    assert_eq!(*asked.lock().unwrap(), vec!["wipe"], "only destructive stages are asked about");
+    assert_eq!(
+        *asked.lock().unwrap(),
+        vec!["wipe"],
+        "only destructive stages are asked about"
+    );
     assert_eq!(log.runs("a") + log.runs("wipe"), 0);
     assert!(bench.states().is_empty());
     assert!(bench.effects().is_empty());

@@ -53,8 +53,14 @@ pub async fn connect(loaded: &LoadedPlan, max: u32) -> Result<(Databases, bool)>
     };
     let opts = &loaded.file.options;
     let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
-    let Ok(pool) =
-        cutover_pg::connect::pool(&target, opts.connect_timeout, opts.statement_timeout, opts.lock_timeout, max).await
+    let Ok(pool) = cutover_pg::connect::pool(
+        &target,
+        opts.connect_timeout,
+        opts.statement_timeout,
+        opts.lock_timeout,
+        max,
+    )
+    .await
     else {
         return Err(err);
     };
@@ -72,7 +78,10 @@ pub async fn connect(loaded: &LoadedPlan, max: u32) -> Result<(Databases, bool)>
     if !retired {
         return Err(err);
     }
-    Ok((Databases::with_retired_source(loaded, pool, run.source_identity, max).await?, true))
+    Ok((
+        Databases::with_retired_source(loaded, pool, run.source_identity, max).await?,
+        true,
+    ))
 }
 
 /// The two databases as consumers may name them.
@@ -104,7 +113,10 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
              without inspecting it; `cutover rollback` brings it back"
                 .into(),
         );
-        (Inventory::empty(dbs.source_identity.clone()), Comparison::default())
+        (
+            Inventory::empty(dbs.source_identity.clone()),
+            Comparison::default(),
+        )
     } else {
         let source = Inventory::read(&dbs.source_pool, schema, true).await?;
         let comparison = compare(&source, &target, &dbs.source_pool, &dbs.target_pool).await?;
@@ -112,12 +124,17 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     };
     let allow_ahead = switches.allow_target_ahead || loaded.file.target.allow_ahead;
     let freeze = loaded.file.options.freeze_source;
-    let sessions = if retired { vec![] } else { other_sessions(&dbs.source_pool).await? };
+    let sessions = if retired {
+        vec![]
+    } else {
+        other_sessions(&dbs.source_pool).await?
+    };
     if !comparison.target_ahead.is_empty() && !allow_ahead {
         warnings.push(cutover_pg::discover::target_ahead_error(&comparison.target_ahead).message);
     }
     if !freeze {
-        warnings.push("freeze_source = false: writes to the source after the copy's snapshot are lost".into());
+        warnings
+            .push("freeze_source = false: writes to the source after the copy's snapshot are lost".into());
     }
     let servers = servers(loaded, &dbs)?;
     let base = consumer::base_dir(&loaded.path);
@@ -156,7 +173,14 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
                 loaded.path.display()
             )));
         }
-        let stage = Decommission::new(d.clone(), dbs.source.clone(), switches.destroy, switches.force, base, &sessions);
+        let stage = Decommission::new(
+            d.clone(),
+            dbs.source.clone(),
+            switches.destroy,
+            switches.force,
+            base,
+            &sessions,
+        );
         warnings.extend(stage.describe().warnings.iter().cloned());
         stages.push(Box::new(stage));
     }

@@ -238,7 +238,9 @@ fn validate(file: &PlanFile) -> std::result::Result<(), String> {
                 }
             }
             DecommissionDriver::None if d.destroy => {
-                return Err("[decommission] destroy = true needs a driver (postgres, docker or command)".into());
+                return Err(
+                    "[decommission] destroy = true needs a driver (postgres, docker or command)".into(),
+                );
             }
             _ => {}
         }
@@ -248,13 +250,27 @@ fn validate(file: &PlanFile) -> std::result::Result<(), String> {
 
 fn validate_consumer(c: &ConsumerSpec) -> std::result::Result<(), String> {
     let name = &c.name;
-    if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    {
         return Err(format!(
             "[[consumer]] name {name:?}: use letters, digits, '-', '_' and '.' (it names a stage and a backup file)"
         ));
     }
-    let missing = |what: &str| Err(format!("[[consumer]] {name:?} (kind = {:?}) needs `{what}`", c.kind));
-    let unused = |what: &str| Err(format!("[[consumer]] {name:?}: `{what}` does not apply to kind = {:?}", c.kind));
+    let missing = |what: &str| {
+        Err(format!(
+            "[[consumer]] {name:?} (kind = {:?}) needs `{what}`",
+            c.kind
+        ))
+    };
+    let unused = |what: &str| {
+        Err(format!(
+            "[[consumer]] {name:?}: `{what}` does not apply to kind = {:?}",
+            c.kind
+        ))
+    };
     match c.kind {
         ConsumerKind::Env | ConsumerKind::Yaml => {
             if c.path.is_none() {
@@ -342,7 +358,10 @@ mod tests {
         let c = "[[consumer]]\nname = \"a\"\nkind = \"env\"\npath = \"x\"\nkey = \"K\"\n";
         let err = parse(&format!("{MINIMAL}{c}{c}")).unwrap_err();
         assert!(err.contains("unique"), "{err}");
-        let err = parse(&format!("{MINIMAL}[[consumer]]\nname = \"a\"\nkind = \"yaml\"\npath = \"x\"\n")).unwrap_err();
+        let err = parse(&format!(
+            "{MINIMAL}[[consumer]]\nname = \"a\"\nkind = \"yaml\"\npath = \"x\"\n"
+        ))
+        .unwrap_err();
         assert!(err.contains("needs `key`"), "{err}");
         let err = parse(&format!("{MINIMAL}[decommission]\ndriver = \"docker\"\n")).unwrap_err();
         assert!(err.contains("needs `container`"), "{err}");

@@ -118,10 +118,7 @@ impl ConnString {
                 let path = decode(url.path().trim_start_matches('/'));
                 if path.is_empty() { self.user() } else { Some(path) }
             }
-            Form::Keywords(_) => self
-                .keyword("dbname")
-                .map(str::to_string)
-                .or_else(|| self.user()),
+            Form::Keywords(_) => self.keyword("dbname").map(str::to_string).or_else(|| self.user()),
         }
     }
 
@@ -250,7 +247,9 @@ impl ConnString {
 }
 
 fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// What a URL's user, password or path component must not hold literally.
@@ -353,7 +352,10 @@ mod tests {
             "postgresql://raz%40tovtech.org:n%3Aw@db.example:6432/TovPlay?sslmode=require"
         );
         let c = ConnString::parse("postgres://app@postgres/app").unwrap();
-        assert_eq!(c.rewrite(&dest(Some("secret"))), "postgres://raz%40tovtech.org@db.example:6432/TovPlay");
+        assert_eq!(
+            c.rewrite(&dest(Some("secret"))),
+            "postgres://raz%40tovtech.org@db.example:6432/TovPlay"
+        );
     }
 
     #[test]

@@ -52,7 +52,10 @@ impl Side {
         let (host, port, db) = (c.host(), c.port(), c.dbname().unwrap_or_default());
         db == self.dbname
             && ((same_host(&host, &self.host) && port == self.port)
-                || self.aliases.iter().any(|(h, p)| same_host(&host, h) && port == *p))
+                || self
+                    .aliases
+                    .iter()
+                    .any(|(h, p)| same_host(&host, h) && port == *p))
     }
 }
 
@@ -131,7 +134,9 @@ fn consumer_error(spec: &ConsumerSpec, msg: impl std::fmt::Display) -> Error {
 
 /// The consumer's file, resolved against the plan file's folder.
 pub fn file_path(spec: &ConsumerSpec, base: &Path) -> Option<PathBuf> {
-    spec.path.as_ref().map(|p| if p.is_absolute() { p.clone() } else { base.join(p) })
+    spec.path
+        .as_ref()
+        .map(|p| if p.is_absolute() { p.clone() } else { base.join(p) })
 }
 
 /// Reads the consumer's configuration and locates every connection in it.
@@ -277,7 +282,10 @@ pub async fn locate_conn(conn: &ConnString, pgpass: bool, servers: &Servers) -> 
         Some(u) => {
             let which = by_address();
             let d = &servers.target_destination;
-            if which == Which::Target && conn.user().as_deref() == Some(d.user.as_str()) && d.password.is_some() {
+            if which == Which::Target
+                && conn.user().as_deref() == Some(d.user.as_str())
+                && d.password.is_some()
+            {
                 let with = conn.rewrite(d);
                 let u2 = ConnString::parse(&with).map(|c| c.to_url()).unwrap_or(u);
                 Some(hooks::probe_sql(&u2, None, servers.probe_timeout).await)
@@ -421,13 +429,18 @@ pub fn destination(spec: &ConsumerSpec, servers: &Servers) -> Result<Destination
         )
     })?;
     let c = ConnString::parse(&value).ok_or_else(|| {
-        consumer_error(spec, format!("${var} is not a PostgreSQL connection (postgresql://…)"))
+        consumer_error(
+            spec,
+            format!("${var} is not a PostgreSQL connection (postgresql://…)"),
+        )
     })?;
     Ok(Destination {
         host: c.host(),
         port: c.port(),
         dbname: c.dbname().unwrap_or_default(),
-        user: c.user().unwrap_or_else(|| servers.target_destination.user.clone()),
+        user: c
+            .user()
+            .unwrap_or_else(|| servers.target_destination.user.clone()),
         password: c.password(),
     })
 }
@@ -438,7 +451,13 @@ mod tests {
 
     #[test]
     fn pgpass_lines_are_redacted() {
-        assert_eq!(redact_lines("db:5432:app:u:secret\r\nx\n"), "db:5432:app:u:***\r\nx\n");
-        assert_eq!(redact_lines("postgresql://u:pw@h/d\n"), "postgresql://u:***@h/d\n");
+        assert_eq!(
+            redact_lines("db:5432:app:u:secret\r\nx\n"),
+            "db:5432:app:u:***\r\nx\n"
+        );
+        assert_eq!(
+            redact_lines("postgresql://u:pw@h/d\n"),
+            "postgresql://u:***@h/d\n"
+        );
     }
 }

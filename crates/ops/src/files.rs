@@ -38,7 +38,10 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Replaces `path` with `bytes` atomically, keeping its mode and owner.
 pub fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let meta = fs::metadata(path).map_err(|e| io_error("read", path, e))?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.cutover-{}.tmp", std::process::id()));
     let result = (|| {
@@ -71,7 +74,10 @@ pub fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Whether `path` can be replaced: the file is writable and so is its folder
 /// (the rename needs the folder).
 pub fn check_writable(path: &Path) -> std::result::Result<(), String> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: valid NUL-terminated paths; access() only reads.
     if unsafe { libc::access(c(path).as_ptr(), libc::W_OK) } != 0 {

@@ -59,7 +59,10 @@ pub fn command_exists(command: &str, dir: &Path) -> bool {
         return p.exists();
     }
     // Shell builtins and keywords, then PATH.
-    if ["cd", "echo", "exit", "true", "false", "test", "[", "printf", "exec", "env", ":"].contains(&first)
+    if [
+        "cd", "echo", "exit", "true", "false", "test", "[", "printf", "exec", "env", ":",
+    ]
+    .contains(&first)
         || first.contains('=')
     {
         return true;
@@ -85,7 +88,13 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<PgConnection> {
     tokio::time::timeout(timeout, PgConnection::connect_with(&opts))
         .await
         .map_err(|_| Error::failure(format!("connecting to {} timed out", redact_text(url))))?
-        .map_err(|e| Error::failure(format!("cannot connect to {}: {}", redact_text(url), redact_text(&e.to_string()))))
+        .map_err(|e| {
+            Error::failure(format!(
+                "cannot connect to {}: {}",
+                redact_text(url),
+                redact_text(&e.to_string())
+            ))
+        })
 }
 
 /// Connects, identifies the server, runs `sql` (when given).
@@ -114,7 +123,12 @@ pub async fn probe_sql(url: &str, sql: Option<&str>, timeout: Duration) -> Resul
 
 /// Connects and counts the rows of `table` holding `token`; returns whether
 /// it is there and the server reached.
-pub async fn probe_sentinel(url: &str, table: &str, token: &str, timeout: Duration) -> Result<(bool, ServerIdentity)> {
+pub async fn probe_sentinel(
+    url: &str,
+    table: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<(bool, ServerIdentity)> {
     let (url, table, token) = (url.to_string(), table.to_string(), token.to_string());
     tokio::spawn(async move {
         let mut conn = connect(&url, timeout).await?;

@@ -91,7 +91,9 @@ pub fn env(text: &str, key: &str) -> Result<Option<Occurrence>, String> {
         }
         let Some(r) = rest.strip_prefix(key) else { continue };
         let r2 = r.trim_start();
-        let Some(after_eq) = r2.strip_prefix('=') else { continue };
+        let Some(after_eq) = r2.strip_prefix('=') else {
+            continue;
+        };
         let value_text = after_eq.trim_start();
         let value_at = line_start + (line.len() - value_text.len());
         let (start, end, value, quoting) = match value_text.chars().next() {
@@ -122,7 +124,11 @@ pub fn env(text: &str, key: &str) -> Result<Option<Occurrence>, String> {
                 } else {
                     inner.to_string()
                 };
-                let quoting = if q == '"' { Quoting::Double } else { Quoting::Single };
+                let quoting = if q == '"' {
+                    Quoting::Double
+                } else {
+                    Quoting::Single
+                };
                 (value_at + 1, value_at + 1 + close, value, quoting)
             }
             _ => {
@@ -147,7 +153,11 @@ pub fn env(text: &str, key: &str) -> Result<Option<Occurrence>, String> {
         _ => Err(format!(
             "{key} is set {} times (lines {}): remove all but one",
             found.len(),
-            found.iter().map(|o| o.line.to_string()).collect::<Vec<_>>().join(", ")
+            found
+                .iter()
+                .map(|o| o.line.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -156,7 +166,10 @@ pub fn env(text: &str, key: &str) -> Result<Option<Occurrence>, String> {
 
 #[derive(Debug)]
 enum Frame {
-    Map { key: Option<String>, awaiting_value: bool },
+    Map {
+        key: Option<String>,
+        awaiting_value: bool,
+    },
     Seq,
 }
 
@@ -202,8 +215,13 @@ pub fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>, String> {
                 value_done(&mut frames);
             }
             Event::Alias(_) => {
-                if matches!(frames.last(), Some(Frame::Map { awaiting_value: true, .. }))
-                    && current_path(&frames) == segments
+                if matches!(
+                    frames.last(),
+                    Some(Frame::Map {
+                        awaiting_value: true,
+                        ..
+                    })
+                ) && current_path(&frames) == segments
                 {
                     return Err(format!(
                         "line {}: {path} is an alias (*name); set `key` to the path of the anchor's definition",
@@ -292,7 +310,11 @@ pub fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>, String> {
         _ => Err(format!(
             "{path} is found {} times (lines {}): it must be unique",
             found.len(),
-            found.iter().map(|o| o.line.to_string()).collect::<Vec<_>>().join(", ")
+            found
+                .iter()
+                .map(|o| o.line.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -331,7 +353,10 @@ pub fn text(text: &str) -> Vec<Occurrence> {
         if !(s.contains("host") || s.contains("dbname")) || !s.contains(' ') {
             continue;
         }
-        if taken.iter().any(|&(a, b)| m.start() < b && a < m.start() + s.len()) {
+        if taken
+            .iter()
+            .any(|&(a, b)| m.start() < b && a < m.start() + s.len())
+        {
             continue;
         }
         taken.push((m.start(), m.start() + s.len()));
@@ -370,7 +395,10 @@ mod tests {
     fn env_finds_quoted_bare_exported_and_refuses_duplicates() {
         let t = "# c\r\nexport DATABASE_URL=\"postgresql://a@h/d\" # prod\r\nOTHER=1\r\n";
         let o = env(t, "DATABASE_URL").unwrap().unwrap();
-        assert_eq!((o.line, o.quoting, o.value.as_str()), (2, Quoting::Double, "postgresql://a@h/d"));
+        assert_eq!(
+            (o.line, o.quoting, o.value.as_str()),
+            (2, Quoting::Double, "postgresql://a@h/d")
+        );
         assert_eq!(&t[o.start..o.end], "postgresql://a@h/d");
         let t = "DATABASE_URL = postgresql://a@h/d   # comment\nDATABASE_URL_RO=x\n";
         let o = env(t, "DATABASE_URL").unwrap().unwrap();
@@ -382,14 +410,19 @@ mod tests {
     #[test]
     fn yaml_finds_map_and_list_forms_and_refuses_aliases() {
         let t = "x: &u 'postgresql://a@h/d'\nservices:\n  backend:\n    environment:\n      DATABASE_URL: postgres://b@h/d # c\n  web:\n    environment:\n      - PORT=80\n      - \"DATABASE_URL=postgres://c@h/d\"\n  alias:\n    url: *u\n";
-        let o = yaml(t, "services.backend.environment.DATABASE_URL").unwrap().unwrap();
+        let o = yaml(t, "services.backend.environment.DATABASE_URL")
+            .unwrap()
+            .unwrap();
         assert_eq!(&t[o.start..o.end], "postgres://b@h/d");
         assert_eq!(o.line, 5);
         let o = yaml(t, "services.web.environment.DATABASE_URL").unwrap().unwrap();
         assert_eq!(&t[o.start..o.end], "postgres://c@h/d");
         assert_eq!(o.quoting, Quoting::Double);
         let o = yaml(t, "x").unwrap().unwrap();
-        assert_eq!((&t[o.start..o.end], o.quoting), ("postgresql://a@h/d", Quoting::YamlSingle));
+        assert_eq!(
+            (&t[o.start..o.end], o.quoting),
+            ("postgresql://a@h/d", Quoting::YamlSingle)
+        );
         assert!(yaml(t, "services.alias.url").unwrap_err().contains("alias"));
         assert!(yaml(t, "services.none").unwrap().is_none());
     }
@@ -401,7 +434,11 @@ mod tests {
         let values: Vec<&str> = found.iter().map(|o| &t[o.start..o.end]).collect();
         assert_eq!(
             values,
-            vec!["postgresql://u:p@db:5432/app", "host=db port=5432 dbname=app", "db:5432:app:u:secret"]
+            vec![
+                "postgresql://u:p@db:5432/app",
+                "host=db port=5432 dbname=app",
+                "db:5432:app:u:secret"
+            ]
         );
         assert!(found[2].pgpass);
     }

@@ -44,10 +44,17 @@ pub fn destination_url(d: &Destination) -> String {
     let mut url = url::Url::parse("postgresql://localhost/").unwrap();
     let _ = url.set_host(Some(&d.host));
     let _ = url.set_port(Some(d.port));
-    url.set_path(&format!("/{}", percent_encoding::utf8_percent_encode(&d.dbname, percent_encoding::NON_ALPHANUMERIC)));
-    let _ = url.set_username(&percent_encoding::utf8_percent_encode(&d.user, percent_encoding::NON_ALPHANUMERIC).to_string());
+    url.set_path(&format!(
+        "/{}",
+        percent_encoding::utf8_percent_encode(&d.dbname, percent_encoding::NON_ALPHANUMERIC)
+    ));
+    let _ = url.set_username(
+        &percent_encoding::utf8_percent_encode(&d.user, percent_encoding::NON_ALPHANUMERIC).to_string(),
+    );
     if let Some(p) = &d.password {
-        let _ = url.set_password(Some(&percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC).to_string()));
+        let _ = url.set_password(Some(
+            &percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC).to_string(),
+        ));
     }
     url.to_string()
 }
@@ -57,7 +64,9 @@ impl Repoint {
     pub fn new(reading: Reading, dest: Destination, base: PathBuf, servers: Servers) -> Result<Repoint> {
         let spec = &reading.spec;
         let place = match (&spec.kind, &reading.path) {
-            (ConsumerKind::Command, _) => format!("through `{}`", redact_text(spec.set.as_deref().unwrap_or(""))),
+            (ConsumerKind::Command, _) => {
+                format!("through `{}`", redact_text(spec.set.as_deref().unwrap_or("")))
+            }
             (kind, Some(p)) => match &spec.key {
                 Some(k) => format!("{k} in {} ({})", p.display(), format!("{kind:?}").to_lowercase()),
                 None => format!("{} (text)", p.display()),
@@ -67,7 +76,10 @@ impl Repoint {
         let mut details = reading.describe_connections();
         let mut warnings = vec![];
         let summary = match reading.points_at() {
-            Which::Target => format!("consumer {} already points at the target ({place}): nothing to write", spec.name),
+            Which::Target => format!(
+                "consumer {} already points at the target ({place}): nothing to write",
+                spec.name
+            ),
             Which::Source => {
                 let new = reading.rewritten(&dest)?;
                 details.extend(reading.diff(&new).lines().map(str::to_string));
@@ -124,9 +136,15 @@ impl Repoint {
         match (&spec.kind, &self.reading.path) {
             (ConsumerKind::Command, _) => {
                 let set = spec.set.as_deref().unwrap_or_default();
-                hooks::run_command("the set command", set, &self.base, &[("CUTOVER_VALUE", content)], self.timeout())
-                    .await
-                    .map(|_| ())
+                hooks::run_command(
+                    "the set command",
+                    set,
+                    &self.base,
+                    &[("CUTOVER_VALUE", content)],
+                    self.timeout(),
+                )
+                .await
+                .map(|_| ())
             }
             (_, Some(path)) => files::replace_atomically(path, content.as_bytes()),
             _ => Err(Error::failure("consumer has no path")),
@@ -141,8 +159,14 @@ impl Repoint {
         }
         let url = destination_url(&self.dest);
         let sql = spec.health_sql.as_deref();
-        let reached = hooks::retry(self.timeout(), || hooks::probe_sql(&url, sql, Duration::from_secs(5))).await?;
-        if !reached.identity.same_database_any_start(&self.servers.target.identity) {
+        let reached = hooks::retry(self.timeout(), || {
+            hooks::probe_sql(&url, sql, Duration::from_secs(5))
+        })
+        .await?;
+        if !reached
+            .identity
+            .same_database_any_start(&self.servers.target.identity)
+        {
             return Err(Error::failure(format!(
                 "consumer {}: its new connection reached {}, which is not the target",
                 spec.name,
@@ -164,7 +188,9 @@ impl Repoint {
                 spec.name,
                 reached.identity.place(),
                 reached.millis,
-                http_ms.map(|m| format!("; health URL answered in {m} ms")).unwrap_or_default()
+                http_ms
+                    .map(|m| format!("; health URL answered in {m} ms"))
+                    .unwrap_or_default()
             ),
         });
         Ok(json!({ "reached": reached.identity.place(), "millis": reached.millis, "http_millis": http_ms }))
@@ -248,7 +274,10 @@ impl Stage for Repoint {
         let spec = &self.reading.spec;
         let backup = self.backup_path(ctx);
         if !backup.exists() {
-            return Ok(format!("{} was not changed by this run; nothing to restore", spec.name));
+            return Ok(format!(
+                "{} was not changed by this run; nothing to restore",
+                spec.name
+            ));
         }
         let name = self.name();
         let at_repoint = ctx
@@ -288,7 +317,13 @@ impl Repoint {
     async fn reload_and_probe_readonly(&self, _ctx: &RunContext) -> Result<serde_json::Value> {
         let f = &self.reading.found[0];
         let url = f.conn.to_url();
-        match hooks::probe_sql(&url, self.reading.spec.health_sql.as_deref(), Duration::from_secs(5)).await {
+        match hooks::probe_sql(
+            &url,
+            self.reading.spec.health_sql.as_deref(),
+            Duration::from_secs(5),
+        )
+        .await
+        {
             Ok(r) => Ok(json!({ "reached": r.identity.place(), "millis": r.millis })),
             Err(e) => Ok(json!({ "unverified": redact_text(&e.message) })),
         }

@@ -63,7 +63,11 @@ impl Decommission {
             (DecommissionDriver::Docker, true) => format!(
                 "DESTROY the source's container {}{}. This cannot be undone",
                 spec.container.as_deref().unwrap_or_default(),
-                if spec.remove_volumes { " and its volumes" } else { " (its volumes are kept)" }
+                if spec.remove_volumes {
+                    " and its volumes"
+                } else {
+                    " (its volumes are kept)"
+                }
             ),
             (DecommissionDriver::Command, false) => "retire the source with the plan's stop command".into(),
             (DecommissionDriver::Command, true) => {
@@ -82,7 +86,11 @@ impl Decommission {
             warnings.push(format!(
                 "{} session(s) are connected to the source now; decommission refuses while any remain{}",
                 sessions.len(),
-                if force_clients { " (overridden by --force)" } else { " (--force overrides)" }
+                if force_clients {
+                    " (overridden by --force)"
+                } else {
+                    " (--force overrides)"
+                }
             ));
         }
         Decommission {
@@ -113,7 +121,12 @@ impl Decommission {
         let mut last = None;
         for db in ["postgres", "template1"] {
             let opts = self.source.with_database(db).connect_options(timeout)?;
-            match PgPoolOptions::new().max_connections(1).acquire_timeout(timeout).connect_with(opts).await {
+            match PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(timeout)
+                .connect_with(opts)
+                .await
+            {
                 Ok(c) => return Ok(c),
                 Err(e) => last = Some(e),
             }
@@ -121,7 +134,8 @@ impl Decommission {
         Err(Error::failure(format!(
             "cannot connect to the source server's maintenance database (postgres or template1) as {}: {}",
             self.source.user,
-            last.map(|e| cutover_core::endpoint::redact_text(&e.to_string())).unwrap_or_default()
+            last.map(|e| cutover_core::endpoint::redact_text(&e.to_string()))
+                .unwrap_or_default()
         )))
     }
 
@@ -146,7 +160,9 @@ impl Decommission {
         let dir = ctx.run_dir.join("final");
         let path = dir.join(format!("source-{}.dump", self.source.dbname));
         if path.exists() {
-            return Ok(json!({ "path": path.display().to_string(), "sha256": cutover_pg::backup::sha256_file(&path)? }));
+            return Ok(
+                json!({ "path": path.display().to_string(), "sha256": cutover_pg::backup::sha256_file(&path)? }),
+            );
         }
         let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
             .fetch_one(&ctx.source)
@@ -156,7 +172,8 @@ impl Decommission {
         // Created 0600 first: pg_dump truncates an existing file and keeps its mode.
         crate::files::write_private(&partial, b"")?;
         let mut cmd = cutover_pg::tools::command(&pg_dump, &self.source);
-        cmd.arg("--format=custom").arg(format!("--file={}", partial.display()));
+        cmd.arg("--format=custom")
+            .arg(format!("--file={}", partial.display()));
         cutover_pg::tools::run(cmd, "the final pg_dump of the source").await?;
         std::fs::rename(&partial, &path)?;
         Ok(json!({ "path": path.display().to_string(), "sha256": cutover_pg::backup::sha256_file(&path)? }))
@@ -179,10 +196,14 @@ impl Stage for Decommission {
     }
     fn undo_kind(&self) -> Undo {
         if self.destroy {
-            return Undo::Irreversible("the source was destroyed; its final dump is in the run directory".into());
+            return Undo::Irreversible(
+                "the source was destroyed; its final dump is in the run directory".into(),
+            );
         }
         Undo::Reversible(match self.spec.driver {
-            DecommissionDriver::Postgres => "rename the database back, allow connections, restore CONNECT".into(),
+            DecommissionDriver::Postgres => {
+                "rename the database back, allow connections, restore CONNECT".into()
+            }
             DecommissionDriver::Docker => "start the container again".into(),
             _ => "run the plan's start command".into(),
         })
@@ -216,15 +237,24 @@ impl Stage for Decommission {
         let detail = match self.spec.driver {
             DecommissionDriver::Postgres => {
                 let maint = self.maintenance(ctx).await?;
-                let had_public: bool = sqlx::query_scalar("SELECT has_database_privilege('public', $1, 'CONNECT')")
-                    .bind(&db)
-                    .fetch_one(&maint)
-                    .await?;
+                let had_public: bool =
+                    sqlx::query_scalar("SELECT has_database_privilege('public', $1, 'CONNECT')")
+                        .bind(&db)
+                        .fetch_one(&maint)
+                        .await?;
                 let retired = format!("{db}_retired_{}", chrono::Utc::now().format("%Y%m%d"));
                 let detail = json!({ "database": db, "retired_as": retired, "public_connect": had_public,
                                      "destroyed": self.destroy, "final_dump": dump });
                 ctx.journal
-                    .item_done(ctx.run_id, &Item { stage: NAME, item: "retire", detail: Some(&detail), ..Default::default() })
+                    .item_done(
+                        ctx.run_id,
+                        &Item {
+                            stage: NAME,
+                            item: "retire",
+                            detail: Some(&detail),
+                            ..Default::default()
+                        },
+                    )
                     .await?;
                 ctx.source.close().await;
                 let q = quote_ident(&db);
@@ -249,7 +279,15 @@ impl Stage for Decommission {
                 let container = self.spec.container.clone().unwrap_or_default();
                 let detail = json!({ "container": container, "destroyed": self.destroy, "final_dump": dump });
                 ctx.journal
-                    .item_done(ctx.run_id, &Item { stage: NAME, item: "retire", detail: Some(&detail), ..Default::default() })
+                    .item_done(
+                        ctx.run_id,
+                        &Item {
+                            stage: NAME,
+                            item: "retire",
+                            detail: Some(&detail),
+                            ..Default::default()
+                        },
+                    )
                     .await?;
                 ctx.source.close().await;
                 self.docker(&["stop", &container]).await?;
@@ -266,11 +304,29 @@ impl Stage for Decommission {
             DecommissionDriver::Command => {
                 let detail = json!({ "destroyed": self.destroy, "final_dump": dump });
                 ctx.source.close().await;
-                let cmd = if self.destroy { &self.spec.destroy_command } else { &self.spec.stop };
-                hooks::run_command("the decommission command", cmd.as_deref().unwrap_or_default(), &self.base, &[], self.timeout())
-                    .await?;
+                let cmd = if self.destroy {
+                    &self.spec.destroy_command
+                } else {
+                    &self.spec.stop
+                };
+                hooks::run_command(
+                    "the decommission command",
+                    cmd.as_deref().unwrap_or_default(),
+                    &self.base,
+                    &[],
+                    self.timeout(),
+                )
+                .await?;
                 ctx.journal
-                    .item_done(ctx.run_id, &Item { stage: NAME, item: "retire", detail: Some(&detail), ..Default::default() })
+                    .item_done(
+                        ctx.run_id,
+                        &Item {
+                            stage: NAME,
+                            item: "retire",
+                            detail: Some(&detail),
+                            ..Default::default()
+                        },
+                    )
                     .await?;
                 detail
             }
@@ -278,7 +334,10 @@ impl Stage for Decommission {
         };
         let mut artefacts = detail;
         artefacts["summary"] = json!(if self.destroy {
-            format!("source {db} destroyed; its final dump is {}", artefacts["final_dump"]["path"])
+            format!(
+                "source {db} destroyed; its final dump is {}",
+                artefacts["final_dump"]["path"]
+            )
         } else {
             format!("source {db} retired")
         });
@@ -292,21 +351,31 @@ impl Stage for Decommission {
         match self.spec.driver {
             DecommissionDriver::Postgres => {
                 let maint = self.maintenance(ctx).await?;
-                let names: Vec<String> = sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname = $1 OR datname = $2")
-                    .bind(&self.source.dbname)
-                    .bind(detail["retired_as"].as_str().unwrap_or_default())
-                    .fetch_all(&maint)
-                    .await?;
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT datname::text FROM pg_database WHERE datname = $1 OR datname = $2",
+                )
+                .bind(&self.source.dbname)
+                .bind(detail["retired_as"].as_str().unwrap_or_default())
+                .fetch_all(&maint)
+                .await?;
                 Ok(if names.contains(&self.source.dbname) {
-                    Check::Fails(format!("the database {} still exists under its name", self.source.dbname))
+                    Check::Fails(format!(
+                        "the database {} still exists under its name",
+                        self.source.dbname
+                    ))
                 } else {
                     Check::Holds
                 })
             }
             DecommissionDriver::Docker => {
                 let container = self.spec.container.clone().unwrap_or_default();
-                match self.docker(&["inspect", "--format", "'{{.State.Running}}'", &container]).await {
-                    Ok(out) if out.trim() == "true" => Ok(Check::Fails(format!("container {container} is running"))),
+                match self
+                    .docker(&["inspect", "--format", "'{{.State.Running}}'", &container])
+                    .await
+                {
+                    Ok(out) if out.trim() == "true" => {
+                        Ok(Check::Fails(format!("container {container} is running")))
+                    }
                     _ => Ok(Check::Holds),
                 }
             }
@@ -323,7 +392,9 @@ impl Stage for Decommission {
             return Ok("the source was not retired by this run; nothing to undo".into());
         };
         if detail["destroyed"].as_bool() == Some(true) {
-            return Err(Error::refused("the source was destroyed; restore it from the final dump by hand"));
+            return Err(Error::refused(
+                "the source was destroyed; restore it from the final dump by hand",
+            ));
         }
         let db = &self.source.dbname;
         match self.spec.driver {
@@ -331,12 +402,21 @@ impl Stage for Decommission {
                 let maint = self.maintenance(ctx).await?;
                 let retired = detail["retired_as"].as_str().unwrap_or_default().to_string();
                 let exists = |name: String| {
-                    sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)").bind(name)
+                    sqlx::query_scalar::<_, bool>(
+                        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                    )
+                    .bind(name)
                 };
-                if exists(retired.clone()).fetch_one(&maint).await? && !exists(db.clone()).fetch_one(&maint).await? {
-                    sqlx::raw_sql(&format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&retired), quote_ident(db)))
-                        .execute(&maint)
-                        .await?;
+                if exists(retired.clone()).fetch_one(&maint).await?
+                    && !exists(db.clone()).fetch_one(&maint).await?
+                {
+                    sqlx::raw_sql(&format!(
+                        "ALTER DATABASE {} RENAME TO {}",
+                        quote_ident(&retired),
+                        quote_ident(db)
+                    ))
+                    .execute(&maint)
+                    .await?;
                 }
                 let q = quote_ident(db);
                 let mut sql = format!("ALTER DATABASE {q} ALLOW_CONNECTIONS true");
@@ -350,21 +430,34 @@ impl Stage for Decommission {
                 self.docker(&["start", &container]).await?;
             }
             _ => {
-                hooks::run_command("the start command", self.spec.start.as_deref().unwrap_or_default(), &self.base, &[], self.timeout())
-                    .await?;
+                hooks::run_command(
+                    "the start command",
+                    self.spec.start.as_deref().unwrap_or_default(),
+                    &self.base,
+                    &[],
+                    self.timeout(),
+                )
+                .await?;
             }
         }
         // The source must answer again before the earlier stages' undo runs.
         hooks::retry(Duration::from_secs(60), || async {
-            ctx.source.acquire().await.map(|_| ()).map_err(|e| Error::failure(e.to_string()))
+            ctx.source
+                .acquire()
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::failure(e.to_string()))
         })
         .await
         .map_err(|e| e.context("the source did not come back"))?;
-        sqlx::query(&format!("DELETE FROM {} WHERE run_id = $1 AND stage = $2", ctx.journal.table("item_progress")))
-            .bind(ctx.run_id)
-            .bind(NAME)
-            .execute(ctx.journal.pool())
-            .await?;
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE run_id = $1 AND stage = $2",
+            ctx.journal.table("item_progress")
+        ))
+        .bind(ctx.run_id)
+        .bind(NAME)
+        .execute(ctx.journal.pool())
+        .await?;
         Ok(format!("source {db} is back in service"))
     }
 }

@@ -48,7 +48,10 @@ impl VerifySync {
     /// password when it names the plan's user and carries none.
     fn probe_url(&self, conn: &ConnString) -> String {
         let d = &self.servers.target_destination;
-        if conn.password().is_none() && conn.user().as_deref() == Some(d.user.as_str()) && d.password.is_some() {
+        if conn.password().is_none()
+            && conn.user().as_deref() == Some(d.user.as_str())
+            && d.password.is_some()
+        {
             let with = crate::conn::Destination {
                 host: conn.host(),
                 port: conn.port(),
@@ -95,7 +98,9 @@ impl Stage for VerifySync {
             .execute(&ctx.target)
             .await?;
         let (report, misses) = result?;
-        let sessions = cutover_pg::freeze::other_sessions(&ctx.source).await.unwrap_or_default();
+        let sessions = cutover_pg::freeze::other_sessions(&ctx.source)
+            .await
+            .unwrap_or_default();
         for s in &sessions {
             ctx.emit(Event::Warning {
                 message: format!("still connected to the source: {s}"),
@@ -148,12 +153,13 @@ impl VerifySync {
             for f in &reading.found {
                 let t0 = Instant::now();
                 let url = self.probe_url(&f.conn);
-                let seen: Result<(bool, String)> = hooks::probe_sentinel(&url, table, token, Duration::from_secs(10))
-                    .await
-                    .map(|(seen, identity)| {
-                        let on_target = identity.same_database_any_start(&self.servers.target.identity);
-                        (seen && on_target, identity.place())
-                    });
+                let seen: Result<(bool, String)> =
+                    hooks::probe_sentinel(&url, table, token, Duration::from_secs(10))
+                        .await
+                        .map(|(seen, identity)| {
+                            let on_target = identity.same_database_any_start(&self.servers.target.identity);
+                            (seen && on_target, identity.place())
+                        });
                 let millis = t0.elapsed().as_millis() as u64;
                 let http = match (&spec.health_url, &seen) {
                     (Some(u), Ok((true, _))) => Some(
@@ -165,22 +171,37 @@ impl VerifySync {
                 };
                 let line = match (&seen, &http) {
                     (Ok((true, place)), None | Some(Ok(_))) => {
-                        format!("consumer {} sees the sentinel through {place} in {millis} ms", spec.name)
+                        format!(
+                            "consumer {} sees the sentinel through {place} in {millis} ms",
+                            spec.name
+                        )
                     }
                     (Ok((true, _)), Some(Err(e))) => {
                         misses.push(format!("consumer {}: {e}", spec.name));
-                        format!("consumer {} sees the sentinel, but its health URL fails: {e}", spec.name)
+                        format!(
+                            "consumer {} sees the sentinel, but its health URL fails: {e}",
+                            spec.name
+                        )
                     }
                     (Ok((false, place)), _) => {
                         misses.push(format!("consumer {} reaches {place}, not the target", spec.name));
-                        format!("consumer {} does not see the sentinel: it reaches {place}", spec.name)
+                        format!(
+                            "consumer {} does not see the sentinel: it reaches {place}",
+                            spec.name
+                        )
                     }
                     (Err(e), _) => {
                         misses.push(format!("consumer {}: {}", spec.name, redact_text(&e.message)));
-                        format!("consumer {} cannot be probed: {}", spec.name, redact_text(&e.message))
+                        format!(
+                            "consumer {} cannot be probed: {}",
+                            spec.name,
+                            redact_text(&e.message)
+                        )
                     }
                 };
-                ctx.emit(Event::Info { message: line.clone() });
+                ctx.emit(Event::Info {
+                    message: line.clone(),
+                });
                 report.push(json!({
                     "consumer": spec.name,
                     "line": f.occurrence.line,

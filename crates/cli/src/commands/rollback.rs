@@ -9,8 +9,8 @@ use cutover_core::stage::CancelFlag;
 
 use crate::args::GlobalArgs;
 use crate::exit::Code;
-use crate::render::Reporter;
 use crate::planner;
+use crate::render::Reporter;
 use crate::session::{self, Mode};
 
 #[derive(Debug, Args)]
@@ -42,7 +42,8 @@ pub(crate) fn run(global: &GlobalArgs, args: RollbackArgs) -> anyhow::Result<Cod
             Mode::Rollback,
             events,
             cancel,
-        ).await?;
+        )
+        .await?;
         let confirm = session::confirmer(args.yes, s.planned.dbs.target.dbname.clone(), "rollback of");
         confirm(&["the latest run".to_string()])?;
         engine::rollback(s.plan(), &s.ctx, args.force).await?;

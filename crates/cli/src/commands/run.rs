@@ -9,8 +9,8 @@ use cutover_core::stage::CancelFlag;
 
 use crate::args::GlobalArgs;
 use crate::exit::Code;
-use crate::render::Reporter;
 use crate::planner;
+use crate::render::Reporter;
 use crate::session::{self, Mode};
 
 #[derive(Debug, Args)]
