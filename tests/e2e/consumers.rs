@@ -7,7 +7,7 @@
 
 use std::fs;
 
-use crate::support::Scenario;
+use crate::support::{ConsumerApp, Scenario};
 
 struct Files {
     production: String,
@@ -48,14 +48,25 @@ fn write_consumers(s: &Scenario) -> Files {
     files
 }
 
-const CONSUMERS: &str = r#"
+fn consumers(health_url: &str) -> String {
+    format!(
+        r#"
 [[consumer]]
 name = "production"
 kind = "env"
 path = "production.env"
 key = "DATABASE_URL"
-reload = "cp production.env production.reloaded"
+reload = "cp production.env production.loaded"
 health_sql = "SELECT count(*) FROM users"
+health_url = "{health_url}"
+health_expect = "users=22"
+timeout = 20
+
+[[consumer]]
+name = "secrets"
+kind = "command"
+get = "cat secret.url"
+set = "printf '%s' \"$CUTOVER_VALUE\" > secret.url"
 
 [[consumer]]
 name = "staging"
@@ -77,7 +88,9 @@ path = "backup.sh"
 [decommission]
 driver = "postgres"
 destroy = true
-"#;
+"#
+    )
+}
 
 fn q(server: &cutover_testkit::PgServer, db: &str, sql: &str) -> String {
     server.sql(db, sql).unwrap()
@@ -85,17 +98,26 @@ fn q(server: &cutover_testkit::PgServer, db: &str, sql: &str) -> String {
 
 #[test]
 fn seed_consumers_doctor_repoint_sync_quarantine_and_rollback() {
-    let s = Scenario::with(cutover_testkit::PgPair::seed().unwrap(), CONSUMERS);
+    let dir = tempfile::tempdir().unwrap();
+    let app = ConsumerApp::start(dir.path().join("production.loaded"));
+    let s = Scenario::with_dir(
+        cutover_testkit::PgPair::seed().unwrap(),
+        &consumers(&app.health_url),
+        dir,
+    );
     let before = write_consumers(&s);
     let target_before = s.target_digest();
     let d = s.dir.path();
+    // The app has loaded its configuration: it is on the source.
+    fs::copy(d.join("production.env"), d.join("production.loaded")).unwrap();
+    fs::write(d.join("secret.url"), s.pair.source.url("app")).unwrap();
 
     // doctor: the seed's split brain.
     let (code, stdout, stderr) = s.run(&["doctor"]);
     assert_eq!(code, 3, "{stdout}{stderr}");
     assert!(stdout.contains("split brain"), "{stdout}");
     assert!(
-        stdout.contains("production, dashboard, backups → source") && stdout.contains("22 users"),
+        stdout.contains("production, secrets, dashboard, backups → source") && stdout.contains("22 users"),
         "{stdout}"
     );
     assert!(
@@ -125,7 +147,7 @@ fn seed_consumers_doctor_repoint_sync_quarantine_and_rollback() {
 
     let (code, stdout, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    for name in ["production", "staging", "dashboard", "backups"] {
+    for name in ["production", "secrets", "staging", "dashboard", "backups"] {
         assert!(
             stderr.contains(&format!("consumer {name} sees the sentinel")),
             "{name}:\n{stderr}"
@@ -158,10 +180,18 @@ fn seed_consumers_doctor_repoint_sync_quarantine_and_rollback() {
         )
     );
     assert_eq!(
-        read("production.reloaded"),
+        read("production.loaded"),
         read("production.env"),
         "the reload ran after the write"
     );
+    assert_eq!(
+        read("secret.url"),
+        new_url,
+        "the set command stored the new connection"
+    );
+    // The app, reloaded, reached the target and saw the sentinel there.
+    let seen = format!("port={} users=22 sentinels=1", tgt.port());
+    assert!(app.answers().contains(&seen), "{:?}", app.answers());
     // The sentinel is gone; the source is quarantined, not destroyed (no --destroy).
     assert_eq!(q(tgt, "app", "SELECT count(*) FROM cutover.sentinels"), "0");
     let retired = q(
@@ -206,6 +236,12 @@ fn seed_consumers_doctor_repoint_sync_quarantine_and_rollback() {
     assert_eq!(read("staging.env"), before.staging);
     assert_eq!(read("compose.yml"), before.compose);
     assert_eq!(read("backup.sh"), before.backup);
+    assert_eq!(read("secret.url"), src.url("app"));
+    assert_eq!(
+        read("production.loaded"),
+        before.production,
+        "the undo reloaded the app"
+    );
     assert_eq!(
         q(src, "app", "SELECT count(*) FROM users"),
         "22",
@@ -235,5 +271,92 @@ fn a_consumer_problem_stops_the_run_before_anything_changes() {
         ),
         "0",
         "nothing was written, not even the journal"
+    );
+}
+
+/// The `docker` driver against a real container of the kit's docker backend:
+/// a final dump, `docker stop`; rollback starts it and the source answers again.
+#[test]
+fn docker_driver_stops_the_source_container_and_rollback_starts_it() {
+    use cutover_testkit::{Backend, Fixture, PgPair, PgServer, SEED_DB};
+    let pair = PgPair {
+        source: PgServer::start_on(Backend::Docker).unwrap(),
+        target: PgServer::start_on(Backend::Local).unwrap(),
+    };
+    pair.source.load_fixture(SEED_DB, Fixture::SeedSource).unwrap();
+    pair.target.load_fixture(SEED_DB, Fixture::SeedTarget).unwrap();
+    let container = pair.source.container_id().unwrap().to_string();
+    let plan = format!(
+        "\n[[consumer]]\nname = \"api\"\nkind = \"env\"\npath = \"api.env\"\nkey = \"DATABASE_URL\"\n\n\
+         [decommission]\ndriver = \"docker\"\ncontainer = \"{container}\"\n"
+    );
+    let s = Scenario::with(pair, &plan);
+    let env = format!("DATABASE_URL={}\n", s.pair.source.url("app"));
+    fs::write(s.dir.path().join("api.env"), &env).unwrap();
+    let running = || {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "--format", "{{.State.Running}}", &container])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "true"
+    };
+
+    let (code, stdout, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!running(), "the source's container is stopped");
+    assert!(s.run_dir().join("final/source-app.dump").exists());
+    let (code, stdout, stderr) = s.run(&["status"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    let (code, stdout, stderr) = s.run(&["rollback", "--yes"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(running(), "rollback started the container again");
+    assert_eq!(q(&s.pair.source, "app", "SELECT count(*) FROM users"), "22");
+    assert_eq!(fs::read_to_string(s.dir.path().join("api.env")).unwrap(), env);
+}
+
+#[test]
+fn destroy_needs_the_plan_and_the_flag() {
+    let s = Scenario::with(
+        cutover_testkit::PgPair::seed().unwrap(),
+        "\n[decommission]\ndriver = \"postgres\"\ndestroy = true\n",
+    );
+    // Without consumers, decommission is refused: the sync cannot be proven.
+    let (code, _, stderr) = s.run(&["plan"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("needs the [[consumer]] entries"), "{stderr}");
+    fs::write(
+        s.dir.path().join("api.env"),
+        format!("DATABASE_URL={}\n", s.pair.source.url("app")),
+    )
+    .unwrap();
+    let plan = "\n[[consumer]]\nname = \"api\"\nkind = \"env\"\npath = \"api.env\"\nkey = \"DATABASE_URL\"\n\n\
+         [decommission]\ndriver = \"postgres\"\ndestroy = true\n";
+    s.write_plan(&s.pair.source.url("app"), &s.pair.target.url("app"), plan);
+    let (code, stdout, _) = s.run(&["plan", "--destroy"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("DESTROY the source database app") && stdout.contains("cannot be undone"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = s.run(&["run", "--yes", "--destroy"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        q(
+            &s.pair.source,
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'app%'"
+        ),
+        "0"
+    );
+    assert!(
+        s.run_dir().join("final/source-app.dump").exists(),
+        "the final dump is the way back"
+    );
+    let (code, _, stderr) = s.run(&["rollback", "--yes"]);
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.contains("decommission-source cannot be undone"),
+        "{stderr}"
     );
 }

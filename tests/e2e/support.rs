@@ -44,7 +44,10 @@ impl Scenario {
     }
 
     pub fn with(pair: cutover_testkit::PgPair, extra_plan: &str) -> Scenario {
-        let dir = tempfile::tempdir().unwrap();
+        Scenario::with_dir(pair, extra_plan, tempfile::tempdir().unwrap())
+    }
+
+    pub fn with_dir(pair: cutover_testkit::PgPair, extra_plan: &str, dir: tempfile::TempDir) -> Scenario {
         let s = Scenario { pair, dir };
         s.write_plan(&s.pair.source.url("app"), &s.pair.target.url("app"), extra_plan);
         s
@@ -96,5 +99,98 @@ impl Scenario {
 
     pub fn source_digest(&self) -> std::collections::BTreeMap<String, cutover_testkit::TableDigest> {
         self.pair.source.digest("app", &["cutover"]).unwrap()
+    }
+}
+
+/// Runs one query with the installed psql against `url`; its unaligned output.
+pub fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let bin = cutover_testkit::pg_bindir()
+        .map_err(|e| e.to_string())?
+        .join("psql");
+    let out = Command::new(bin)
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql, url])
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A small consumer application: it connects with the `DATABASE_URL` of the
+/// env file it loaded at its last reload (the reload copies the env file to
+/// `loaded`), and answers `GET /health` with what it sees there:
+/// `port=P users=N sentinels=S`. Every answer is kept for the test to read.
+pub struct ConsumerApp {
+    pub health_url: String,
+    answers: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    port: u16,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ConsumerApp {
+    pub fn start(loaded: std::path::PathBuf) -> ConsumerApp {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (a, st) = (answers.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut buf = [0u8; 2048];
+                let _ = conn.read(&mut buf);
+                let env = std::fs::read_to_string(&loaded).unwrap_or_default();
+                let url = env
+                    .lines()
+                    .find_map(|l| l.strip_prefix("DATABASE_URL="))
+                    .map(|v| v.split(" #").next().unwrap().trim().trim_matches('"').to_string())
+                    .unwrap_or_default();
+                let (status, body) =
+                    match psql(&url, "SELECT inet_server_port() || ' ' || count(*) FROM users") {
+                        Ok(seen) => {
+                            let (p, users) = seen.split_once(' ').unwrap_or(("?", "?"));
+                            let sentinels = psql(&url, "SELECT count(*) FROM cutover.sentinels")
+                                .unwrap_or_else(|_| "none".into());
+                            ("200 OK", format!("port={p} users={users} sentinels={sentinels}"))
+                        }
+                        Err(e) => ("503 Service Unavailable", format!("no database: {}", e.trim())),
+                    };
+                a.lock().unwrap().push(body.clone());
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        ConsumerApp {
+            health_url: format!("http://127.0.0.1:{port}/health"),
+            answers,
+            stop,
+            port,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn answers(&self) -> Vec<String> {
+        self.answers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ConsumerApp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

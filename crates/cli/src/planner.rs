@@ -46,9 +46,9 @@ pub struct Planned {
 /// Connects both databases; when the source cannot be reached because this
 /// plan's run retired it, goes on with a lazy source connection so that
 /// `status`, `rollback` and a resume still work.
-pub async fn connect(loaded: &LoadedPlan, max: u32) -> Result<(Databases, bool)> {
+pub async fn connect(loaded: &LoadedPlan, max: u32) -> Result<(Databases, Source)> {
     let err = match Databases::connect(loaded, max).await {
-        Ok(d) => return Ok((d, false)),
+        Ok(d) => return Ok((d, Source::Live)),
         Err(e) => e,
     };
     let opts = &loaded.file.options;
@@ -78,10 +78,35 @@ pub async fn connect(loaded: &LoadedPlan, max: u32) -> Result<(Databases, bool)>
     if !retired {
         return Err(err);
     }
-    Ok((
-        Databases::with_retired_source(loaded, pool, run.source_identity, max).await?,
-        true,
+    let destroyed: Option<serde_json::Value> = sqlx::query_scalar(&format!(
+        "SELECT detail FROM {} WHERE run_id = $1 AND stage = $2 AND item = 'retire'",
+        journal.table("item_progress")
     ))
+    .bind(run.id)
+    .bind(retire::NAME)
+    .fetch_optional(&pool)
+    .await?
+    .flatten();
+    let destroyed = destroyed.is_some_and(|d| d["destroyed"].as_bool() == Some(true));
+    let dbs = Databases::with_retired_source(loaded, pool, run.source_identity, max).await?;
+    Ok((
+        dbs,
+        if destroyed {
+            Source::Destroyed
+        } else {
+            Source::Retired
+        },
+    ))
+}
+
+/// The source as this plan finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Live,
+    /// Retired by this plan's run (quarantined or stopped): can be brought back.
+    Retired,
+    /// Destroyed by this plan's run: its final dump is the way back.
+    Destroyed,
 }
 
 /// The two databases as consumers may name them.
@@ -103,7 +128,8 @@ pub fn servers(loaded: &LoadedPlan, dbs: &Databases) -> Result<Servers> {
 /// Inspects both databases and every consumer (read-only) and builds the stages in their safe order.
 pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     let jobs = default_jobs(loaded.file.options.jobs);
-    let (dbs, retired) = connect(loaded, jobs as u32 + 3).await?;
+    let (dbs, state) = connect(loaded, jobs as u32 + 3).await?;
+    let retired = state != Source::Live;
     let schema = &loaded.file.options.journal_schema;
     let target = Inventory::read(&dbs.target_pool, schema, true).await?;
     let mut warnings = vec![];
@@ -173,10 +199,12 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
                 loaded.path.display()
             )));
         }
+        // What was done decides what undo can do, whatever the flags now.
+        let destroy = switches.destroy || state == Source::Destroyed;
         let stage = Decommission::new(
             d.clone(),
             dbs.source.clone(),
-            switches.destroy,
+            destroy,
             switches.force,
             base,
             &sessions,

@@ -28,6 +28,9 @@ impl DockerServer {
     pub(crate) fn start(user: &str, password: &str, database: &str) -> Result<DockerServer> {
         let image = std::env::var("CUTOVER_TEST_PG_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
         let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
+        // A fixed host port: a stopped and restarted container keeps it (an
+        // ephemeral mapping would change, and the servers' URLs with it).
+        let host_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let container = GenericImage::new(name, tag)
             .with_exposed_port(5432.tcp())
             // The official image's init server logs "ready" on stdout first;
@@ -44,6 +47,7 @@ impl DockerServer {
                 "-c",
                 "synchronous_commit=off",
             ])
+            .with_mapped_port(host_port, 5432.tcp())
             .with_startup_timeout(Duration::from_secs(120))
             .start()
             .with_context(|| {
@@ -59,7 +63,7 @@ impl DockerServer {
         self.container.id()
     }
 
-    /// The host port mapped to 5432; it can change when the container restarts.
+    /// The host port mapped to 5432 (fixed for the container's life).
     pub(crate) fn port(&self) -> Result<u16> {
         Ok(self.container.get_host_port_ipv4(5432.tcp())?)
     }
