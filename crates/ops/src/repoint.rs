@@ -273,13 +273,31 @@ impl Stage for Repoint {
     async fn undo(&self, ctx: &RunContext) -> Result<String> {
         let spec = &self.reading.spec;
         let backup = self.backup_path(ctx);
+        let name = self.name();
+        let recorded = ctx
+            .journal
+            .stage_states(ctx.run_id)
+            .await?
+            .get(&name)
+            .and_then(|st| st.artefacts.clone());
+        let recorded_sha = recorded
+            .as_ref()
+            .and_then(|a| a["backup_sha256"].as_str().map(str::to_string));
         if !backup.exists() {
+            if let Some(a) = &recorded
+                && a["changed"].as_bool() == Some(true)
+            {
+                return Err(Error::failure(format!(
+                    "the journal records a backup of {} at {}, but it is missing (was the run started on another                      machine, or the run directory moved?); put it back, or restore the consumer's configuration by                      hand and re-run with --force",
+                    spec.name,
+                    backup.display()
+                )));
+            }
             return Ok(format!(
                 "{} was not changed by this run; nothing to restore",
                 spec.name
             ));
         }
-        let name = self.name();
         let at_repoint = ctx
             .journal
             .items(ctx.run_id)
@@ -301,6 +319,14 @@ impl Stage for Repoint {
         }
         let bytes = std::fs::read(&backup)
             .map_err(|e| Error::failure(format!("cannot read the backup {}: {e}", backup.display())))?;
+        if let Some(sha) = recorded_sha
+            && files::sha256(&bytes) != sha
+        {
+            return Err(Error::failure(format!(
+                "the backup {} does not match the sha256 the journal recorded: it was changed since; nothing was                  restored",
+                backup.display()
+            )));
+        }
         let content = String::from_utf8(bytes)
             .map_err(|_| Error::failure(format!("the backup {} is not text", backup.display())))?;
         self.store(&content).await?;
