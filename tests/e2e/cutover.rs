@@ -273,6 +273,29 @@ fn refusals_leave_everything_as_it_was() {
     assert!(stderr.contains("looks like the live database"), "{stderr}");
     assert!(stderr.contains("--allow-target-ahead"), "{stderr}");
 
+    // The right direction, but applications have been writing to the target:
+    // its statistics count more updates and deletes than the source's.
+    s.pair
+        .target
+        .sql(
+            "app",
+            "DO $$ BEGIN FOR i IN 1..20 LOOP UPDATE users SET email = email; END LOOP; END $$",
+        )
+        .unwrap();
+    s.write_plan(&s.pair.source.url("app"), &s.pair.target.url("app"), "");
+    let (code, stdout, _) = s.run(&["plan"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("rows updated or deleted in the tables both have"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 5, "{stderr}");
+    assert!(
+        stderr.contains("the target's statistics count 20 rows updated or deleted"),
+        "{stderr}"
+    );
+
     // A typo in a safety setting is an error with its line, not a silent default.
     std::fs::write(
         s.plan_path(),

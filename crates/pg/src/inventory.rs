@@ -27,6 +27,9 @@ pub struct TableInfo {
     pub copy_columns: Vec<String>,
     /// Primary-key columns, if any.
     pub primary_key: Vec<String>,
+    /// Rows updated or deleted since the server's statistics were reset
+    /// (`pg_stat_user_tables`): application activity, as bulk loads only insert.
+    pub changes: i64,
 }
 
 impl TableInfo {
@@ -123,7 +126,8 @@ impl Inventory {
                     coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_constraint con \
                               CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord) \
                               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
-                              WHERE con.conrelid = c.oid AND con.contype = 'p'), '{{}}') \
+                              WHERE con.conrelid = c.oid AND con.contype = 'p'), '{{}}'), \
+                    coalesce((SELECT s.n_tup_upd + s.n_tup_del FROM pg_stat_user_tables s WHERE s.relid = c.oid), 0) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ({excluded}) AND n.nspname NOT LIKE 'pg\\_%' \
                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
@@ -147,6 +151,7 @@ impl Inventory {
                     columns: names.into_iter().zip(types).collect(),
                     copy_columns: r.get(8),
                     primary_key: r.get(9),
+                    changes: r.get(10),
                 }
             })
             .collect();
@@ -269,6 +274,21 @@ pub async fn compare(
         destroyed: vec![],
         target_ahead: vec![],
     };
+    // More recent activity on the target, by the statistics: updates and
+    // deletes in the tables both have (a copy or a restore only inserts).
+    let (mut src_changes, mut tgt_changes) = (0, 0);
+    for (k, t) in &tgt {
+        if let Some(s) = src.get(k) {
+            src_changes += s.changes;
+            tgt_changes += t.changes;
+        }
+    }
+    if tgt_changes > src_changes {
+        c.target_ahead.push(format!(
+            "the target's statistics count {tgt_changes} rows updated or deleted in the tables both have, the \
+             source's {src_changes}: the target looks like the database applications write to"
+        ));
+    }
     for (k, t) in &tgt {
         let Some(s) = src.get(k) else {
             if t.has_storage() {
