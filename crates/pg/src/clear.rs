@@ -121,3 +121,57 @@ impl Stage for ClearTarget {
         Ok(format!("target restored from {}", path.display()))
     }
 }
+
+/// Drops the post-data objects (triggers, foreign keys, primary-key, unique
+/// and exclusion constraints, indexes, policies, rules) of the application
+/// schemas on the target: what an interrupted parallel post-data restore may
+/// have left, so that the restore can run again from the start. Tables and
+/// their rows stay.
+pub async fn drop_post_data(pool: &PgPool, journal_schema: &str) -> Result<()> {
+    const APP: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname NOT LIKE 'pg\\_%' \
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass \
+                        AND d.objid = n.oid AND d.deptype = 'e')";
+    let statements = [
+        format!(
+            "SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', t.tgname, n.nspname, c.relname) FROM pg_trigger t \
+             JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE NOT t.tgisinternal AND t.tgparentid = 0 AND {APP}"
+        ),
+        format!(
+            "SELECT format('DROP POLICY IF EXISTS %I ON %I.%I', p.polname, n.nspname, c.relname) FROM pg_policy p \
+             JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {APP}"
+        ),
+        format!(
+            "SELECT format('DROP RULE IF EXISTS %I ON %I.%I', r.rulename, n.nspname, c.relname) FROM pg_rewrite r \
+             JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE r.rulename <> '_RETURN' AND {APP}"
+        ),
+        // Foreign keys first: they depend on the keys they reference.
+        format!(
+            "SELECT format('ALTER TABLE %I.%I DROP CONSTRAINT IF EXISTS %I', n.nspname, c.relname, k.conname) \
+             FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE k.contype = 'f' AND k.conparentid = 0 AND {APP}"
+        ),
+        format!(
+            "SELECT format('ALTER TABLE %I.%I DROP CONSTRAINT IF EXISTS %I', n.nspname, c.relname, k.conname) \
+             FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE k.contype IN ('p', 'u', 'x') AND k.conparentid = 0 AND {APP}"
+        ),
+        // Indexes of partitions attached to a parent's index go with it.
+        format!(
+            "SELECT format('DROP INDEX IF EXISTS %I.%I', n.nspname, c.relname) FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid) \
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) AND {APP}"
+        ),
+    ];
+    let mut tx = pool.begin().await?;
+    for list in statements {
+        let drops: Vec<String> = sqlx::query_scalar(&list).bind(journal_schema).fetch_all(&mut *tx).await?;
+        for d in drops {
+            sqlx::query(&d).execute(&mut *tx).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -223,14 +223,18 @@ impl Stage for Copy {
 
         if !done.contains("post-data") {
             if !post_data_present(ctx, &journal_schema).await? {
+                // Index builds and constraints in parallel (pg_restore --jobs
+                // orders them by dependency). Not one transaction any more:
+                // what an interrupted attempt left is dropped first.
+                crate::clear::drop_post_data(&ctx.target, &journal_schema).await?;
                 let mut cmd = tools::command(&pg_restore, &target_ep);
                 cmd.args([
                     "--section=post-data",
-                    "--single-transaction",
                     "--exit-on-error",
                     "--no-owner",
                     "--no-privileges",
                 ])
+                .arg(format!("--jobs={}", self.jobs.max(1)))
                 .arg(&post);
                 tools::run(cmd, "pg_restore --section=post-data into the target").await?;
             }
