@@ -61,6 +61,9 @@ pub struct Options {
     pub statement_timeout: u64,
     /// Seconds to wait for a table lock.
     pub lock_timeout: u64,
+    /// Tables larger than this (bytes on disk) are copied as several block
+    /// ranges in parallel (0 = never split).
+    pub split_bytes: u64,
 }
 
 impl Default for Options {
@@ -73,6 +76,7 @@ impl Default for Options {
             connect_timeout: 10,
             statement_timeout: 0,
             lock_timeout: 30,
+            split_bytes: 1 << 30,
         }
     }
 }

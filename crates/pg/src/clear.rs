@@ -167,7 +167,10 @@ pub async fn drop_post_data(pool: &PgPool, journal_schema: &str) -> Result<()> {
     ];
     let mut tx = pool.begin().await?;
     for list in statements {
-        let drops: Vec<String> = sqlx::query_scalar(&list).bind(journal_schema).fetch_all(&mut *tx).await?;
+        let drops: Vec<String> = sqlx::query_scalar(&list)
+            .bind(journal_schema)
+            .fetch_all(&mut *tx)
+            .await?;
         for d in drops {
             sqlx::query(&d).execute(&mut *tx).await?;
         }

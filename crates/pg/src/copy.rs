@@ -48,7 +48,7 @@ pub fn default_jobs(configured: usize) -> usize {
 }
 
 impl Copy {
-    pub fn new(source: &Inventory, target: &Inventory, jobs: usize) -> Copy {
+    pub fn new(source: &Inventory, target: &Inventory, jobs: usize, split_bytes: u64) -> Copy {
         let binary = source.identity.version_num / 10000 == target.identity.version_num / 10000;
         let mut warnings = vec![];
         if !binary {
@@ -72,7 +72,15 @@ impl Copy {
                 ),
                 details: source
                     .storage_tables()
-                    .map(|t| format!("{}: {} rows, {} kB", t.display(), t.rows, t.bytes / 1000))
+                    .map(|t| {
+                        let n = ranges(t, split_bytes).len();
+                        let split = if n > 1 {
+                            format!(", in {n} block ranges")
+                        } else {
+                            String::new()
+                        };
+                        format!("{}: {} rows, {} kB{split}", t.display(), t.rows, t.bytes / 1000)
+                    })
                     .collect(),
                 warnings,
                 destructive: true,
@@ -104,6 +112,58 @@ async fn mark_done(ctx: &RunContext, item: &str) -> Result<()> {
 
 pub fn table_item(t: &TableInfo) -> String {
     format!("table:{}.{}", t.schema, t.name)
+}
+
+/// A block range of a large table, copied on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Range {
+    index: i64,
+    count: i64,
+    start: i64,
+    /// None: to the end of the table.
+    end: Option<i64>,
+}
+
+/// The block ranges of a table larger than `split_bytes` (none: copy it whole).
+fn ranges(t: &TableInfo, split_bytes: u64) -> Vec<Range> {
+    if split_bytes == 0 || t.bytes as u64 <= split_bytes || t.pages < 2 {
+        return vec![];
+    }
+    let count = (t.bytes as u64)
+        .div_ceil(split_bytes)
+        .min(t.pages as u64)
+        .min(256) as i64;
+    if count < 2 {
+        return vec![];
+    }
+    let step = (t.pages + count - 1) / count;
+    (0..count)
+        .map(|i| Range {
+            index: i,
+            count,
+            start: i * step,
+            end: (i + 1 < count).then_some((i + 1) * step),
+        })
+        .collect()
+}
+
+fn range_item(t: &TableInfo, r: &Range) -> String {
+    format!("{}#{}/{}", table_item(t), r.index + 1, r.count)
+}
+
+/// One unit of copy work: a whole table, or one block range of it.
+#[derive(Clone)]
+struct Work {
+    table: TableInfo,
+    range: Option<Range>,
+}
+
+impl Work {
+    fn bytes(&self) -> i64 {
+        self.range
+            .map(|r| self.table.bytes / r.count)
+            .unwrap_or(self.table.bytes)
+    }
 }
 
 #[async_trait]
@@ -179,16 +239,63 @@ impl Stage for Copy {
         }
         ctx.cancel.check()?;
 
-        // Data: largest tables first, `jobs` at a time.
-        let mut tables: Vec<TableInfo> = source
-            .storage_tables()
-            .filter(|t| !done.contains(&table_item(t)))
-            .cloned()
-            .collect();
-        tables.sort_by_key(|t| std::cmp::Reverse(t.bytes));
-        let total_tables = tables.len();
-        let queue = Arc::new(Mutex::new(VecDeque::from(tables)));
-        let workers = self.jobs.min(total_tables).max(1);
+        // Data: largest first, `jobs` at a time; tables larger than
+        // split_bytes as block ranges, each its own journal item.
+        let split_bytes = ctx.plan.file.options.split_bytes;
+        let mut work: Vec<Work> = vec![];
+        for t in source.storage_tables() {
+            if done.contains(&table_item(t)) {
+                continue;
+            }
+            let rs = ranges(t, split_bytes);
+            if rs.is_empty() {
+                work.push(Work {
+                    table: t.clone(),
+                    range: None,
+                });
+                continue;
+            }
+            let prefix = format!("{}#", table_item(t));
+            let suffix = format!("/{}", rs.len());
+            let done_ranges: Vec<&String> = done.iter().filter(|i| i.starts_with(&prefix)).collect();
+            if done_ranges.is_empty() || done_ranges.iter().any(|i| !i.ends_with(&suffix)) {
+                // Start the table over: every committed range is journaled
+                // with its rows, so none done means no row to keep.
+                sqlx::query(&format!(
+                    "DELETE FROM {} WHERE run_id = $1 AND stage = $2 AND left(item, length($3)) = $3",
+                    ctx.journal.table("item_progress")
+                ))
+                .bind(ctx.run_id)
+                .bind(STAGE)
+                .bind(&prefix)
+                .execute(ctx.journal.pool())
+                .await?;
+                sqlx::query(&format!("TRUNCATE ONLY {}", t.qualified()))
+                    .execute(&ctx.target)
+                    .await?;
+                work.extend(rs.into_iter().map(|r| Work {
+                    table: t.clone(),
+                    range: Some(r),
+                }));
+            } else {
+                work.extend(
+                    rs.into_iter()
+                        .filter(|r| !done.contains(&range_item(t, r)))
+                        .map(|r| Work {
+                            table: t.clone(),
+                            range: Some(r),
+                        }),
+                );
+            }
+        }
+        work.sort_by_key(|w| std::cmp::Reverse(w.bytes()));
+        let total_tables = work
+            .iter()
+            .filter(|w| w.range.is_none_or(|r| r.index == 0))
+            .count();
+        let total_work = work.len();
+        let queue = Arc::new(Mutex::new(VecDeque::from(work)));
+        let workers = self.jobs.min(total_work).max(1);
         let shared = Worker {
             source: ctx.source.clone(),
             target: ctx.target.clone(),
@@ -295,7 +402,7 @@ struct Worker {
     run_id: uuid::Uuid,
     events: Arc<dyn cutover_core::event::EventSink>,
     cancel: cutover_core::stage::CancelFlag,
-    queue: Arc<Mutex<VecDeque<TableInfo>>>,
+    queue: Arc<Mutex<VecDeque<Work>>>,
     snapshot: String,
     binary: bool,
 }
@@ -335,8 +442,9 @@ impl Worker {
                 break;
             }
             let next = self.queue.lock().unwrap().pop_front();
-            let Some(table) = next else { break };
-            match self.copy_table(&mut src, &mut tgt, &table).await {
+            let Some(work) = next else { break };
+            let table = &work.table;
+            match self.copy_table(&mut src, &mut tgt, table, work.range).await {
                 Ok(n) => rows += n,
                 Err(e) => {
                     src.close_on_drop();
@@ -353,12 +461,15 @@ impl Worker {
     }
 
     /// One table: truncate and load in one target transaction that also
-    /// marks the table done in the journal.
+    /// marks the table done in the journal. One range of a table: load its
+    /// rows (the table was emptied before its first range) in one target
+    /// transaction that marks the range done.
     async fn copy_table(
         &self,
         src: &mut PoolConnection<Postgres>,
         tgt: &mut PoolConnection<Postgres>,
         table: &TableInfo,
+        range: Option<Range>,
     ) -> Result<u64> {
         let columns = if table.copy_columns.is_empty() {
             String::new()
@@ -374,23 +485,45 @@ impl Worker {
             )
         };
         let format = if self.binary { "binary" } else { "text" };
-        let name = table.display();
+        let (name, item) = match &range {
+            None => (table.display(), table_item(table)),
+            Some(r) => (
+                format!("{} [{}/{}]", table.display(), r.index + 1, r.count),
+                range_item(table, r),
+            ),
+        };
         let mut tx = tgt.begin().await?;
-        sqlx::query(&format!("TRUNCATE ONLY {}", table.qualified()))
-            .execute(&mut *tx)
-            .await?;
-        let mut copy_in = tx
-            .copy_in_raw(&format!(
-                "COPY {}{columns} FROM STDIN (FORMAT {format}, FREEZE)",
-                table.qualified()
-            ))
-            .await?;
-        let mut stream = src
-            .copy_out_raw(&format!(
-                "COPY {}{columns} TO STDOUT (FORMAT {format})",
-                table.qualified()
-            ))
-            .await?;
+        let (copy_in_sql, copy_out_sql) = match &range {
+            None => {
+                sqlx::query(&format!("TRUNCATE ONLY {}", table.qualified()))
+                    .execute(&mut *tx)
+                    .await?;
+                (
+                    format!(
+                        "COPY {}{columns} FROM STDIN (FORMAT {format}, FREEZE)",
+                        table.qualified()
+                    ),
+                    format!("COPY {}{columns} TO STDOUT (FORMAT {format})", table.qualified()),
+                )
+            }
+            Some(r) => {
+                let select: Vec<String> = table.copy_columns.iter().map(|c| quote_ident(c)).collect();
+                let mut filter = format!("ctid >= '({},0)'::tid", r.start);
+                if let Some(end) = r.end {
+                    filter.push_str(&format!(" AND ctid < '({end},0)'::tid"));
+                }
+                (
+                    format!("COPY {}{columns} FROM STDIN (FORMAT {format})", table.qualified()),
+                    format!(
+                        "COPY (SELECT {} FROM ONLY {} WHERE {filter}) TO STDOUT (FORMAT {format})",
+                        select.join(", "),
+                        table.qualified()
+                    ),
+                )
+            }
+        };
+        let mut copy_in = tx.copy_in_raw(&copy_in_sql).await?;
+        let mut stream = src.copy_out_raw(&copy_out_sql).await?;
         let mut bytes = 0u64;
         let mut last_report = Instant::now();
         while let Some(chunk) = stream.next().await {
@@ -415,7 +548,7 @@ impl Worker {
                 self.run_id,
                 &Item {
                     stage: STAGE,
-                    item: &table_item(table),
+                    item: &item,
                     rows: Some(rows as i64),
                     bytes: Some(bytes as i64),
                     detail: None,

@@ -27,6 +27,8 @@ pub struct TableInfo {
     pub copy_columns: Vec<String>,
     /// Primary-key columns, if any.
     pub primary_key: Vec<String>,
+    /// Pages on disk (`pg_class.relpages`, as of the last VACUUM/ANALYZE).
+    pub pages: i64,
     /// Rows updated or deleted since the server's statistics were reset
     /// (`pg_stat_user_tables`): application activity, as bulk loads only insert.
     pub changes: i64,
@@ -127,7 +129,8 @@ impl Inventory {
                               CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord) \
                               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
                               WHERE con.conrelid = c.oid AND con.contype = 'p'), '{{}}'), \
-                    coalesce((SELECT s.n_tup_upd + s.n_tup_del FROM pg_stat_user_tables s WHERE s.relid = c.oid), 0) \
+                    coalesce((SELECT s.n_tup_upd + s.n_tup_del FROM pg_stat_user_tables s WHERE s.relid = c.oid), 0), \
+                    greatest(c.relpages::bigint, pg_relation_size(c.oid) / current_setting('block_size')::bigint) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ({excluded}) AND n.nspname NOT LIKE 'pg\\_%' \
                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
@@ -152,6 +155,7 @@ impl Inventory {
                     copy_columns: r.get(8),
                     primary_key: r.get(9),
                     changes: r.get(10),
+                    pages: r.get(11),
                 }
             })
             .collect();
