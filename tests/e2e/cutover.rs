@@ -539,4 +539,20 @@ fn large_tables_are_copied_in_ranges_and_resume_per_range() {
         vec![format!("table:public.big#2/{n}")],
         "only the missing range was recopied"
     );
+
+    // verify hashes the big table in key ranges and still finds a change.
+    let (code, stdout, _) = s.run(&["verify"]);
+    assert_eq!(code, 0, "{stdout}");
+    q(
+        &s.pair.target,
+        "UPDATE big SET payload = 'changed' WHERE id = 12345",
+    );
+    let (code, stdout, _) = s.run(&["verify"]);
+    assert_eq!(code, 3, "{stdout}");
+    let marker = "big: 20000 rows on the source, 20000 on the target, contents differ (in id ";
+    let at = stdout.find(marker).unwrap_or_else(|| panic!("{stdout}")) + marker.len();
+    let range = stdout[at..].split(')').next().unwrap();
+    let (a, b) = range.split_once("..").unwrap_or((range, range));
+    let (a, b): (i64, i64) = (a.parse().unwrap(), b.parse().unwrap());
+    assert!(a <= 12345 && 12345 <= b && b - a < 100, "narrowed to {range}");
 }

@@ -108,12 +108,79 @@ async fn table_hash(pool: &PgPool, t: &TableInfo, filter: &str) -> Result<(i64, 
     Ok(sqlx::query_as(&sql).fetch_one(pool).await?)
 }
 
-/// Compares the source and the target. `jobs` tables are hashed at once.
+/// The single integer primary-key column of a table, if it has one.
+fn integer_key(t: &TableInfo) -> Option<&str> {
+    let [pk] = t.primary_key.as_slice() else {
+        return None;
+    };
+    t.columns
+        .iter()
+        .any(|(n, ty)| n == pk && matches!(ty.as_str(), "smallint" | "integer" | "bigint"))
+        .then_some(pk.as_str())
+}
+
+/// Key-range filters covering every key for a table larger than
+/// `split_bytes` with an integer key (hashed in parallel and summed: the sum
+/// of row hashes is additive); one empty filter otherwise.
+async fn key_ranges(source: &PgPool, t: &TableInfo, split_bytes: u64) -> Result<Vec<String>> {
+    let whole = vec![String::new()];
+    let Some(pk) = integer_key(t) else {
+        return Ok(whole);
+    };
+    if split_bytes == 0 || t.bytes as u64 <= split_bytes {
+        return Ok(whole);
+    }
+    let col = format!("t.{}", quote_ident(pk));
+    let (lo, hi): (Option<i64>, Option<i64>) = sqlx::query_as(&format!(
+        "SELECT min({col})::bigint, max({col})::bigint FROM ONLY {} t",
+        t.qualified()
+    ))
+    .fetch_one(source)
+    .await?;
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok(whole);
+    };
+    let n = (t.bytes as u64).div_ceil(split_bytes).clamp(2, 64) as i128;
+    let step = ((hi as i128 - lo as i128) / n + 1).max(1);
+    let cuts: Vec<i64> = (1..n)
+        .map(|i| (lo as i128 + i * step).min(i64::MAX as i128) as i64)
+        .collect();
+    let mut filters = vec![];
+    for (i, cut) in cuts.iter().enumerate() {
+        filters.push(match i {
+            0 => format!("WHERE {col} < {cut}"),
+            _ => format!("WHERE {col} >= {} AND {col} < {cut}", cuts[i - 1]),
+        });
+    }
+    filters.push(format!("WHERE {col} >= {}", cuts.last().copied().unwrap_or(lo)));
+    Ok(filters)
+}
+
+/// Count and hash sum of a table, its key ranges hashed concurrently.
+async fn split_hash(pool: &PgPool, t: &TableInfo, filters: &[String]) -> Result<(i64, String)> {
+    if let [only] = filters {
+        return table_hash(pool, t, only).await;
+    }
+    let parts = futures::future::try_join_all(filters.iter().map(|f| table_hash(pool, t, f))).await?;
+    let mut count = 0i64;
+    let mut sum = 0i128;
+    for (n, h) in parts {
+        count += n;
+        sum += h
+            .parse::<i128>()
+            .map_err(|e| Error::failure(format!("unexpected hash sum {h:?}: {e}")))?;
+    }
+    Ok((count, sum.to_string()))
+}
+
+/// Compares the source and the target. `jobs` tables are hashed at once;
+/// tables larger than `split_bytes` with an integer key in key ranges.
 pub async fn verify(
     source_pool: &PgPool,
     target_pool: &PgPool,
     journal_schema: &str,
     jobs: usize,
+    split_bytes: u64,
 ) -> Result<VerifyReport> {
     let (source, target) = tokio::try_join!(
         Inventory::read(source_pool, journal_schema, false),
@@ -125,7 +192,7 @@ pub async fn verify(
         .map(|t| {
             let tt = target.table(&t.schema, &t.name).cloned();
             let (s, d) = (source_pool.clone(), target_pool.clone());
-            async move { verify_table(&s, &d, &t, tt.as_ref()).await }
+            async move { verify_table(&s, &d, &t, tt.as_ref(), split_bytes).await }
         })
         .collect();
     let mut verdicts = vec![];
@@ -192,6 +259,7 @@ async fn verify_table(
     target: &PgPool,
     t: &TableInfo,
     tt: Option<&TableInfo>,
+    split_bytes: u64,
 ) -> Result<TableVerdict> {
     let mut v = TableVerdict {
         table: t.display(),
@@ -216,7 +284,9 @@ async fn verify_table(
         v.note = Some("columns differ".into());
         return Ok(v);
     }
-    let ((sn, sh), (tn, th)) = tokio::try_join!(table_hash(source, t, ""), table_hash(target, t, ""))?;
+    let filters = key_ranges(source, t, split_bytes).await?;
+    let ((sn, sh), (tn, th)) =
+        tokio::try_join!(split_hash(source, t, &filters), split_hash(target, t, &filters))?;
     v.matches = sn == tn && sh == th;
     (v.source_rows, v.source_hash, v.target_rows, v.target_hash) = (sn, sh, Some(tn), Some(th));
     if !v.matches {
@@ -228,16 +298,9 @@ async fn verify_table(
 /// For a table with a single integer primary key: the key ranges whose rows
 /// differ, found by hashing 16 buckets and splitting differing ones again.
 async fn narrow(source: &PgPool, target: &PgPool, t: &TableInfo) -> Result<Vec<String>> {
-    let [pk] = t.primary_key.as_slice() else {
+    let Some(pk) = integer_key(t) else {
         return Ok(vec![]);
     };
-    let is_int = t
-        .columns
-        .iter()
-        .any(|(n, ty)| n == pk && matches!(ty.as_str(), "smallint" | "integer" | "bigint"));
-    if !is_int {
-        return Ok(vec![]);
-    }
     let col = quote_ident(pk);
     let bounds_sql = format!(
         "SELECT min({col})::bigint, max({col})::bigint FROM ONLY {}",
@@ -362,7 +425,14 @@ impl Stage for VerifyData {
         Undo::Nothing
     }
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
-        let report = verify(&ctx.source, &ctx.target, ctx.journal.schema(), self.jobs).await?;
+        let report = verify(
+            &ctx.source,
+            &ctx.target,
+            ctx.journal.schema(),
+            self.jobs,
+            ctx.plan.file.options.split_bytes,
+        )
+        .await?;
         if !report.ok {
             return Err(Error::new(
                 ErrorKind::Differences,
@@ -380,7 +450,14 @@ impl Stage for VerifyData {
         }))
     }
     async fn check(&self, ctx: &RunContext) -> Result<Check> {
-        let report = verify(&ctx.source, &ctx.target, ctx.journal.schema(), self.jobs).await?;
+        let report = verify(
+            &ctx.source,
+            &ctx.target,
+            ctx.journal.schema(),
+            self.jobs,
+            ctx.plan.file.options.split_bytes,
+        )
+        .await?;
         Ok(if report.ok {
             Check::Holds
         } else {

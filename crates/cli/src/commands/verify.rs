@@ -23,6 +23,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
             &dbs.target_pool,
             &loaded.file.options.journal_schema,
             jobs,
+            loaded.file.options.split_bytes,
         )
         .await?;
         if global.output == Output::Json {
