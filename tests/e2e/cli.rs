@@ -20,16 +20,6 @@ fn help_lists_every_subcommand() {
 }
 
 #[test]
-fn unimplemented_subcommands_say_so() {
-    let (out, _, stderr) = output(cutover().arg("report"));
-    assert_eq!(out.status.code(), Some(6), "report: {stderr}");
-    assert!(
-        stderr.contains("not implemented yet") && stderr.contains("nothing was done"),
-        "{stderr}"
-    );
-}
-
-#[test]
 fn init_writes_a_template_once() {
     let dir = tempfile::tempdir().unwrap();
     let plan = dir.path().join("cutover.toml");

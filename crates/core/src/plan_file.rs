@@ -182,7 +182,11 @@ impl LoadedPlan {
         if dir.is_absolute() {
             dir.clone()
         } else {
-            self.path.parent().unwrap_or(Path::new(".")).join(dir)
+            let relative: PathBuf = dir
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect();
+            self.path.parent().unwrap_or(Path::new(".")).join(relative)
         }
     }
 }

@@ -313,7 +313,14 @@ pub async fn locate_conn(conn: &ConnString, pgpass: bool, servers: &Servers) -> 
         Some(Err(e)) => Located {
             which: by_address(),
             reached: None,
-            how: format!("by address (not reachable from here: {})", e.message),
+            how: if e.message.contains("password authentication failed") && conn.password().is_none() {
+                "by host, port and database (it names no password to log in with from here)".into()
+            } else {
+                format!(
+                    "by host, port and database (not reachable from here: {})",
+                    e.message
+                )
+            },
         },
         None => Located {
             which: by_address(),

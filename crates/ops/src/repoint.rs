@@ -218,6 +218,7 @@ impl Stage for Repoint {
                 let probe = self.reload_and_probe_readonly(ctx).await?;
                 return Ok(json!({
                     "summary": format!("{} already pointed at the target; nothing written", spec.name),
+                    "before": Which::Target,
                     "changed": false,
                     "probe": probe,
                 }));
@@ -255,6 +256,7 @@ impl Stage for Repoint {
         let bytes = std::fs::read(&backup)?;
         Ok(json!({
             "summary": format!("{} now points at the target", spec.name),
+            "before": Which::Source,
             "changed": true,
             "backup": backup.display().to_string(),
             "backup_sha256": files::sha256(&bytes),

@@ -98,8 +98,12 @@ impl Stage for Discover {
         Ok(json!({
             "summary": format!("source {} tables / {} rows, target {} tables / {} rows",
                 source.tables.len(), source.total_rows(), target.tables.len(), target.total_rows()),
-            "source": { "tables": source.tables.len(), "rows": source.total_rows() },
-            "target": { "tables": target.tables.len(), "rows": target.total_rows() },
+            "source": { "tables": source.tables.len(), "rows": source.total_rows(),
+                        "place": source.identity.place(),
+                        "table_rows": source.storage_tables().map(|t| (t.display(), t.rows)).collect::<Vec<_>>() },
+            "target": { "tables": target.tables.len(), "rows": target.total_rows(),
+                        "place": target.identity.place(),
+                        "table_rows": target.storage_tables().map(|t| (t.display(), t.rows)).collect::<Vec<_>>() },
             "comparison": cmp,
         }))
     }

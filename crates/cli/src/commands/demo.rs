@@ -2,9 +2,12 @@
 //!
 //! Starts two servers from the installed PostgreSQL binaries, loads the seed
 //! scenario (the live "local" source with 22 users, the stale "external"
-//! target with 1), shows what each holds, then runs the real commands on them:
-//! inspect, plan, run, verify. Everything is removed at the end unless
-//! `--keep` is given.
+//! target with 1), writes four consumers like the seed's (production env and
+//! backup script on the source, staging env and dashboard config on the
+//! target), then runs the real commands on them: doctor (the split brain),
+//! plan, run (repointing the consumers, proving the sync, quarantining the
+//! source), verify, doctor again and the report. Everything is removed at
+//! the end unless `--keep` is given.
 
 use clap::Args;
 use cutover_testkit::{Backend, Fixture, PgPair, PgServer, SEED_DB};
@@ -50,24 +53,68 @@ pub(crate) fn run(_global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<Code> 
     // temporary directory (mode 0600, it holds the throwaway passwords).
     let dir = tempfile::Builder::new().prefix("cutover-demo-").tempdir()?;
     let plan = dir.path().join("cutover.toml");
+    let (src, tgt) = (&pair.source, &pair.target);
+    write_private(
+        &dir.path().join("production.env"),
+        &format!(
+            "# production backend\nPORT=8080\nDATABASE_URL={}\n",
+            src.url(SEED_DB)
+        ),
+    )?;
+    write_private(
+        &dir.path().join("staging.env"),
+        &format!("# staging backend\nDATABASE_URL={}\n", tgt.url(SEED_DB)),
+    )?;
+    write_private(
+        &dir.path().join("dashboard.yml"),
+        &format!(
+            "# dashboard on :7777\ndashboard:\n  port: 7777\n  database:\n    url: \"{}\"\n",
+            tgt.url(SEED_DB)
+        ),
+    )?;
+    write_private(
+        &dir.path().join("backup.sh"),
+        &format!(
+            "#!/bin/sh\n# nightly backup\npg_dump \"host=127.0.0.1 port={} dbname={SEED_DB} user={}\" > app.dump\n",
+            src.port(),
+            src.user()
+        ),
+    )?;
     write_private(
         &plan,
         &format!(
-            "# Written by `cutover demo`.\n[source]\nurl = \"{}\"\n\n[target]\nurl = \"{}\"\n",
-            pair.source.url(SEED_DB),
-            pair.target.url(SEED_DB)
+            "# Written by `cutover demo`.\n[source]\nurl = \"{}\"\n\n[target]\nurl = \"{}\"\n\n\
+             [[consumer]]\nname = \"production\"\nkind = \"env\"\npath = \"production.env\"\nkey = \"DATABASE_URL\"\n\n\
+             [[consumer]]\nname = \"staging\"\nkind = \"env\"\npath = \"staging.env\"\nkey = \"DATABASE_URL\"\n\n\
+             [[consumer]]\nname = \"dashboard\"\nkind = \"yaml\"\npath = \"dashboard.yml\"\nkey = \"dashboard.database.url\"\n\n\
+             [[consumer]]\nname = \"backups\"\nkind = \"text\"\npath = \"backup.sh\"\n\n\
+             [decommission]\ndriver = \"postgres\"\n",
+            src.url(SEED_DB),
+            tgt.url(SEED_DB)
         ),
     )?;
-    let steps: [(&str, &[&str]); 4] = [
-        ("inspect: both databases side by side", &["inspect"]),
+    // (title, arguments, the exit codes that are the expected outcome)
+    let steps: [(&str, &[&str], &[i32]); 6] = [
+        (
+            "doctor: which database each application really uses",
+            &["doctor"],
+            &[3],
+        ),
+        ("inspect: both databases side by side", &["inspect"], &[0]),
         (
             "plan: what the cutover will do (nothing is changed yet)",
             &["plan"],
+            &[0],
         ),
-        ("run: back up, freeze, clear, copy, verify", &["run", "--yes"]),
-        ("verify: the proof, table by table", &["verify"]),
+        (
+            "run: back up, freeze, clear, copy, verify, repoint, prove the sync, quarantine the source",
+            &["run", "--yes"],
+            &[0],
+        ),
+        ("doctor: every application on one database", &["doctor"], &[0]),
+        ("report: the record of what was done", &["report"], &[0]),
     ];
-    for (title, step) in steps {
+    for (title, step, expected) in steps {
         println!("=== cutover {title}");
         let status = std::process::Command::new(std::env::current_exe()?)
             .arg("--plan")
@@ -76,7 +123,7 @@ pub(crate) fn run(_global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<Code> 
             .current_dir(dir.path())
             .status()?;
         println!();
-        if !status.success() {
+        if !status.code().is_some_and(|c| expected.contains(&c)) {
             anyhow::bail!(
                 "the demo's `cutover {}` failed ({status}); the output above says why",
                 step.join(" ")

@@ -12,7 +12,7 @@ pub mod status;
 pub mod verify;
 
 use crate::args::{Cli, Command};
-use crate::exit::{Code, coded};
+use crate::exit::Code;
 
 /// Dispatches to the subcommand.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<Code> {
@@ -29,15 +29,6 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Report(args) => report::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),
     }
-}
-
-/// The answer of a command this version does not have yet: an error, never a
-/// pretend success.
-pub(crate) fn not_implemented(command: &str) -> anyhow::Result<Code> {
-    Err(coded(
-        Code::NotImplemented,
-        format!("`cutover {command}` is not implemented yet in this version; nothing was done"),
-    ))
 }
 
 /// The async runtime for commands that talk to databases.

@@ -1,17 +1,437 @@
-//! `cutover report`: a Markdown report of the cutover from the journal.
+//! `cutover report`: a Markdown account of the latest run, built from facts:
+//! the journal (stages, times, artefacts, proofs) and a live look at the
+//! target. Before and after topology (text boxes and a Mermaid diagram), the
+//! side-by-side comparison, every step, the verification proof, the backup
+//! and how to restore it, what was decommissioned and how to undo it. No
+//! secrets: every connection is shown without its password.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use clap::Args;
+use cutover_core::endpoint::{Endpoint, Role, redact_text};
+use cutover_core::journal::{Journal, RunRecord, StageState};
+use cutover_core::plan_file::LoadedPlan;
+use cutover_pg::inventory::Inventory;
+use serde_json::Value;
 
 use crate::args::GlobalArgs;
-use crate::exit::Code;
+use crate::exit::{Code, coded};
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Write the report to this file instead of stdout.
+    /// Write the report to this file (mode 0600) instead of stdout.
     #[arg(long, value_name = "FILE")]
-    pub out: Option<std::path::PathBuf>,
+    pub out: Option<PathBuf>,
 }
 
-pub(crate) fn run(_global: &GlobalArgs, _args: ReportArgs) -> anyhow::Result<Code> {
-    super::not_implemented("report")
+pub(crate) fn run(global: &GlobalArgs, args: ReportArgs) -> anyhow::Result<Code> {
+    let loaded = LoadedPlan::load(&global.plan)?;
+    let text = super::runtime()?.block_on(build(&loaded))?;
+    match &args.out {
+        Some(path) => {
+            cutover_ops::files::write_private(path, text.as_bytes())?;
+            eprintln!("wrote the report to {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(Code::Success)
+}
+
+/// The facts a report is made of.
+struct Facts {
+    run: RunRecord,
+    stages: Vec<StageState>,
+    source: Endpoint,
+    target: Endpoint,
+    after: Inventory,
+}
+
+async fn build(loaded: &LoadedPlan) -> anyhow::Result<String> {
+    let opts = &loaded.file.options;
+    let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
+    let source = Endpoint::resolve(Role::Source, &loaded.file.source)?;
+    let pool = cutover_pg::connect::pool(&target, opts.connect_timeout, 0, opts.lock_timeout, 2).await?;
+    let no_run = || {
+        coded(
+            Code::BadInput,
+            format!(
+                "the target {target} has no run of a cutover in its journal yet: run `cutover run` first"
+            ),
+        )
+    };
+    let journal = Journal::open_existing(&pool, &opts.journal_schema)
+        .await?
+        .ok_or_else(no_run)?;
+    let run = journal.latest_run().await?.ok_or_else(no_run)?;
+    let mut stages: Vec<StageState> = journal.stage_states(run.id).await?.into_values().collect();
+    stages.sort_by_key(|s| s.first_started_at.unwrap_or(s.at));
+    let after = Inventory::read(&pool, &opts.journal_schema, true).await?;
+    let facts = Facts {
+        run,
+        stages,
+        source,
+        target,
+        after,
+    };
+    Ok(redact_text(&render(&facts)))
+}
+
+fn artefacts<'a>(facts: &'a Facts, stage: &str) -> Option<&'a Value> {
+    facts
+        .stages
+        .iter()
+        .find(|s| s.stage == stage && s.event == "done")
+        .and_then(|s| s.artefacts.as_ref())
+}
+
+/// Rows of a table in a discover snapshot (`table_rows`: [[name, rows], …]).
+fn rows_of(side: &Value, table: &str) -> Option<i64> {
+    side["table_rows"]
+        .as_array()?
+        .iter()
+        .find(|p| p[0].as_str() == Some(table))
+        .and_then(|p| p[1].as_i64())
+}
+
+fn render(f: &Facts) -> String {
+    let mut out = String::new();
+    let run = &f.run;
+    let w = &mut out;
+    let _ = writeln!(w, "# Cutover report: {} → {}\n", f.source, f.target);
+    let finished = run
+        .finished_at
+        .map(|t| format!(", finished {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+        .unwrap_or_default();
+    let _ = writeln!(
+        w,
+        "Run `{}`: **{}**. Began {} by {}@{}{finished}. Plan file `{}` (sha256 `{}…`).\n",
+        run.id,
+        run.status,
+        run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        run.operator_user,
+        run.operator_host,
+        run.plan_path,
+        &run.plan_fingerprint[..12.min(run.plan_fingerprint.len())]
+    );
+
+    // Topology, from the repoint and sync artefacts.
+    let mut before: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut after_consumers: Vec<String> = vec![];
+    for s in &f.stages {
+        if let Some(name) = s.stage.strip_prefix("repoint:")
+            && s.event == "done"
+        {
+            let side = match s.artefacts.as_ref().and_then(|a| a["before"].as_str()) {
+                Some("source") => "source",
+                _ => "target",
+            };
+            before.entry(side).or_default().push(name.to_string());
+            after_consumers.push(name.to_string());
+        }
+    }
+    let discover = artefacts(f, "discover");
+    let describe = |side: &str| -> String {
+        let Some(d) = discover else { return String::new() };
+        let s = &d[side];
+        let users = rows_of(s, "users")
+            .map(|n| format!(", {n} users"))
+            .unwrap_or_default();
+        format!("{} tables, {} rows{users}", s["tables"], s["rows"])
+    };
+    let after_users = f
+        .after
+        .tables
+        .iter()
+        .find(|t| t.name == "users")
+        .map(|t| format!(", {} users", t.rows))
+        .unwrap_or_default();
+    let after_desc = format!(
+        "{} tables, {} rows{after_users}",
+        f.after.tables.len(),
+        f.after.total_rows()
+    );
+    let retired = artefacts(f, cutover_ops::retire::NAME);
+
+    let _ = writeln!(w, "## Before\n");
+    let _ = writeln!(w, "```");
+    let _ = writeln!(
+        w,
+        "{}",
+        boxed(&format!("SOURCE {}", f.source), &describe("source"))
+    );
+    let _ = writeln!(w, "      ▲ {}", list(before.get("source")));
+    let _ = writeln!(
+        w,
+        "{}",
+        boxed(&format!("TARGET {}", f.target), &describe("target"))
+    );
+    let _ = writeln!(w, "      ▲ {}", list(before.get("target")));
+    let _ = writeln!(w, "```\n");
+    let _ = writeln!(w, "```mermaid\nflowchart LR");
+    let _ = writeln!(w, "  S[(\"source {}<br/>{}\")]", f.source, describe("source"));
+    let _ = writeln!(w, "  T[(\"target {}<br/>{}\")]", f.target, describe("target"));
+    for (side, names) in &before {
+        for n in names {
+            let _ = writeln!(
+                w,
+                "  {}[\"{n}\"] --> {}",
+                mermaid_id(n),
+                if *side == "source" { "S" } else { "T" }
+            );
+        }
+    }
+    let _ = writeln!(w, "```\n");
+
+    let _ = writeln!(w, "## After\n");
+    let _ = writeln!(w, "```");
+    let _ = writeln!(
+        w,
+        "{}",
+        boxed(
+            &format!("TARGET {} (single source of truth)", f.target),
+            &after_desc
+        )
+    );
+    let _ = writeln!(
+        w,
+        "      ▲ {}",
+        if after_consumers.is_empty() {
+            "(no consumers in the plan)".to_string()
+        } else {
+            after_consumers.join(", ")
+        }
+    );
+    let source_after = match retired {
+        Some(r) if r["destroyed"].as_bool() == Some(true) => "destroyed (final dump kept)".to_string(),
+        Some(r) if r["retired_as"].is_string() => {
+            format!("quarantined as {}", r["retired_as"].as_str().unwrap_or(""))
+        }
+        Some(r) if r["container"].is_string() => {
+            format!("container {} stopped", r["container"].as_str().unwrap_or(""))
+        }
+        Some(_) => "retired".to_string(),
+        None => "left as it was (no decommission in the plan)".to_string(),
+    };
+    let _ = writeln!(w, "SOURCE {}: {source_after}", f.source);
+    let _ = writeln!(w, "```\n");
+    let _ = writeln!(w, "```mermaid\nflowchart LR");
+    let _ = writeln!(w, "  T[(\"target {}<br/>{after_desc}\")]", f.target);
+    for n in &after_consumers {
+        let _ = writeln!(w, "  {}[\"{n}\"] --> T", mermaid_id(n));
+    }
+    let _ = writeln!(w, "```\n");
+
+    // Side by side.
+    if let Some(d) = discover {
+        let _ = writeln!(w, "## Side by side\n");
+        let _ = writeln!(w, "| | source before | target before | target after |");
+        let _ = writeln!(w, "| --- | ---: | ---: | ---: |");
+        let _ = writeln!(
+            w,
+            "| tables | {} | {} | {} |",
+            d["source"]["tables"],
+            d["target"]["tables"],
+            f.after.tables.len()
+        );
+        let _ = writeln!(
+            w,
+            "| rows | {} | {} | {} |",
+            d["source"]["rows"],
+            d["target"]["rows"],
+            f.after.total_rows()
+        );
+        let consumers_on = |side: &str| before.get(side).map(|v| v.len()).unwrap_or(0);
+        let _ = writeln!(
+            w,
+            "| consumers | {} | {} | {} |",
+            consumers_on("source"),
+            consumers_on("target"),
+            after_consumers.len()
+        );
+        let mut main: Vec<(String, i64)> = d["source"]["table_rows"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_i64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        main.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        for (table, n) in main.iter().take(8) {
+            let tgt = rows_of(&d["target"], table)
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "—".into());
+            let now = f
+                .after
+                .storage_tables()
+                .find(|t| &t.display() == table)
+                .map(|t| t.rows.to_string())
+                .unwrap_or_else(|| "—".into());
+            let _ = writeln!(w, "| rows of {table} | {n} | {tgt} | {now} |");
+        }
+        let _ = writeln!(w);
+    }
+
+    // Steps.
+    let _ = writeln!(w, "## Steps\n");
+    let _ = writeln!(w, "| # | stage | state | started | seconds | result |");
+    let _ = writeln!(w, "| ---: | --- | --- | --- | ---: | --- |");
+    for (i, s) in f.stages.iter().enumerate() {
+        let detail = s
+            .error
+            .clone()
+            .or_else(|| {
+                s.artefacts
+                    .as_ref()
+                    .and_then(|a| a["summary"].as_str().map(str::to_string))
+            })
+            .unwrap_or_default()
+            .replace('|', "\\|");
+        let _ = writeln!(
+            w,
+            "| {} | `{}` | {} | {} | {} | {detail} |",
+            i + 1,
+            s.stage,
+            s.event,
+            s.last_started_at
+                .map(|t| t.format("%H:%M:%S").to_string())
+                .unwrap_or_default(),
+            s.seconds().map(|x| format!("{x:.1}")).unwrap_or_default()
+        );
+    }
+    let _ = writeln!(w);
+
+    // Proof.
+    let _ = writeln!(w, "## Verification\n");
+    match artefacts(f, "verify-data") {
+        Some(v) => {
+            let _ = writeln!(
+                w,
+                "Every table compared by exact row count and the sum of `hashtextextended(ROW(…)::text, 0)` on both servers:\n"
+            );
+            let _ = writeln!(w, "| table | source rows | target rows | content hash | result |");
+            let _ = writeln!(w, "| --- | ---: | ---: | --- | --- |");
+            for t in v["report"]["tables"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | `{}` | {} |",
+                    t["table"].as_str().unwrap_or_default(),
+                    t["source_rows"],
+                    t["target_rows"],
+                    t["source_hash"].as_str().unwrap_or_default(),
+                    if t["matches"].as_bool() == Some(true) {
+                        "identical"
+                    } else {
+                        "DIFFERS"
+                    }
+                );
+            }
+            let _ = writeln!(
+                w,
+                "\nSequences compared: {}; large objects: {}.\n",
+                v["report"]["sequences_compared"], v["report"]["large_objects"][0]
+            );
+        }
+        None => {
+            let _ = writeln!(w, "verify-data has not passed in this run.\n");
+        }
+    }
+    if let Some(sync) = artefacts(f, "verify-sync") {
+        let _ = writeln!(
+            w,
+            "A sentinel row was written on the target and read through each consumer's connection:\n"
+        );
+        let _ = writeln!(w, "| consumer | sees the sentinel | reached | ms |");
+        let _ = writeln!(w, "| --- | --- | --- | ---: |");
+        for c in sync["consumers"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} |",
+                c["consumer"].as_str().unwrap_or_default(),
+                if c["sees_sentinel"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "NO"
+                },
+                c["reached"].as_str().unwrap_or("—"),
+                c["millis"]
+            );
+        }
+        let _ = writeln!(w);
+    }
+
+    // Backup.
+    let _ = writeln!(w, "## Backup of the target before it was cleared\n");
+    match artefacts(f, "backup-target") {
+        Some(b) => {
+            let _ = writeln!(
+                w,
+                "`{}` ({} bytes, sha256 `{}`), {}.\n\nTo restore it by hand into an empty database:\n\n```sh\n{}\n```\n\n`cutover rollback` does this for you.\n",
+                b["path"].as_str().unwrap_or_default(),
+                b["bytes"],
+                b["sha256"].as_str().unwrap_or_default(),
+                b["proof"].as_str().unwrap_or_default(),
+                b["restore"].as_str().unwrap_or_default()
+            );
+        }
+        None => {
+            let _ = writeln!(w, "No backup was taken in this run.\n");
+        }
+    }
+
+    // Decommission.
+    let _ = writeln!(w, "## The source\n");
+    match retired {
+        Some(r) => {
+            let _ = writeln!(w, "{}.", r["summary"].as_str().unwrap_or("retired"));
+            if let Some(dump) = r["final_dump"]["path"].as_str() {
+                let _ = writeln!(
+                    w,
+                    "Its final dump: `{dump}` (sha256 `{}`).",
+                    r["final_dump"]["sha256"].as_str().unwrap_or_default()
+                );
+            }
+            let _ = writeln!(
+                w,
+                "{}\n",
+                if r["destroyed"].as_bool() == Some(true) {
+                    "It was destroyed: this cannot be undone; restore the final dump to bring it back."
+                } else {
+                    "Undo: `cutover rollback` brings it back."
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(w, "{}: {source_after}.\n", f.source);
+        }
+    }
+    out
+}
+
+fn list(names: Option<&Vec<String>>) -> String {
+    match names {
+        Some(v) if !v.is_empty() => v.join(", "),
+        _ => "(no consumer)".into(),
+    }
+}
+
+fn mermaid_id(name: &str) -> String {
+    format!(
+        "c_{}",
+        name.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect::<String>()
+    )
+}
+
+/// A text box: a title line and a detail line.
+fn boxed(title: &str, detail: &str) -> String {
+    let width = title.chars().count().max(detail.chars().count()) + 2;
+    let line = "─".repeat(width);
+    format!(
+        "┌{line}┐\n│ {title:<w$} │\n│ {detail:<w$} │\n└{line}┘",
+        w = width - 2
+    )
 }

@@ -4,7 +4,6 @@
 
 use clap::Args;
 use cutover_core::plan_file::LoadedPlan;
-use cutover_pg::Databases;
 use cutover_pg::copy::default_jobs;
 
 use crate::args::{GlobalArgs, Output};
@@ -17,7 +16,15 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
     let loaded = LoadedPlan::load(&global.plan)?;
     super::runtime()?.block_on(async {
         let jobs = default_jobs(loaded.file.options.jobs);
-        let dbs = Databases::connect(&loaded, jobs as u32 * 2 + 2).await?;
+        let (dbs, source) = crate::planner::connect(&loaded, jobs as u32 * 2 + 2).await?;
+        if source != crate::planner::Source::Live {
+            return Err(crate::exit::coded(
+                Code::BadInput,
+                "the source was retired by this plan's run (decommission-source), after verify-data proved the \
+                 copy: that proof is in `cutover status` and `cutover report`. `cutover rollback` brings the source \
+                 back",
+            ));
+        }
         let report = cutover_pg::verify::verify(
             &dbs.source_pool,
             &dbs.target_pool,
