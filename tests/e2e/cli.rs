@@ -77,7 +77,10 @@ fn demo_shows_the_split_and_leaves_no_server() {
         "quarantined as app_retired_",
         "Both servers stopped and removed.",
     ] {
-        assert!(stdout.contains(expected), "the demo lacks {expected:?}:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "the demo lacks {expected:?}:\n{stdout}"
+        );
     }
     let ports: Vec<&str> = stdout
         .lines()
@@ -90,4 +93,55 @@ fn demo_shows_the_split_and_leaves_no_server() {
         let alive = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok();
         assert!(!alive, "a demo server still listens on {port}");
     }
+}
+
+/// `--output json`: one object per line, every kind documented in docs/events.md.
+#[test]
+fn json_events_follow_the_documented_schema() {
+    let s = crate::support::Scenario::seed();
+    let (code, stdout, stderr) = s.run(&["run", "--yes", "--output", "json", "--until", "copy"]);
+    assert_eq!(code, 0, "{stderr}");
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.md")).unwrap();
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for e in &events {
+        let kind = e["event"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no event field: {e}"));
+        assert!(
+            docs.contains(&format!("| `{kind}` |")),
+            "event {kind} is not documented"
+        );
+    }
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"run_started"));
+    assert_eq!(kinds.last(), Some(&"run_finished"));
+    assert_eq!(events.last().unwrap()["status"], "paused");
+    let done: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "stage_done")
+        .map(|e| e["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        done,
+        [
+            "discover",
+            "backup-target",
+            "freeze-source",
+            "clear-target",
+            "copy"
+        ]
+    );
+    let tables: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "table_progress" && e["done"] == true)
+        .collect();
+    assert_eq!(tables.len(), 17);
+    let users = tables.iter().find(|e| e["table"] == "users").unwrap();
+    assert_eq!(users["rows"], 22);
+    assert!(users["bytes"].as_u64().unwrap() > 0 && users["estimated_bytes"].is_u64());
+    assert!(kinds.contains(&"copy_started"));
+    assert!(stderr.is_empty(), "JSON mode writes nothing else: {stderr}");
 }

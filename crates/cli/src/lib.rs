@@ -43,7 +43,7 @@ fn init_logging(global: &args::GlobalArgs) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| render::LogWriter)
         .with_target(false)
         .try_init();
 }

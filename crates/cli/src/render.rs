@@ -1,25 +1,118 @@
 //! Rendering events and results: text lines on stderr for people, one JSON
 //! object per line on stdout for machines (`--output json`).
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use cutover_core::event::{Event, EventSink};
 use cutover_core::stage::{Plan, Undo};
 
 use crate::args::Output;
 
-/// Renders engine events as they happen.
+/// The terminal's progress display, shared with the log writer so that log
+/// lines are printed above the bars, never through them.
+static BARS: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+
+/// Where `tracing` writes: stderr, suspending the bars while it does.
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match BARS.get() {
+            Some(multi) => multi.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Renders engine events as they happen: progress bars on a terminal, text
+/// lines on stderr otherwise, one JSON object per line on stdout with
+/// `--output json`.
 pub struct Reporter {
-    pub output: Output,
-    pub quiet: bool,
+    output: Output,
+    quiet: bool,
+    bars: Option<Bars>,
+}
+
+struct Bars {
+    multi: MultiProgress,
+    stages: Mutex<HashMap<String, ProgressBar>>,
+    tables: Mutex<HashMap<String, (ProgressBar, u64)>>,
+    overall: Mutex<Option<ProgressBar>>,
+}
+
+impl Reporter {
+    /// Bars only for people at a terminal.
+    pub fn new(output: Output, quiet: bool) -> Reporter {
+        let bars = (output == Output::Text && !quiet && std::io::stderr().is_terminal()).then(|| {
+            let multi = BARS.get_or_init(MultiProgress::new).clone();
+            Bars {
+                multi,
+                stages: Mutex::default(),
+                tables: Mutex::default(),
+                overall: Mutex::default(),
+            }
+        });
+        Reporter { output, quiet, bars }
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+/// The text line of an event, `None` for those without one.
+fn line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::RunStarted { run_id, resumed } => {
+            format!("{} run {run_id}", if *resumed { "resuming" } else { "starting" })
+        }
+        Event::StageStarted { stage } => format!("→ {stage}"),
+        Event::StageDone {
+            stage,
+            seconds,
+            summary,
+        } => format!("✓ {stage} ({seconds:.1} s): {summary}"),
+        Event::StageSkipped { stage, reason } => format!("· {stage}: skipped, {reason}"),
+        Event::StageFailed { stage, error } => format!("✗ {stage}: {error}"),
+        Event::UndoStarted { stage } => format!("← undoing {stage}"),
+        Event::StageUndone {
+            stage,
+            seconds,
+            summary,
+        } => format!("↶ {stage} undone ({seconds:.1} s): {summary}"),
+        Event::TableProgress {
+            table,
+            rows,
+            bytes,
+            done: true,
+            ..
+        } => {
+            format!("    {table}: {rows} rows, {} kB", bytes / 1000)
+        }
+        Event::TableProgress { .. } | Event::CopyStarted { .. } => return None,
+        Event::Warning { message } => format!("warning: {message}"),
+        Event::Info { message } => message.clone(),
+        Event::RunFinished {
+            run_id,
+            status,
+            seconds,
+        } => format!("run {run_id}: {status} in {seconds:.1} s"),
+    })
 }
 
 impl EventSink for Reporter {
     fn emit(&self, event: Event) {
         if self.output == Output::Json {
-            if matches!(event, Event::TableProgress { done: false, .. }) {
-                // Progress without completion is rate-limited by the copy (2/s per table).
-            }
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", serde_json::to_string(&event).unwrap_or_default());
             return;
@@ -27,42 +120,105 @@ impl EventSink for Reporter {
         if self.quiet && !matches!(event, Event::StageFailed { .. } | Event::Warning { .. }) {
             return;
         }
-        let line = match event {
-            Event::RunStarted { run_id, resumed } => {
-                format!("{} run {run_id}", if resumed { "resuming" } else { "starting" })
+        match &self.bars {
+            Some(bars) => bars.show(&event),
+            None => {
+                if let Some(l) = line(&event) {
+                    eprintln!("{l}");
+                }
             }
-            Event::StageStarted { stage } => format!("→ {stage}"),
-            Event::StageDone {
-                stage,
-                seconds,
-                summary,
-            } => format!("✓ {stage} ({seconds:.1} s): {summary}"),
-            Event::StageSkipped { stage, reason } => format!("· {stage}: skipped, {reason}"),
-            Event::StageFailed { stage, error } => format!("✗ {stage}: {error}"),
-            Event::UndoStarted { stage } => format!("← undoing {stage}"),
-            Event::StageUndone {
-                stage,
-                seconds,
-                summary,
-            } => format!("↶ {stage} undone ({seconds:.1} s): {summary}"),
+        }
+    }
+}
+
+impl Bars {
+    fn show(&self, event: &Event) {
+        match event {
+            Event::StageStarted { stage } | Event::UndoStarted { stage } => {
+                let pb = self.multi.add(ProgressBar::new_spinner());
+                pb.set_style(style("{spinner:.cyan} {msg} {elapsed}"));
+                pb.set_message(line(event).unwrap_or_default());
+                pb.enable_steady_tick(Duration::from_millis(120));
+                self.stages.lock().unwrap().insert(stage.clone(), pb);
+            }
+            Event::StageDone { stage, .. }
+            | Event::StageFailed { stage, .. }
+            | Event::StageUndone { stage, .. } => {
+                if let Some(pb) = self.overall.lock().unwrap().take() {
+                    pb.finish_and_clear();
+                }
+                for (_, (pb, _)) in self.tables.lock().unwrap().drain() {
+                    pb.finish_and_clear();
+                }
+                let text = line(event).unwrap_or_default();
+                match self.stages.lock().unwrap().remove(stage) {
+                    Some(pb) => {
+                        pb.set_style(style("{msg}"));
+                        pb.finish_with_message(text);
+                    }
+                    None => {
+                        let _ = self.multi.println(text);
+                    }
+                }
+            }
+            Event::CopyStarted {
+                estimated_bytes,
+                items,
+            } => {
+                let pb = self.multi.add(ProgressBar::new((*estimated_bytes).max(1)));
+                pb.set_style(style(
+                    "  copy [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} ({msg})",
+                ));
+                pb.set_message(format!("0/{items} tables"));
+                *self.overall.lock().unwrap() = Some(pb);
+            }
             Event::TableProgress {
                 table,
-                rows,
                 bytes,
-                done: true,
+                estimated_bytes,
+                done,
+                ..
             } => {
-                format!("    {table}: {rows} rows, {} kB", bytes / 1000)
+                let mut tables = self.tables.lock().unwrap();
+                let overall = self.overall.lock().unwrap();
+                let (pb, seen) = tables.entry(table.clone()).or_insert_with(|| {
+                    let pb = self.multi.add(ProgressBar::new((*estimated_bytes).max(1)));
+                    pb.set_style(style("    {msg:32} [{bar:20}] {bytes} {bytes_per_sec}"));
+                    pb.set_message(table.clone());
+                    (pb, 0)
+                });
+                if let Some(o) = overall.as_ref() {
+                    o.inc(bytes.saturating_sub(*seen));
+                }
+                *seen = *bytes;
+                pb.set_position(*bytes);
+                if *done {
+                    let pb = tables.remove(table).map(|(pb, _)| pb);
+                    if let Some(pb) = pb {
+                        pb.finish_and_clear();
+                    }
+                    if let Some(o) = overall.as_ref() {
+                        let finished = o
+                            .message()
+                            .split('/')
+                            .next()
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .unwrap_or(0)
+                            + 1;
+                        let total = o.message().split('/').nth(1).unwrap_or("").to_string();
+                        o.set_message(format!("{finished}/{total}"));
+                    }
+                    if let Some(l) = line(event) {
+                        let _ = self.multi.println(l);
+                    }
+                }
             }
-            Event::TableProgress { .. } => return,
-            Event::Warning { message } => format!("warning: {message}"),
-            Event::Info { message } => message,
-            Event::RunFinished {
-                run_id,
-                status,
-                seconds,
-            } => format!("run {run_id}: {status} in {seconds:.1} s"),
-        };
-        eprintln!("{line}");
+            other => {
+                if let Some(l) = line(other) {
+                    let _ = self.multi.println(l);
+                }
+            }
+        }
     }
 }
 

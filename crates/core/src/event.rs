@@ -37,10 +37,22 @@ pub enum Event {
         seconds: f64,
         summary: String,
     },
+    /// The copy's data phase begins: what it will move in this pass.
+    CopyStarted {
+        /// Tables (or block ranges of large tables) to copy.
+        items: u64,
+        /// Estimated bytes (heap size on the source).
+        estimated_bytes: u64,
+    },
+    /// A table (or a range: `name [2/8]`) in flight (`done: false`, at most
+    /// twice a second) or finished (`done: true`, with its exact row count).
     TableProgress {
         table: String,
         rows: u64,
+        /// Bytes streamed so far.
         bytes: u64,
+        /// Heap size on the source: the bar's length (0 when unknown).
+        estimated_bytes: u64,
         done: bool,
     },
     Warning {

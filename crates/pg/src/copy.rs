@@ -294,6 +294,13 @@ impl Stage for Copy {
             .filter(|w| w.range.is_none_or(|r| r.index == 0))
             .count();
         let total_work = work.len();
+        ctx.emit(Event::CopyStarted {
+            items: work.len() as u64,
+            estimated_bytes: work
+                .iter()
+                .map(|w| w.table.pages.max(0) as u64 * 8192 / w.range.map(|r| r.count as u64).unwrap_or(1))
+                .sum(),
+        });
         let queue = Arc::new(Mutex::new(VecDeque::from(work)));
         let workers = self.jobs.min(total_work).max(1);
         let shared = Worker {
@@ -522,6 +529,7 @@ impl Worker {
                 )
             }
         };
+        let estimated_bytes = (table.pages.max(0) as u64 * 8192) / range.map(|r| r.count as u64).unwrap_or(1);
         let mut copy_in = tx.copy_in_raw(&copy_in_sql).await?;
         let mut stream = src.copy_out_raw(&copy_out_sql).await?;
         let mut bytes = 0u64;
@@ -536,6 +544,7 @@ impl Worker {
                     table: name.clone(),
                     rows: 0,
                     bytes,
+                    estimated_bytes,
                     done: false,
                 });
             }
@@ -560,6 +569,7 @@ impl Worker {
             table: name,
             rows,
             bytes,
+            estimated_bytes,
             done: true,
         });
         Ok(rows)

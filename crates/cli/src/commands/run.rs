@@ -40,10 +40,7 @@ pub struct RunArgs {
 
 pub(crate) fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<Code> {
     let loaded = LoadedPlan::load(&global.plan)?;
-    let events = Arc::new(Reporter {
-        output: global.output,
-        quiet: global.quiet,
-    });
+    let events = Arc::new(Reporter::new(global.output, global.quiet));
     let cancel = CancelFlag::default();
     super::runtime()?.block_on(async {
         session::cancel_on_ctrl_c(&cancel, events.clone());
