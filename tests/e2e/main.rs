@@ -6,4 +6,5 @@ mod consumers;
 mod cutover;
 mod engine;
 mod kit;
+mod snapshots;
 mod support;

@@ -47,8 +47,9 @@ pub(crate) fn run(global: &GlobalArgs, _args: StatusArgs) -> anyhow::Result<Code
             run.operator_host,
             run.plan_path
         );
+        let width = states.iter().map(|s| s.stage.len()).max().unwrap_or(0).max(16);
         println!(
-            "{:<16} {:<12} {:<20} {:>9}  detail",
+            "{:<width$} {:<12} {:<20} {:>9}  detail",
             "stage", "state", "started", "seconds"
         );
         for s in &states {
@@ -64,7 +65,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: StatusArgs) -> anyhow::Result<Code
                 })
                 .unwrap_or_default();
             println!(
-                "{:<16} {:<12} {:<20} {:>9}  {detail}",
+                "{:<width$} {:<12} {:<20} {:>9}  {detail}",
                 s.stage,
                 s.event,
                 s.last_started_at
