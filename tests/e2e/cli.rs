@@ -145,3 +145,86 @@ fn json_events_follow_the_documented_schema() {
     assert!(kinds.contains(&"copy_started"));
     assert!(stderr.is_empty(), "JSON mode writes nothing else: {stderr}");
 }
+
+#[test]
+fn init_scan_finds_the_consumers_of_both_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (src, tgt) = (
+        "postgresql://app:pw@db-old.internal:5432/app",
+        "postgresql://app@db-new.internal:6432/app",
+    );
+    std::fs::create_dir_all(d.join("srv/backend")).unwrap();
+    std::fs::create_dir_all(d.join(".git")).unwrap();
+    std::fs::write(
+        d.join("srv/backend/.env"),
+        "PORT=1\nDATABASE_URL=postgresql://app:pw@db-old.internal:5432/app\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("srv/staging.env"), format!("DB={tgt}\n")).unwrap();
+    std::fs::write(
+        d.join("srv/backup.sh"),
+        "pg_dump \"host=db-old.internal port=5432 dbname=app\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("srv/other.env"),
+        "DATABASE_URL=postgresql://x@elsewhere:5432/app\n",
+    )
+    .unwrap();
+    std::fs::write(d.join(".git/config"), format!("url = {src}\n")).unwrap();
+    let plan = d.join("cutover.toml");
+    let (out, _, stderr) = output(
+        cutover()
+            .arg("--plan")
+            .arg(&plan)
+            .args(["init", "--source", src, "--target", tgt, "--scan"])
+            .arg(d),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("3 consumer(s) found"), "{stderr}");
+    assert!(stderr.contains("holds a password"), "{stderr}");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&plan).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for expected in [
+        format!("url = \"{src}\""),
+        format!("url = \"{tgt}\""),
+        "kind = \"env\"\npath = \"".to_string(),
+        "srv/backend/.env\"\nkey = \"DATABASE_URL\"".to_string(),
+        "srv/staging.env\"\nkey = \"DB\"".to_string(),
+        "name = \"backup\"\nkind = \"text\"".to_string(),
+    ] {
+        assert!(text.contains(&expected), "{expected:?} missing:\n{text}");
+    }
+    assert!(!text.contains("other.env") && !text.contains(".git"), "{text}");
+    assert!(
+        !text.contains("production-backend"),
+        "the example consumer is replaced"
+    );
+    // What init wrote is a valid plan.
+    let (out, _, stderr) = output(
+        cutover()
+            .arg("--plan")
+            .arg(&plan)
+            .args(["doctor", "--output", "json"]),
+    );
+    assert!(
+        !stderr.contains("line "),
+        "the written plan does not parse: {stderr}"
+    );
+    let _ = out;
+}
+
+#[test]
+fn completions_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (out, stdout, _) = output(cutover().args(["completions", shell]));
+        assert!(out.status.success());
+        let plan_option = stdout.contains("--plan") || stdout.contains("-l plan");
+        assert!(stdout.contains("rollback") && plan_option, "{shell}");
+    }
+}

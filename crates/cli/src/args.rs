@@ -68,4 +68,9 @@ pub enum Command {
     Report(commands::report::ReportArgs),
     /// The whole story on two throwaway local PostgreSQL servers.
     Demo(commands::demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }

@@ -28,6 +28,12 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Rollback(args) => rollback::run(&global, args),
         Command::Report(args) => report::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = crate::args::Cli::command();
+            clap_complete::generate(shell, &mut cmd, "cutover", &mut std::io::stdout());
+            Ok(Code::Success)
+        }
     }
 }
 
