@@ -72,6 +72,7 @@ fn demo_shows_the_split_and_leaves_no_server() {
     for expected in [
         "split brain: the consumers use 2 different databases",
         "healthy: every consumer uses the same database",
+        "verify: the target holds exactly the source's data.",
         "# Cutover report",
         "| production | yes |",
         "quarantined as app_retired_",

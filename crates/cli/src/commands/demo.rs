@@ -94,7 +94,7 @@ pub(crate) fn run(_global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<Code> 
         ),
     )?;
     // (title, arguments, the exit codes that are the expected outcome)
-    let steps: [(&str, &[&str], &[i32]); 6] = [
+    let steps: [(&str, &[&str], &[i32]); 8] = [
         (
             "doctor: which database each application really uses",
             &["doctor"],
@@ -107,7 +107,13 @@ pub(crate) fn run(_global: &GlobalArgs, args: DemoArgs) -> anyhow::Result<Code> 
             &[0],
         ),
         (
-            "run: back up, freeze, clear, copy, verify, repoint, prove the sync, quarantine the source",
+            "run --until verify-sync: back up, freeze, clear, copy, verify, repoint, prove the sync",
+            &["run", "--yes", "--until", "verify-sync"],
+            &[0],
+        ),
+        ("verify: the proof, table by table", &["verify"], &[0]),
+        (
+            "run: resume, and quarantine the source now that nothing uses it",
             &["run", "--yes"],
             &[0],
         ),
