@@ -28,6 +28,9 @@ CUTOVER_TEST_BACKEND=local cargo test --workspace --locked
 echo "== tests, backend docker"
 CUTOVER_TEST_BACKEND=docker cargo test --locked --test e2e -- kit:: cutover::seed_cutover cutover::tricky_schema
 
+echo "== benchmark smoke pass (tiny scale; the real run is in docs/performance.md)"
+cargo run --locked -q -p cutover-bench -- --scale 1 --reps 1
+
 leftover=$(pgrep -f 'cutover-testkit-' || true)
 if [ -n "$leftover" ]; then
   echo "tests/run.sh: test-kit server processes left behind:" >&2

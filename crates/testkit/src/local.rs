@@ -29,6 +29,14 @@ max_replication_slots = 4
 log_min_messages = warning
 ";
 
+/// Settings for benchmarks: the server's defaults (fsync, synchronous
+/// commit, full-page writes on), only the address and logging set.
+const DURABLE_SETTINGS: &str = "
+listen_addresses = '127.0.0.1'
+max_connections = 100
+log_min_messages = warning
+";
+
 pub(crate) struct LocalServer {
     // Kept for its Drop: the whole cluster lives in it.
     dir: tempfile::TempDir,
@@ -38,7 +46,7 @@ pub(crate) struct LocalServer {
 
 impl LocalServer {
     /// `initdb` a new cluster with a password-protected superuser and start it.
-    pub(crate) fn start(user: &str, password: &str) -> Result<LocalServer> {
+    pub(crate) fn start(user: &str, password: &str, durable: bool) -> Result<LocalServer> {
         let owner = server_owner()?;
         let dir = tempfile::Builder::new()
             .prefix("cutover-testkit-")
@@ -70,8 +78,13 @@ impl LocalServer {
         let mut last_err = None;
         for _ in 0..5 {
             server.port = free_port()?;
+            let settings = if durable {
+                DURABLE_SETTINGS
+            } else {
+                SERVER_SETTINGS
+            };
             let conf = format!(
-                "{SERVER_SETTINGS}port = {}\nunix_socket_directories = '{}'\n",
+                "{settings}port = {}\nunix_socket_directories = '{}'\n",
                 server.port,
                 server.dir.path().join("socket").display()
             );

@@ -59,7 +59,7 @@ impl PgServer {
     pub fn start_on(backend: Backend) -> Result<PgServer> {
         let password = crate::distinctive_password();
         let inner = match backend {
-            Backend::Local => Inner::Local(LocalServer::start(ADMIN_USER, &password)?),
+            Backend::Local => Inner::Local(LocalServer::start(ADMIN_USER, &password, false)?),
             #[cfg(feature = "docker")]
             Backend::Docker => Inner::Docker(Box::new(crate::docker::DockerServer::start(
                 ADMIN_USER, &password, "postgres",
@@ -71,6 +71,19 @@ impl PgServer {
         };
         let server = PgServer {
             inner,
+            user: ADMIN_USER.into(),
+            password,
+        };
+        server.wait_ready(Duration::from_secs(60))?;
+        Ok(server)
+    }
+
+    /// A local server with PostgreSQL's default durability (fsync and
+    /// synchronous commit on), for benchmarks.
+    pub fn start_durable() -> Result<PgServer> {
+        let password = crate::distinctive_password();
+        let server = PgServer {
+            inner: Inner::Local(LocalServer::start(ADMIN_USER, &password, true)?),
             user: ADMIN_USER.into(),
             password,
         };

@@ -1,0 +1,469 @@
+//! cutover's benchmark: the same dataset copied into a fresh empty database
+//! by `pg_dump | psql`, `pg_dump -Fd -j` + `pg_restore -j`, `pgcopydb clone`
+//! (when installed) and cutover's copy stage, in alternating order, on two
+//! local servers with PostgreSQL's default durability; then cutover's
+//! verify-data over the result. Prints medians, MB/s, ratios and cutover's
+//! peak RSS.
+//!
+//! `cargo run --release -p cutover-bench -- --scale 64` (about 1 GB); see
+//! docs/performance.md. The binary embeds the cutover CLI (`cutover-bench
+//! __cutover …`) so that the copy runs as its own process, measured alone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use cutover_testkit::{PgServer, pg_bindir};
+
+#[derive(Debug, Parser)]
+#[command(name = "cutover-bench")]
+struct Args {
+    /// pgbench scale of the dataset (1 ≈ 16 MB with the extra tables; 64 ≈ 1 GB).
+    #[arg(long, default_value_t = 64)]
+    scale: u32,
+    /// Repetitions per tool (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Parallel jobs for every tool.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Also time cutover alone at 2× and 4× the scale (seconds per GB).
+    #[arg(long)]
+    series: bool,
+    /// Also the many-tables case: this many small tables (pg_dump | psql vs cutover).
+    #[arg(long, default_value_t = 0)]
+    many_tables: usize,
+}
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    let program = args.next();
+    let rest: Vec<_> = args.collect();
+    if rest.first().is_some_and(|a| a == "__cutover") {
+        return cutover_cli::main_from(program.into_iter().chain(rest.into_iter().skip(1)));
+    }
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cutover-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Two durable servers, a password file for the PostgreSQL tools, a scratch folder.
+struct Bench {
+    source: PgServer,
+    target: PgServer,
+    dir: tempfile::TempDir,
+    pgpass: PathBuf,
+    jobs: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tool {
+    DumpPsql,
+    DumpRestoreJobs,
+    Pgcopydb,
+    Cutover,
+}
+
+impl Tool {
+    fn label(self, jobs: usize) -> String {
+        match self {
+            Tool::DumpPsql => "a. pg_dump | psql".into(),
+            Tool::DumpRestoreJobs => format!("b. pg_dump -Fd -j{jobs} + pg_restore -j{jobs}"),
+            Tool::Pgcopydb => format!("c. pgcopydb clone (-j{jobs})"),
+            Tool::Cutover => format!("d. cutover copy (jobs {jobs})"),
+        }
+    }
+}
+
+/// One timed run: seconds, and peak RSS in MB for cutover.
+struct Timing {
+    seconds: f64,
+    rss_mb: Option<f64>,
+}
+
+fn run(args: Args) -> Result<()> {
+    println!("Starting two local PostgreSQL servers with default durability (fsync on)...");
+    let source = PgServer::start_durable()?;
+    let target = PgServer::start_durable()?;
+    let dir = tempfile::Builder::new().prefix("cutover-bench-").tempdir()?;
+    let pgpass = dir.path().join("pgpass");
+    std::fs::write(
+        &pgpass,
+        format!(
+            "127.0.0.1:{}:*:{}:{}\n127.0.0.1:{}:*:{}:{}\n",
+            source.port(),
+            source.user(),
+            source.password(),
+            target.port(),
+            target.user(),
+            target.password()
+        ),
+    )?;
+    set_mode(&pgpass, 0o600)?;
+    let bench = Bench {
+        source,
+        target,
+        dir,
+        pgpass,
+        jobs: args.jobs,
+    };
+    let pgcopydb = which("pgcopydb");
+    if pgcopydb.is_none() {
+        println!("note: pgcopydb is not installed (Debian: apt-get install pgcopydb); its column is skipped");
+    }
+
+    let db = "bench";
+    let bytes = bench.generate(db, args.scale)?;
+    let mb = bytes as f64 / 1e6;
+    println!(
+        "dataset: pgbench scale {} plus docs and events tables with secondary indexes: {:.0} MB on disk\n",
+        args.scale, mb
+    );
+    let mut tools = vec![Tool::DumpPsql, Tool::DumpRestoreJobs];
+    if pgcopydb.is_some() {
+        tools.push(Tool::Pgcopydb);
+    }
+    tools.push(Tool::Cutover);
+    let mut times: Vec<(Tool, Vec<f64>)> = tools.iter().map(|t| (*t, vec![])).collect();
+    let mut verify_times = vec![];
+    let mut rss: f64 = 0.0;
+    for rep in 0..args.reps {
+        // Alternate the order: each tool goes first once in a while.
+        let mut order = tools.clone();
+        order.rotate_left(rep % tools.len());
+        for tool in order {
+            let target_db = format!("bench_copy_{}", rep);
+            let t = bench.time_copy(tool, db, &target_db)?;
+            if tool == Tool::Cutover {
+                rss = rss.max(t.rss_mb.unwrap_or(0.0));
+                let v = bench.time_verify(db, &target_db)?;
+                verify_times.push(v.seconds);
+                rss = rss.max(v.rss_mb.unwrap_or(0.0));
+            }
+            println!(
+                "  rep {} {:<40} {:>8.1} s",
+                rep + 1,
+                tool.label(args.jobs),
+                t.seconds
+            );
+            times
+                .iter_mut()
+                .find(|(x, _)| *x == tool)
+                .unwrap()
+                .1
+                .push(t.seconds);
+            bench.target.sql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS {target_db} WITH (FORCE)"),
+            )?;
+        }
+    }
+    println!();
+    println!("{:<44} {:>10} {:>10}", "tool (median of reps)", "seconds", "MB/s");
+    let median_of = |tool: Tool| times.iter().find(|(t, _)| *t == tool).map(|(_, v)| median(v));
+    for (tool, v) in &times {
+        let m = median(v);
+        println!("{:<44} {:>10.2} {:>10.1}", tool.label(args.jobs), m, mb / m);
+    }
+    let verify = median(&verify_times);
+    println!(
+        "{:<44} {:>10.2} {:>10.1}",
+        "e. cutover verify-data",
+        verify,
+        mb / verify
+    );
+    let d = median_of(Tool::Cutover).unwrap_or(f64::NAN);
+    println!();
+    println!("d/a = {:.2}", d / median_of(Tool::DumpPsql).unwrap_or(f64::NAN));
+    println!(
+        "d/b = {:.2}",
+        d / median_of(Tool::DumpRestoreJobs).unwrap_or(f64::NAN)
+    );
+    match median_of(Tool::Pgcopydb) {
+        Some(c) => println!("d/c = {:.2}", d / c),
+        None => println!("d/c = (pgcopydb not installed)"),
+    }
+    println!("e/d = {:.2}", verify / d);
+    println!("cutover peak RSS: {rss:.0} MB");
+    println!(
+        "cutover seconds per GB at scale {}: {:.1}",
+        args.scale,
+        d / (mb / 1000.0)
+    );
+
+    if args.series {
+        println!("\nscaling (cutover copy only):");
+        println!(
+            "{:>8} {:>10} {:>10} {:>12} {:>10}",
+            "scale", "MB", "seconds", "s per GB", "RSS MB"
+        );
+        println!(
+            "{:>8} {:>10.0} {:>10.2} {:>12.1} {:>10.0}",
+            args.scale,
+            mb,
+            d,
+            d / (mb / 1000.0),
+            rss
+        );
+        for factor in [2, 4] {
+            let scale = args.scale * factor;
+            let name = format!("bench_x{factor}");
+            let bytes = bench.generate(&name, scale)?;
+            let mb = bytes as f64 / 1e6;
+            let t = bench.time_copy(Tool::Cutover, &name, "bench_series")?;
+            bench
+                .target
+                .sql("postgres", "DROP DATABASE IF EXISTS bench_series WITH (FORCE)")?;
+            bench.source.sql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )?;
+            println!(
+                "{:>8} {:>10.0} {:>10.2} {:>12.1} {:>10.0}",
+                scale,
+                mb,
+                t.seconds,
+                t.seconds / (mb / 1000.0),
+                t.rss_mb.unwrap_or(0.0)
+            );
+        }
+    }
+
+    if args.many_tables > 0 {
+        let n = args.many_tables;
+        bench.source.sql("postgres", "CREATE DATABASE many")?;
+        bench.source.sql(
+            "many",
+            &format!(
+                "DO $$ BEGIN FOR i IN 1..{n} LOOP \
+                 EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text)', i); \
+                 EXECUTE format('INSERT INTO t%s SELECT g, md5(g::text) FROM generate_series(1, 10) g', i); \
+                 END LOOP; END $$"
+            ),
+        )?;
+        let a = bench.time_copy(Tool::DumpPsql, "many", "many_a")?;
+        let d = bench.time_copy(Tool::Cutover, "many", "many_d")?;
+        println!(
+            "\n{n} small tables: pg_dump | psql {:.1} s, cutover {:.1} s (d/a = {:.2})",
+            a.seconds,
+            d.seconds,
+            d.seconds / a.seconds
+        );
+    }
+    Ok(())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+impl Bench {
+    fn tool(&self, name: &str) -> Result<Command> {
+        let mut cmd = Command::new(pg_bindir()?.join(name));
+        cmd.env("PGPASSFILE", &self.pgpass).stdin(Stdio::null());
+        Ok(cmd)
+    }
+
+    fn url(server: &PgServer, db: &str) -> String {
+        server.url_without_password(db)
+    }
+
+    /// The dataset in database `db` on the source; returns its size in bytes.
+    fn generate(&self, db: &str, scale: u32) -> Result<i64> {
+        self.source.sql("postgres", &format!("CREATE DATABASE {db}"))?;
+        let status = self
+            .tool("pgbench")?
+            .args(["-i", "-q", "-s", &scale.to_string(), "--foreign-keys"])
+            .arg(Self::url(&self.source, db))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("pgbench -i failed ({status})");
+        }
+        let docs = 20_000 * scale as i64;
+        let events = 50_000 * scale as i64;
+        self.source.sql(
+            db,
+            &format!(
+                "CREATE TABLE docs (id bigserial PRIMARY KEY, title text NOT NULL, body text, meta jsonb, \
+                                    created timestamptz NOT NULL); \
+                 INSERT INTO docs (title, body, meta, created) \
+                   SELECT 'doc ' || g, repeat(md5(g::text), 8), \
+                          jsonb_build_object('kind', g % 7, 'tags', jsonb_build_array(g % 3, g % 5), 'n', g), \
+                          timestamptz '2024-01-01' + g * interval '1 minute' \
+                   FROM generate_series(1, {docs}) g; \
+                 CREATE INDEX docs_created ON docs (created); \
+                 CREATE INDEX docs_kind ON docs ((meta->>'kind')); \
+                 CREATE TABLE events (id bigint PRIMARY KEY, doc_id bigint REFERENCES docs, at timestamptz NOT NULL, \
+                                      payload jsonb); \
+                 INSERT INTO events SELECT g, 1 + g % {docs}, timestamptz '2024-01-01' + g * interval '1 second', \
+                          jsonb_build_object('v', g, 's', md5(g::text)) FROM generate_series(1, {events}) g; \
+                 CREATE INDEX events_at ON events (at); \
+                 VACUUM ANALYZE"
+            ),
+        )?;
+        let size: i64 = self
+            .source
+            .sql(db, "SELECT pg_database_size(current_database())")?
+            .trim()
+            .parse()?;
+        Ok(size)
+    }
+
+    /// Copies source `db` into a new empty target database with `tool`.
+    fn time_copy(&self, tool: Tool, db: &str, target_db: &str) -> Result<Timing> {
+        self.target.sql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {target_db} WITH (FORCE)"),
+        )?;
+        self.target
+            .sql("postgres", &format!("CREATE DATABASE {target_db}"))?;
+        let (src, tgt) = (Self::url(&self.source, db), Self::url(&self.target, target_db));
+        let work = self.dir.path().join(format!("work-{target_db}"));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)?;
+        let bin = pg_bindir()?;
+        let j = self.jobs.to_string();
+        let t0 = Instant::now();
+        let mut rss_mb = None;
+        match tool {
+            Tool::DumpPsql => {
+                let script = format!(
+                    "set -o pipefail; '{}' --no-owner --no-privileges '{src}' | '{}' -q -X -v ON_ERROR_STOP=1 '{tgt}' >/dev/null",
+                    bin.join("pg_dump").display(),
+                    bin.join("psql").display()
+                );
+                let mut cmd = Command::new("bash");
+                cmd.args(["-c", &script]).env("PGPASSFILE", &self.pgpass);
+                check(cmd, "pg_dump | psql")?;
+            }
+            Tool::DumpRestoreJobs => {
+                let out = work.join("dump");
+                let mut dump = self.tool("pg_dump")?;
+                dump.args(["-Fd", "-j", &j, "--no-owner", "--no-privileges", "-f"])
+                    .arg(&out)
+                    .arg(&src);
+                check(dump, "pg_dump -Fd")?;
+                let mut restore = self.tool("pg_restore")?;
+                restore
+                    .args(["-j", &j, "--no-owner", "--no-privileges", "-d", &tgt])
+                    .arg(&out);
+                check(restore, "pg_restore -j")?;
+            }
+            Tool::Pgcopydb => {
+                let mut cmd = Command::new("pgcopydb");
+                cmd.args([
+                    "clone",
+                    "--no-owner",
+                    "--no-acl",
+                    "--table-jobs",
+                    &j,
+                    "--index-jobs",
+                    &j,
+                ])
+                .args(["--source", &src, "--target", &tgt, "--dir"])
+                .arg(work.join("pgcopydb"))
+                .env("PGPASSFILE", &self.pgpass)
+                .env("PGCOPYDB_SOURCE_PGURI", &src)
+                .env("PGCOPYDB_TARGET_PGURI", &tgt);
+                check(cmd, "pgcopydb clone")?;
+            }
+            Tool::Cutover => {
+                let plan = self.plan(db, target_db, &work)?;
+                rss_mb = Some(self.cutover(&plan, &["run", "--yes", "--until", "copy"])?);
+            }
+        }
+        Ok(Timing {
+            seconds: t0.elapsed().as_secs_f64(),
+            rss_mb,
+        })
+    }
+
+    fn time_verify(&self, db: &str, target_db: &str) -> Result<Timing> {
+        let work = self.dir.path().join(format!("work-{target_db}"));
+        let plan = self.plan(db, target_db, &work)?;
+        let t0 = Instant::now();
+        let rss = self.cutover(&plan, &["verify"])?;
+        Ok(Timing {
+            seconds: t0.elapsed().as_secs_f64(),
+            rss_mb: Some(rss),
+        })
+    }
+
+    fn plan(&self, db: &str, target_db: &str, work: &Path) -> Result<PathBuf> {
+        let plan = work.join("cutover.toml");
+        std::fs::write(
+            &plan,
+            format!(
+                "[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n[options]\nfreeze_source = false\njobs = {}\n",
+                self.source.url(db),
+                self.target.url(target_db),
+                self.jobs
+            ),
+        )?;
+        set_mode(&plan, 0o600)?;
+        Ok(plan)
+    }
+
+    /// Runs this binary as the cutover CLI; returns the child's peak RSS in MB.
+    fn cutover(&self, plan: &Path, args: &[&str]) -> Result<f64> {
+        let child = Command::new(std::env::current_exe()?)
+            .arg("__cutover")
+            .arg("--plan")
+            .arg(plan)
+            .args(["--quiet"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start cutover")?;
+        let pid = child.id() as libc::pid_t;
+        let mut status = 0;
+        // SAFETY: zeroed rusage is a valid value; wait4 fills it for our child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+            bail!("cutover {} failed (wait status {status})", args.join(" "));
+        }
+        Ok(usage.ru_maxrss as f64 / 1024.0)
+    }
+}
+
+fn check(mut cmd: Command, what: &str) -> Result<()> {
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
