@@ -32,6 +32,9 @@ struct Args {
     /// Also time cutover alone at 2× and 4× the scale (seconds per GB).
     #[arg(long)]
     series: bool,
+    /// cutover's options.split_bytes (tables larger than this go as parallel ranges).
+    #[arg(long, default_value_t = 1 << 30)]
+    split_bytes: u64,
     /// Also the many-tables case: this many small tables (pg_dump | psql vs cutover).
     #[arg(long, default_value_t = 0)]
     many_tables: usize,
@@ -60,6 +63,7 @@ struct Bench {
     dir: tempfile::TempDir,
     pgpass: PathBuf,
     jobs: usize,
+    split_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +116,7 @@ fn run(args: Args) -> Result<()> {
         dir,
         pgpass,
         jobs: args.jobs,
+        split_bytes: args.split_bytes,
     };
     let pgcopydb = which("pgcopydb");
     if pgcopydb.is_none() {
@@ -408,10 +413,12 @@ impl Bench {
         std::fs::write(
             &plan,
             format!(
-                "[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n[options]\nfreeze_source = false\njobs = {}\n",
+                "[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n[options]\nfreeze_source = false\njobs = {}\n\
+                 split_bytes = {}\n",
                 self.source.url(db),
                 self.target.url(target_db),
-                self.jobs
+                self.jobs,
+                self.split_bytes
             ),
         )?;
         set_mode(&plan, 0o600)?;
@@ -424,19 +431,45 @@ impl Bench {
             .arg("__cutover")
             .arg("--plan")
             .arg(plan)
-            .args(["--quiet"])
+            .args(["--output", "json"])
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .context("cannot start cutover")?;
         let pid = child.id() as libc::pid_t;
+        let mut stdout = child.stdout.expect("piped");
+        let mut events = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut events)?;
         let mut status = 0;
         // SAFETY: zeroed rusage is a valid value; wait4 fills it for our child.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
         if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
             bail!("cutover {} failed (wait status {status})", args.join(" "));
+        }
+        let stages: Vec<String> = events
+            .lines()
+            .filter(|l| l.contains("\"event\":\"stage_done\""))
+            .filter_map(|l| {
+                let stage = l.split("\"stage\":\"").nth(1)?.split('"').next()?;
+                let secs: f64 = l
+                    .split("\"seconds\":")
+                    .nth(1)?
+                    .split([',', '}'])
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some(format!("{stage} {secs:.1}s"))
+            })
+            .collect();
+        if !stages.is_empty() {
+            println!("      cutover stages: {}", stages.join(", "));
+        }
+        for l in events.lines().filter(|l| l.contains("\"message\":\"copy: ")) {
+            if let Some(m) = l.split("\"message\":\"").nth(1) {
+                println!("      {}", m.trim_end_matches("\"}"));
+            }
         }
         Ok(usage.ru_maxrss as f64 / 1024.0)
     }

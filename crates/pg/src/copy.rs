@@ -31,6 +31,9 @@ use crate::tools;
 
 pub const STAGE: &str = "copy";
 
+/// Bytes gathered before they are sent to the target in one message.
+const COPY_BUFFER: usize = 1 << 20;
+
 pub struct Copy {
     pub description: Description,
     jobs: usize,
@@ -238,6 +241,8 @@ impl Stage for Copy {
             mark_done(ctx, "pre-data").await?;
         }
         ctx.cancel.check()?;
+        let data_started = Instant::now();
+        let schema_seconds = data_started.duration_since(started).as_secs_f64();
 
         // Data: largest first, `jobs` at a time; tables larger than
         // split_bytes as block ranges, each its own journal item.
@@ -334,6 +339,8 @@ impl Stage for Copy {
             return Err(e);
         }
         ctx.cancel.check()?;
+        let post_started = Instant::now();
+        let data_seconds = post_started.duration_since(data_started).as_secs_f64();
 
         if !done.contains("post-data") {
             if !post_data_present(ctx, &journal_schema).await? {
@@ -354,14 +361,22 @@ impl Stage for Copy {
             }
             mark_done(ctx, "post-data").await?;
         }
+        let post_seconds = post_started.elapsed().as_secs_f64();
         let sequences = copy_sequences(ctx, &source).await?;
         let large_objects = copy_large_objects(ctx).await?;
         sqlx::query("COMMIT").execute(&mut *snapshot_conn).await?;
+        ctx.emit(Event::Info {
+            message: format!(
+                "copy: schema dumps and pre-data {schema_seconds:.1} s, data {data_seconds:.1} s, post-data \
+                 (indexes, constraints, triggers) {post_seconds:.1} s"
+            ),
+        });
         Ok(json!({
             "summary": format!("{total_tables} tables ({rows_copied} rows) copied in this pass, {sequences} sequences set, \
                                 {large_objects} large objects, in {:.1} s", started.elapsed().as_secs_f64()),
             "tables_copied": total_tables, "rows_copied": rows_copied, "sequences": sequences,
             "large_objects": large_objects, "binary": binary,
+            "seconds": { "schema": schema_seconds, "data": data_seconds, "post_data": post_seconds },
         }))
     }
 
@@ -534,10 +549,18 @@ impl Worker {
         let mut stream = src.copy_out_raw(&copy_out_sql).await?;
         let mut bytes = 0u64;
         let mut last_report = Instant::now();
+        // The server sends one CopyData message per row; forwarding each as
+        // its own message costs a write per row. Rows are gathered into
+        // large buffers (memory stays bounded by COPY_BUFFER).
+        let mut buffer: Vec<u8> = Vec::with_capacity(COPY_BUFFER);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             bytes += chunk.len() as u64;
-            copy_in.send(chunk).await?;
+            buffer.extend_from_slice(&chunk);
+            if buffer.len() >= COPY_BUFFER {
+                copy_in.send(std::mem::take(&mut buffer)).await?;
+                buffer.reserve(COPY_BUFFER);
+            }
             if last_report.elapsed() > Duration::from_millis(500) {
                 last_report = Instant::now();
                 self.events.emit(Event::TableProgress {
@@ -550,6 +573,9 @@ impl Worker {
             }
         }
         drop(stream);
+        if !buffer.is_empty() {
+            copy_in.send(buffer).await?;
+        }
         let rows = copy_in.finish().await?;
         self.journal
             .item_done_in(
