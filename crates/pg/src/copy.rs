@@ -356,7 +356,10 @@ impl Stage for Copy {
                     "--no-privileges",
                 ])
                 .arg(format!("--jobs={}", self.jobs.max(1)))
-                .arg(&post);
+                .arg(&post)
+                // Index builds sort in memory rather than in temporary files
+                // (for these sessions only), and skip waiting for WAL flushes.
+                .env("PGOPTIONS", "-c maintenance_work_mem=256MB -c synchronous_commit=off");
                 tools::run(cmd, "pg_restore --section=post-data into the target").await?;
             }
             mark_done(ctx, "post-data").await?;
