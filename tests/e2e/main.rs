@@ -6,5 +6,6 @@ mod consumers;
 mod cutover;
 mod engine;
 mod kit;
+mod reliability;
 mod snapshots;
 mod support;

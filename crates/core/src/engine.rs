@@ -120,6 +120,16 @@ pub async fn run(
     Ok(())
 }
 
+/// Fault injection for the crash tests: when `CUTOVER_CRASH_AT` names this
+/// point (`before:<stage>`: its start recorded, nothing done; `after:<stage>`:
+/// its work done, not yet recorded), the process aborts on the spot, as a
+/// crash would. Unset (always, outside tests), it does nothing.
+pub fn crash_point(point: &str) {
+    if std::env::var("CUTOVER_CRASH_AT").is_ok_and(|p| p == point) {
+        std::process::abort();
+    }
+}
+
 async fn run_stage(ctx: &RunContext, stage: &dyn crate::stage::Stage) -> Result<()> {
     let name = stage.name();
     let t0 = Instant::now();
@@ -127,7 +137,12 @@ async fn run_stage(ctx: &RunContext, stage: &dyn crate::stage::Stage) -> Result<
         .record(ctx.run_id, &name, "started", None, None)
         .await?;
     ctx.emit(Event::StageStarted { stage: name.clone() });
-    match stage.run(ctx).await {
+    crash_point(&format!("before:{name}"));
+    let outcome = stage.run(ctx).await;
+    if outcome.is_ok() {
+        crash_point(&format!("after:{name}"));
+    }
+    match outcome {
         Ok(artefacts) => {
             ctx.journal
                 .record(ctx.run_id, &name, "done", None, Some(&artefacts))

@@ -87,6 +87,11 @@ impl Stage for VerifySync {
         ))
         .execute(&ctx.target)
         .await;
+        // A sentinel an interrupted attempt left behind goes first.
+        sqlx::query(&format!("DELETE FROM {table} WHERE run_id = $1"))
+            .bind(ctx.run_id)
+            .execute(&ctx.target)
+            .await?;
         sqlx::query(&format!("INSERT INTO {table} (token, run_id) VALUES ($1, $2)"))
             .bind(&token)
             .bind(ctx.run_id)
@@ -128,8 +133,16 @@ impl Stage for VerifySync {
         Ok(Check::Holds)
     }
 
-    async fn undo(&self, _ctx: &RunContext) -> Result<String> {
-        Ok("nothing to undo (the sentinel was deleted when the check ended)".into())
+    async fn undo(&self, ctx: &RunContext) -> Result<String> {
+        // A sentinel left by an attempt that was killed mid-way.
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE run_id = $1",
+            ctx.journal.table("sentinels")
+        ))
+        .bind(ctx.run_id)
+        .execute(&ctx.target)
+        .await?;
+        Ok("nothing else to undo (the sentinel is deleted when the check ends)".into())
     }
 }
 

@@ -359,7 +359,10 @@ impl Stage for Copy {
                 .arg(&post)
                 // Index builds sort in memory rather than in temporary files
                 // (for these sessions only), and skip waiting for WAL flushes.
-                .env("PGOPTIONS", "-c maintenance_work_mem=256MB -c synchronous_commit=off");
+                .env(
+                    "PGOPTIONS",
+                    "-c maintenance_work_mem=256MB -c synchronous_commit=off",
+                );
                 tools::run(cmd, "pg_restore --section=post-data into the target").await?;
             }
             mark_done(ctx, "post-data").await?;
