@@ -271,3 +271,139 @@ fn seeded_random_kills_converge() {
     }
     println!("random kills survived: {cases} (seed {seed})");
 }
+
+/// No password anywhere: every command, in text and JSON, at the most
+/// verbose log level; then stdout, stderr, every file cutover wrote (run
+/// directory, backups, dumps, report, consumer files and their backups) and
+/// every journal table are searched for both servers' passwords.
+#[test]
+fn no_password_in_any_output_file_or_journal_row() {
+    let s = crate::support::Scenario::seed();
+    let (src, tgt) = (&s.pair.source, &s.pair.target);
+    let d = s.dir.path();
+    // Passwords come from the environment; the consumers' files carry none.
+    std::fs::write(
+        s.plan_path(),
+        format!(
+            "[source]\nurl = \"{}\"\npassword_env = \"SRC_PW\"\n[target]\nurl = \"{}\"\npassword_env = \"TGT_PW\"\n\
+             [[consumer]]\nname = \"production\"\nkind = \"env\"\npath = \"production.env\"\nkey = \"DATABASE_URL\"\n\
+             [[consumer]]\nname = \"backups\"\nkind = \"text\"\npath = \"backup.sh\"\n\
+             [decommission]\ndriver = \"postgres\"\n",
+            src.url_without_password("app"),
+            tgt.url_without_password("app")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("production.env"),
+        format!("DATABASE_URL={}\n", src.url_without_password("app")),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("backup.sh"),
+        format!(
+            "pg_dump 'host=127.0.0.1 port={} dbname=app user={}'\n",
+            src.port(),
+            src.user()
+        ),
+    )
+    .unwrap();
+    let passwords = [src.password().to_string(), tgt.password().to_string()];
+    let run = |args: &[&str], expect: &[i32]| {
+        for json in [false, true] {
+            let mut cmd = s.cutover(&["-vvv"]);
+            cmd.args(args)
+                .env("SRC_PW", &passwords[0])
+                .env("TGT_PW", &passwords[1]);
+            if json {
+                cmd.args(["--output", "json"]);
+            }
+            let (out, stdout, stderr) = output(&mut cmd);
+            let code = out.status.code().unwrap_or(-1);
+            assert!(
+                expect.contains(&code),
+                "{args:?} json={json}: exit {code}\n{stdout}{stderr}"
+            );
+            for pw in &passwords {
+                assert!(
+                    !stdout.contains(pw.as_str()) && !stderr.contains(pw.as_str()),
+                    "{args:?} json={json} leaked a password"
+                );
+            }
+            // Only the first run of a changing command in each mode.
+            if args.first() == Some(&"run") || args.first() == Some(&"rollback") {
+                break;
+            }
+        }
+    };
+    run(&["inspect"], &[0]);
+    run(&["doctor"], &[0]);
+    run(&["plan"], &[0]);
+    run(&["run", "--yes", "--until", "verify-sync"], &[0]);
+    run(&["verify"], &[0]);
+    run(&["run", "--yes"], &[0]);
+    run(&["status"], &[0]);
+    run(&["doctor"], &[0]);
+    run(&["report", "--out", "report.md"], &[0]);
+    run(&["report"], &[0]);
+
+    // Every file under the scenario's folder, the plan file included.
+    let mut files = vec![];
+    let mut stack = vec![d.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    assert!(files.len() >= 8, "{files:?}");
+    use std::os::unix::fs::PermissionsExt;
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        for pw in &passwords {
+            assert!(
+                !bytes.windows(pw.len()).any(|w| w == pw.as_bytes()),
+                "{} holds a password",
+                f.display()
+            );
+        }
+        let name = f.display().to_string();
+        if name.contains("cutover-run") || name.ends_with("report.md") {
+            let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name} is not private");
+        }
+    }
+    for table in ["runs", "stage_events", "item_progress", "sentinels"] {
+        let rows = tgt
+            .sql(
+                "app",
+                &format!("SELECT coalesce(string_agg(t::text, ' '), '') FROM cutover.{table} t"),
+            )
+            .unwrap();
+        for pw in &passwords {
+            assert!(
+                !rows.contains(pw.as_str()),
+                "journal table {table} holds a password"
+            );
+        }
+    }
+    // The consumer was repointed without a password: it had none.
+    let prod = std::fs::read_to_string(d.join("production.env")).unwrap();
+    assert_eq!(
+        prod,
+        format!("DATABASE_URL={}\n", tgt.url_without_password("app"))
+    );
+    let (code, _, stderr) = {
+        let mut cmd = s.cutover(&["rollback", "--yes", "-vvv"]);
+        cmd.env("SRC_PW", &passwords[0]).env("TGT_PW", &passwords[1]);
+        let (out, stdout, stderr) = output(&mut cmd);
+        (out.status.code(), stdout, stderr)
+    };
+    assert_eq!(code, Some(0), "{stderr}");
+    for pw in &passwords {
+        assert!(!stderr.contains(pw.as_str()));
+    }
+}

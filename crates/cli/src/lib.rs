@@ -26,6 +26,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    // Everything cutover and its tools (pg_dump…) create is private to the
+    // operator: backups, dumps, logs, reports (files 0600, folders 0700).
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse_from(args);
     init_logging(&cli.global);
     let result = commands::run(cli);
