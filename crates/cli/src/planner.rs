@@ -131,7 +131,10 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     let (dbs, state) = connect(loaded, jobs as u32 + 3).await?;
     let retired = state != Source::Live;
     let schema = &loaded.file.options.journal_schema;
-    let target = Inventory::read(&dbs.target_pool, schema, true).await?;
+    let privileges = "its user must be able to read every table (an owner of the database or a superuser)";
+    let target = Inventory::read(&dbs.target_pool, schema, true)
+        .await
+        .map_err(|e| e.context(format!("inspecting the target {} ({privileges})", dbs.target)))?;
     let mut warnings = vec![];
     let (source, comparison) = if retired {
         warnings.push(
@@ -144,7 +147,9 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
             Comparison::default(),
         )
     } else {
-        let source = Inventory::read(&dbs.source_pool, schema, true).await?;
+        let source = Inventory::read(&dbs.source_pool, schema, true)
+            .await
+            .map_err(|e| e.context(format!("inspecting the source {} ({privileges})", dbs.source)))?;
         let comparison = compare(&source, &target, &dbs.source_pool, &dbs.target_pool).await?;
         (source, comparison)
     };

@@ -40,6 +40,7 @@ pub async fn open(
     let schema = &loaded.file.options.journal_schema;
     let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
     let timeout = std::time::Duration::from_secs(loaded.file.options.connect_timeout);
+    cutover_pg::connect::probe(&target, loaded.file.options.connect_timeout).await?;
     let lock = RunLock::acquire(&target.connect_options(timeout)?, schema).await?;
     let planned = planner::build(loaded, switches).await?;
     let journal = Journal::ensure(&planned.dbs.target_pool, schema).await?;

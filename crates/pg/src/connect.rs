@@ -110,6 +110,27 @@ impl Databases {
     }
 }
 
+/// Connects once, to turn a failure into a message that names the server and
+/// the fix (a pool only reports that it timed out).
+pub async fn probe(endpoint: &Endpoint, connect_timeout: u64) -> Result<()> {
+    use sqlx::Connection;
+    let options = endpoint.connect_options(Duration::from_secs(connect_timeout))?;
+    let wait = Duration::from_secs(connect_timeout.max(1));
+    match tokio::time::timeout(wait, sqlx::PgConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(connect_error(endpoint, &e)),
+        Err(_) => Err(Error::failure(format!(
+            "cannot connect to the {} {endpoint}: no answer within {}s; check the host and port, the firewall, or \
+             raise options.connect_timeout",
+            endpoint.role,
+            wait.as_secs()
+        ))),
+    }
+}
+
 /// A pool whose sessions carry [`SESSION_SETTINGS`] and the plan's timeouts.
 pub async fn pool(
     endpoint: &Endpoint,
@@ -118,6 +139,7 @@ pub async fn pool(
     lock_timeout: u64,
     max_connections: u32,
 ) -> Result<PgPool> {
+    probe(endpoint, connect_timeout).await?;
     let options = endpoint.connect_options(Duration::from_secs(connect_timeout))?;
     let setup = format!(
         "{SESSION_SETTINGS}; SET statement_timeout = '{statement_timeout}s'; SET lock_timeout = '{lock_timeout}s'"

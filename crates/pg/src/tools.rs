@@ -9,14 +9,20 @@ use cutover_core::endpoint::{Endpoint, redact_text};
 use cutover_core::{Error, Result};
 use tokio::process::Command;
 
-/// Finds a client tool: `$CUTOVER_PG_BINDIR`, then the newest
+/// Finds a client tool: `$CUTOVER_PG_BINDIR` (only there, when set), else the newest
 /// `/usr/lib/postgresql/*/bin`, then `PATH`.
 pub fn find(tool: &str) -> Result<PathBuf> {
+    // An explicit choice is honoured strictly: no silent fallback to other tools.
     if let Some(dir) = std::env::var_os("CUTOVER_PG_BINDIR") {
-        let p = PathBuf::from(dir).join(tool);
+        let p = PathBuf::from(&dir).join(tool);
         if p.exists() {
             return Ok(p);
         }
+        return Err(Error::failure(format!(
+            "{tool} not found in CUTOVER_PG_BINDIR={}: point it at the bin folder of PostgreSQL client tools at least \
+             as new as the servers, or unset it",
+            PathBuf::from(dir).display()
+        )));
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
