@@ -407,3 +407,99 @@ fn no_password_in_any_output_file_or_journal_row() {
         assert!(!stderr.contains(pw.as_str()));
     }
 }
+
+/// A source with one large table, so the copy takes long enough to be hit.
+fn large_pair() -> PgPair {
+    let pair = PgPair::start().unwrap();
+    pair.source.create_database("app").unwrap();
+    pair.source
+        .sql(
+            "app",
+            "CREATE TABLE big (id int PRIMARY KEY, payload text); \
+             INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 800000) g; \
+             CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 10)",
+        )
+        .unwrap();
+    pair.target.create_database("app").unwrap();
+    pair
+}
+
+/// Starts `run`, waits until the copy streams data, then runs `fault`.
+fn fault_during_copy(s: &crate::support::Scenario, fault: impl FnOnce()) -> (i32, String) {
+    let child = s
+        .cutover(&["run", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        // The data phase: a COPY … FROM STDIN in flight on the target.
+        let copying = s
+            .pair
+            .target
+            .sql(
+                "app",
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %FROM STDIN%' AND state = 'active'",
+            )
+            .unwrap_or_default();
+        if copying != "0" && !copying.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the copy never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fault();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn target_crashed_and_restarted_mid_copy_fails_clearly_and_the_rerun_converges() {
+    let s = crate::support::Scenario::with(large_pair(), "");
+    let expected = s.source_digest();
+    // A crash and restart of the target server (immediate shutdown, recovery).
+    let (code, stderr) = fault_during_copy(&s, || {
+        s.pair.target.kill().unwrap();
+        s.pair.target.restart().unwrap();
+    });
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("stage copy failed")
+            && stderr.contains("writing to the target")
+            && stderr.contains("run the same command again"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(s.target_digest(), expected);
+}
+
+#[test]
+fn source_killed_mid_copy_fails_clearly_and_the_rerun_converges() {
+    let s = crate::support::Scenario::with(large_pair(), "");
+    let expected = s.source_digest();
+    let (code, stderr) = fault_during_copy(&s, || s.pair.source.kill().unwrap());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("stage copy failed") && stderr.contains("reading from the source"),
+        "{stderr}"
+    );
+    // While it is down, a run names the source and what to check.
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to the source") && stderr.contains("is the server running"),
+        "{stderr}"
+    );
+    s.pair.source.restart().unwrap();
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(s.target_digest(), expected);
+}

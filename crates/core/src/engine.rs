@@ -174,7 +174,19 @@ async fn run_stage(ctx: &RunContext, stage: &dyn crate::stage::Stage) -> Result<
                 stage: name.clone(),
                 error: e.message.clone(),
             });
-            Err(e.context(format!("stage {name} failed")))
+            let e = e.context(format!("stage {name} failed"));
+            Err(if e.kind == ErrorKind::Failure {
+                Error::new(
+                    e.kind,
+                    format!(
+                        "{}. Once the cause is fixed, run the same command again: the run resumes at this stage \
+                         (`cutover status` shows where it stands; `cutover rollback` undoes it)",
+                        e.message
+                    ),
+                )
+            } else {
+                e
+            })
         }
     }
 }

@@ -31,6 +31,15 @@ use crate::tools;
 
 pub const STAGE: &str = "copy";
 
+/// Which server an error of the data stream came from.
+fn on_source(e: sqlx::Error) -> Error {
+    Error::failure(format!("reading from the source: {e}"))
+}
+
+fn on_target(e: sqlx::Error) -> Error {
+    Error::failure(format!("writing to the target: {e}"))
+}
+
 /// Bytes gathered before they are sent to the target in one message.
 const COPY_BUFFER: usize = 1 << 20;
 
@@ -551,8 +560,8 @@ impl Worker {
             }
         };
         let estimated_bytes = (table.pages.max(0) as u64 * 8192) / range.map(|r| r.count as u64).unwrap_or(1);
-        let mut copy_in = tx.copy_in_raw(&copy_in_sql).await?;
-        let mut stream = src.copy_out_raw(&copy_out_sql).await?;
+        let mut copy_in = tx.copy_in_raw(&copy_in_sql).await.map_err(on_target)?;
+        let mut stream = src.copy_out_raw(&copy_out_sql).await.map_err(on_source)?;
         let mut bytes = 0u64;
         let mut last_report = Instant::now();
         // The server sends one CopyData message per row; forwarding each as
@@ -560,11 +569,14 @@ impl Worker {
         // large buffers (memory stays bounded by COPY_BUFFER).
         let mut buffer: Vec<u8> = Vec::with_capacity(COPY_BUFFER);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
+            let chunk = chunk.map_err(on_source)?;
             bytes += chunk.len() as u64;
             buffer.extend_from_slice(&chunk);
             if buffer.len() >= COPY_BUFFER {
-                copy_in.send(std::mem::take(&mut buffer)).await?;
+                copy_in
+                    .send(std::mem::take(&mut buffer))
+                    .await
+                    .map_err(on_target)?;
                 buffer.reserve(COPY_BUFFER);
             }
             if last_report.elapsed() > Duration::from_millis(500) {
@@ -580,9 +592,9 @@ impl Worker {
         }
         drop(stream);
         if !buffer.is_empty() {
-            copy_in.send(buffer).await?;
+            copy_in.send(buffer).await.map_err(on_target)?;
         }
-        let rows = copy_in.finish().await?;
+        let rows = copy_in.finish().await.map_err(on_target)?;
         self.journal
             .item_done_in(
                 &mut tx,
@@ -596,7 +608,7 @@ impl Worker {
                 },
             )
             .await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(on_target)?;
         self.events.emit(Event::TableProgress {
             table: name,
             rows,
