@@ -61,6 +61,9 @@ pub struct Options {
     pub statement_timeout: u64,
     /// Seconds to wait for a table lock.
     pub lock_timeout: u64,
+    /// Seconds a copy stream may move no data before it fails (0 = never):
+    /// catches a server that stops answering without closing the connection.
+    pub stall_timeout: u64,
     /// Tables larger than this (bytes on disk) are copied as several block
     /// ranges in parallel (0 = never split).
     pub split_bytes: u64,
@@ -77,6 +80,7 @@ impl Default for Options {
             statement_timeout: 0,
             lock_timeout: 30,
             split_bytes: 1 << 30,
+            stall_timeout: 300,
         }
     }
 }

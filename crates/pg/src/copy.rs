@@ -327,6 +327,10 @@ impl Stage for Copy {
             queue,
             snapshot: snapshot.clone(),
             binary,
+            stall: match ctx.plan.file.options.stall_timeout {
+                0 => Duration::from_secs(u64::MAX / 4),
+                n => Duration::from_secs(n),
+            },
         };
         let handles: Vec<_> = (0..workers).map(|_| tokio::spawn(shared.clone().run())).collect();
         let mut rows_copied = 0u64;
@@ -442,6 +446,8 @@ struct Worker {
     queue: Arc<Mutex<VecDeque<Work>>>,
     snapshot: String,
     binary: bool,
+    /// How long a stream may move no data before the table fails.
+    stall: Duration,
 }
 
 impl Worker {
@@ -529,12 +535,13 @@ impl Worker {
                 range_item(table, r),
             ),
         };
-        let mut tx = tgt.begin().await?;
+        let mut tx = tgt.begin().await.map_err(on_target)?;
         let (copy_in_sql, copy_out_sql) = match &range {
             None => {
                 sqlx::query(&format!("TRUNCATE ONLY {}", table.qualified()))
                     .execute(&mut *tx)
-                    .await?;
+                    .await
+                    .map_err(on_target)?;
                 (
                     format!(
                         "COPY {}{columns} FROM STDIN (FORMAT {format}, FREEZE)",
@@ -568,14 +575,29 @@ impl Worker {
         // its own message costs a write per row. Rows are gathered into
         // large buffers (memory stays bounded by COPY_BUFFER).
         let mut buffer: Vec<u8> = Vec::with_capacity(COPY_BUFFER);
-        while let Some(chunk) = stream.next().await {
+        // A server that stops answering without closing the connection (a
+        // paused machine, a silently cut network) would leave the stream
+        // waiting for ever: no byte for `stall` fails the table instead.
+        let stall = self.stall;
+        let stalled = |side: &str| {
+            Error::failure(format!(
+                "{side} sent or took no data for {} s (options.stall_timeout): is it paused, overloaded, or the \
+                 network cut? Check it, then run again to resume",
+                stall.as_secs()
+            ))
+        };
+        loop {
+            let next = tokio::time::timeout(stall, stream.next())
+                .await
+                .map_err(|_| stalled("the source"))?;
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(on_source)?;
             bytes += chunk.len() as u64;
             buffer.extend_from_slice(&chunk);
             if buffer.len() >= COPY_BUFFER {
-                copy_in
-                    .send(std::mem::take(&mut buffer))
+                tokio::time::timeout(stall, copy_in.send(std::mem::take(&mut buffer)))
                     .await
+                    .map_err(|_| stalled("the target"))?
                     .map_err(on_target)?;
                 buffer.reserve(COPY_BUFFER);
             }
@@ -607,7 +629,8 @@ impl Worker {
                     detail: None,
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| e.context("writing to the target"))?;
         tx.commit().await.map_err(on_target)?;
         self.events.emit(Event::TableProgress {
             table: name,
