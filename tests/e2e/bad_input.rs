@@ -600,3 +600,104 @@ fn each_bad_input_is_named_with_its_fix_and_changes_nothing() {
     );
     println!("bad input cases refused as documented: {}", all.len());
 }
+
+/// A filesystem mounted for one case (tmpfs), unmounted on drop. These cases
+/// need root, as CI has; a failed mount fails the test rather than skip it.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(path: &Path, options: &str) -> Mount {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs for this test failed (it needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount(path.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Faults of the machine rather than of the plan: a disk too small for the
+/// backup, a consumer file on a read-only filesystem, a pg_dump older than
+/// the server. Each is named with its fix and changes nothing.
+#[test]
+fn machine_faults_are_named_and_change_nothing() {
+    let s = Scenario::seed();
+    let (source_before, target_before) = (s.source_digest(), s.target_digest());
+    let d = s.dir.path();
+
+    // 1. 1 MB of disk for the run directory; the target database is larger.
+    let small = Mount::tmpfs(&d.join("small-disk"), "size=1m");
+    plan(&s, &format!("[options]\nrun_dir = \"{}\"\n", small.0.display()));
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("too little disk space for the backup"),
+        "{stderr}"
+    );
+    drop(small);
+    s.pair
+        .target
+        .sql("app", "DROP SCHEMA IF EXISTS cutover CASCADE")
+        .unwrap();
+
+    // 2. The consumer's file on a read-only filesystem (root may write anywhere else).
+    let ro_dir = d.join("ro");
+    let staging = Mount::tmpfs(&ro_dir, "size=1m");
+    std::fs::write(
+        ro_dir.join("api.env"),
+        format!("DATABASE_URL={}\n", s.pair.source.url("app")),
+    )
+    .unwrap();
+    let remount = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&ro_dir)
+        .status()
+        .unwrap();
+    assert!(remount.success());
+    env_consumer(&s, &format!("{}/api.env", ro_dir.display()), "DATABASE_URL");
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("consumer api") && stderr.contains("not writable"),
+        "{stderr}"
+    );
+    drop(staging);
+
+    // 3. A pg_dump older than the server.
+    let old = d.join("old-tools");
+    std::fs::create_dir_all(&old).unwrap();
+    for tool in ["pg_dump", "pg_restore"] {
+        let p = old.join(tool);
+        std::fs::write(&p, "#!/bin/sh\necho \"$(basename $0) (PostgreSQL) 12.22\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    plan(&s, "");
+    let mut cmd = s.cutover(&["run", "--yes"]);
+    cmd.env("CUTOVER_PG_BINDIR", &old);
+    let (out, _, stderr) = output(&mut cmd);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is version 12, older than the server (version 15)"),
+        "{stderr}"
+    );
+    s.pair
+        .target
+        .sql("app", "DROP SCHEMA IF EXISTS cutover CASCADE")
+        .unwrap();
+
+    assert_eq!(s.source_digest(), source_before);
+    assert_eq!(s.target_digest(), target_before);
+}
