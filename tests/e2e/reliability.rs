@@ -461,6 +461,16 @@ fn fault_during_copy(s: &crate::support::Scenario, fault: impl FnOnce()) -> (i32
         std::thread::sleep(Duration::from_millis(20));
     }
     fault();
+    // Never wait for ever: a run that hangs is a failure of this test.
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cutover did not finish within 180 s of the fault: it hangs");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),

@@ -31,6 +31,17 @@ use crate::tools;
 
 pub const STAGE: &str = "copy";
 
+/// Awaits a step of a copy worker, failing when it takes longer than the
+/// worker's `stall` (a server that stopped answering without closing the
+/// connection would otherwise be waited for for ever).
+macro_rules! within {
+    ($worker:expr, $side:expr, $fut:expr) => {
+        tokio::time::timeout($worker.stall, $fut)
+            .await
+            .map_err(|_| $worker.stalled($side))?
+    };
+}
+
 /// Which server an error of the data stream came from.
 fn on_source(e: sqlx::Error) -> Error {
     Error::failure(format!("reading from the source: {e}"))
@@ -451,30 +462,49 @@ struct Worker {
 }
 
 impl Worker {
+    fn stalled(&self, side: &str) -> Error {
+        Error::failure(format!(
+            "{side} sent or took no data for {} s (options.stall_timeout): is it paused, overloaded, or the \
+             network cut? Check it, then run again to resume",
+            self.stall.as_secs()
+        ))
+    }
+
     /// Copies tables from the shared queue until it is empty; returns rows copied.
     async fn run(self) -> Result<u64> {
-        let mut src = self.source.acquire().await?;
-        let mut tgt = self.target.acquire().await?;
-        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        let mut src = within!(self, "the source", self.source.acquire())?;
+        let mut tgt = within!(self, "the target", self.target.acquire())?;
+        within!(
+            self,
+            "the source",
+            sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *src)
+        )
+        .map_err(on_source)?;
+        within!(
+            self,
+            "the source",
+            sqlx::query(&format!(
+                "SET TRANSACTION SNAPSHOT {}",
+                quote_literal(&self.snapshot)
+            ))
             .execute(&mut *src)
-            .await?;
-        sqlx::query(&format!(
-            "SET TRANSACTION SNAPSHOT {}",
-            quote_literal(&self.snapshot)
-        ))
-        .execute(&mut *src)
-        .await?;
-        sqlx::query("SET synchronous_commit = off")
-            .execute(&mut *tgt)
-            .await?;
+        )
+        .map_err(on_source)?;
+        within!(
+            self,
+            "the target",
+            sqlx::query("SET synchronous_commit = off").execute(&mut *tgt)
+        )
+        .map_err(on_target)?;
         // Triggers are created after the data (post-data), so none fires during
         // the load anyway; replica mode also keeps rules and replication
         // triggers quiet where the target user may set it.
-        if sqlx::query("SET session_replication_role = replica")
-            .execute(&mut *tgt)
-            .await
-            .is_err()
-        {
+        let replica = within!(
+            self,
+            "the target",
+            sqlx::query("SET session_replication_role = replica").execute(&mut *tgt)
+        );
+        if replica.is_err() {
             tracing::debug!(
                 "session_replication_role not permitted on the target; triggers come after the data"
             );
@@ -496,10 +526,13 @@ impl Worker {
                 }
             }
         }
-        sqlx::query("COMMIT").execute(&mut *src).await?;
-        sqlx::query("RESET session_replication_role")
-            .execute(&mut *tgt)
-            .await?;
+        within!(self, "the source", sqlx::query("COMMIT").execute(&mut *src)).map_err(on_source)?;
+        within!(
+            self,
+            "the target",
+            sqlx::query("RESET session_replication_role").execute(&mut *tgt)
+        )
+        .map_err(on_target)?;
         Ok(rows)
     }
 
@@ -535,13 +568,15 @@ impl Worker {
                 range_item(table, r),
             ),
         };
-        let mut tx = tgt.begin().await.map_err(on_target)?;
+        let mut tx = within!(self, "the target", tgt.begin()).map_err(on_target)?;
         let (copy_in_sql, copy_out_sql) = match &range {
             None => {
-                sqlx::query(&format!("TRUNCATE ONLY {}", table.qualified()))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(on_target)?;
+                within!(
+                    self,
+                    "the target",
+                    sqlx::query(&format!("TRUNCATE ONLY {}", table.qualified())).execute(&mut *tx)
+                )
+                .map_err(on_target)?;
                 (
                     format!(
                         "COPY {}{columns} FROM STDIN (FORMAT {format}, FREEZE)",
@@ -567,38 +602,22 @@ impl Worker {
             }
         };
         let estimated_bytes = (table.pages.max(0) as u64 * 8192) / range.map(|r| r.count as u64).unwrap_or(1);
-        let mut copy_in = tx.copy_in_raw(&copy_in_sql).await.map_err(on_target)?;
-        let mut stream = src.copy_out_raw(&copy_out_sql).await.map_err(on_source)?;
+        let mut copy_in = within!(self, "the target", tx.copy_in_raw(&copy_in_sql)).map_err(on_target)?;
+        let mut stream = within!(self, "the source", src.copy_out_raw(&copy_out_sql)).map_err(on_source)?;
         let mut bytes = 0u64;
         let mut last_report = Instant::now();
         // The server sends one CopyData message per row; forwarding each as
         // its own message costs a write per row. Rows are gathered into
         // large buffers (memory stays bounded by COPY_BUFFER).
         let mut buffer: Vec<u8> = Vec::with_capacity(COPY_BUFFER);
-        // A server that stops answering without closing the connection (a
-        // paused machine, a silently cut network) would leave the stream
-        // waiting for ever: no byte for `stall` fails the table instead.
-        let stall = self.stall;
-        let stalled = |side: &str| {
-            Error::failure(format!(
-                "{side} sent or took no data for {} s (options.stall_timeout): is it paused, overloaded, or the \
-                 network cut? Check it, then run again to resume",
-                stall.as_secs()
-            ))
-        };
         loop {
-            let next = tokio::time::timeout(stall, stream.next())
-                .await
-                .map_err(|_| stalled("the source"))?;
+            let next = within!(self, "the source", stream.next());
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(on_source)?;
             bytes += chunk.len() as u64;
             buffer.extend_from_slice(&chunk);
             if buffer.len() >= COPY_BUFFER {
-                tokio::time::timeout(stall, copy_in.send(std::mem::take(&mut buffer)))
-                    .await
-                    .map_err(|_| stalled("the target"))?
-                    .map_err(on_target)?;
+                within!(self, "the target", copy_in.send(std::mem::take(&mut buffer))).map_err(on_target)?;
                 buffer.reserve(COPY_BUFFER);
             }
             if last_report.elapsed() > Duration::from_millis(500) {
@@ -614,24 +633,23 @@ impl Worker {
         }
         drop(stream);
         if !buffer.is_empty() {
-            copy_in.send(buffer).await.map_err(on_target)?;
+            within!(self, "the target", copy_in.send(buffer)).map_err(on_target)?;
         }
-        let rows = copy_in.finish().await.map_err(on_target)?;
-        self.journal
-            .item_done_in(
-                &mut tx,
-                self.run_id,
-                &Item {
-                    stage: STAGE,
-                    item: &item,
-                    rows: Some(rows as i64),
-                    bytes: Some(bytes as i64),
-                    detail: None,
-                },
-            )
-            .await
-            .map_err(|e| e.context("writing to the target"))?;
-        tx.commit().await.map_err(on_target)?;
+        let rows = within!(self, "the target", copy_in.finish()).map_err(on_target)?;
+        let done = Item {
+            stage: STAGE,
+            item: &item,
+            rows: Some(rows as i64),
+            bytes: Some(bytes as i64),
+            detail: None,
+        };
+        within!(
+            self,
+            "the target",
+            self.journal.item_done_in(&mut tx, self.run_id, &done)
+        )
+        .map_err(|e| e.context("writing to the target"))?;
+        within!(self, "the target", tx.commit()).map_err(on_target)?;
         self.events.emit(Event::TableProgress {
             table: name,
             rows,
