@@ -243,15 +243,20 @@ fn run(args: Args) -> Result<()> {
     if args.many_tables > 0 {
         let n = args.many_tables;
         bench.source.sql("postgres", "CREATE DATABASE many")?;
-        bench.source.sql(
-            "many",
-            &format!(
-                "DO $$ BEGIN FOR i IN 1..{n} LOOP \
-                 EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text)', i); \
-                 EXECUTE format('INSERT INTO t%s SELECT g, md5(g::text) FROM generate_series(1, 10) g', i); \
-                 END LOOP; END $$"
-            ),
-        )?;
+        // In batches: one transaction for thousands of tables would exceed
+        // the server's lock table.
+        for start in (1..=n).step_by(500) {
+            let end = (start + 499).min(n);
+            bench.source.sql(
+                "many",
+                &format!(
+                    "DO $$ BEGIN FOR i IN {start}..{end} LOOP \
+                     EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text)', i); \
+                     EXECUTE format('INSERT INTO t%s SELECT g, md5(g::text) FROM generate_series(1, 10) g', i); \
+                     END LOOP; END $$"
+                ),
+            )?;
+        }
         let a = bench.time_copy(Tool::DumpPsql, "many", "many_a")?;
         let d = bench.time_copy(Tool::Cutover, "many", "many_d")?;
         println!(

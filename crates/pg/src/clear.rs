@@ -47,9 +47,39 @@ impl ClearTarget {
     }
 }
 
+/// Tables dropped per transaction: one transaction for thousands of tables
+/// would need more locks than a server grants by default
+/// (`max_locks_per_transaction` × `max_connections`).
+const DROP_BATCH: usize = 500;
+
 /// Drops every application schema, extension and large object on `pool`,
-/// except the journal schema; recreates an empty `public`. One transaction.
+/// except the journal schema; recreates an empty `public`. Tables go first in
+/// batches (each its own transaction: a re-run drops what is left), then the
+/// schemas and the rest in one transaction.
 pub async fn drop_application_objects(pool: &PgPool, journal_schema: &str) -> Result<()> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname NOT LIKE 'pg\\_%' \
+           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                           AND d.objid = c.oid AND d.deptype = 'e')",
+    )
+    .bind(journal_schema)
+    .fetch_all(pool)
+    .await?;
+    if tables.len() > DROP_BATCH {
+        for batch in tables.chunks(DROP_BATCH) {
+            sqlx::query(&format!("DROP TABLE IF EXISTS {} CASCADE", batch.join(", ")))
+                .execute(pool)
+                .await
+                .map_err(|e| {
+                    Error::failure(format!(
+                        "cannot drop the application tables on the target ({e}): the target user must own them (or \
+                         be a superuser)"
+                    ))
+                })?;
+        }
+    }
     let mut tx = pool.begin().await?;
     let schemas: Vec<String> = sqlx::query_scalar(
         "SELECT nspname::text FROM pg_namespace n WHERE nspname NOT IN ('pg_catalog', 'information_schema', $1) \
@@ -165,16 +195,20 @@ pub async fn drop_post_data(pool: &PgPool, journal_schema: &str) -> Result<()> {
                AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) AND {APP}"
         ),
     ];
-    let mut tx = pool.begin().await?;
+    // Committed in batches: thousands of drops in one transaction would need
+    // more locks than a server grants by default. A re-run drops what is left.
     for list in statements {
         let drops: Vec<String> = sqlx::query_scalar(&list)
             .bind(journal_schema)
-            .fetch_all(&mut *tx)
+            .fetch_all(pool)
             .await?;
-        for d in drops {
-            sqlx::query(&d).execute(&mut *tx).await?;
+        for batch in drops.chunks(DROP_BATCH) {
+            let mut tx = pool.begin().await?;
+            for d in batch {
+                sqlx::query(d).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
         }
     }
-    tx.commit().await?;
     Ok(())
 }

@@ -10,7 +10,6 @@
 //! transaction, so a resume recopies exactly the unfinished tables.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -225,33 +224,34 @@ impl Stage for Copy {
             .fetch_one(&mut *snapshot_conn)
             .await?;
 
-        let dump = |section: &'static str, file: &Path| {
+        // One schema dump (custom format) under the copy's snapshot; its
+        // pre-data and post-data sections are restored from the same archive.
+        let schema_dump = dir.join("schema.dump");
+        let (pre, post) = (schema_dump.clone(), schema_dump.clone());
+        if !done.contains("post-data") || !done.contains("pre-data") {
             let mut cmd = tools::command(&pg_dump, &source_ep);
-            cmd.args(["--format=custom", "--no-owner", "--no-privileges"])
-                .arg(format!("--section={section}"))
-                .arg(format!("--snapshot={snapshot}"))
-                .arg(format!("--exclude-schema={}", quote_ident(&journal_schema)))
-                .arg(format!("--file={}", file.display()));
-            cmd
-        };
-        let pre = dir.join("pre-data.dump");
-        let post = dir.join("post-data.dump");
-        if !done.contains("post-data") {
-            tools::run(
-                dump("post-data", &post),
-                "pg_dump --section=post-data of the source",
-            )
-            .await?;
+            // Both schema sections (the post-data one holds the materialized
+            // views' data); the table data moves by COPY.
+            cmd.args([
+                "--format=custom",
+                "--section=pre-data",
+                "--section=post-data",
+                "--no-owner",
+                "--no-privileges",
+            ])
+            .arg(format!("--snapshot={snapshot}"))
+            .arg(format!("--exclude-schema={}", quote_ident(&journal_schema)))
+            .arg(format!("--file={}", schema_dump.display()));
+            tools::run(cmd, "pg_dump of the source's schema").await?;
         }
         if !done.contains("pre-data") {
-            tools::run(dump("pre-data", &pre), "pg_dump --section=pre-data of the source").await?;
-            // A pre-data restore interrupted before its journal entry left
-            // nothing (single transaction) or everything: start clean.
+            // Whatever an interrupted pre-data restore left goes first. Not
+            // one transaction: thousands of tables would need more locks than
+            // a server grants by default.
             drop_application_objects(&ctx.target, &journal_schema).await?;
             let mut cmd = tools::command(&pg_restore, &target_ep);
             cmd.args([
                 "--section=pre-data",
-                "--single-transaction",
                 "--exit-on-error",
                 "--no-owner",
                 "--no-privileges",
