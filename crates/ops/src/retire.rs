@@ -26,6 +26,18 @@ use crate::hooks;
 
 pub const NAME: &str = "decommission-source";
 
+/// Journals what the retirement did (before it is done, so that its undo
+/// and its check know what to look for).
+async fn record_retire(ctx: &RunContext, detail: &serde_json::Value) -> Result<()> {
+    let item = Item {
+        stage: NAME,
+        item: "retire",
+        detail: Some(detail),
+        ..Default::default()
+    };
+    ctx.journal.item_done(ctx.run_id, &item).await
+}
+
 pub struct Decommission {
     spec: DecommissionSpec,
     source: Endpoint,
@@ -245,17 +257,7 @@ impl Stage for Decommission {
                 let retired = format!("{db}_retired_{}", chrono::Utc::now().format("%Y%m%d"));
                 let detail = json!({ "database": db, "retired_as": retired, "public_connect": had_public,
                                      "destroyed": self.destroy, "final_dump": dump });
-                ctx.journal
-                    .item_done(
-                        ctx.run_id,
-                        &Item {
-                            stage: NAME,
-                            item: "retire",
-                            detail: Some(&detail),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
+                record_retire(ctx, &detail).await?;
                 ctx.source.close().await;
                 let q = quote_ident(&db);
                 sqlx::raw_sql(&format!(
@@ -278,17 +280,7 @@ impl Stage for Decommission {
             DecommissionDriver::Docker => {
                 let container = self.spec.container.clone().unwrap_or_default();
                 let detail = json!({ "container": container, "destroyed": self.destroy, "final_dump": dump });
-                ctx.journal
-                    .item_done(
-                        ctx.run_id,
-                        &Item {
-                            stage: NAME,
-                            item: "retire",
-                            detail: Some(&detail),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
+                record_retire(ctx, &detail).await?;
                 ctx.source.close().await;
                 self.docker(&["stop", &container]).await?;
                 if self.destroy {
@@ -317,17 +309,7 @@ impl Stage for Decommission {
                     self.timeout(),
                 )
                 .await?;
-                ctx.journal
-                    .item_done(
-                        ctx.run_id,
-                        &Item {
-                            stage: NAME,
-                            item: "retire",
-                            detail: Some(&detail),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
+                record_retire(ctx, &detail).await?;
                 detail
             }
             DecommissionDriver::None => return Ok(json!({ "summary": "the source is left alone" })),

@@ -83,21 +83,13 @@ impl Databases {
         let source = Endpoint::resolve(Role::Source, &plan.file.source)?;
         let target = Endpoint::resolve(Role::Target, &plan.file.target)?;
         let opts = &plan.file.options;
-        let setup = format!(
-            "{SESSION_SETTINGS}; SET statement_timeout = '{}s'; SET lock_timeout = '{}s'",
-            opts.statement_timeout, opts.lock_timeout
-        );
-        let source_pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(opts.connect_timeout.max(1)))
-            .after_connect(move |conn, _| {
-                let setup = setup.clone();
-                Box::pin(async move {
-                    conn.execute(sqlx::raw_sql(&setup)).await?;
-                    Ok(())
-                })
-            })
-            .connect_lazy_with(source.connect_options(Duration::from_secs(opts.connect_timeout))?);
+        let source_pool = pool_options(
+            opts.connect_timeout,
+            opts.statement_timeout,
+            opts.lock_timeout,
+            max_connections,
+        )
+        .connect_lazy_with(source.connect_options(Duration::from_secs(opts.connect_timeout))?);
         let target_identity = ServerIdentity::of(&target_pool).await?;
         Ok(Databases {
             source,
@@ -131,6 +123,28 @@ pub async fn probe(endpoint: &Endpoint, connect_timeout: u64) -> Result<()> {
     }
 }
 
+/// Pool settings: sessions carry [`SESSION_SETTINGS`] and the plan's timeouts.
+fn pool_options(
+    connect_timeout: u64,
+    statement_timeout: u64,
+    lock_timeout: u64,
+    max_connections: u32,
+) -> PgPoolOptions {
+    let setup = format!(
+        "{SESSION_SETTINGS}; SET statement_timeout = '{statement_timeout}s'; SET lock_timeout = '{lock_timeout}s'"
+    );
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(connect_timeout.max(1)))
+        .after_connect(move |conn, _| {
+            let setup = setup.clone();
+            Box::pin(async move {
+                conn.execute(sqlx::raw_sql(&setup)).await?;
+                Ok(())
+            })
+        })
+}
+
 /// A pool whose sessions carry [`SESSION_SETTINGS`] and the plan's timeouts.
 pub async fn pool(
     endpoint: &Endpoint,
@@ -141,21 +155,9 @@ pub async fn pool(
 ) -> Result<PgPool> {
     probe(endpoint, connect_timeout).await?;
     let options = endpoint.connect_options(Duration::from_secs(connect_timeout))?;
-    let setup = format!(
-        "{SESSION_SETTINGS}; SET statement_timeout = '{statement_timeout}s'; SET lock_timeout = '{lock_timeout}s'"
-    );
+    let attempt =
+        pool_options(connect_timeout, statement_timeout, lock_timeout, max_connections).connect_with(options);
     let connect_timeout = Duration::from_secs(connect_timeout.max(1));
-    let attempt = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(connect_timeout)
-        .after_connect(move |conn, _| {
-            let setup = setup.clone();
-            Box::pin(async move {
-                conn.execute(sqlx::raw_sql(&setup)).await?;
-                Ok(())
-            })
-        })
-        .connect_with(options);
     let pool = match tokio::time::timeout(connect_timeout + Duration::from_secs(1), attempt).await {
         Ok(Ok(pool)) => pool,
         Ok(Err(e)) => return Err(connect_error(endpoint, &e)),
