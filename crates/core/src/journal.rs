@@ -62,6 +62,20 @@ impl StageState {
     pub fn is_done(&self) -> bool {
         self.event == "done"
     }
+    /// One line for tables: the error, else the artefacts' summary.
+    pub fn detail(&self) -> String {
+        self.error
+            .clone()
+            .or_else(|| {
+                self.artefacts
+                    .as_ref()
+                    .and_then(|a| a.get("summary"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default()
+    }
+
     /// Seconds between the last start and the last event.
     pub fn seconds(&self) -> Option<f64> {
         self.last_started_at

@@ -72,6 +72,19 @@ pub fn splice(text: &str, replacements: &[(Occurrence, String)]) -> String {
     out
 }
 
+/// The one occurrence found, none, or an error listing the lines of several.
+fn at_most_one(mut found: Vec<Occurrence>, what: &str, fix: &str) -> Result<Option<Occurrence>, String> {
+    if found.len() <= 1 {
+        return Ok(found.pop());
+    }
+    let lines: Vec<String> = found.iter().map(|o| o.line.to_string()).collect();
+    Err(format!(
+        "{what} {} times (lines {}): {fix}",
+        found.len(),
+        lines.join(", ")
+    ))
+}
+
 // ---------------------------------------------------------------- env files
 
 /// `KEY=value` in a dotenv / `--env-file` / EnvironmentFile file. `export`
@@ -147,19 +160,7 @@ pub fn env(text: &str, key: &str) -> Result<Option<Occurrence>, String> {
             pgpass: false,
         });
     }
-    match found.len() {
-        0 => Ok(None),
-        1 => Ok(found.pop()),
-        _ => Err(format!(
-            "{key} is set {} times (lines {}): remove all but one",
-            found.len(),
-            found
-                .iter()
-                .map(|o| o.line.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
+    at_most_one(found, &format!("{key} is set"), "remove all but one")
 }
 
 // ---------------------------------------------------------------- YAML
@@ -304,19 +305,7 @@ pub fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>, String> {
             _ => {}
         }
     }
-    match found.len() {
-        0 => Ok(None),
-        1 => Ok(found.pop()),
-        _ => Err(format!(
-            "{path} is found {} times (lines {}): it must be unique",
-            found.len(),
-            found
-                .iter()
-                .map(|o| o.line.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
+    at_most_one(found, &format!("{path} is found"), "it must be unique")
 }
 
 // ---------------------------------------------------------------- free text

@@ -393,6 +393,18 @@ pub struct VerifyData {
 }
 
 impl VerifyData {
+    /// The comparison `run` reports and `check` relies on.
+    async fn compare(&self, ctx: &RunContext) -> Result<VerifyReport> {
+        verify(
+            &ctx.source,
+            &ctx.target,
+            ctx.journal.schema(),
+            self.jobs,
+            ctx.plan.file.options.split_bytes,
+        )
+        .await
+    }
+
     pub fn new(source: &Inventory, jobs: usize) -> VerifyData {
         VerifyData {
             description: Description {
@@ -425,14 +437,7 @@ impl Stage for VerifyData {
         Undo::Nothing
     }
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
-        let report = verify(
-            &ctx.source,
-            &ctx.target,
-            ctx.journal.schema(),
-            self.jobs,
-            ctx.plan.file.options.split_bytes,
-        )
-        .await?;
+        let report = self.compare(ctx).await?;
         if !report.ok {
             return Err(Error::new(
                 ErrorKind::Differences,
@@ -450,14 +455,7 @@ impl Stage for VerifyData {
         }))
     }
     async fn check(&self, ctx: &RunContext) -> Result<Check> {
-        let report = verify(
-            &ctx.source,
-            &ctx.target,
-            ctx.journal.schema(),
-            self.jobs,
-            ctx.plan.file.options.split_bytes,
-        )
-        .await?;
+        let report = self.compare(ctx).await?;
         Ok(if report.ok {
             Check::Holds
         } else {

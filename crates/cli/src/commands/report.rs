@@ -279,16 +279,7 @@ fn render(f: &Facts) -> String {
     let _ = writeln!(w, "| # | stage | state | started | seconds | result |");
     let _ = writeln!(w, "| ---: | --- | --- | --- | ---: | --- |");
     for (i, s) in f.stages.iter().enumerate() {
-        let detail = s
-            .error
-            .clone()
-            .or_else(|| {
-                s.artefacts
-                    .as_ref()
-                    .and_then(|a| a["summary"].as_str().map(str::to_string))
-            })
-            .unwrap_or_default()
-            .replace('|', "\\|");
+        let detail = s.detail().replace('|', "\\|");
         let _ = writeln!(
             w,
             "| {} | `{}` | {} | {} | {} | {detail} |",

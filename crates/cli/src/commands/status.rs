@@ -53,17 +53,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: StatusArgs) -> anyhow::Result<Code
             "stage", "state", "started", "seconds"
         );
         for s in &states {
-            let detail = s
-                .error
-                .clone()
-                .or_else(|| {
-                    s.artefacts
-                        .as_ref()
-                        .and_then(|a| a.get("summary"))
-                        .and_then(|v| v.as_str())
-                        .map(str::to_string)
-                })
-                .unwrap_or_default();
+            let detail = s.detail();
             println!(
                 "{:<width$} {:<12} {:<20} {:>9}  {detail}",
                 s.stage,
