@@ -54,6 +54,11 @@ fn seed_cutover_plan_run_verify_rerun_rollback() {
 
     let (code, _, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
+    // The target had tables: its backup is proven by a restore that counts them.
+    assert!(
+        stderr.contains("proven by a restore into a scratch database: 13 tables, 6 rows match"),
+        "{stderr}"
+    );
     // The target now holds exactly the source's data (independent digest).
     assert_eq!(s.target_digest(), source_before);
     assert_eq!(q(&s.pair.target, "SELECT count(*) FROM users"), "22");
@@ -196,6 +201,11 @@ fn tricky_schema_copies_exactly_and_verify_localises_a_change() {
     let s = Scenario::with(pair, "");
     let (code, _, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
+    // An empty target: its backup is read back whole, no scratch database.
+    assert!(
+        stderr.contains("the target holds no tables: proven by reading the whole archive back"),
+        "{stderr}"
+    );
     assert_eq!(s.target_digest(), s.source_digest());
     assert_eq!(
         q(&s.pair.target, "SELECT count(*) FROM public.audit_trail"),

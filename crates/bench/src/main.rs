@@ -38,6 +38,10 @@ struct Args {
     /// Also the many-tables case: this many small tables (pg_dump | psql vs cutover).
     #[arg(long, default_value_t = 0)]
     many_tables: usize,
+    /// Which copies to time, as letters of the table (a, b, c, d); cutover
+    /// (d, with its verify e) always runs.
+    #[arg(long, default_value = "abcd")]
+    tools: String,
 }
 
 fn main() -> ExitCode {
@@ -130,8 +134,14 @@ fn run(args: Args) -> Result<()> {
         "dataset: pgbench scale {} plus docs and events tables with secondary indexes: {:.0} MB on disk\n",
         args.scale, mb
     );
-    let mut tools = vec![Tool::DumpPsql, Tool::DumpRestoreJobs];
-    if pgcopydb.is_some() {
+    let mut tools = vec![];
+    if args.tools.contains('a') {
+        tools.push(Tool::DumpPsql);
+    }
+    if args.tools.contains('b') {
+        tools.push(Tool::DumpRestoreJobs);
+    }
+    if pgcopydb.is_some() && args.tools.contains('c') {
         tools.push(Tool::Pgcopydb);
     }
     tools.push(Tool::Cutover);
@@ -348,6 +358,7 @@ impl Bench {
         let bin = pg_bindir()?;
         let j = self.jobs.to_string();
         let t0 = Instant::now();
+        let busy0 = cpu_busy();
         let mut rss_mb = None;
         match tool {
             Tool::DumpPsql => {
@@ -395,6 +406,14 @@ impl Bench {
                 let plan = self.plan(db, target_db, &work)?;
                 rss_mb = Some(self.cutover(&plan, &["run", "--yes", "--until", "copy"])?);
             }
+        }
+        if let (Some(a), Some(b)) = (busy0, cpu_busy()) {
+            let (busy, total) = (b.0 - a.0, b.1 - a.1);
+            println!(
+                "      machine CPU busy during {}: {:.0} %",
+                tool.label(self.jobs),
+                100.0 * busy as f64 / total.max(1) as f64
+            );
         }
         Ok(Timing {
             seconds: t0.elapsed().as_secs_f64(),
@@ -476,8 +495,25 @@ impl Bench {
                 println!("      {}", m.trim_end_matches("\"}"));
             }
         }
+        let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        println!(
+            "      cutover process CPU (with its pg_dump and pg_restore): {:.1} s user, {:.1} s system",
+            cpu(usage.ru_utime),
+            cpu(usage.ru_stime)
+        );
         Ok(usage.ru_maxrss as f64 / 1024.0)
     }
+}
+
+/// Busy and total CPU ticks of the whole machine (Linux `/proc/stat`).
+fn cpu_busy() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = ticks.iter().sum();
+    // idle and iowait
+    let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
+    Some((total - idle, total))
 }
 
 fn check(mut cmd: Command, what: &str) -> Result<()> {

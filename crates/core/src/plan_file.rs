@@ -67,6 +67,10 @@ pub struct Options {
     /// Tables larger than this (bytes on disk) are copied as several block
     /// ranges in parallel (0 = never split).
     pub split_bytes: u64,
+    /// Tables at least this large (bytes on disk) get their indexes and keys
+    /// built as soon as their data is in, while other tables still copy
+    /// (0 = every index after the last table).
+    pub early_index_bytes: u64,
 }
 
 impl Default for Options {
@@ -80,6 +84,7 @@ impl Default for Options {
             statement_timeout: 0,
             lock_timeout: 30,
             split_bytes: 1 << 30,
+            early_index_bytes: 32 << 20,
             stall_timeout: 300,
         }
     }

@@ -157,7 +157,10 @@ impl Stage for ClearTarget {
 /// schemas on the target: what an interrupted parallel post-data restore may
 /// have left, so that the restore can run again from the start. Tables and
 /// their rows stay.
-pub async fn drop_post_data(pool: &PgPool, journal_schema: &str) -> Result<()> {
+pub async fn drop_post_data(pool: &PgPool, journal_schema: &str, keep: &[(String, String)]) -> Result<()> {
+    // The indexes and keys of `keep`'s tables (schema, name) stay: they were
+    // built, and journaled, during the copy.
+    const KEPT: &str = "(n.nspname, c.relname) IN (SELECT * FROM unnest($2::text[], $3::text[]))";
     const APP: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname NOT LIKE 'pg\\_%' \
         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass \
                         AND d.objid = n.oid AND d.deptype = 'e')";
@@ -185,21 +188,27 @@ pub async fn drop_post_data(pool: &PgPool, journal_schema: &str) -> Result<()> {
         format!(
             "SELECT format('ALTER TABLE %I.%I DROP CONSTRAINT IF EXISTS %I', n.nspname, c.relname, k.conname) \
              FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE k.contype IN ('p', 'u', 'x') AND k.conparentid = 0 AND {APP}"
+             WHERE k.contype IN ('p', 'u', 'x') AND k.conparentid = 0 AND {APP} AND NOT {KEPT}"
         ),
         // Indexes of partitions attached to a parent's index go with it.
         format!(
-            "SELECT format('DROP INDEX IF EXISTS %I.%I', n.nspname, c.relname) FROM pg_index i \
-             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+            "SELECT format('DROP INDEX IF EXISTS %I.%I', n.nspname, x.relname) FROM pg_index i \
+             JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_namespace n ON n.oid = x.relnamespace \
+             JOIN pg_class c ON c.oid = i.indrelid \
              WHERE NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid) \
-               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) AND {APP}"
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) AND {APP} AND NOT {KEPT}"
         ),
     ];
     // Committed in batches: thousands of drops in one transaction would need
     // more locks than a server grants by default. A re-run drops what is left.
     for list in statements {
-        let drops: Vec<String> = sqlx::query_scalar(&list)
-            .bind(journal_schema)
+        let mut query = sqlx::query_scalar(&list).bind(journal_schema);
+        if list.contains("$2") {
+            query = query
+                .bind(keep.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
+                .bind(keep.iter().map(|k| k.1.as_str()).collect::<Vec<_>>());
+        }
+        let drops: Vec<String> = query
             .fetch_all(pool)
             .await?;
         for batch in drops.chunks(DROP_BATCH) {

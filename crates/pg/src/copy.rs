@@ -9,7 +9,7 @@
 //! effect where the effect is SQL; a table is truncated and reloaded in one
 //! transaction, so a resume recopies exactly the unfinished tables.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, Executor, Postgres};
 
 use crate::clear::drop_application_objects;
+use crate::early_indexes::{self, TocEntry, index_item};
 use crate::inventory::{Inventory, TableInfo, quote_ident, quote_literal};
 use crate::tools;
 
@@ -178,6 +179,8 @@ fn range_item(t: &TableInfo, r: &Range) -> String {
 struct Work {
     table: TableInfo,
     range: Option<Range>,
+    /// The data is in (an earlier pass): only its early index builds are left.
+    indexes_only: bool,
 }
 
 impl Work {
@@ -261,6 +264,38 @@ impl Stage for Copy {
             mark_done(ctx, "pre-data").await?;
         }
         ctx.cancel.check()?;
+
+        // Large tables get their indexes and keys built as soon as their data
+        // is in (while others still copy); the SQL is the archive's own.
+        let mut list_text = String::new();
+        let mut early: HashMap<String, Vec<TocEntry>> = HashMap::new();
+        let mut scripts: HashMap<String, String> = HashMap::new();
+        if !done.contains("post-data") {
+            let mut cmd = tokio::process::Command::new(&pg_restore);
+            cmd.arg("--list")
+                .arg(&schema_dump)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true);
+            list_text = tools::run(cmd, "pg_restore --list of the schema archive").await?;
+            let entries = early_indexes::parse_list(&list_text);
+            early = early_indexes::plan(
+                &ctx.source,
+                &source,
+                &entries,
+                ctx.plan.file.options.early_index_bytes,
+            )
+            .await?;
+            for t in source.storage_tables() {
+                let item = table_item(t);
+                if let Some(entries) = early.get(&item)
+                    && !done.contains(&index_item(t))
+                {
+                    let list_file = dir.join(format!("indexes-{}.list", scripts.len() + 1));
+                    let sql = early_indexes::script(&pg_restore, &schema_dump, &list_file, entries).await?;
+                    scripts.insert(item, sql);
+                }
+            }
+        }
         let data_started = Instant::now();
         let schema_seconds = data_started.duration_since(started).as_secs_f64();
 
@@ -268,60 +303,32 @@ impl Stage for Copy {
         // split_bytes as block ranges, each its own journal item.
         let split_bytes = ctx.plan.file.options.split_bytes;
         let mut work: Vec<Work> = vec![];
+        let mut remaining_ranges: HashMap<String, usize> = HashMap::new();
         for t in source.storage_tables() {
-            if done.contains(&table_item(t)) {
-                continue;
+            let copies = table_work(ctx, t, &done, split_bytes).await?;
+            if copies.iter().any(|w| w.range.is_some()) {
+                remaining_ranges.insert(table_item(t), copies.len());
             }
-            let rs = ranges(t, split_bytes);
-            if rs.is_empty() {
+            if copies.is_empty() && scripts.contains_key(&table_item(t)) {
                 work.push(Work {
                     table: t.clone(),
                     range: None,
+                    indexes_only: true,
                 });
-                continue;
             }
-            let prefix = format!("{}#", table_item(t));
-            let suffix = format!("/{}", rs.len());
-            let done_ranges: Vec<&String> = done.iter().filter(|i| i.starts_with(&prefix)).collect();
-            if done_ranges.is_empty() || done_ranges.iter().any(|i| !i.ends_with(&suffix)) {
-                // Start the table over: every committed range is journaled
-                // with its rows, so none done means no row to keep.
-                sqlx::query(&format!(
-                    "DELETE FROM {} WHERE run_id = $1 AND stage = $2 AND left(item, length($3)) = $3",
-                    ctx.journal.table("item_progress")
-                ))
-                .bind(ctx.run_id)
-                .bind(STAGE)
-                .bind(&prefix)
-                .execute(ctx.journal.pool())
-                .await?;
-                sqlx::query(&format!("TRUNCATE ONLY {}", t.qualified()))
-                    .execute(&ctx.target)
-                    .await?;
-                work.extend(rs.into_iter().map(|r| Work {
-                    table: t.clone(),
-                    range: Some(r),
-                }));
-            } else {
-                work.extend(
-                    rs.into_iter()
-                        .filter(|r| !done.contains(&range_item(t, r)))
-                        .map(|r| Work {
-                            table: t.clone(),
-                            range: Some(r),
-                        }),
-                );
-            }
+            work.extend(copies);
         }
-        work.sort_by_key(|w| std::cmp::Reverse(w.bytes()));
-        let total_tables = work
+        // Index builds left from an earlier pass first, then the largest tables.
+        work.sort_by_key(|w| (!w.indexes_only, std::cmp::Reverse(w.bytes())));
+        let copies: Vec<&Work> = work.iter().filter(|w| !w.indexes_only).collect();
+        let total_tables = copies
             .iter()
             .filter(|w| w.range.is_none_or(|r| r.index == 0))
             .count();
         let total_work = work.len();
         ctx.emit(Event::CopyStarted {
-            items: work.len() as u64,
-            estimated_bytes: work
+            items: copies.len() as u64,
+            estimated_bytes: copies
                 .iter()
                 .map(|w| w.table.pages.max(0) as u64 * 8192 / w.range.map(|r| r.count as u64).unwrap_or(1))
                 .sum(),
@@ -342,6 +349,9 @@ impl Stage for Copy {
                 0 => Duration::from_secs(u64::MAX / 4),
                 n => Duration::from_secs(n),
             },
+            scripts: Arc::new(scripts),
+            remaining_ranges: Arc::new(Mutex::new(remaining_ranges)),
+            index_seconds: Arc::new(Mutex::new(0.0)),
         };
         let handles: Vec<_> = (0..workers).map(|_| tokio::spawn(shared.clone().run())).collect();
         let mut rows_copied = 0u64;
@@ -366,12 +376,27 @@ impl Stage for Copy {
         let post_started = Instant::now();
         let data_seconds = post_started.duration_since(data_started).as_secs_f64();
 
+        let early_tables = early.len();
         if !done.contains("post-data") {
             if !post_data_present(ctx, &journal_schema).await? {
-                // Index builds and constraints in parallel (pg_restore --jobs
-                // orders them by dependency). Not one transaction any more:
-                // what an interrupted attempt left is dropped first.
-                crate::clear::drop_post_data(&ctx.target, &journal_schema).await?;
+                // The rest of post-data in parallel (pg_restore --jobs orders
+                // it by dependency), without what was built during the copy.
+                // Not one transaction: what an interrupted attempt left is
+                // dropped first.
+                let now_done = ctx.journal.items_done(ctx.run_id, STAGE).await?;
+                let kept: Vec<&TableInfo> = source
+                    .storage_tables()
+                    .filter(|t| early.contains_key(&table_item(t)) && now_done.contains(&index_item(t)))
+                    .collect();
+                let keep: Vec<(String, String)> =
+                    kept.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
+                crate::clear::drop_post_data(&ctx.target, &journal_schema, &keep).await?;
+                let skip: HashSet<String> = kept
+                    .iter()
+                    .flat_map(|t| early[&table_item(t)].iter().map(|e| e.line.clone()))
+                    .collect();
+                let list_file = dir.join("post-data.list");
+                early_indexes::write_private(&list_file, &early_indexes::remaining_list(&list_text, &skip))?;
                 let mut cmd = tools::command(&pg_restore, &target_ep);
                 cmd.args([
                     "--section=post-data",
@@ -380,6 +405,7 @@ impl Stage for Copy {
                     "--no-privileges",
                 ])
                 .arg(format!("--jobs={}", self.jobs.max(1)))
+                .arg(format!("--use-list={}", list_file.display()))
                 .arg(&post)
                 // Index builds sort in memory rather than in temporary files
                 // (for these sessions only), and skip waiting for WAL flushes.
@@ -395,10 +421,12 @@ impl Stage for Copy {
         let sequences = copy_sequences(ctx, &source).await?;
         let large_objects = copy_large_objects(ctx).await?;
         sqlx::query("COMMIT").execute(&mut *snapshot_conn).await?;
+        let index_seconds = *shared.index_seconds.lock().unwrap();
         ctx.emit(Event::Info {
             message: format!(
-                "copy: schema dumps and pre-data {schema_seconds:.1} s, data {data_seconds:.1} s, post-data \
-                 (indexes, constraints, triggers) {post_seconds:.1} s"
+                "copy: schema dumps and pre-data {schema_seconds:.1} s, data {data_seconds:.1} s (with the index \
+                 builds of {early_tables} large tables, {index_seconds:.1} s of them), rest of post-data (indexes, \
+                 constraints, triggers) {post_seconds:.1} s"
             ),
         });
         Ok(json!({
@@ -406,7 +434,9 @@ impl Stage for Copy {
                                 {large_objects} large objects, in {:.1} s", started.elapsed().as_secs_f64()),
             "tables_copied": total_tables, "rows_copied": rows_copied, "sequences": sequences,
             "large_objects": large_objects, "binary": binary,
-            "seconds": { "schema": schema_seconds, "data": data_seconds, "post_data": post_seconds },
+            "seconds": { "schema": schema_seconds, "data": data_seconds, "post_data": post_seconds,
+                         "early_index_builds": index_seconds },
+            "early_index_tables": early_tables,
         }))
     }
 
@@ -445,6 +475,53 @@ impl Stage for Copy {
     }
 }
 
+/// The copies a table still needs: the whole table, or the block ranges of a
+/// large one not yet committed (none done: the table is emptied and its
+/// range items cleared, as no row is kept).
+async fn table_work(ctx: &RunContext, t: &TableInfo, done: &BTreeSet<String>, split_bytes: u64) -> Result<Vec<Work>> {
+    if done.contains(&table_item(t)) {
+        return Ok(vec![]);
+    }
+    let rs = ranges(t, split_bytes);
+    if rs.is_empty() {
+        return Ok(vec![Work {
+            table: t.clone(),
+            range: None,
+            indexes_only: false,
+        }]);
+    }
+    let prefix = format!("{}#", table_item(t));
+    let suffix = format!("/{}", rs.len());
+    let done_ranges: Vec<&String> = done.iter().filter(|i| i.starts_with(&prefix)).collect();
+    let range_work = |r: Range| Work {
+        table: t.clone(),
+        range: Some(r),
+        indexes_only: false,
+    };
+    if done_ranges.is_empty() || done_ranges.iter().any(|i| !i.ends_with(&suffix)) {
+        // Start the table over: every committed range is journaled with its
+        // rows, so none done means no row to keep.
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE run_id = $1 AND stage = $2 AND left(item, length($3)) = $3",
+            ctx.journal.table("item_progress")
+        ))
+        .bind(ctx.run_id)
+        .bind(STAGE)
+        .bind(&prefix)
+        .execute(ctx.journal.pool())
+        .await?;
+        sqlx::query(&format!("TRUNCATE ONLY {}", t.qualified()))
+            .execute(&ctx.target)
+            .await?;
+        return Ok(rs.into_iter().map(range_work).collect());
+    }
+    Ok(rs
+        .into_iter()
+        .filter(|r| !done.contains(&range_item(t, r)))
+        .map(range_work)
+        .collect())
+}
+
 /// What a copy worker owns: it runs as its own task.
 #[derive(Clone)]
 struct Worker {
@@ -459,6 +536,13 @@ struct Worker {
     binary: bool,
     /// How long a stream may move no data before the table fails.
     stall: Duration,
+    /// `table:` item → the SQL of its indexes and keys, built as soon as
+    /// its data is in.
+    scripts: Arc<HashMap<String, String>>,
+    /// `table:` item → its block ranges not yet copied in this pass.
+    remaining_ranges: Arc<Mutex<HashMap<String, usize>>>,
+    /// Time spent in early index builds, all workers together.
+    index_seconds: Arc<Mutex<f64>>,
 }
 
 impl Worker {
@@ -517,13 +601,31 @@ impl Worker {
             let next = self.queue.lock().unwrap().pop_front();
             let Some(work) = next else { break };
             let table = &work.table;
-            match self.copy_table(&mut src, &mut tgt, table, work.range).await {
-                Ok(n) => rows += n,
-                Err(e) => {
-                    src.close_on_drop();
-                    tgt.close_on_drop();
-                    return Err(e.context(format!("copying table {}", table.display())));
+            if !work.indexes_only {
+                match self.copy_table(&mut src, &mut tgt, table, work.range).await {
+                    Ok(n) => rows += n,
+                    Err(e) => {
+                        src.close_on_drop();
+                        tgt.close_on_drop();
+                        return Err(e.context(format!("copying table {}", table.display())));
+                    }
                 }
+            }
+            // All of the table in: its indexes now, while others still copy.
+            let item = table_item(table);
+            let complete = match work.range {
+                Some(_) if !work.indexes_only => {
+                    let mut remaining = self.remaining_ranges.lock().unwrap();
+                    let left = remaining.entry(item.clone()).or_insert(1);
+                    *left = left.saturating_sub(1);
+                    *left == 0
+                }
+                _ => true,
+            };
+            if complete && let Some(sql) = self.scripts.get(&item) {
+                self.build_indexes(table, sql)
+                    .await
+                    .map_err(|e| e.context(format!("building the indexes of {}", table.display())))?;
             }
         }
         within!(self, "the source", sqlx::query("COMMIT").execute(&mut *src)).map_err(on_source)?;
@@ -534,6 +636,45 @@ impl Worker {
         )
         .map_err(on_target)?;
         Ok(rows)
+    }
+
+    /// Runs a table's index and key statements (from the schema archive) and
+    /// journals them in one transaction on a connection of its own (the
+    /// archive's script changes session settings such as search_path); a
+    /// crash leaves all of them or none.
+    async fn build_indexes(&self, table: &TableInfo, sql: &str) -> Result<()> {
+        use sqlx::{ConnectOptions, Connection};
+        let t0 = Instant::now();
+        let mut conn = self.target.connect_options().connect().await.map_err(on_target)?;
+        let result = async {
+            let mut tx = Connection::begin(&mut conn).await.map_err(on_target)?;
+            // Sorts in memory rather than in temporary files, for this
+            // transaction only; no wait for the WAL flush at commit.
+            sqlx::query("SET LOCAL maintenance_work_mem = '256MB'")
+                .execute(&mut *tx)
+                .await
+                .map_err(on_target)?;
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await
+                .map_err(on_target)?;
+            (&mut *tx).execute(sqlx::raw_sql(sql)).await.map_err(on_target)?;
+            let item = index_item(table);
+            let done = Item {
+                stage: STAGE,
+                item: &item,
+                ..Default::default()
+            };
+            self.journal.item_done_in(&mut tx, self.run_id, &done).await?;
+            tx.commit().await.map_err(on_target)
+        }
+        .await;
+        let _ = conn.close().await;
+        result?;
+        let seconds = t0.elapsed().as_secs_f64();
+        *self.index_seconds.lock().unwrap() += seconds;
+        tracing::debug!("indexes of {} built during the copy in {seconds:.1} s", table.display());
+        Ok(())
     }
 
     /// One table: truncate and load in one target transaction that also

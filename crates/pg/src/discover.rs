@@ -1,6 +1,8 @@
 //! discover: inspect both databases, refuse the same database twice, and run
 //! the direction check (the target must not look like the live database).
 
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
@@ -11,7 +13,14 @@ use crate::inventory::{Comparison, Inventory, compare};
 pub struct Discover {
     pub description: Description,
     allow_target_ahead: bool,
+    /// The inspection the plan was built from, and when it was taken.
+    planned: Option<(Inventory, Inventory, Comparison, Instant)>,
 }
+
+/// How old the plan's own inspection may be for discover to record it rather
+/// than count every row again (the same invocation, no wait for a
+/// confirmation in between). Counting a large database takes seconds.
+const REUSE_WITHIN: Duration = Duration::from_secs(10);
 
 impl Discover {
     pub fn new(
@@ -48,6 +57,7 @@ impl Discover {
                 destructive: false,
             },
             allow_target_ahead,
+            planned: Some((source.clone(), target.clone(), cmp.clone(), Instant::now())),
         }
     }
 }
@@ -86,18 +96,25 @@ impl Stage for Discover {
         Undo::Nothing
     }
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
-        let schema = ctx.journal.schema();
-        let (source, target) = tokio::try_join!(
-            Inventory::read(&ctx.source, schema, true),
-            Inventory::read(&ctx.target, schema, true)
-        )?;
-        let cmp = compare(&source, &target, &ctx.source, &ctx.target).await?;
+        let (source, target, cmp, fresh) = match &self.planned {
+            Some((s, t, c, at)) if at.elapsed() < REUSE_WITHIN => (s.clone(), t.clone(), c.clone(), true),
+            _ => {
+                let schema = ctx.journal.schema();
+                let (source, target) = tokio::try_join!(
+                    Inventory::read(&ctx.source, schema, true),
+                    Inventory::read(&ctx.target, schema, true)
+                )?;
+                let cmp = compare(&source, &target, &ctx.source, &ctx.target).await?;
+                (source, target, cmp, false)
+            }
+        };
         if !cmp.target_ahead.is_empty() && !self.allow_target_ahead {
             return Err(target_ahead_error(&cmp.target_ahead));
         }
         Ok(json!({
             "summary": format!("source {} tables / {} rows, target {} tables / {} rows",
                 source.tables.len(), source.total_rows(), target.tables.len(), target.total_rows()),
+            "inspection": if fresh { "the plan's, taken moments before" } else { "taken by this stage" },
             "source": { "tables": source.tables.len(), "rows": source.total_rows(),
                         "place": source.identity.place(),
                         "table_rows": source.storage_tables().map(|t| (t.display(), t.rows)).collect::<Vec<_>>() },
