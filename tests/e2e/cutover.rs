@@ -174,6 +174,12 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 fn normalised_schema(server: &cutover_testkit::PgServer) -> String {
+    normalised_schema_of(server, "app")
+}
+
+/// The schema of `db` as `pg_dump --schema-only` prints it, without comments
+/// (object order is pg_dump's own, whatever the creation order).
+pub(crate) fn normalised_schema_of(server: &cutover_testkit::PgServer, db: &str) -> String {
     let out = std::process::Command::new(cutover_testkit::pg_bindir().unwrap().join("pg_dump"))
         .args([
             "--schema-only",
@@ -181,7 +187,7 @@ fn normalised_schema(server: &cutover_testkit::PgServer) -> String {
             "--no-privileges",
             "--exclude-schema=cutover",
         ])
-        .arg(server.url_without_password("app"))
+        .arg(server.url_without_password(db))
         .env("PGPASSWORD", server.password())
         .output()
         .unwrap();
@@ -472,6 +478,86 @@ fn an_interrupted_parallel_post_data_is_redone_cleanly() {
     let (code, _, stderr) = s.run(&["run", "--yes", "--until", "copy"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(normalised_schema(&s.pair.target), schema);
+    let (code, stdout, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(s.target_digest(), s.source_digest());
+}
+
+/// Large tables' indexes and keys, and the foreign keys between large
+/// tables, are built during the copy, each with its journal item in one
+/// transaction; the rest of post-data follows from the archive without them.
+/// An interruption leaves an entry built and journaled or neither: the next
+/// run builds only what is missing and the schema ends up identical.
+#[test]
+fn early_index_builds_overlap_the_copy_and_survive_an_interruption() {
+    let pair = PgPair::start().unwrap();
+    pair.source.create_database("app").unwrap();
+    pair.source
+        .sql(
+            "app",
+            "CREATE TABLE parent (id int PRIMARY KEY, code text UNIQUE, during tsrange, \
+                                  EXCLUDE USING gist (during WITH &&)); \
+             INSERT INTO parent SELECT g, 'c' || g, tsrange(timestamp '2024-01-01' + g * interval '1 day', \
+                                                           timestamp '2024-01-01' + (g + 1) * interval '1 day') \
+               FROM generate_series(1, 2000) g; \
+             CREATE TABLE child (id bigint PRIMARY KEY, parent_id int NOT NULL REFERENCES parent, note text); \
+             INSERT INTO child SELECT g, 1 + g % 2000, repeat(md5(g::text), 4) FROM generate_series(1, 20000) g; \
+             CREATE INDEX child_parent ON child (parent_id); \
+             COMMENT ON INDEX child_parent IS 'lookups by parent'; \
+             CREATE TABLE small (id int PRIMARY KEY, parent_id int REFERENCES parent); \
+             INSERT INTO small VALUES (1, 1); \
+             CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$; \
+             CREATE TRIGGER child_touch BEFORE UPDATE ON child FOR EACH ROW EXECUTE FUNCTION touch(); \
+             ANALYZE",
+        )
+        .unwrap();
+    pair.target.create_database("app").unwrap();
+    // child (about 3 MB) goes as block ranges: its entries wait for the last one.
+    let s = Scenario::with(
+        pair,
+        "\n[options]\njobs = 3\nsplit_bytes = 1000000\nearly_index_bytes = 100000\n",
+    );
+    let (code, _, stderr) = s.run(&["run", "--yes", "--until", "copy"]);
+    assert_eq!(code, 0, "{stderr}");
+    let schema = normalised_schema(&s.pair.source);
+    assert_eq!(normalised_schema(&s.pair.target), schema);
+    let early =
+        "SELECT string_agg(item, ' ' ORDER BY item) FROM cutover.item_progress WHERE item LIKE 'early:%'";
+    // small is below early_index_bytes: its key and foreign key come after the copy.
+    assert_eq!(
+        q(&s.pair.target, early),
+        "early:public.child.child_parent early:public.child.child_parent_id_fkey early:public.child.child_pkey \
+         early:public.parent.parent_code_key early:public.parent.parent_during_excl early:public.parent.parent_pkey"
+    );
+    assert!(
+        q(
+            &s.pair.target,
+            "SELECT count(*) FROM cutover.item_progress WHERE item LIKE 'table:public.child#%'"
+        )
+        .parse::<i32>()
+        .unwrap()
+            > 1,
+        "child was not copied in ranges"
+    );
+
+    // What a kill leaves: one early entry never committed (not built, not
+    // journaled), the final restore half done, post-data not marked.
+    q(
+        &s.pair.target,
+        "DELETE FROM cutover.item_progress WHERE item IN ('post-data', 'early:public.child.child_parent_id_fkey'); \
+         INSERT INTO cutover.stage_events (run_id, stage, event) SELECT id, 'copy', 'started' FROM cutover.runs; \
+         ALTER TABLE child DROP CONSTRAINT child_parent_id_fkey; \
+         DROP TRIGGER child_touch ON child",
+    );
+    assert_ne!(normalised_schema(&s.pair.target), schema);
+    let (code, _, stderr) = s.run(&["run", "--yes", "--until", "copy"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(normalised_schema(&s.pair.target), schema);
+    assert_eq!(
+        q(&s.pair.target, early).split(' ').count(),
+        6,
+        "the missing entry was not journaled again"
+    );
     let (code, stdout, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert_eq!(s.target_digest(), s.source_digest());

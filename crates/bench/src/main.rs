@@ -509,7 +509,11 @@ impl Bench {
 fn cpu_busy() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
-    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: u64 = ticks.iter().sum();
     // idle and iowait
     let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);

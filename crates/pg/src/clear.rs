@@ -157,10 +157,17 @@ impl Stage for ClearTarget {
 /// schemas on the target: what an interrupted parallel post-data restore may
 /// have left, so that the restore can run again from the start. Tables and
 /// their rows stay.
-pub async fn drop_post_data(pool: &PgPool, journal_schema: &str, keep: &[(String, String)]) -> Result<()> {
-    // The indexes and keys of `keep`'s tables (schema, name) stay: they were
+pub async fn drop_post_data(
+    pool: &PgPool,
+    journal_schema: &str,
+    keep: &[(String, String, String)],
+) -> Result<()> {
+    // Indexes and constraints in `keep` (schema, table, name) stay: they were
     // built, and journaled, during the copy.
-    const KEPT: &str = "(n.nspname, c.relname) IN (SELECT * FROM unnest($2::text[], $3::text[]))";
+    const KEPT_CONSTRAINT: &str =
+        "(n.nspname, c.relname, k.conname) IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))";
+    const KEPT_INDEX: &str =
+        "(n.nspname, c.relname, x.relname) IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))";
     const APP: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname NOT LIKE 'pg\\_%' \
         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass \
                         AND d.objid = n.oid AND d.deptype = 'e')";
@@ -183,12 +190,12 @@ pub async fn drop_post_data(pool: &PgPool, journal_schema: &str, keep: &[(String
         format!(
             "SELECT format('ALTER TABLE %I.%I DROP CONSTRAINT IF EXISTS %I', n.nspname, c.relname, k.conname) \
              FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE k.contype = 'f' AND k.conparentid = 0 AND {APP}"
+             WHERE k.contype = 'f' AND k.conparentid = 0 AND {APP} AND NOT {KEPT_CONSTRAINT}"
         ),
         format!(
             "SELECT format('ALTER TABLE %I.%I DROP CONSTRAINT IF EXISTS %I', n.nspname, c.relname, k.conname) \
              FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE k.contype IN ('p', 'u', 'x') AND k.conparentid = 0 AND {APP} AND NOT {KEPT}"
+             WHERE k.contype IN ('p', 'u', 'x') AND k.conparentid = 0 AND {APP} AND NOT {KEPT_CONSTRAINT}"
         ),
         // Indexes of partitions attached to a parent's index go with it.
         format!(
@@ -196,7 +203,7 @@ pub async fn drop_post_data(pool: &PgPool, journal_schema: &str, keep: &[(String
              JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_namespace n ON n.oid = x.relnamespace \
              JOIN pg_class c ON c.oid = i.indrelid \
              WHERE NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid) \
-               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) AND {APP} AND NOT {KEPT}"
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) AND {APP} AND NOT {KEPT_INDEX}"
         ),
     ];
     // Committed in batches: thousands of drops in one transaction would need
@@ -206,11 +213,10 @@ pub async fn drop_post_data(pool: &PgPool, journal_schema: &str, keep: &[(String
         if list.contains("$2") {
             query = query
                 .bind(keep.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
-                .bind(keep.iter().map(|k| k.1.as_str()).collect::<Vec<_>>());
+                .bind(keep.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
+                .bind(keep.iter().map(|k| k.2.as_str()).collect::<Vec<_>>());
         }
-        let drops: Vec<String> = query
-            .fetch_all(pool)
-            .await?;
+        let drops: Vec<String> = query.fetch_all(pool).await?;
         for batch in drops.chunks(DROP_BATCH) {
             let mut tx = pool.begin().await?;
             for d in batch {

@@ -9,7 +9,7 @@
 //! effect where the effect is SQL; a table is truncated and reloaded in one
 //! transaction, so a resume recopies exactly the unfinished tables.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, Executor, Postgres};
 
 use crate::clear::drop_application_objects;
-use crate::early_indexes::{self, TocEntry, index_item};
+use crate::early_indexes::{self, EarlyEntry, Next, Schedule};
 use crate::inventory::{Inventory, TableInfo, quote_ident, quote_literal};
 use crate::tools;
 
@@ -179,8 +179,6 @@ fn range_item(t: &TableInfo, r: &Range) -> String {
 struct Work {
     table: TableInfo,
     range: Option<Range>,
-    /// The data is in (an earlier pass): only its early index builds are left.
-    indexes_only: bool,
 }
 
 impl Work {
@@ -268,8 +266,7 @@ impl Stage for Copy {
         // Large tables get their indexes and keys built as soon as their data
         // is in (while others still copy); the SQL is the archive's own.
         let mut list_text = String::new();
-        let mut early: HashMap<String, Vec<TocEntry>> = HashMap::new();
-        let mut scripts: HashMap<String, String> = HashMap::new();
+        let mut early: Vec<EarlyEntry> = vec![];
         if !done.contains("post-data") {
             let mut cmd = tokio::process::Command::new(&pg_restore);
             cmd.arg("--list")
@@ -285,16 +282,6 @@ impl Stage for Copy {
                 ctx.plan.file.options.early_index_bytes,
             )
             .await?;
-            for t in source.storage_tables() {
-                let item = table_item(t);
-                if let Some(entries) = early.get(&item)
-                    && !done.contains(&index_item(t))
-                {
-                    let list_file = dir.join(format!("indexes-{}.list", scripts.len() + 1));
-                    let sql = early_indexes::script(&pg_restore, &schema_dump, &list_file, entries).await?;
-                    scripts.insert(item, sql);
-                }
-            }
         }
         let data_started = Instant::now();
         let schema_seconds = data_started.duration_since(started).as_secs_f64();
@@ -303,37 +290,32 @@ impl Stage for Copy {
         // split_bytes as block ranges, each its own journal item.
         let split_bytes = ctx.plan.file.options.split_bytes;
         let mut work: Vec<Work> = vec![];
-        let mut remaining_ranges: HashMap<String, usize> = HashMap::new();
         for t in source.storage_tables() {
-            let copies = table_work(ctx, t, &done, split_bytes).await?;
-            if copies.iter().any(|w| w.range.is_some()) {
-                remaining_ranges.insert(table_item(t), copies.len());
-            }
-            if copies.is_empty() && scripts.contains_key(&table_item(t)) {
-                work.push(Work {
-                    table: t.clone(),
-                    range: None,
-                    indexes_only: true,
-                });
-            }
-            work.extend(copies);
+            work.extend(table_work(ctx, t, &done, split_bytes).await?);
         }
-        // Index builds left from an earlier pass first, then the largest tables.
-        work.sort_by_key(|w| (!w.indexes_only, std::cmp::Reverse(w.bytes())));
-        let copies: Vec<&Work> = work.iter().filter(|w| !w.indexes_only).collect();
-        let total_tables = copies
+        work.sort_by_key(|w| std::cmp::Reverse(w.bytes()));
+        let copies = work.len();
+        let total_tables = work
             .iter()
             .filter(|w| w.range.is_none_or(|r| r.index == 0))
             .count();
-        let total_work = work.len();
         ctx.emit(Event::CopyStarted {
-            items: copies.len() as u64,
-            estimated_bytes: copies
+            items: copies as u64,
+            estimated_bytes: work
                 .iter()
                 .map(|w| w.table.pages.max(0) as u64 * 8192 / w.range.map(|r| r.count as u64).unwrap_or(1))
                 .sum(),
         });
-        let queue = Arc::new(Mutex::new(VecDeque::from(work)));
+        let to_build: Vec<EarlyEntry> = early
+            .iter()
+            .filter(|e| !done.contains(&e.item))
+            .cloned()
+            .collect();
+        let total_work = work.len() + to_build.len();
+        let schedule = Schedule::new(
+            work.into_iter().map(|w| (table_item(&w.table), w)).collect(),
+            to_build,
+        );
         let workers = self.jobs.min(total_work).max(1);
         let shared = Worker {
             source: ctx.source.clone(),
@@ -342,29 +324,50 @@ impl Stage for Copy {
             run_id: ctx.run_id,
             events: ctx.events.clone(),
             cancel: ctx.cancel.clone(),
-            queue,
+            schedule: Arc::new(Mutex::new(schedule)),
             snapshot: snapshot.clone(),
             binary,
             stall: match ctx.plan.file.options.stall_timeout {
-                0 => Duration::from_secs(u64::MAX / 4),
+                // Never, in practice (thirty years).
+                0 => Duration::from_secs(30 * 365 * 86_400),
                 n => Duration::from_secs(n),
             },
-            scripts: Arc::new(scripts),
-            remaining_ranges: Arc::new(Mutex::new(remaining_ranges)),
+            pg_restore: pg_restore.clone(),
+            archive: schema_dump.clone(),
+            dir: dir.clone(),
             index_seconds: Arc::new(Mutex::new(0.0)),
         };
-        let handles: Vec<_> = (0..workers).map(|_| tokio::spawn(shared.clone().run())).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            tasks.spawn(shared.clone().run());
+        }
         let mut rows_copied = 0u64;
         let mut first_error = None;
-        for h in handles {
-            match h.await {
+        loop {
+            // After a failure the others finish what they are on (a copy or
+            // an index build, each in its own transaction) for at most the
+            // stall timeout; then they are dropped, which rolls it back.
+            let joined = if first_error.is_some() {
+                match tokio::time::timeout(shared.stall, tasks.join_next()).await {
+                    Ok(j) => j,
+                    Err(_) => {
+                        tasks.abort_all();
+                        break;
+                    }
+                }
+            } else {
+                tasks.join_next().await
+            };
+            let Some(joined) = joined else { break };
+            match joined {
                 Ok(Ok(n)) => rows_copied += n,
                 Ok(Err(e)) => {
-                    // Stop the other workers at their next table.
-                    shared.queue.lock().unwrap().clear();
+                    // Nothing more starts.
+                    shared.schedule.lock().unwrap().abort();
                     first_error.get_or_insert(e);
                 }
                 Err(e) => {
+                    shared.schedule.lock().unwrap().abort();
                     first_error.get_or_insert(Error::failure(format!("a copy worker crashed: {e}")));
                 }
             }
@@ -376,25 +379,22 @@ impl Stage for Copy {
         let post_started = Instant::now();
         let data_seconds = post_started.duration_since(data_started).as_secs_f64();
 
-        let early_tables = early.len();
+        let left_over = shared.schedule.lock().unwrap().left_over();
         if !done.contains("post-data") {
             if !post_data_present(ctx, &journal_schema).await? {
                 // The rest of post-data in parallel (pg_restore --jobs orders
                 // it by dependency), without what was built during the copy.
                 // Not one transaction: what an interrupted attempt left is
-                // dropped first.
+                // dropped first (an early entry exists if and only if it is
+                // journaled).
                 let now_done = ctx.journal.items_done(ctx.run_id, STAGE).await?;
-                let kept: Vec<&TableInfo> = source
-                    .storage_tables()
-                    .filter(|t| early.contains_key(&table_item(t)) && now_done.contains(&index_item(t)))
-                    .collect();
-                let keep: Vec<(String, String)> =
-                    kept.iter().map(|t| (t.schema.clone(), t.name.clone())).collect();
-                crate::clear::drop_post_data(&ctx.target, &journal_schema, &keep).await?;
-                let skip: HashSet<String> = kept
+                let built: Vec<&EarlyEntry> = early.iter().filter(|e| now_done.contains(&e.item)).collect();
+                let keep: Vec<(String, String, String)> = built
                     .iter()
-                    .flat_map(|t| early[&table_item(t)].iter().map(|e| e.line.clone()))
+                    .map(|e| (e.schema.clone(), e.table.clone(), e.name.clone()))
                     .collect();
+                crate::clear::drop_post_data(&ctx.target, &journal_schema, &keep).await?;
+                let skip: HashSet<String> = built.iter().map(|e| e.toc.line.clone()).collect();
                 let list_file = dir.join("post-data.list");
                 early_indexes::write_private(&list_file, &early_indexes::remaining_list(&list_text, &skip))?;
                 let mut cmd = tools::command(&pg_restore, &target_ep);
@@ -422,10 +422,11 @@ impl Stage for Copy {
         let large_objects = copy_large_objects(ctx).await?;
         sqlx::query("COMMIT").execute(&mut *snapshot_conn).await?;
         let index_seconds = *shared.index_seconds.lock().unwrap();
+        let early_built = early.len() - left_over;
         ctx.emit(Event::Info {
             message: format!(
-                "copy: schema dumps and pre-data {schema_seconds:.1} s, data {data_seconds:.1} s (with the index \
-                 builds of {early_tables} large tables, {index_seconds:.1} s of them), rest of post-data (indexes, \
+                "copy: schema dumps and pre-data {schema_seconds:.1} s, data {data_seconds:.1} s (with {early_built} \
+                 index and key builds of large tables, {index_seconds:.1} s of them), rest of post-data (indexes, \
                  constraints, triggers) {post_seconds:.1} s"
             ),
         });
@@ -436,7 +437,7 @@ impl Stage for Copy {
             "large_objects": large_objects, "binary": binary,
             "seconds": { "schema": schema_seconds, "data": data_seconds, "post_data": post_seconds,
                          "early_index_builds": index_seconds },
-            "early_index_tables": early_tables,
+            "early_index_builds": early_built,
         }))
     }
 
@@ -478,7 +479,12 @@ impl Stage for Copy {
 /// The copies a table still needs: the whole table, or the block ranges of a
 /// large one not yet committed (none done: the table is emptied and its
 /// range items cleared, as no row is kept).
-async fn table_work(ctx: &RunContext, t: &TableInfo, done: &BTreeSet<String>, split_bytes: u64) -> Result<Vec<Work>> {
+async fn table_work(
+    ctx: &RunContext,
+    t: &TableInfo,
+    done: &BTreeSet<String>,
+    split_bytes: u64,
+) -> Result<Vec<Work>> {
     if done.contains(&table_item(t)) {
         return Ok(vec![]);
     }
@@ -487,7 +493,6 @@ async fn table_work(ctx: &RunContext, t: &TableInfo, done: &BTreeSet<String>, sp
         return Ok(vec![Work {
             table: t.clone(),
             range: None,
-            indexes_only: false,
         }]);
     }
     let prefix = format!("{}#", table_item(t));
@@ -496,7 +501,6 @@ async fn table_work(ctx: &RunContext, t: &TableInfo, done: &BTreeSet<String>, sp
     let range_work = |r: Range| Work {
         table: t.clone(),
         range: Some(r),
-        indexes_only: false,
     };
     if done_ranges.is_empty() || done_ranges.iter().any(|i| !i.ends_with(&suffix)) {
         // Start the table over: every committed range is journaled with its
@@ -531,16 +535,15 @@ struct Worker {
     run_id: uuid::Uuid,
     events: Arc<dyn cutover_core::event::EventSink>,
     cancel: cutover_core::stage::CancelFlag,
-    queue: Arc<Mutex<VecDeque<Work>>>,
+    schedule: Arc<Mutex<Schedule<Work>>>,
     snapshot: String,
     binary: bool,
     /// How long a stream may move no data before the table fails.
     stall: Duration,
-    /// `table:` item → the SQL of its indexes and keys, built as soon as
-    /// its data is in.
-    scripts: Arc<HashMap<String, String>>,
-    /// `table:` item → its block ranges not yet copied in this pass.
-    remaining_ranges: Arc<Mutex<HashMap<String, usize>>>,
+    /// Where early entries' statements come from: the schema archive.
+    pg_restore: std::path::PathBuf,
+    archive: std::path::PathBuf,
+    dir: std::path::PathBuf,
     /// Time spent in early index builds, all workers together.
     index_seconds: Arc<Mutex<f64>>,
 }
@@ -598,34 +601,34 @@ impl Worker {
             if self.cancel.is_cancelled() {
                 break;
             }
-            let next = self.queue.lock().unwrap().pop_front();
-            let Some(work) = next else { break };
-            let table = &work.table;
-            if !work.indexes_only {
-                match self.copy_table(&mut src, &mut tgt, table, work.range).await {
-                    Ok(n) => rows += n,
-                    Err(e) => {
-                        src.close_on_drop();
-                        tgt.close_on_drop();
-                        return Err(e.context(format!("copying table {}", table.display())));
+            let next = self.schedule.lock().unwrap().take();
+            match next {
+                Next::Finished => break,
+                // Entries wait for copies or keys another worker is on.
+                Next::Wait => tokio::time::sleep(Duration::from_millis(20)).await,
+                Next::Copy(work) => {
+                    let table = &work.table;
+                    match self.copy_table(&mut src, &mut tgt, table, work.range).await {
+                        Ok(n) => rows += n,
+                        Err(e) => {
+                            self.schedule.lock().unwrap().abort();
+                            src.close_on_drop();
+                            tgt.close_on_drop();
+                            return Err(e.context(format!("copying table {}", table.display())));
+                        }
                     }
+                    self.schedule.lock().unwrap().copied(&table_item(table));
                 }
-            }
-            // All of the table in: its indexes now, while others still copy.
-            let item = table_item(table);
-            let complete = match work.range {
-                Some(_) if !work.indexes_only => {
-                    let mut remaining = self.remaining_ranges.lock().unwrap();
-                    let left = remaining.entry(item.clone()).or_insert(1);
-                    *left = left.saturating_sub(1);
-                    *left == 0
+                Next::Build(entry) => {
+                    if let Err(e) = self.build(&entry).await {
+                        self.schedule.lock().unwrap().abort();
+                        return Err(e.context(format!(
+                            "building {} of {}.{} during the copy",
+                            entry.name, entry.schema, entry.table
+                        )));
+                    }
+                    self.schedule.lock().unwrap().built(&entry);
                 }
-                _ => true,
-            };
-            if complete && let Some(sql) = self.scripts.get(&item) {
-                self.build_indexes(table, sql)
-                    .await
-                    .map_err(|e| e.context(format!("building the indexes of {}", table.display())))?;
             }
         }
         within!(self, "the source", sqlx::query("COMMIT").execute(&mut *src)).map_err(on_source)?;
@@ -638,14 +641,19 @@ impl Worker {
         Ok(rows)
     }
 
-    /// Runs a table's index and key statements (from the schema archive) and
-    /// journals them in one transaction on a connection of its own (the
-    /// archive's script changes session settings such as search_path); a
-    /// crash leaves all of them or none.
-    async fn build_indexes(&self, table: &TableInfo, sql: &str) -> Result<()> {
+    /// Builds one early entry (its statement from the schema archive) and
+    /// journals it in one transaction, on a connection of its own (the
+    /// archive's script changes session settings such as search_path): after
+    /// a crash the entry exists on the target if and only if it is journaled.
+    async fn build(&self, entry: &EarlyEntry) -> Result<()> {
         use sqlx::{ConnectOptions, Connection};
         let t0 = Instant::now();
-        let mut conn = self.target.connect_options().connect().await.map_err(on_target)?;
+        let list_file = self
+            .dir
+            .join(format!("early-{}-{}.list", entry.toc.catalog, entry.toc.oid));
+        let sql = early_indexes::script(&self.pg_restore, &self.archive, &list_file, &entry.toc).await?;
+        let mut conn =
+            within!(self, "the target", self.target.connect_options().connect()).map_err(on_target)?;
         let result = async {
             let mut tx = Connection::begin(&mut conn).await.map_err(on_target)?;
             // Sorts in memory rather than in temporary files, for this
@@ -658,11 +666,10 @@ impl Worker {
                 .execute(&mut *tx)
                 .await
                 .map_err(on_target)?;
-            (&mut *tx).execute(sqlx::raw_sql(sql)).await.map_err(on_target)?;
-            let item = index_item(table);
+            (&mut *tx).execute(sqlx::raw_sql(&sql)).await.map_err(on_target)?;
             let done = Item {
                 stage: STAGE,
-                item: &item,
+                item: &entry.item,
                 ..Default::default()
             };
             self.journal.item_done_in(&mut tx, self.run_id, &done).await?;
@@ -673,7 +680,12 @@ impl Worker {
         result?;
         let seconds = t0.elapsed().as_secs_f64();
         *self.index_seconds.lock().unwrap() += seconds;
-        tracing::debug!("indexes of {} built during the copy in {seconds:.1} s", table.display());
+        tracing::debug!(
+            "{} of {}.{} built during the copy in {seconds:.1} s",
+            entry.name,
+            entry.schema,
+            entry.table
+        );
         Ok(())
     }
 
@@ -751,25 +763,42 @@ impl Worker {
         // its own message costs a write per row. Rows are gathered into
         // large buffers (memory stays bounded by COPY_BUFFER).
         let mut buffer: Vec<u8> = Vec::with_capacity(COPY_BUFFER);
+        // One stall deadline for the stream, pushed back every few thousand
+        // rows or buffer: reading the clock and arming a timer for every row
+        // cost a seventh of this process's time.
+        let stall = tokio::time::sleep(self.stall);
+        tokio::pin!(stall);
+        let mut rows_since_check = 0u32;
         loop {
-            let next = within!(self, "the source", stream.next());
+            let next = tokio::select! {
+                biased;
+                next = stream.next() => next,
+                _ = &mut stall => return Err(self.stalled("the source")),
+            };
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(on_source)?;
             bytes += chunk.len() as u64;
             buffer.extend_from_slice(&chunk);
-            if buffer.len() >= COPY_BUFFER {
+            rows_since_check += 1;
+            let full = buffer.len() >= COPY_BUFFER;
+            if full {
                 within!(self, "the target", copy_in.send(std::mem::take(&mut buffer))).map_err(on_target)?;
                 buffer.reserve(COPY_BUFFER);
             }
-            if last_report.elapsed() > Duration::from_millis(500) {
-                last_report = Instant::now();
-                self.events.emit(Event::TableProgress {
-                    table: name.clone(),
-                    rows: 0,
-                    bytes,
-                    estimated_bytes,
-                    done: false,
-                });
+            if full || rows_since_check >= 4096 {
+                rows_since_check = 0;
+                let now = Instant::now();
+                stall.as_mut().reset(tokio::time::Instant::from(now) + self.stall);
+                if now.duration_since(last_report) > Duration::from_millis(500) {
+                    last_report = now;
+                    self.events.emit(Event::TableProgress {
+                        table: name.clone(),
+                        rows: 0,
+                        bytes,
+                        estimated_bytes,
+                        done: false,
+                    });
+                }
             }
         }
         drop(stream);

@@ -1,21 +1,24 @@
-//! Index builds that overlap the copy: a large table's indexes and its
-//! primary-key, unique and exclusion constraints are built as soon as its
-//! data is in, while the other tables are still copying, instead of all of
-//! them after the last row.
+//! Index builds that overlap the copy. The indexes and primary-key, unique
+//! and exclusion constraints of a large table are built as soon as its data
+//! is in, and a foreign key between two large tables as soon as both tables
+//! and their keys are, each by whichever copy worker is free, while other
+//! tables still copy. The rest of post-data (triggers, rules, the indexes of
+//! small tables, partitions, comments, other foreign keys…) is restored
+//! afterwards from the same archive with these entries left out.
 //!
 //! The statements come from the copy's own schema archive (`pg_restore
-//! --use-list … --file=-`, one list per table), so they are exactly what the
-//! post-data restore would have run. The rest of post-data (foreign keys,
-//! triggers, rules, the indexes of small tables, partitions, comments…) is
-//! restored afterwards from the same archive with these entries left out.
+//! --use-list … --file=-`, one entry at a time), so they are exactly what the
+//! post-data restore would have run. Each runs in one transaction with its
+//! journal item: after a crash an entry exists on the target if and only if
+//! the journal says it is done.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 
 use cutover_core::{Error, Result};
 use sqlx::PgPool;
 
-use crate::inventory::{Inventory, TableInfo};
+use crate::inventory::Inventory;
 use crate::tools;
 
 /// A line of `pg_restore --list`: its archive entry and what it creates.
@@ -58,84 +61,125 @@ pub fn parse_list(text: &str) -> Vec<TocEntry> {
         .collect()
 }
 
-/// The entries of each large plain table (`table:schema.name` item → lines)
-/// that can be built as soon as its data is in: its own indexes and its
-/// primary-key, unique and exclusion constraints. Only tables of at least
-/// `min_bytes` (heap, indexes and TOAST on the source; 0 = none): smaller
-/// ones wait for the final parallel restore, as one restore per small table
-/// would cost more than it overlaps (a database may have thousands).
-/// Partitions and partitioned tables are left to the final restore (their
-/// indexes attach to each other).
-pub async fn plan(
-    source: &PgPool,
-    inventory: &Inventory,
-    entries: &[TocEntry],
-    min_bytes: u64,
-) -> Result<HashMap<String, Vec<TocEntry>>> {
-    if min_bytes == 0 {
-        return Ok(HashMap::new());
-    }
-    let large: HashSet<(String, String)> = inventory
-        .storage_tables()
-        .filter(|t| t.kind == "r" && !t.is_partition && t.bytes.max(0) as u64 >= min_bytes)
-        .map(|t| (t.schema.clone(), t.name.clone()))
-        .collect();
-    if large.is_empty() {
-        return Ok(HashMap::new());
-    }
-    // Which table each index and key constraint belongs to, by OID.
-    let owners: Vec<(i64, i64, String, String)> = sqlx::query_as(
-        "SELECT 'pg_class'::regclass::oid::bigint, i.indexrelid::bigint, n.nspname::text, c.relname::text \
-           FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-          WHERE c.relkind = 'r' AND NOT c.relispartition \
-         UNION ALL \
-         SELECT 'pg_constraint'::regclass::oid::bigint, k.oid::bigint, n.nspname::text, c.relname::text \
-           FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-          WHERE k.contype IN ('p', 'u', 'x') AND c.relkind = 'r' AND NOT c.relispartition",
-    )
-    .fetch_all(source)
-    .await?;
-    let owner: HashMap<(u32, u32), (String, String)> = owners
-        .into_iter()
-        .map(|(cat, oid, s, t)| ((cat as u32, oid as u32), (s, t)))
-        .collect();
-    let mut by_table: HashMap<String, Vec<TocEntry>> = HashMap::new();
-    for e in entries {
-        if e.kind != "INDEX" && e.kind != "CONSTRAINT" {
-            continue;
-        }
-        if let Some((schema, name)) = owner.get(&(e.catalog, e.oid))
-            && large.contains(&(schema.clone(), name.clone()))
-        {
-            by_table
-                .entry(table_item(schema, name))
-                .or_default()
-                .push(e.clone());
-        }
-    }
-    Ok(by_table)
+/// An archive entry built during the copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlyEntry {
+    pub toc: TocEntry,
+    /// Its journal item: `early:<schema>.<table>.<name>`.
+    pub item: String,
+    pub schema: String,
+    /// The table it belongs to (a foreign key: the referencing table).
+    pub table: String,
+    pub name: String,
+    /// The `table:` items it waits for: its table, and for a foreign key
+    /// also the referenced table.
+    pub tables: Vec<String>,
+    pub foreign_key: bool,
+    /// Bytes of its table on the source: larger tables' entries go first.
+    pub weight: i64,
 }
 
 fn table_item(schema: &str, name: &str) -> String {
     format!("table:{schema}.{name}")
 }
 
-/// The journal item that records a table's early index builds.
-pub fn index_item(t: &TableInfo) -> String {
-    format!("indexes:{}.{}", t.schema, t.name)
+/// The entries that can be built during the copy: the indexes and primary
+/// key, unique and exclusion constraints of each plain table of at least
+/// `min_bytes` (heap, indexes and TOAST on the source; 0 = none), and the
+/// foreign keys between two such tables. Smaller tables wait for the final
+/// parallel restore, as building their entries one by one would cost more
+/// than it overlaps (a database may have thousands). Partitions and
+/// partitioned tables are left to the final restore (their indexes attach to
+/// each other).
+pub async fn plan(
+    source: &PgPool,
+    inventory: &Inventory,
+    entries: &[TocEntry],
+    min_bytes: u64,
+) -> Result<Vec<EarlyEntry>> {
+    if min_bytes == 0 {
+        return Ok(vec![]);
+    }
+    let large: HashMap<(String, String), i64> = inventory
+        .storage_tables()
+        .filter(|t| t.kind == "r" && !t.is_partition && t.bytes.max(0) as u64 >= min_bytes)
+        .map(|t| ((t.schema.clone(), t.name.clone()), t.bytes))
+        .collect();
+    if large.is_empty() {
+        return Ok(vec![]);
+    }
+    // What each index and constraint is, and on which tables, by OID.
+    type Owner = (i64, i64, String, String, String, Option<String>, Option<String>);
+    let owners: Vec<Owner> = sqlx::query_as(
+        "SELECT 'pg_class'::regclass::oid::bigint, i.indexrelid::bigint, n.nspname::text, c.relname::text, \
+                x.relname::text, NULL::text, NULL::text \
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_class x ON x.oid = i.indexrelid \
+           JOIN pg_namespace n ON n.oid = c.relnamespace \
+          WHERE c.relkind = 'r' AND NOT c.relispartition \
+         UNION ALL \
+         SELECT 'pg_constraint'::regclass::oid::bigint, k.oid::bigint, n.nspname::text, c.relname::text, \
+                k.conname::text, rn.nspname::text, r.relname::text \
+           FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+           LEFT JOIN pg_class r ON r.oid = k.confrelid LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace \
+          WHERE k.contype IN ('p', 'u', 'x', 'f') AND c.relkind = 'r' AND NOT c.relispartition",
+    )
+    .fetch_all(source)
+    .await?;
+    let owner: HashMap<(u32, u32), Owner> = owners
+        .into_iter()
+        .map(|o| ((o.0 as u32, o.1 as u32), o))
+        .collect();
+    let mut early = vec![];
+    for e in entries {
+        let foreign_key = e.kind == "FK CONSTRAINT";
+        if e.kind != "INDEX" && e.kind != "CONSTRAINT" && !foreign_key {
+            continue;
+        }
+        let Some((_, _, schema, table, name, ref_schema, ref_table)) = owner.get(&(e.catalog, e.oid)) else {
+            continue;
+        };
+        let Some(&weight) = large.get(&(schema.clone(), table.clone())) else {
+            continue;
+        };
+        let mut tables = vec![table_item(schema, table)];
+        if foreign_key {
+            let (Some(rs), Some(rt)) = (ref_schema, ref_table) else {
+                continue;
+            };
+            if !large.contains_key(&(rs.clone(), rt.clone())) {
+                continue;
+            }
+            if (rs, rt) != (schema, table) {
+                tables.push(table_item(rs, rt));
+            }
+        } else if ref_table.is_some() {
+            // A foreign key's OID under a plain CONSTRAINT entry: not ours.
+            continue;
+        }
+        early.push(EarlyEntry {
+            toc: e.clone(),
+            item: format!("early:{schema}.{table}.{name}"),
+            schema: schema.clone(),
+            table: table.clone(),
+            name: name.clone(),
+            tables,
+            foreign_key,
+            weight,
+        });
+    }
+    Ok(early)
 }
 
-/// The SQL of `entries`, as `pg_restore` writes it from the archive.
-pub async fn script(pg_restore: &Path, archive: &Path, list_file: &Path, entries: &[TocEntry]) -> Result<String> {
-    let list: String = entries.iter().map(|e| format!("{}\n", e.line)).collect();
-    write_private(list_file, &list)?;
+/// The SQL of one entry, as `pg_restore` writes it from the archive.
+pub async fn script(pg_restore: &Path, archive: &Path, list_file: &Path, entry: &TocEntry) -> Result<String> {
+    write_private(list_file, &format!("{}\n", entry.line))?;
     let mut cmd = tokio::process::Command::new(pg_restore);
     cmd.args(["--no-owner", "--no-privileges", "--file=-"])
         .arg(format!("--use-list={}", list_file.display()))
         .arg(archive)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    let script = tools::run(cmd, "pg_restore --file=- of a table's indexes").await?;
+    let script = tools::run(cmd, "pg_restore --file=- of an index").await?;
     // Recent pg_restore releases wrap scripts in psql's \restrict and
     // \unrestrict meta-commands (they guard psql, not SQL): left out. Any
     // other meta-command would mean a script this code does not understand.
@@ -146,18 +190,21 @@ pub async fn script(pg_restore: &Path, archive: &Path, list_file: &Path, entries
         }
         if line.starts_with('\\') {
             return Err(Error::failure(format!(
-                "pg_restore wrote a psql meta-command into the index script of {} ({line}); set \
+                "pg_restore wrote a psql meta-command into the script of `{}` ({line}); set \
                  options.early_index_bytes = 0 to build indexes after the copy",
-                archive.display()
+                entry.line
             )));
         }
         sql.push_str(line);
         sql.push('\n');
     }
-    if sql.trim().is_empty() {
+    if !sql
+        .lines()
+        .any(|l| !l.trim().is_empty() && !l.starts_with("--") && !l.starts_with("SET "))
+    {
         return Err(Error::failure(format!(
-            "pg_restore wrote no SQL for {} archive entries of {}",
-            entries.len(),
+            "pg_restore wrote no statement for `{}` of {}",
+            entry.line,
             archive.display()
         )));
     }
@@ -185,6 +232,126 @@ pub fn remaining_list(list: &str, skip: &HashSet<String>) -> String {
         .filter(|l| !skip.contains(*l))
         .map(|l| format!("{l}\n"))
         .collect()
+}
+
+/// What a copy worker does next.
+#[derive(Debug)]
+pub enum Next<W> {
+    Copy(W),
+    Build(EarlyEntry),
+    /// Nothing to start now; entries wait for work in flight.
+    Wait,
+    Finished,
+}
+
+/// The copy's work queue: copies first (as given: largest first), then the
+/// early entries whose tables are in, larger tables first, indexes and keys
+/// before foreign keys. A foreign key waits for both tables and all their
+/// indexes and keys, and never runs beside another foreign key on one of its
+/// tables (two of them would lock the same tables in opposite orders).
+#[derive(Debug)]
+pub struct Schedule<W> {
+    copies: VecDeque<(String, W)>,
+    /// `table:` item → copies of it not finished.
+    copies_left: HashMap<String, usize>,
+    /// `table:` item → its index and key entries not built.
+    keys_left: HashMap<String, usize>,
+    waiting: Vec<EarlyEntry>,
+    /// Tables of foreign keys being built.
+    fk_busy: HashSet<String>,
+    running: usize,
+    aborted: bool,
+}
+
+impl<W> Schedule<W> {
+    /// `copies`: (table item, work) in the order to run them; `entries`: the
+    /// early entries not yet done (done ones are left out by the caller).
+    pub fn new(copies: Vec<(String, W)>, entries: Vec<EarlyEntry>) -> Schedule<W> {
+        let mut copies_left: HashMap<String, usize> = HashMap::new();
+        for (t, _) in &copies {
+            *copies_left.entry(t.clone()).or_default() += 1;
+        }
+        let mut keys_left: HashMap<String, usize> = HashMap::new();
+        for e in entries.iter().filter(|e| !e.foreign_key) {
+            *keys_left.entry(e.tables[0].clone()).or_default() += 1;
+        }
+        let mut waiting = entries;
+        waiting.sort_by_key(|e| (e.foreign_key, std::cmp::Reverse(e.weight)));
+        Schedule {
+            copies: copies.into(),
+            copies_left,
+            keys_left,
+            waiting,
+            fk_busy: HashSet::new(),
+            running: 0,
+            aborted: false,
+        }
+    }
+
+    fn ready(&self, e: &EarlyEntry) -> bool {
+        let copied = |t: &String| self.copies_left.get(t).is_none_or(|n| *n == 0);
+        let keyed = |t: &String| self.keys_left.get(t).is_none_or(|n| *n == 0);
+        if !e.foreign_key {
+            return copied(&e.tables[0]);
+        }
+        e.tables
+            .iter()
+            .all(|t| copied(t) && keyed(t) && !self.fk_busy.contains(t))
+    }
+
+    pub fn take(&mut self) -> Next<W> {
+        if self.aborted {
+            return Next::Finished;
+        }
+        if let Some((_, w)) = self.copies.pop_front() {
+            self.running += 1;
+            return Next::Copy(w);
+        }
+        if let Some(i) = self.waiting.iter().position(|e| self.ready(e)) {
+            let e = self.waiting.remove(i);
+            if e.foreign_key {
+                self.fk_busy.extend(e.tables.iter().cloned());
+            }
+            self.running += 1;
+            return Next::Build(e);
+        }
+        if self.running > 0 {
+            Next::Wait
+        } else {
+            Next::Finished
+        }
+    }
+
+    pub fn copied(&mut self, table_item: &str) {
+        if let Some(n) = self.copies_left.get_mut(table_item) {
+            *n = n.saturating_sub(1);
+        }
+        self.running = self.running.saturating_sub(1);
+    }
+
+    pub fn built(&mut self, e: &EarlyEntry) {
+        if e.foreign_key {
+            for t in &e.tables {
+                self.fk_busy.remove(t);
+            }
+        } else if let Some(n) = self.keys_left.get_mut(&e.tables[0]) {
+            *n = n.saturating_sub(1);
+        }
+        self.running = self.running.saturating_sub(1);
+    }
+
+    /// A worker failed: nothing more starts, and no worker waits for work
+    /// in flight any more.
+    pub fn abort(&mut self) {
+        self.aborted = true;
+        self.copies.clear();
+        self.waiting.clear();
+    }
+
+    /// Entries that never became ready (left to the final restore).
+    pub fn left_over(&self) -> usize {
+        self.waiting.len()
+    }
 }
 
 #[cfg(test)]
@@ -218,5 +385,100 @@ mod tests {
         let rest = remaining_list(LIST, &skip);
         assert!(!rest.contains("pgbench_accounts_pkey") && !rest.contains("docs_created"));
         assert!(rest.contains("events_doc_id_fkey") && rest.contains("p1_idx"));
+    }
+
+    fn entry(name: &str, tables: &[&str], foreign_key: bool, weight: i64) -> EarlyEntry {
+        EarlyEntry {
+            toc: TocEntry {
+                line: name.into(),
+                catalog: 0,
+                oid: 0,
+                kind: if foreign_key { "FK CONSTRAINT" } else { "INDEX" }.into(),
+            },
+            item: format!("early:{name}"),
+            schema: "public".into(),
+            table: tables[0].into(),
+            name: name.into(),
+            tables: tables.iter().map(|t| format!("table:public.{t}")).collect(),
+            foreign_key,
+            weight,
+        }
+    }
+
+    fn name<W>(n: &Next<W>) -> String {
+        match n {
+            Next::Build(e) => e.name.clone(),
+            Next::Copy(_) => "copy".into(),
+            Next::Wait => "wait".into(),
+            Next::Finished => "finished".into(),
+        }
+    }
+
+    #[test]
+    fn entries_wait_for_their_tables_and_foreign_keys_for_both_keys() {
+        let t = |n: &str| format!("table:public.{n}");
+        // big is copied as two ranges; small once.
+        let copies = vec![(t("big"), 1), (t("big"), 2), (t("small"), 3)];
+        let entries = vec![
+            entry("small_fk_big", &["small", "big"], true, 10),
+            entry("big_pkey", &["big"], false, 100),
+            entry("small_pkey", &["small"], false, 10),
+        ];
+        let mut s = Schedule::new(copies, entries);
+        assert!(matches!(s.take(), Next::Copy(1)));
+        assert!(matches!(s.take(), Next::Copy(2)));
+        assert!(matches!(s.take(), Next::Copy(3)));
+        // Nothing copied yet: everything waits.
+        assert_eq!(name(&s.take()), "wait");
+        s.copied(&t("small"));
+        assert_eq!(name(&s.take()), "small_pkey");
+        s.copied(&t("big")); // one range of two
+        assert_eq!(name(&s.take()), "wait");
+        s.copied(&t("big"));
+        let big = s.take();
+        assert_eq!(name(&big), "big_pkey");
+        // The foreign key waits for both tables' keys.
+        assert_eq!(name(&s.take()), "wait");
+        let Next::Build(b) = big else { unreachable!() };
+        s.built(&b);
+        assert_eq!(name(&s.take()), "wait", "small_pkey still running");
+        s.built(&entry("small_pkey", &["small"], false, 10));
+        let fk = s.take();
+        assert_eq!(name(&fk), "small_fk_big");
+        assert_eq!(name(&s.take()), "wait");
+        let Next::Build(fk) = fk else { unreachable!() };
+        s.built(&fk);
+        assert_eq!(name(&s.take()), "finished");
+        assert_eq!(s.left_over(), 0);
+    }
+
+    #[test]
+    fn foreign_keys_on_a_shared_table_run_one_at_a_time() {
+        let entries = vec![
+            entry("a_fk_b", &["a", "b"], true, 10),
+            entry("b_fk_a", &["b", "a"], true, 10),
+            entry("c_fk_d", &["c", "d"], true, 10),
+        ];
+        let mut s: Schedule<()> = Schedule::new(vec![], entries);
+        let first = s.take();
+        assert_eq!(name(&first), "a_fk_b");
+        assert_eq!(name(&s.take()), "c_fk_d", "b_fk_a must wait for a_fk_b");
+        assert_eq!(name(&s.take()), "wait");
+        let Next::Build(first) = first else { unreachable!() };
+        s.built(&first);
+        assert_eq!(name(&s.take()), "b_fk_a");
+    }
+
+    #[test]
+    fn an_abort_starts_nothing_more_and_nobody_waits() {
+        let t = |n: &str| format!("table:public.{n}");
+        let mut s = Schedule::new(
+            vec![(t("a"), 1), (t("b"), 2)],
+            vec![entry("a_pkey", &["a"], false, 1)],
+        );
+        assert!(matches!(s.take(), Next::Copy(1)));
+        // Copy 1 is still in flight: the others stop at once all the same.
+        s.abort();
+        assert_eq!(name(&s.take()), "finished");
     }
 }
