@@ -500,8 +500,12 @@ fn early_index_builds_overlap_the_copy_and_survive_an_interruption() {
              INSERT INTO parent SELECT g, 'c' || g, tsrange(timestamp '2024-01-01' + g * interval '1 day', \
                                                            timestamp '2024-01-01' + (g + 1) * interval '1 day') \
                FROM generate_series(1, 2000) g; \
-             CREATE TABLE child (id bigint PRIMARY KEY, parent_id int NOT NULL REFERENCES parent, note text); \
-             INSERT INTO child SELECT g, 1 + g % 2000, repeat(md5(g::text), 4) FROM generate_series(1, 20000) g; \
+             CREATE TABLE kind (id int PRIMARY KEY, label text); \
+             INSERT INTO kind VALUES (1, 'a'), (2, 'b'), (3, 'c'); \
+             CREATE TABLE child (id bigint PRIMARY KEY, parent_id int NOT NULL REFERENCES parent, \
+                                 kind_id int REFERENCES kind, note text); \
+             INSERT INTO child SELECT g, 1 + g % 2000, 1 + g % 3, repeat(md5(g::text), 4) \
+               FROM generate_series(1, 20000) g; \
              CREATE INDEX child_parent ON child (parent_id); \
              COMMENT ON INDEX child_parent IS 'lookups by parent'; \
              CREATE TABLE small (id int PRIMARY KEY, parent_id int REFERENCES parent); \
@@ -523,10 +527,13 @@ fn early_index_builds_overlap_the_copy_and_survive_an_interruption() {
     assert_eq!(normalised_schema(&s.pair.target), schema);
     let early =
         "SELECT string_agg(item, ' ' ORDER BY item) FROM cutover.item_progress WHERE item LIKE 'early:%'";
-    // small is below early_index_bytes: its key and foreign key come after the copy.
+    // small is below early_index_bytes: its key and foreign key come after
+    // the copy; kind is small too, but child's foreign key to it is checked
+    // during the copy, so kind's key is built early.
     assert_eq!(
         q(&s.pair.target, early),
-        "early:public.child.child_parent early:public.child.child_parent_id_fkey early:public.child.child_pkey \
+        "early:public.child.child_kind_id_fkey early:public.child.child_parent \
+         early:public.child.child_parent_id_fkey early:public.child.child_pkey early:public.kind.kind_pkey \
          early:public.parent.parent_code_key early:public.parent.parent_during_excl early:public.parent.parent_pkey"
     );
     assert!(
@@ -555,7 +562,7 @@ fn early_index_builds_overlap_the_copy_and_survive_an_interruption() {
     assert_eq!(normalised_schema(&s.pair.target), schema);
     assert_eq!(
         q(&s.pair.target, early).split(' ').count(),
-        6,
+        8,
         "the missing entry was not journaled again"
     );
     let (code, stdout, stderr) = s.run(&["run", "--yes"]);

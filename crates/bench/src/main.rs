@@ -20,8 +20,8 @@ use cutover_testkit::{PgServer, pg_bindir};
 #[derive(Debug, Parser)]
 #[command(name = "cutover-bench")]
 struct Args {
-    /// pgbench scale of the dataset (1 ≈ 16 MB with the extra tables; 64 ≈ 1 GB).
-    #[arg(long, default_value_t = 64)]
+    /// pgbench scale of the dataset (1 ≈ 34 MB on disk with the extra tables; 32 ≈ 1.1 GB).
+    #[arg(long, default_value_t = 32)]
     scale: u32,
     /// Repetitions per tool (the median is reported).
     #[arg(long, default_value_t = 3)]

@@ -85,12 +85,12 @@ fn table_item(schema: &str, name: &str) -> String {
 
 /// The entries that can be built during the copy: the indexes and primary
 /// key, unique and exclusion constraints of each plain table of at least
-/// `min_bytes` (heap, indexes and TOAST on the source; 0 = none), and the
-/// foreign keys between two such tables. Smaller tables wait for the final
-/// parallel restore, as building their entries one by one would cost more
-/// than it overlaps (a database may have thousands). Partitions and
-/// partitioned tables are left to the final restore (their indexes attach to
-/// each other).
+/// `min_bytes` (heap, indexes and TOAST on the source; 0 = none), the
+/// foreign keys of those tables to plain tables, and the indexes and keys of
+/// the tables these reference. Other tables wait for the final parallel
+/// restore, as building their entries one by one would cost more than it
+/// overlaps (a database may have thousands). Partitions and partitioned
+/// tables are left to the final restore (their indexes attach to each other).
 pub async fn plan(
     source: &PgPool,
     inventory: &Inventory,
@@ -100,12 +100,14 @@ pub async fn plan(
     if min_bytes == 0 {
         return Ok(vec![]);
     }
-    let large: HashMap<(String, String), i64> = inventory
+    // Plain tables (bytes on the source), and the large ones among them.
+    let plain: HashMap<(String, String), i64> = inventory
         .storage_tables()
-        .filter(|t| t.kind == "r" && !t.is_partition && t.bytes.max(0) as u64 >= min_bytes)
+        .filter(|t| t.kind == "r" && !t.is_partition)
         .map(|t| ((t.schema.clone(), t.name.clone()), t.bytes))
         .collect();
-    if large.is_empty() {
+    let is_large = |k: &(String, String)| plain.get(k).is_some_and(|b| b.max(&0) >= &(min_bytes as i64));
+    if !plain.keys().any(is_large) {
         return Ok(vec![]);
     }
     // What each index and constraint is, and on which tables, by OID.
@@ -129,31 +131,46 @@ pub async fn plan(
         .into_iter()
         .map(|o| ((o.0 as u32, o.1 as u32), o))
         .collect();
+    let owned = |e: &TocEntry| {
+        let kind_ok = matches!(e.kind.as_str(), "INDEX" | "CONSTRAINT" | "FK CONSTRAINT");
+        kind_ok.then(|| owner.get(&(e.catalog, e.oid))).flatten()
+    };
+    // A large table's foreign keys are validated during the copy (checking
+    // every row is what costs); the plain tables they reference get their
+    // keys built early too, whatever their size, so that the keys exist.
+    let mut keyed: HashSet<(String, String)> = plain.keys().filter(|k| is_large(k)).cloned().collect();
+    let mut early_fks = vec![];
+    for e in entries.iter().filter(|e| e.kind == "FK CONSTRAINT") {
+        let Some((_, _, schema, table, _, Some(rs), Some(rt))) = owned(e) else {
+            continue;
+        };
+        let (from, to) = ((schema.clone(), table.clone()), (rs.clone(), rt.clone()));
+        if is_large(&from) && plain.contains_key(&to) {
+            keyed.insert(to);
+            early_fks.push(e.oid);
+        }
+    }
     let mut early = vec![];
     for e in entries {
+        let Some((_, _, schema, table, name, ref_schema, ref_table)) = owned(e) else {
+            continue;
+        };
+        let key = (schema.clone(), table.clone());
         let foreign_key = e.kind == "FK CONSTRAINT";
-        if e.kind != "INDEX" && e.kind != "CONSTRAINT" && !foreign_key {
-            continue;
-        }
-        let Some((_, _, schema, table, name, ref_schema, ref_table)) = owner.get(&(e.catalog, e.oid)) else {
-            continue;
-        };
-        let Some(&weight) = large.get(&(schema.clone(), table.clone())) else {
-            continue;
-        };
         let mut tables = vec![table_item(schema, table)];
         if foreign_key {
             let (Some(rs), Some(rt)) = (ref_schema, ref_table) else {
                 continue;
             };
-            if !large.contains_key(&(rs.clone(), rt.clone())) {
+            if !early_fks.contains(&e.oid) {
                 continue;
             }
             if (rs, rt) != (schema, table) {
                 tables.push(table_item(rs, rt));
             }
-        } else if ref_table.is_some() {
-            // A foreign key's OID under a plain CONSTRAINT entry: not ours.
+        } else if ref_table.is_some() || !keyed.contains(&key) {
+            // Not a key of an early table (or a foreign key's OID under a
+            // plain CONSTRAINT entry).
             continue;
         }
         early.push(EarlyEntry {
@@ -164,7 +181,7 @@ pub async fn plan(
             name: name.clone(),
             tables,
             foreign_key,
-            weight,
+            weight: plain.get(&key).copied().unwrap_or(0),
         });
     }
     Ok(early)
