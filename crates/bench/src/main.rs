@@ -213,7 +213,7 @@ fn run(args: Args) -> Result<()> {
     );
 
     if args.series {
-        println!("\nscaling (cutover copy only):");
+        println!("\nscaling (cutover copy only, medians of {} each):", args.reps);
         println!(
             "{:>8} {:>10} {:>10} {:>12} {:>10}",
             "scale", "MB", "seconds", "s per GB", "RSS MB"
@@ -231,10 +231,21 @@ fn run(args: Args) -> Result<()> {
             let name = format!("bench_x{factor}");
             let bytes = bench.generate(&name, scale)?;
             let mb = bytes as f64 / 1e6;
-            let t = bench.time_copy(Tool::Cutover, &name, "bench_series")?;
-            bench
-                .target
-                .sql("postgres", "DROP DATABASE IF EXISTS bench_series WITH (FORCE)")?;
+            // The same number of repetitions as at scale S: a median each.
+            let mut secs = vec![];
+            let mut peak: f64 = 0.0;
+            for _ in 0..args.reps {
+                let t = bench.time_copy(Tool::Cutover, &name, "bench_series")?;
+                secs.push(t.seconds);
+                peak = peak.max(t.rss_mb.unwrap_or(0.0));
+                bench
+                    .target
+                    .sql("postgres", "DROP DATABASE IF EXISTS bench_series WITH (FORCE)")?;
+            }
+            let t = Timing {
+                seconds: median(&secs),
+                rss_mb: Some(peak),
+            };
             bench.source.sql(
                 "postgres",
                 &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
@@ -351,6 +362,10 @@ impl Bench {
         )?;
         self.target
             .sql("postgres", &format!("CREATE DATABASE {target_db}"))?;
+        // Every tool starts from clean servers: nothing left for the
+        // checkpointer to write from the dataset's generation or an earlier run.
+        self.source.sql("postgres", "CHECKPOINT")?;
+        self.target.sql("postgres", "CHECKPOINT")?;
         let (src, tgt) = (Self::url(&self.source, db), Self::url(&self.target, target_db));
         let work = self.dir.path().join(format!("work-{target_db}"));
         let _ = std::fs::remove_dir_all(&work);

@@ -71,6 +71,10 @@ pub struct Options {
     /// built as soon as their data is in, while other tables still copy
     /// (0 = every index after the last table).
     pub early_index_bytes: u64,
+    /// Most memory (MB) one index build or foreign-key check during the copy
+    /// may use on the target (sized to its table below that; up to `jobs` at
+    /// once).
+    pub build_memory_mb: u64,
 }
 
 impl Default for Options {
@@ -85,6 +89,7 @@ impl Default for Options {
             lock_timeout: 30,
             split_bytes: 1 << 30,
             early_index_bytes: 32 << 20,
+            build_memory_mb: 1024,
             stall_timeout: 300,
         }
     }

@@ -77,6 +77,8 @@ pub struct EarlyEntry {
     pub foreign_key: bool,
     /// Bytes of its table on the source: larger tables' entries go first.
     pub weight: i64,
+    /// Rows of its table (the source's estimate or count): sizes its memory.
+    pub rows: i64,
 }
 
 fn table_item(schema: &str, name: &str) -> String {
@@ -105,6 +107,10 @@ pub async fn plan(
         .storage_tables()
         .filter(|t| t.kind == "r" && !t.is_partition)
         .map(|t| ((t.schema.clone(), t.name.clone()), t.bytes))
+        .collect();
+    let rows: HashMap<(String, String), i64> = inventory
+        .storage_tables()
+        .map(|t| ((t.schema.clone(), t.name.clone()), t.rows))
         .collect();
     let is_large = |k: &(String, String)| plain.get(k).is_some_and(|b| b.max(&0) >= &(min_bytes as i64));
     if !plain.keys().any(is_large) {
@@ -182,6 +188,7 @@ pub async fn plan(
             tables,
             foreign_key,
             weight: plain.get(&key).copied().unwrap_or(0),
+            rows: rows.get(&key).copied().unwrap_or(0),
         });
     }
     Ok(early)
@@ -419,6 +426,7 @@ mod tests {
             tables: tables.iter().map(|t| format!("table:public.{t}")).collect(),
             foreign_key,
             weight,
+            rows: 0,
         }
     }
 
