@@ -142,14 +142,23 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         if retired {
             return Ok(None);
         }
-        Inventory::read(&dbs.source_pool, schema, true)
+        // Large tables keep the statistics' estimate for now: counting them
+        // only matters where the target has them too (below).
+        Inventory::read_estimating(&dbs.source_pool, schema)
             .await
             .map(Some)
             .map_err(|e| e.context(format!("inspecting the source {} ({privileges})", dbs.source)))
     };
     let (target, source) = tokio::try_join!(read_target, read_source)?;
     let mut warnings = vec![];
-    let (source, comparison) = if let Some(source) = source {
+    let (source, comparison) = if let Some(mut source) = source {
+        // Exact where the two are compared (row differences, the direction
+        // check); a table only the source has is copied and counted by the
+        // copy, and verified by verify-data, so its estimate is only shown.
+        source
+            .count_exactly(&dbs.source_pool, |t| target.table(&t.schema, &t.name).is_some())
+            .await
+            .map_err(|e| e.context(format!("counting rows on the source {}", dbs.source)))?;
         let comparison = compare(&source, &target, &dbs.source_pool, &dbs.target_pool).await?;
         (source, comparison)
     } else {

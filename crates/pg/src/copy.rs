@@ -86,7 +86,7 @@ impl Copy {
                     "copy the source's schema and data into the target: {} tables, {} rows, {} MB, {} sequences, \
                      {} large objects; {} tables at a time, {} format",
                     source.tables.len(),
-                    source.total_rows(),
+                    source.rows_text(),
                     source.database_bytes / 1_000_000,
                     source.sequences.len(),
                     source.large_objects,
@@ -102,7 +102,13 @@ impl Copy {
                         } else {
                             String::new()
                         };
-                        format!("{}: {} rows, {} kB{split}", t.display(), t.rows, t.bytes / 1000)
+                        let about = if t.rows_estimated { "about " } else { "" };
+                        format!(
+                            "{}: {about}{} rows, {} kB{split}",
+                            t.display(),
+                            t.rows,
+                            t.bytes / 1000
+                        )
                     })
                     .collect(),
                 warnings,

@@ -66,7 +66,7 @@ fn summary(label: &str, inv: &Inventory) -> String {
     format!(
         "{label}: {} tables, {} rows, {} sequences, {} large objects (database {}, PostgreSQL {})",
         inv.tables.len(),
-        inv.total_rows(),
+        inv.rows_text(),
         inv.sequences.len(),
         inv.large_objects,
         inv.identity.database,
@@ -113,11 +113,12 @@ impl Stage for Discover {
         }
         Ok(json!({
             "summary": format!("source {} tables / {} rows, target {} tables / {} rows",
-                source.tables.len(), source.total_rows(), target.tables.len(), target.total_rows()),
+                source.tables.len(), source.rows_text(), target.tables.len(), target.rows_text()),
             "inspection": if fresh { "the plan's, taken moments before" } else { "taken by this stage" },
             "source": { "tables": source.tables.len(), "rows": source.total_rows(),
                         "place": source.identity.place(),
-                        "table_rows": source.storage_tables().map(|t| (t.display(), t.rows)).collect::<Vec<_>>() },
+                        "table_rows": source.storage_tables().map(|t| (t.display(), t.rows)).collect::<Vec<_>>(),
+                        "rows_estimated": source.storage_tables().filter(|t| t.rows_estimated).map(|t| t.display()).collect::<Vec<_>>() },
             "target": { "tables": target.tables.len(), "rows": target.total_rows(),
                         "place": target.identity.place(),
                         "table_rows": target.storage_tables().map(|t| (t.display(), t.rows)).collect::<Vec<_>>() },

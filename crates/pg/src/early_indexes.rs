@@ -1,8 +1,8 @@
 //! Index builds that overlap the copy. The indexes and primary-key, unique
 //! and exclusion constraints of a large table are built as soon as its data
-//! is in, and a foreign key between two large tables as soon as both tables
-//! and their keys are, each by whichever copy worker is free, while other
-//! tables still copy. The rest of post-data (triggers, rules, the indexes of
+//! is in, and a large table's foreign key to a plain table as soon as both
+//! tables and their keys are, each by whichever copy worker is free, while
+//! other tables still copy. The rest of post-data (triggers, rules, the indexes of
 //! small tables, partitions, comments, other foreign keys…) is restored
 //! afterwards from the same archive with these entries left out.
 //!

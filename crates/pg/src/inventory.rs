@@ -32,6 +32,9 @@ pub struct TableInfo {
     /// Rows updated or deleted since the server's statistics were reset
     /// (`pg_stat_user_tables`): application activity, as bulk loads only insert.
     pub changes: i64,
+    /// `rows` is the statistics' estimate, not a count (a large table that
+    /// nothing compares with; see [`Inventory::read_estimating`]).
+    pub rows_estimated: bool,
 }
 
 impl TableInfo {
@@ -105,7 +108,44 @@ impl Inventory {
     }
 
     /// Reads everything cutover needs to know about one database. Read-only.
+    /// `exact`: rows counted (else the statistics' estimates).
     pub async fn read(pool: &PgPool, journal_schema: &str, exact: bool) -> Result<Inventory> {
+        let counting = if exact { Counting::All } else { Counting::None };
+        Inventory::read_with(pool, journal_schema, counting).await
+    }
+
+    /// Like [`Inventory::read`], with rows counted except in large analyzed
+    /// tables (at least [`ESTIMATE_PAGES`] pages), whose statistics' estimate
+    /// stands, flagged: counting a large database takes as long as reading
+    /// it. [`Inventory::count_exactly`] counts some of them later.
+    pub async fn read_estimating(pool: &PgPool, journal_schema: &str) -> Result<Inventory> {
+        Inventory::read_with(pool, journal_schema, Counting::SmallOnly).await
+    }
+
+    /// Counts the rows of the tables `which` selects among those whose
+    /// count is an estimate.
+    pub async fn count_exactly(&mut self, pool: &PgPool, which: impl Fn(&TableInfo) -> bool) -> Result<()> {
+        let wanted: Vec<usize> = (0..self.tables.len())
+            .filter(|&i| self.tables[i].rows_estimated && which(&self.tables[i]))
+            .collect();
+        count_rows(pool, &mut self.tables, &wanted).await?;
+        for i in wanted {
+            self.tables[i].rows_estimated = false;
+        }
+        self.exact_counts = !self.tables.iter().any(|t| t.rows_estimated);
+        Ok(())
+    }
+
+    /// A row total for people: "about N" when some tables are estimates.
+    pub fn rows_text(&self) -> String {
+        if self.tables.iter().any(|t| t.rows_estimated) {
+            format!("about {}", self.total_rows())
+        } else {
+            self.total_rows().to_string()
+        }
+    }
+
+    async fn read_with(pool: &PgPool, journal_schema: &str, counting: Counting) -> Result<Inventory> {
         let identity = ServerIdentity::of(pool).await?;
         let excluded = format!("{SYSTEM_SCHEMAS}, {}", quote_literal(journal_schema));
         let schemas: Vec<String> = sqlx::query_scalar(&format!(
@@ -130,7 +170,8 @@ impl Inventory {
                               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
                               WHERE con.conrelid = c.oid AND con.contype = 'p'), '{{}}'), \
                     coalesce((SELECT s.n_tup_upd + s.n_tup_del FROM pg_stat_user_tables s WHERE s.relid = c.oid), 0), \
-                    greatest(c.relpages::bigint, pg_relation_size(c.oid) / current_setting('block_size')::bigint) \
+                    greatest(c.relpages::bigint, pg_relation_size(c.oid) / current_setting('block_size')::bigint), \
+                    c.reltuples >= 0 \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ({excluded}) AND n.nspname NOT LIKE 'pg\\_%' \
                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
@@ -156,12 +197,19 @@ impl Inventory {
                     primary_key: r.get(9),
                     changes: r.get(10),
                     pages: r.get(11),
+                    rows_estimated: match counting {
+                        Counting::All => false,
+                        Counting::None => true,
+                        Counting::SmallOnly => r.get::<bool, _>(12) && r.get::<i64, _>(11) >= ESTIMATE_PAGES,
+                    },
                 }
             })
             .collect();
-        if exact {
-            count_rows(pool, &mut tables).await?;
-        }
+        let to_count: Vec<usize> = (0..tables.len())
+            .filter(|&i| tables[i].has_storage() && !tables[i].rows_estimated && counting != Counting::None)
+            .collect();
+        count_rows(pool, &mut tables, &to_count).await?;
+        let exact = !tables.iter().any(|t| t.has_storage() && t.rows_estimated);
         let seq_rows = sqlx::query(&format!(
             "SELECT schemaname::text, sequencename::text FROM pg_sequences \
              WHERE schemaname NOT IN ({excluded}) ORDER BY 1, 2"
@@ -220,9 +268,25 @@ impl Inventory {
     }
 }
 
-/// Exact counts, in one round trip.
-async fn count_rows(pool: &PgPool, tables: &mut [TableInfo]) -> Result<()> {
-    let storage: Vec<usize> = (0..tables.len()).filter(|&i| tables[i].has_storage()).collect();
+/// How [`Inventory::read_with`] finds row counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counting {
+    All,
+    None,
+    SmallOnly,
+}
+
+/// Tables of at least this many pages (64 MB of 8 kB pages) keep the
+/// statistics' estimate in [`Inventory::read_estimating`].
+pub const ESTIMATE_PAGES: i64 = 8192;
+
+/// Exact counts of the tables at `which` (indexes into `tables`), 200 per round trip.
+async fn count_rows(pool: &PgPool, tables: &mut [TableInfo], which: &[usize]) -> Result<()> {
+    let storage: Vec<usize> = which
+        .iter()
+        .copied()
+        .filter(|&i| tables[i].has_storage())
+        .collect();
     for chunk in storage.chunks(200) {
         let sql = chunk
             .iter()

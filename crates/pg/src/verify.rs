@@ -412,7 +412,7 @@ impl VerifyData {
                     "compare every table on both servers (exact row count and content hash; {} tables, {} rows), \
                      the schema objects, {} sequences and {} large objects",
                     source.storage_tables().count(),
-                    source.total_rows(),
+                    source.rows_text(),
                     source.sequences.len(),
                     source.large_objects
                 ),

@@ -269,6 +269,14 @@ fn render(f: &Facts) -> String {
                 .find(|t| &t.display() == table)
                 .map(|t| t.rows.to_string())
                 .unwrap_or_else(|| "—".into());
+            let estimated = d["source"]["rows_estimated"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(table.as_str())));
+            let n = if estimated {
+                format!("about {n}")
+            } else {
+                n.to_string()
+            };
             let _ = writeln!(w, "| rows of {table} | {n} | {tgt} | {now} |");
         }
         let _ = writeln!(w);
