@@ -64,8 +64,8 @@ pub struct Options {
     /// Seconds a copy stream may move no data before it fails (0 = never):
     /// catches a server that stops answering without closing the connection.
     pub stall_timeout: u64,
-    /// Tables larger than this (bytes on disk) are copied as several block
-    /// ranges in parallel (0 = never split).
+    /// Tables larger than this (bytes on disk), and than a worker's share of
+    /// the data, are copied as several block ranges in parallel (0 = never).
     pub split_bytes: u64,
     /// Tables at least this large (bytes on disk) get their indexes and keys
     /// built as soon as their data is in, while other tables still copy
