@@ -570,6 +570,42 @@ fn early_index_builds_overlap_the_copy_and_survive_an_interruption() {
     assert_eq!(s.target_digest(), s.source_digest());
 }
 
+/// When every index, key and foreign key is built during the copy, the rest
+/// of post-data (here a comment on an index and a materialized view's data)
+/// still runs: the shortcut for "post-data already there" applies only to a
+/// final restore that an earlier attempt started.
+#[test]
+fn post_data_beyond_the_early_builds_is_restored() {
+    let pair = PgPair::start().unwrap();
+    pair.source.create_database("app").unwrap();
+    pair.source
+        .sql(
+            "app",
+            "CREATE TABLE a (id int PRIMARY KEY); INSERT INTO a SELECT generate_series(1, 100); \
+             CREATE TABLE b (id int PRIMARY KEY, a_id int REFERENCES a, note text); \
+             INSERT INTO b SELECT g, 1 + g % 100, 'n' || g FROM generate_series(1, 1000) g; \
+             CREATE INDEX b_a ON b (a_id); COMMENT ON INDEX b_a IS 'lookups by a'; \
+             CREATE MATERIALIZED VIEW b_count AS SELECT count(*) AS n FROM b",
+        )
+        .unwrap();
+    pair.target.create_database("app").unwrap();
+    let s = Scenario::with(pair, "\n[options]\nearly_index_bytes = 1\n");
+    let (code, _, stderr) = s.run(&["run", "--yes", "--until", "copy"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        q(
+            &s.pair.target,
+            "SELECT count(*) FROM cutover.item_progress WHERE item LIKE 'early:%'"
+        ),
+        "4"
+    );
+    assert_eq!(
+        normalised_schema(&s.pair.target),
+        normalised_schema(&s.pair.source)
+    );
+    assert_eq!(q(&s.pair.target, "SELECT n FROM b_count"), "1000");
+}
+
 /// Planning reads every row only where it compares: a large table the target
 /// lacks shows the statistics' estimate, said to be one ("about"), while a
 /// large table on both sides is counted on both; the copy and verify count

@@ -413,7 +413,13 @@ impl Stage for Copy {
 
         let left_over = shared.schedule.lock().unwrap().left_over();
         if !done.contains("post-data") {
-            if !post_data_present(ctx, &journal_schema).await? {
+            // Only a final restore that an earlier attempt started may have
+            // finished unrecorded: early builds alone can make the counts
+            // match while comments or materialized views' data are missing.
+            let finished_unrecorded =
+                done.contains("post-data-started") && post_data_present(ctx, &journal_schema).await?;
+            if !finished_unrecorded {
+                mark_done(ctx, "post-data-started").await?;
                 // The rest of post-data in parallel (pg_restore --jobs orders
                 // it by dependency), without what was built during the copy.
                 // Not one transaction: what an interrupted attempt left is
@@ -426,7 +432,11 @@ impl Stage for Copy {
                     .map(|e| (e.schema.clone(), e.table.clone(), e.name.clone()))
                     .collect();
                 crate::clear::drop_post_data(&ctx.target, &journal_schema, &keep).await?;
-                let skip: HashSet<String> = built.iter().map(|e| e.toc.line.clone()).collect();
+                let skip: HashSet<String> = built
+                    .iter()
+                    .flat_map(|e| std::iter::once(&e.toc).chain(&e.dependents))
+                    .map(|t| t.line.clone())
+                    .collect();
                 let list_file = dir.join("post-data.list");
                 early_indexes::write_private(&list_file, &early_indexes::remaining_list(&list_text, &skip))?;
                 let mut cmd = tools::command(&pg_restore, &target_ep);
@@ -692,7 +702,7 @@ impl Worker {
         let list_file = self
             .dir
             .join(format!("early-{}-{}.list", entry.toc.catalog, entry.toc.oid));
-        let sql = early_indexes::script(&self.pg_restore, &self.archive, &list_file, &entry.toc).await?;
+        let sql = early_indexes::script(&self.pg_restore, &self.archive, &list_file, entry).await?;
         let mut conn =
             within!(self, "the target", self.target.connect_options().connect()).map_err(on_target)?;
         let result = async {
@@ -878,7 +888,8 @@ impl Worker {
 }
 
 /// Whether the target already has every index, constraint and trigger of the
-/// source (a post-data restore that finished before its journal entry).
+/// source (a final post-data restore that finished before its journal entry;
+/// asked only when one was started).
 async fn post_data_present(ctx: &RunContext, journal_schema: &str) -> Result<bool> {
     let sql = "SELECT (SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
                  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', $1) \

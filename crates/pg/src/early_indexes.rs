@@ -79,6 +79,10 @@ pub struct EarlyEntry {
     pub weight: i64,
     /// Rows of its table (the source's estimate or count): sizes its memory.
     pub rows: i64,
+    /// Its comments and security labels: pg_dump writes them right after
+    /// their object. They are created with it (the final restore, which
+    /// does not select the object, would skip them).
+    pub dependents: Vec<TocEntry>,
 }
 
 fn table_item(schema: &str, name: &str) -> String {
@@ -157,7 +161,7 @@ pub async fn plan(
         }
     }
     let mut early = vec![];
-    for e in entries {
+    for (i, e) in entries.iter().enumerate() {
         let Some((_, _, schema, table, name, ref_schema, ref_table)) = owned(e) else {
             continue;
         };
@@ -189,14 +193,30 @@ pub async fn plan(
             foreign_key,
             weight: plain.get(&key).copied().unwrap_or(0),
             rows: rows.get(&key).copied().unwrap_or(0),
+            dependents: entries[i + 1..]
+                .iter()
+                .take_while(|d| d.kind == "COMMENT" || d.kind == "SECURITY")
+                .cloned()
+                .collect(),
         });
     }
     Ok(early)
 }
 
-/// The SQL of one entry, as `pg_restore` writes it from the archive.
-pub async fn script(pg_restore: &Path, archive: &Path, list_file: &Path, entry: &TocEntry) -> Result<String> {
-    write_private(list_file, &format!("{}\n", entry.line))?;
+/// The SQL of one entry and its comments and security labels, as
+/// `pg_restore` writes it from the archive.
+pub async fn script(
+    pg_restore: &Path,
+    archive: &Path,
+    list_file: &Path,
+    entry: &EarlyEntry,
+) -> Result<String> {
+    let mut list = format!("{}\n", entry.toc.line);
+    for d in &entry.dependents {
+        list.push_str(&d.line);
+        list.push('\n');
+    }
+    write_private(list_file, &list)?;
     let mut cmd = tokio::process::Command::new(pg_restore);
     cmd.args(["--no-owner", "--no-privileges", "--file=-"])
         .arg(format!("--use-list={}", list_file.display()))
@@ -216,7 +236,7 @@ pub async fn script(pg_restore: &Path, archive: &Path, list_file: &Path, entry: 
             return Err(Error::failure(format!(
                 "pg_restore wrote a psql meta-command into the script of `{}` ({line}); set \
                  options.early_index_bytes = 0 to build indexes after the copy",
-                entry.line
+                entry.toc.line
             )));
         }
         sql.push_str(line);
@@ -228,7 +248,7 @@ pub async fn script(pg_restore: &Path, archive: &Path, list_file: &Path, entry: 
     {
         return Err(Error::failure(format!(
             "pg_restore wrote no statement for `{}` of {}",
-            entry.line,
+            entry.toc.line,
             archive.display()
         )));
     }
@@ -262,7 +282,7 @@ pub fn remaining_list(list: &str, skip: &HashSet<String>) -> String {
 #[derive(Debug)]
 pub enum Next<W> {
     Copy(W),
-    Build(EarlyEntry),
+    Build(Box<EarlyEntry>),
     /// Nothing to start now; entries wait for work in flight.
     Wait,
     Finished,
@@ -337,7 +357,7 @@ impl<W> Schedule<W> {
                 self.fk_busy.extend(e.tables.iter().cloned());
             }
             self.running += 1;
-            return Next::Build(e);
+            return Next::Build(Box::new(e));
         }
         if self.running > 0 {
             Next::Wait
@@ -427,6 +447,7 @@ mod tests {
             foreign_key,
             weight,
             rows: 0,
+            dependents: vec![],
         }
     }
 
