@@ -186,21 +186,28 @@ pub async fn verify(
         Inventory::read(source_pool, journal_schema, false),
         Inventory::read(target_pool, journal_schema, false)
     )?;
-    let tables: Vec<TableInfo> = source.storage_tables().cloned().collect();
+    // Largest first, `jobs` at a time, each slot taking the next table as
+    // soon as it is free (in order, a finished table would hold its slot
+    // until every table before it finished); reported in inventory order.
+    let mut tables: Vec<(usize, TableInfo)> = source.storage_tables().cloned().enumerate().collect();
+    tables.sort_by_key(|(_, t)| std::cmp::Reverse(t.bytes));
     let handles: Vec<_> = tables
         .into_iter()
-        .map(|t| {
+        .map(|(i, t)| {
             let tt = target.table(&t.schema, &t.name).cloned();
             let (s, d) = (source_pool.clone(), target_pool.clone());
-            async move { verify_table(&s, &d, &t, tt.as_ref(), split_bytes).await }
+            async move { (i, verify_table(&s, &d, &t, tt.as_ref(), split_bytes).await) }
         })
         .collect();
     let mut verdicts = vec![];
-    let mut stream = futures::stream::iter(handles.into_iter().map(tokio::spawn)).buffered(jobs.max(1));
+    let mut stream =
+        futures::stream::iter(handles.into_iter().map(tokio::spawn)).buffer_unordered(jobs.max(1));
     while let Some(v) = stream.next().await {
-        verdicts.push(v.map_err(|e| Error::failure(format!("a verify task crashed: {e}")))??);
+        let (i, verdict) = v.map_err(|e| Error::failure(format!("a verify task crashed: {e}")))?;
+        verdicts.push((i, verdict?));
     }
-    let tables = verdicts;
+    verdicts.sort_by_key(|(i, _)| *i);
+    let tables: Vec<TableVerdict> = verdicts.into_iter().map(|(_, v)| v).collect();
 
     let mut sequences = vec![];
     for s in &source.sequences {
