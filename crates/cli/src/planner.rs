@@ -128,7 +128,9 @@ pub fn servers(loaded: &LoadedPlan, dbs: &Databases) -> Result<Servers> {
 /// Inspects both databases and every consumer (read-only) and builds the stages in their safe order.
 pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     let jobs = default_jobs(loaded.file.options.jobs);
-    let (dbs, state) = connect(loaded, jobs as u32 + 3).await?;
+    // Copy: a connection per job on each side, the snapshot and the journal;
+    // verify-data: up to two per job (key ranges of large tables).
+    let (dbs, state) = connect(loaded, jobs as u32 * 2 + 3).await?;
     let retired = state != Source::Live;
     let schema = &loaded.file.options.journal_schema;
     let privileges = "its user must be able to read every table (an owner of the database or a superuser)";

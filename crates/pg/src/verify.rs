@@ -161,7 +161,20 @@ async fn split_hash(pool: &PgPool, t: &TableInfo, filters: &[String]) -> Result<
     if let [only] = filters {
         return table_hash(pool, t, only).await;
     }
-    let parts = futures::future::try_join_all(filters.iter().map(|f| table_hash(pool, t, f))).await?;
+    // Two ranges at a time per server: `jobs` tables are in flight, and the
+    // pools hold about two connections per job (a query waiting for a
+    // connection longer than connect_timeout would fail).
+    // Owned inputs: the stream lives in a spawned task.
+    let parts: Vec<(i64, String)> = futures::stream::iter(filters.to_vec())
+        .map(|f| {
+            let (pool, t) = (pool.clone(), t.clone());
+            async move { table_hash(&pool, &t, &f).await }
+        })
+        .buffer_unordered(2)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
     let mut count = 0i64;
     let mut sum = 0i128;
     for (n, h) in parts {
