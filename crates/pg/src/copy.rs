@@ -462,7 +462,10 @@ impl Stage for Copy {
         let post_seconds = post_started.elapsed().as_secs_f64();
         let sequences = copy_sequences(ctx, &source).await?;
         let large_objects = copy_large_objects(ctx).await?;
-        sqlx::query("COMMIT").execute(&mut *snapshot_conn).await?;
+        sqlx::query("COMMIT")
+            .execute(&mut *snapshot_conn)
+            .await
+            .map_err(on_source)?;
         let index_seconds = *shared.index_seconds.lock().unwrap();
         let early_built = early.len() - left_over;
         ctx.emit(Event::Info {
@@ -901,11 +904,13 @@ async fn post_data_present(ctx: &RunContext, journal_schema: &str) -> Result<boo
     let s: i64 = sqlx::query_scalar(sql)
         .bind(journal_schema)
         .fetch_one(&ctx.source)
-        .await?;
+        .await
+        .map_err(on_source)?;
     let t: i64 = sqlx::query_scalar(sql)
         .bind(journal_schema)
         .fetch_one(&ctx.target)
-        .await?;
+        .await
+        .map_err(on_target)?;
     // Pre-data alone brings NOT NULL-free tables without any of these; the
     // source having none means there is nothing to restore.
     Ok(s > 0 && s == t)
@@ -945,7 +950,8 @@ async fn copy_large_objects(ctx: &RunContext) -> Result<usize> {
     let oids: Vec<sqlx::postgres::types::Oid> =
         sqlx::query_scalar("SELECT oid FROM pg_largeobject_metadata ORDER BY oid")
             .fetch_all(&ctx.source)
-            .await?;
+            .await
+            .map_err(on_source)?;
     let done = ctx.journal.items_done(ctx.run_id, STAGE).await?;
     for oid in &oids {
         let item = format!("large-object:{}", oid.0);
@@ -955,7 +961,8 @@ async fn copy_large_objects(ctx: &RunContext) -> Result<usize> {
         let data: Vec<u8> = sqlx::query_scalar("SELECT lo_get($1)")
             .bind(oid)
             .fetch_one(&ctx.source)
-            .await?;
+            .await
+            .map_err(on_source)?;
         let mut tx = ctx.target.begin().await?;
         sqlx::query("SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = $1")
             .bind(oid)

@@ -136,7 +136,8 @@ pub async fn plan(
           WHERE k.contype IN ('p', 'u', 'x', 'f') AND c.relkind = 'r' AND NOT c.relispartition",
     )
     .fetch_all(source)
-    .await?;
+    .await
+    .map_err(|e| Error::failure(format!("reading from the source: {e}")))?;
     let owner: HashMap<(u32, u32), Owner> = owners
         .into_iter()
         .map(|o| ((o.0 as u32, o.1 as u32), o))
