@@ -259,11 +259,8 @@ async fn prove(ctx: &RunContext, target: &Endpoint, path: &Path, inventory: &Inv
         // Nothing to count after a restore: reading the whole archive proves
         // it is complete and readable, without the scratch database (whose
         // DROP forces a checkpoint on the target server).
-        let mut cmd = tokio::process::Command::new(&pg_restore);
-        cmd.arg("--file=/dev/null")
-            .arg(path)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = tools::offline(&pg_restore);
+        cmd.arg("--file=/dev/null").arg(path);
         tools::run(cmd, "pg_restore of the target's backup (read through)").await?;
         return Ok("the target holds no tables: proven by reading the whole archive back".into());
     }

@@ -43,7 +43,7 @@ macro_rules! within {
 }
 
 /// Which server an error of the data stream came from.
-fn on_source(e: sqlx::Error) -> Error {
+pub(crate) fn on_source(e: sqlx::Error) -> Error {
     Error::failure(format!("reading from the source: {e}"))
 }
 
@@ -299,11 +299,8 @@ impl Stage for Copy {
         let mut list_text = String::new();
         let mut early: Vec<EarlyEntry> = vec![];
         if !done.contains("post-data") {
-            let mut cmd = tokio::process::Command::new(&pg_restore);
-            cmd.arg("--list")
-                .arg(&schema_dump)
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true);
+            let mut cmd = tools::offline(&pg_restore);
+            cmd.arg("--list").arg(&schema_dump);
             list_text = tools::run(cmd, "pg_restore --list of the schema archive").await?;
             let entries = early_indexes::parse_list(&list_text);
             early = early_indexes::plan(

@@ -14,7 +14,7 @@ pub struct Discover {
     pub description: Description,
     allow_target_ahead: bool,
     /// The inspection the plan was built from, and when it was taken.
-    planned: Option<(Inventory, Inventory, Comparison, Instant)>,
+    planned: (Inventory, Inventory, Comparison, Instant),
 }
 
 /// How old the plan's own inspection may be for discover to record it rather
@@ -57,7 +57,7 @@ impl Discover {
                 destructive: false,
             },
             allow_target_ahead,
-            planned: Some((source.clone(), target.clone(), cmp.clone(), Instant::now())),
+            planned: (source.clone(), target.clone(), cmp.clone(), Instant::now()),
         }
     }
 }
@@ -96,9 +96,10 @@ impl Stage for Discover {
         Undo::Nothing
     }
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
-        let (source, target, cmp, fresh) = match &self.planned {
-            Some((s, t, c, at)) if at.elapsed() < REUSE_WITHIN => (s.clone(), t.clone(), c.clone(), true),
-            _ => {
+        let (s, t, c, at) = &self.planned;
+        let (source, target, cmp, fresh) = match at.elapsed() < REUSE_WITHIN {
+            true => (s.clone(), t.clone(), c.clone(), true),
+            false => {
                 let schema = ctx.journal.schema();
                 let (source, target) = tokio::try_join!(
                     Inventory::read(&ctx.source, schema, true),

@@ -137,7 +137,7 @@ pub async fn plan(
     )
     .fetch_all(source)
     .await
-    .map_err(|e| Error::failure(format!("reading from the source: {e}")))?;
+    .map_err(crate::copy::on_source)?;
     let owner: HashMap<(u32, u32), Owner> = owners
         .into_iter()
         .map(|o| ((o.0 as u32, o.1 as u32), o))
@@ -207,7 +207,7 @@ pub async fn plan(
 /// The SQL of one entry and its comments and security labels, as
 /// `pg_restore` writes it from the archive.
 pub async fn script(
-    pg_restore: &Path,
+    pg_restore: &std::path::PathBuf,
     archive: &Path,
     list_file: &Path,
     entry: &EarlyEntry,
@@ -218,12 +218,10 @@ pub async fn script(
         list.push('\n');
     }
     write_private(list_file, &list)?;
-    let mut cmd = tokio::process::Command::new(pg_restore);
+    let mut cmd = tools::offline(pg_restore);
     cmd.args(["--no-owner", "--no-privileges", "--file=-"])
         .arg(format!("--use-list={}", list_file.display()))
-        .arg(archive)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+        .arg(archive);
     let script = tools::run(cmd, "pg_restore --file=- of an index").await?;
     // Recent pg_restore releases wrap scripts in psql's \restrict and
     // \unrestrict meta-commands (they guard psql, not SQL): left out. Any

@@ -93,6 +93,14 @@ pub fn command(tool: &PathBuf, endpoint: &Endpoint) -> Command {
     cmd
 }
 
+/// A command for `tool` that reads files only (no server: `pg_restore
+/// --list`, `--file`).
+pub fn offline(tool: &PathBuf) -> Command {
+    let mut cmd = Command::new(tool);
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    cmd
+}
+
 /// Runs a tool to completion; a failure carries its (redacted) stderr.
 pub async fn run(mut cmd: Command, what: &str) -> Result<String> {
     let out = cmd
