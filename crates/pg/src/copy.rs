@@ -248,13 +248,15 @@ impl Stage for Copy {
         std::fs::create_dir_all(&dir)?;
 
         // One snapshot for the schema dump and every table.
-        let mut snapshot_conn = ctx.source.acquire().await?;
+        let mut snapshot_conn = ctx.source.acquire().await.map_err(on_source)?;
         sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut *snapshot_conn)
-            .await?;
+            .await
+            .map_err(on_source)?;
         let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
             .fetch_one(&mut *snapshot_conn)
-            .await?;
+            .await
+            .map_err(on_source)?;
 
         // One schema dump (custom format) under the copy's snapshot; its
         // pre-data and post-data sections are restored from the same archive.
@@ -610,8 +612,8 @@ impl Worker {
 
     /// Copies tables from the shared queue until it is empty; returns rows copied.
     async fn run(self) -> Result<u64> {
-        let mut src = within!(self, "the source", self.source.acquire())?;
-        let mut tgt = within!(self, "the target", self.target.acquire())?;
+        let mut src = within!(self, "the source", self.source.acquire()).map_err(on_source)?;
+        let mut tgt = within!(self, "the target", self.target.acquire()).map_err(on_target)?;
         within!(
             self,
             "the source",
