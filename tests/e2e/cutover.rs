@@ -654,6 +654,103 @@ fn planning_counts_rows_only_where_it_compares() {
     assert_eq!(code, 0, "{stdout}");
 }
 
+/// verify-data sees every difference a row's text form shows, with either
+/// row hash: values swapped between rows (a sum of hashes linear in the
+/// columns would not), a numeric's scale, a float's sign of zero, a jsonb
+/// number's spelling, '1 day' against '24 hours', case under a
+/// nondeterministic collation, a microsecond, NULL against '', an array's
+/// bounds, a char(n)'s case.
+#[test]
+fn verify_sees_every_difference_the_text_form_shows() {
+    let pair = PgPair::start().unwrap();
+    pair.source.create_database("app").unwrap();
+    pair.source
+        .sql(
+            "app",
+            "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+             CREATE TABLE kinds (id int PRIMARY KEY, name text COLLATE ci, label varchar(20), code char(4), \
+                                 amount numeric, ratio float8, doc jsonb, span interval, at timestamptz, \
+                                 day date, flag boolean, uid uuid, raw bytea, tags int[], note text); \
+             INSERT INTO kinds VALUES \
+               (1, 'Alpha', 'a1', 'ab', 1.0, 0, '{\"n\": 1.0}', '1 day', '2024-01-01 00:00:00+00', '2024-01-01', \
+                true, '00000000-0000-0000-0000-000000000001', '\\x01', '{1,2}', 'x'), \
+               (2, 'Beta', 'b1', 'cd', 2.5, 1.5, '{\"n\": 2}', '2 hours', '2024-01-02 00:00:00+00', '2024-01-02', \
+                false, '00000000-0000-0000-0000-000000000002', '\\x02', '{3}', '')",
+        )
+        .unwrap();
+    pair.target.create_database("app").unwrap();
+    let s = Scenario::with(pair, "\n[options]\nfreeze_source = false\n");
+    let (code, stdout, stderr) = s.run(&["run", "--yes", "--until", "copy"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // (change on the target, undo)
+    let changes = [
+        (
+            // 'a1' and 'b1': for these rows a sum of hash_record_extended
+            // (linear in the columns' hashes) comes out exactly the same.
+            "UPDATE kinds SET label = CASE id WHEN 1 THEN 'b1' ELSE 'a1' END",
+            "UPDATE kinds SET label = CASE id WHEN 1 THEN 'a1' ELSE 'b1' END",
+        ),
+        (
+            "UPDATE kinds SET amount = 1.00 WHERE id = 1",
+            "UPDATE kinds SET amount = 1.0 WHERE id = 1",
+        ),
+        (
+            "UPDATE kinds SET ratio = '-0' WHERE id = 1",
+            "UPDATE kinds SET ratio = 0 WHERE id = 1",
+        ),
+        (
+            "UPDATE kinds SET doc = '{\"n\": 1.00}' WHERE id = 1",
+            "UPDATE kinds SET doc = '{\"n\": 1.0}' WHERE id = 1",
+        ),
+        (
+            "UPDATE kinds SET span = '24 hours' WHERE id = 1",
+            "UPDATE kinds SET span = '1 day' WHERE id = 1",
+        ),
+        (
+            "UPDATE kinds SET name = 'ALPHA' WHERE id = 1",
+            "UPDATE kinds SET name = 'Alpha' WHERE id = 1",
+        ),
+        (
+            "UPDATE kinds SET at = at + interval '1 microsecond' WHERE id = 1",
+            "UPDATE kinds SET at = at - interval '1 microsecond' WHERE id = 1",
+        ),
+        (
+            "UPDATE kinds SET note = NULL WHERE id = 2",
+            "UPDATE kinds SET note = '' WHERE id = 2",
+        ),
+        (
+            "UPDATE kinds SET tags = '[0:1]={1,2}' WHERE id = 1",
+            "UPDATE kinds SET tags = '{1,2}' WHERE id = 1",
+        ),
+        (
+            "UPDATE kinds SET code = 'AB' WHERE id = 1",
+            "UPDATE kinds SET code = 'ab' WHERE id = 1",
+        ),
+    ];
+    for (row_hash, method) in [("auto", "64-bit hash of each row's values"), ("text", "hashtextextended")] {
+        s.write_plan(
+            &s.pair.source.url("app"),
+            &s.pair.target.url("app"),
+            &format!("\n[options]\nfreeze_source = false\nrow_hash = \"{row_hash}\"\n"),
+        );
+        let (code, stdout, _) = s.run(&["verify"]);
+        assert_eq!(code, 0, "{stdout}");
+        assert!(stdout.contains(method), "{row_hash}: {stdout}");
+        for (change, undo) in changes {
+            q(&s.pair.target, change);
+            let (code, stdout, _) = s.run(&["verify"]);
+            assert_eq!(code, 3, "{row_hash}: `{change}` went unseen: {stdout}");
+            assert!(
+                stdout.contains("kinds: 2 rows on the source, 2 on the target, contents differ"),
+                "{row_hash}: {stdout}"
+            );
+            q(&s.pair.target, undo);
+        }
+        let (code, stdout, _) = s.run(&["verify"]);
+        assert_eq!(code, 0, "{row_hash}: {stdout}");
+    }
+}
+
 /// A table larger than `split_bytes` is copied as parallel block ranges, each
 /// its own journal item in the same transaction as its rows: a range that
 /// never committed is recopied alone, the others are left as they are.

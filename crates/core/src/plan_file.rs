@@ -75,6 +75,19 @@ pub struct Options {
     /// may use on the target (sized to its table below that; up to `jobs` at
     /// once).
     pub build_memory_mb: u64,
+    /// How verify hashes rows: `auto` (each value's own exact hash where
+    /// both servers are PostgreSQL 14 or later) or `text` (every row's text
+    /// form, any version; slower).
+    pub row_hash: RowHashChoice,
+}
+
+/// `options.row_hash`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowHashChoice {
+    #[default]
+    Auto,
+    Text,
 }
 
 impl Default for Options {
@@ -91,6 +104,7 @@ impl Default for Options {
             early_index_bytes: 32 << 20,
             build_memory_mb: 1024,
             stall_timeout: 300,
+            row_hash: RowHashChoice::Auto,
         }
     }
 }

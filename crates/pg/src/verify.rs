@@ -1,6 +1,6 @@
 //! verify-data / `cutover verify`: per table, the exact row count and an
-//! order-independent content hash (sum of `hashtextextended` of each row's
-//! text form) computed on both servers with identical session settings; a
+//! order-independent content hash (the sum of a 64-bit hash of each row, see
+//! [`RowHash`]) computed on both servers with identical session settings; a
 //! mismatching table narrowed down to the differing key ranges; schema
 //! objects, sequences and large objects compared.
 
@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
+use cutover_core::plan_file::RowHashChoice;
 use cutover_core::{Error, ErrorKind, Result};
 use futures::StreamExt;
 use serde::Serialize;
@@ -30,6 +31,8 @@ pub struct TableVerdict {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
+    /// How every row was hashed (the same on both servers).
+    pub row_hash: RowHash,
     pub tables: Vec<TableVerdict>,
     /// Sequences whose position differs: (name, source, target).
     pub sequences: Vec<(String, String, String)>,
@@ -88,24 +91,152 @@ impl VerifyReport {
     }
 }
 
-fn row_expr(t: &TableInfo) -> String {
+/// How every row is hashed. Both servers always use the same method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowHash {
+    /// `hash_record_extended` over each value's own hash function where that
+    /// hash is exact (equal hash input if and only if equal text form: integers,
+    /// booleans, dates and timestamps, uuid, bytea, text under the "C"
+    /// collation), the text form of every other value; each row's 64-bit hash
+    /// mixed again (`hashint8extended(h, h >> 32)`) so that the sum is not
+    /// linear in the columns. Both servers PostgreSQL 14 or later.
+    Native,
+    /// `hashtextextended(ROW(…)::text, 0)`: any version.
+    Text,
+}
+
+impl RowHash {
+    /// `Native` when the plan allows it and both servers have
+    /// `hash_record_extended` (14 or later).
+    pub async fn for_servers(
+        choice: RowHashChoice,
+        source: &PgPool,
+        target: &PgPool,
+    ) -> Result<RowHash> {
+        if choice == RowHashChoice::Text {
+            return Ok(RowHash::Text);
+        }
+        let sql = "SELECT current_setting('server_version_num')::int";
+        let (s, t): (i32, i32) = tokio::try_join!(
+            async { Ok::<_, Error>(sqlx::query_scalar(sql).fetch_one(source).await?) },
+            async { Ok::<_, Error>(sqlx::query_scalar(sql).fetch_one(target).await?) }
+        )?;
+        Ok(if s.min(t) >= 140_000 {
+            RowHash::Native
+        } else {
+            RowHash::Text
+        })
+    }
+
+    /// How the report describes it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RowHash::Native => {
+                "the sum over rows of a 64-bit hash of each row's values (integers, booleans, dates, \
+                 timestamps, uuid, bytea and text by their exact hash, every other type by its text form)"
+            }
+            RowHash::Text => "the sum over rows of `hashtextextended(ROW(…)::text, 0)`",
+        }
+    }
+}
+
+/// How one column enters a `RowHash::Native` row hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnHash {
+    /// The type's own extended hash: it hashes exactly what its text form
+    /// shows. `collate`: a string, hashed under "C" (bytewise; a
+    /// nondeterministic collation would hash 'A' and 'a' alike).
+    Own { collate: bool },
+    /// Cast to text (an I/O cast: the output function) and hashed as text,
+    /// because the type's own hash is coarser than its text (a numeric's
+    /// scale, a float's sign of zero, an interval's '1 day' against '24 hours',
+    /// a jsonb number's trailing zeros).
+    AsText,
+    /// Any other type (arrays, enums whose hash is their OID, domains,
+    /// composites, ranges, network types…): its text form as part of one
+    /// `ROW(…)::text` of all such columns, as `RowHash::Text` does.
+    InRecord,
+}
+
+/// The treatment of a column by its `format_type` spelling.
+pub fn column_hash(ty: &str) -> ColumnHash {
+    let time = ty.starts_with("timestamp") && ty.ends_with(" with time zone")
+        || ty.starts_with("time") && ty.ends_with(" without time zone");
+    let own = time
+        || matches!(
+            ty,
+            "smallint" | "integer" | "bigint" | "oid" | "boolean" | "date" | "uuid" | "bytea"
+        );
+    let string = ty == "text"
+        || ty == "character varying"
+        || ty.starts_with("character varying(")
+        || ty.starts_with("character(");
+    if own || string {
+        ColumnHash::Own { collate: string }
+    } else if matches!(ty, "jsonb" | "json" | "real" | "double precision" | "numeric")
+        || ty.starts_with("numeric(")
+        || ty.starts_with("interval")
+    {
+        ColumnHash::AsText
+    } else {
+        ColumnHash::InRecord
+    }
+}
+
+/// The elements of a `RowHash::Native` row record, in column order, the
+/// columns hashed by text form last as one element.
+fn native_elements(t: &TableInfo) -> Vec<String> {
+    let mut elements = vec![];
+    let mut in_record = vec![];
+    for (name, ty) in &t.columns {
+        let col = format!("t.{}", quote_ident(name));
+        match column_hash(ty) {
+            ColumnHash::Own { collate: false } => elements.push(col),
+            ColumnHash::Own { collate: true } => elements.push(format!("{col} COLLATE \"C\"")),
+            ColumnHash::AsText => elements.push(format!("({col})::text COLLATE \"C\"")),
+            ColumnHash::InRecord => in_record.push(col),
+        }
+    }
+    if !in_record.is_empty() {
+        elements.push(format!("ROW({})::text COLLATE \"C\"", in_record.join(", ")));
+    }
+    elements
+}
+
+/// The count and hash sum query for the rows of `t` that `filter` keeps.
+pub fn hash_sql(t: &TableInfo, method: RowHash, filter: &str) -> String {
+    let elements = native_elements(t);
+    if method == RowHash::Native && !elements.is_empty() {
+        // OFFSET 0 keeps the subquery from being flattened, which would
+        // compute `h` twice.
+        return format!(
+            "SELECT count(*), coalesce(sum(hashint8extended(h, h >> 32)), 0)::text \
+             FROM (SELECT hash_record_extended(ROW({}), 0) AS h FROM ONLY {} t {filter} OFFSET 0) s",
+            elements.join(", "),
+            t.qualified()
+        );
+    }
     format!(
-        "ROW({})::text",
+        "SELECT count(*), coalesce(sum(hashtextextended(ROW({})::text, 0)), 0)::text FROM ONLY {} t {filter}",
         t.columns
             .iter()
             .map(|(c, _)| format!("t.{}", quote_ident(c)))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        t.qualified()
     )
 }
 
-async fn table_hash(pool: &PgPool, t: &TableInfo, filter: &str) -> Result<(i64, String)> {
-    let sql = format!(
-        "SELECT count(*), coalesce(sum(hashtextextended({}, 0)), 0)::text FROM ONLY {} t {filter}",
-        row_expr(t),
-        t.qualified()
-    );
-    Ok(sqlx::query_as(&sql).fetch_one(pool).await?)
+async fn table_hash(
+    pool: &PgPool,
+    t: &TableInfo,
+    method: RowHash,
+    filter: &str,
+) -> Result<(i64, String)> {
+    Ok(sqlx::query_as(&hash_sql(t, method, filter))
+        .fetch_one(pool)
+        .await?)
 }
 
 /// The single integer primary-key column of a table, if it has one.
@@ -157,9 +288,14 @@ async fn key_ranges(source: &PgPool, t: &TableInfo, split_bytes: u64) -> Result<
 }
 
 /// Count and hash sum of a table, its key ranges hashed concurrently.
-async fn split_hash(pool: &PgPool, t: &TableInfo, filters: &[String]) -> Result<(i64, String)> {
+async fn split_hash(
+    pool: &PgPool,
+    t: &TableInfo,
+    method: RowHash,
+    filters: &[String],
+) -> Result<(i64, String)> {
     if let [only] = filters {
-        return table_hash(pool, t, only).await;
+        return table_hash(pool, t, method, only).await;
     }
     // Two ranges at a time per server: `jobs` tables are in flight, and the
     // pools hold about two connections per job (a query waiting for a
@@ -168,7 +304,7 @@ async fn split_hash(pool: &PgPool, t: &TableInfo, filters: &[String]) -> Result<
     let parts: Vec<(i64, String)> = futures::stream::iter(filters.to_vec())
         .map(|f| {
             let (pool, t) = (pool.clone(), t.clone());
-            async move { table_hash(&pool, &t, &f).await }
+            async move { table_hash(&pool, &t, method, &f).await }
         })
         .buffer_unordered(2)
         .collect::<Vec<_>>()
@@ -194,10 +330,12 @@ pub async fn verify(
     journal_schema: &str,
     jobs: usize,
     split_bytes: u64,
+    row_hash: RowHashChoice,
 ) -> Result<VerifyReport> {
-    let (source, target) = tokio::try_join!(
+    let (source, target, method) = tokio::try_join!(
         Inventory::read(source_pool, journal_schema, false),
-        Inventory::read(target_pool, journal_schema, false)
+        Inventory::read(target_pool, journal_schema, false),
+        RowHash::for_servers(row_hash, source_pool, target_pool)
     )?;
     // Largest first, `jobs` at a time, each slot taking the next table as
     // soon as it is free (in order, a finished table would hold its slot
@@ -209,7 +347,7 @@ pub async fn verify(
         .map(|(i, t)| {
             let tt = target.table(&t.schema, &t.name).cloned();
             let (s, d) = (source_pool.clone(), target_pool.clone());
-            async move { (i, verify_table(&s, &d, &t, tt.as_ref(), split_bytes).await) }
+            async move { (i, verify_table(&s, &d, &t, tt.as_ref(), method, split_bytes).await) }
         })
         .collect();
     let mut verdicts = vec![];
@@ -264,6 +402,7 @@ pub async fn verify(
         && missing_objects.is_empty()
         && large_objects_match;
     Ok(VerifyReport {
+        row_hash: method,
         tables,
         sequences_compared: source.sequences.len(),
         sequences,
@@ -279,6 +418,7 @@ async fn verify_table(
     target: &PgPool,
     t: &TableInfo,
     tt: Option<&TableInfo>,
+    method: RowHash,
     split_bytes: u64,
 ) -> Result<TableVerdict> {
     let mut v = TableVerdict {
@@ -292,13 +432,13 @@ async fn verify_table(
         note: None,
     };
     let Some(tt) = tt else {
-        let (n, h) = table_hash(source, t, "").await?;
+        let (n, h) = table_hash(source, t, method, "").await?;
         (v.source_rows, v.source_hash) = (n, h);
         v.note = Some("table missing on the target".into());
         return Ok(v);
     };
     if tt.columns != t.columns {
-        let (n, h) = table_hash(source, t, "").await?;
+        let (n, h) = table_hash(source, t, method, "").await?;
         (v.source_rows, v.source_hash) = (n, h);
         v.target_rows = Some(tt.rows);
         v.note = Some("columns differ".into());
@@ -306,18 +446,26 @@ async fn verify_table(
     }
     let filters = key_ranges(source, t, split_bytes).await?;
     let ((sn, sh), (tn, th)) =
-        tokio::try_join!(split_hash(source, t, &filters), split_hash(target, t, &filters))?;
+        tokio::try_join!(
+            split_hash(source, t, method, &filters),
+            split_hash(target, t, method, &filters)
+        )?;
     v.matches = sn == tn && sh == th;
     (v.source_rows, v.source_hash, v.target_rows, v.target_hash) = (sn, sh, Some(tn), Some(th));
     if !v.matches {
-        v.differing_ranges = narrow(source, target, t).await?;
+        v.differing_ranges = narrow(source, target, t, method).await?;
     }
     Ok(v)
 }
 
 /// For a table with a single integer primary key: the key ranges whose rows
 /// differ, found by hashing 16 buckets and splitting differing ones again.
-async fn narrow(source: &PgPool, target: &PgPool, t: &TableInfo) -> Result<Vec<String>> {
+async fn narrow(
+    source: &PgPool,
+    target: &PgPool,
+    t: &TableInfo,
+    method: RowHash,
+) -> Result<Vec<String>> {
     let Some(pk) = integer_key(t) else {
         return Ok(vec![]);
     };
@@ -348,7 +496,10 @@ async fn narrow(source: &PgPool, target: &PgPool, t: &TableInfo) -> Result<Vec<S
         while start <= hi {
             let end = (start + width - 1).min(hi);
             let filter = format!("WHERE {col} BETWEEN {start} AND {end}");
-            let (s, d) = tokio::try_join!(table_hash(source, t, &filter), table_hash(target, t, &filter))?;
+            let (s, d) = tokio::try_join!(
+                table_hash(source, t, method, &filter),
+                table_hash(target, t, method, &filter)
+            )?;
             if s != d {
                 if end - start < 16 {
                     found.push((start, end));
@@ -421,6 +572,7 @@ impl VerifyData {
             ctx.journal.schema(),
             self.jobs,
             ctx.plan.file.options.split_bytes,
+            ctx.plan.file.options.row_hash,
         )
         .await
     }
@@ -484,5 +636,62 @@ impl Stage for VerifyData {
     }
     async fn undo(&self, _ctx: &RunContext) -> Result<String> {
         Ok("nothing to undo".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exact_hashes_are_used_as_they_are() {
+        for ty in [
+            "smallint",
+            "integer",
+            "bigint",
+            "boolean",
+            "date",
+            "uuid",
+            "bytea",
+            "timestamp without time zone",
+            "timestamp(3) with time zone",
+            "time without time zone",
+            "time(6) without time zone",
+        ] {
+            assert_eq!(column_hash(ty), ColumnHash::Own { collate: false }, "{ty}");
+        }
+        for ty in ["text", "character varying", "character varying(20)", "character(4)"] {
+            assert_eq!(column_hash(ty), ColumnHash::Own { collate: true }, "{ty}");
+        }
+        // Their own hash is coarser than their text.
+        for ty in [
+            "numeric",
+            "numeric(10,2)",
+            "real",
+            "double precision",
+            "jsonb",
+            "json",
+            "interval",
+            "interval day to second(3)",
+        ] {
+            assert_eq!(column_hash(ty), ColumnHash::AsText, "{ty}");
+        }
+        // No exact hash, or one that differs between databases (an enum's
+        // OID), or a text cast that is not the output function (inet, bpchar).
+        for ty in [
+            "time with time zone",
+            "time(3) with time zone",
+            "bpchar",
+            "integer[]",
+            "text[]",
+            "inet",
+            "mood",
+            "public.mood",
+            "int4range",
+            "money",
+            "xml",
+        ] {
+            assert_eq!(column_hash(ty), ColumnHash::InRecord, "{ty}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use cutover_core::endpoint::{Endpoint, Role, redact_text};
 use cutover_core::journal::{Journal, RunRecord, StageState};
 use cutover_core::plan_file::LoadedPlan;
 use cutover_pg::inventory::Inventory;
+use cutover_pg::verify::RowHash;
 use serde_json::Value;
 
 use crate::args::GlobalArgs;
@@ -306,9 +307,13 @@ fn render(f: &Facts) -> String {
     let _ = writeln!(w, "## Verification\n");
     match artefacts(f, "verify-data") {
         Some(v) => {
+            let hash = match v["report"]["row_hash"].as_str() {
+                Some("native") => RowHash::Native.describe(),
+                _ => RowHash::Text.describe(),
+            };
             let _ = writeln!(
                 w,
-                "Every table compared by exact row count and the sum of `hashtextextended(ROW(…)::text, 0)` on both servers:\n"
+                "Every table compared by exact row count and {hash}, on both servers:\n"
             );
             let _ = writeln!(w, "| table | source rows | target rows | content hash | result |");
             let _ = writeln!(w, "| --- | ---: | ---: | --- | --- |");

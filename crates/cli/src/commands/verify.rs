@@ -31,6 +31,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
             &loaded.file.options.journal_schema,
             jobs,
             loaded.file.options.split_bytes,
+            loaded.file.options.row_hash,
         )
         .await?;
         if global.output == Output::Json {
@@ -60,6 +61,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
                 "{} sequences compared, {} large objects on the source",
                 report.sequences_compared, report.large_objects.0
             );
+            println!("content hash: {}", report.row_hash.describe());
             let problems = report.problems();
             if problems.is_empty() {
                 println!("verify: the target holds exactly the source's data.");
