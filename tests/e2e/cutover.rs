@@ -727,7 +727,10 @@ fn verify_sees_every_difference_the_text_form_shows() {
             "UPDATE kinds SET code = 'ab' WHERE id = 1",
         ),
     ];
-    for (row_hash, method) in [("auto", "64-bit hash of each row's values"), ("text", "hashtextextended")] {
+    for (row_hash, method) in [
+        ("auto", "64-bit hash of each row's values"),
+        ("text", "hashtextextended"),
+    ] {
         s.write_plan(
             &s.pair.source.url("app"),
             &s.pair.target.url("app"),

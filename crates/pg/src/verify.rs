@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::plan_file::RowHashChoice;
+use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, ErrorKind, Result};
 use futures::StreamExt;
 use serde::Serialize;
@@ -109,11 +109,7 @@ pub enum RowHash {
 impl RowHash {
     /// `Native` when the plan allows it and both servers have
     /// `hash_record_extended` (14 or later).
-    pub async fn for_servers(
-        choice: RowHashChoice,
-        source: &PgPool,
-        target: &PgPool,
-    ) -> Result<RowHash> {
+    pub async fn for_servers(choice: RowHashChoice, source: &PgPool, target: &PgPool) -> Result<RowHash> {
         if choice == RowHashChoice::Text {
             return Ok(RowHash::Text);
         }
@@ -228,12 +224,7 @@ pub fn hash_sql(t: &TableInfo, method: RowHash, filter: &str) -> String {
     )
 }
 
-async fn table_hash(
-    pool: &PgPool,
-    t: &TableInfo,
-    method: RowHash,
-    filter: &str,
-) -> Result<(i64, String)> {
+async fn table_hash(pool: &PgPool, t: &TableInfo, method: RowHash, filter: &str) -> Result<(i64, String)> {
     Ok(sqlx::query_as(&hash_sql(t, method, filter))
         .fetch_one(pool)
         .await?)
@@ -347,7 +338,12 @@ pub async fn verify(
         .map(|(i, t)| {
             let tt = target.table(&t.schema, &t.name).cloned();
             let (s, d) = (source_pool.clone(), target_pool.clone());
-            async move { (i, verify_table(&s, &d, &t, tt.as_ref(), method, split_bytes).await) }
+            async move {
+                (
+                    i,
+                    verify_table(&s, &d, &t, tt.as_ref(), method, split_bytes).await,
+                )
+            }
         })
         .collect();
     let mut verdicts = vec![];
@@ -445,11 +441,10 @@ async fn verify_table(
         return Ok(v);
     }
     let filters = key_ranges(source, t, split_bytes).await?;
-    let ((sn, sh), (tn, th)) =
-        tokio::try_join!(
-            split_hash(source, t, method, &filters),
-            split_hash(target, t, method, &filters)
-        )?;
+    let ((sn, sh), (tn, th)) = tokio::try_join!(
+        split_hash(source, t, method, &filters),
+        split_hash(target, t, method, &filters)
+    )?;
     v.matches = sn == tn && sh == th;
     (v.source_rows, v.source_hash, v.target_rows, v.target_hash) = (sn, sh, Some(tn), Some(th));
     if !v.matches {
@@ -460,12 +455,7 @@ async fn verify_table(
 
 /// For a table with a single integer primary key: the key ranges whose rows
 /// differ, found by hashing 16 buckets and splitting differing ones again.
-async fn narrow(
-    source: &PgPool,
-    target: &PgPool,
-    t: &TableInfo,
-    method: RowHash,
-) -> Result<Vec<String>> {
+async fn narrow(source: &PgPool, target: &PgPool, t: &TableInfo, method: RowHash) -> Result<Vec<String>> {
     let Some(pk) = integer_key(t) else {
         return Ok(vec![]);
     };
@@ -660,7 +650,12 @@ mod tests {
         ] {
             assert_eq!(column_hash(ty), ColumnHash::Own { collate: false }, "{ty}");
         }
-        for ty in ["text", "character varying", "character varying(20)", "character(4)"] {
+        for ty in [
+            "text",
+            "character varying",
+            "character varying(20)",
+            "character(4)",
+        ] {
             assert_eq!(column_hash(ty), ColumnHash::Own { collate: true }, "{ty}");
         }
         // Their own hash is coarser than their text.
