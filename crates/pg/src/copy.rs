@@ -840,8 +840,10 @@ impl Worker {
             rows_since_check += 1;
             let full = buffer.len() >= COPY_BUFFER;
             if full {
-                within!(self, "the target", copy_in.send(std::mem::take(&mut buffer))).map_err(on_target)?;
-                buffer.reserve(COPY_BUFFER);
+                // The same buffer again: a fresh megabyte each time cost page
+                // faults and zeroing (2 % of the machine's time in a profile).
+                within!(self, "the target", copy_in.send(&buffer[..])).map_err(on_target)?;
+                buffer.clear();
             }
             if full || rows_since_check >= 4096 {
                 rows_since_check = 0;
@@ -861,7 +863,7 @@ impl Worker {
         }
         drop(stream);
         if !buffer.is_empty() {
-            within!(self, "the target", copy_in.send(buffer)).map_err(on_target)?;
+            within!(self, "the target", copy_in.send(&buffer[..])).map_err(on_target)?;
         }
         let rows = within!(self, "the target", copy_in.finish()).map_err(on_target)?;
         let done = Item {
