@@ -42,6 +42,10 @@ struct Args {
     /// (d, with its verify e) always runs.
     #[arg(long, default_value = "abcd")]
     tools: String,
+    /// cutover's options.row_hash for verify: "auto" or "text" (the slower
+    /// text form of every row, to compare).
+    #[arg(long, default_value = "auto")]
+    row_hash: String,
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,7 @@ struct Bench {
     pgpass: PathBuf,
     jobs: usize,
     split_bytes: u64,
+    row_hash: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +126,7 @@ fn run(args: Args) -> Result<()> {
         pgpass,
         jobs: args.jobs,
         split_bytes: args.split_bytes,
+        row_hash: args.row_hash.clone(),
     };
     let pgcopydb = which("pgcopydb");
     if pgcopydb.is_none() {
@@ -453,11 +459,12 @@ impl Bench {
             &plan,
             format!(
                 "[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n[options]\nfreeze_source = false\njobs = {}\n\
-                 split_bytes = {}\n",
+                 split_bytes = {}\nrow_hash = \"{}\"\n",
                 self.source.url(db),
                 self.target.url(target_db),
                 self.jobs,
-                self.split_bytes
+                self.split_bytes,
+                self.row_hash
             ),
         )?;
         set_mode(&plan, 0o600)?;

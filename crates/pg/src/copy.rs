@@ -661,8 +661,16 @@ impl Worker {
                 Next::Wait => tokio::time::sleep(Duration::from_millis(20)).await,
                 Next::Copy(work) => {
                     let table = &work.table;
+                    let t0 = Instant::now();
                     match self.copy_table(&mut src, &mut tgt, table, work.range).await {
-                        Ok(n) => rows += n,
+                        Ok(n) => {
+                            rows += n;
+                            tracing::debug!(
+                                "{} copied in {:.1} s",
+                                table.display(),
+                                t0.elapsed().as_secs_f64()
+                            );
+                        }
                         Err(e) => {
                             self.schedule.lock().unwrap().abort();
                             src.close_on_drop();
@@ -701,6 +709,7 @@ impl Worker {
     async fn build(&self, entry: &EarlyEntry) -> Result<()> {
         use sqlx::{ConnectOptions, Connection};
         let t0 = Instant::now();
+        tracing::debug!("building {} of {}.{}", entry.name, entry.schema, entry.table);
         let list_file = self
             .dir
             .join(format!("early-{}-{}.list", entry.toc.catalog, entry.toc.oid));
