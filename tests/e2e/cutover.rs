@@ -519,10 +519,27 @@ fn early_index_builds_overlap_the_copy_and_survive_an_interruption() {
     // child (about 3 MB) goes as block ranges: its entries wait for the last one.
     let s = Scenario::with(
         pair,
-        "\n[options]\njobs = 3\nsplit_bytes = 1000000\nearly_index_bytes = 100000\n",
+        "\n[options]\njobs = 3\nsplit_bytes = 1000000\nearly_index_bytes = 100000\nanalyze_bytes = 1000000\n",
     );
     let (code, _, stderr) = s.run(&["run", "--yes", "--until", "copy"]);
     assert_eq!(code, 0, "{stderr}");
+    // child (about 3 MB) has planner statistics, from cutover's ANALYZE
+    // (journaled in its transaction); small and kind are left to autovacuum.
+    assert_eq!(
+        q(
+            &s.pair.target,
+            "SELECT string_agg(item, ' ' ORDER BY item) FROM cutover.item_progress WHERE item LIKE 'analyze:%'"
+        ),
+        "analyze:public.child"
+    );
+    assert_eq!(
+        q(
+            &s.pair.target,
+            "SELECT string_agg(DISTINCT tablename, ' ') FROM pg_stats WHERE schemaname = 'public' \
+             AND tablename IN ('child', 'small', 'kind')"
+        ),
+        "child"
+    );
     let schema = normalised_schema(&s.pair.source);
     assert_eq!(normalised_schema(&s.pair.target), schema);
     let early =

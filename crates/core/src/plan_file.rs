@@ -75,6 +75,11 @@ pub struct Options {
     /// may use on the target (sized to its table below that; up to `jobs` at
     /// once).
     pub build_memory_mb: u64,
+    /// Tables at least this large (bytes on disk on the source) get
+    /// `ANALYZE` on the target at the end of the copy, so the planner has
+    /// statistics before applications move; smaller ones are left to
+    /// autovacuum (0 = none).
+    pub analyze_bytes: u64,
     /// How verify hashes rows: `auto` (each value's own exact hash where
     /// both servers are PostgreSQL 14 or later) or `text` (every row's text
     /// form, any version; slower).
@@ -105,6 +110,7 @@ impl Default for Options {
             build_memory_mb: 1024,
             stall_timeout: 300,
             row_hash: RowHashChoice::Auto,
+            analyze_bytes: 8 << 20,
         }
     }
 }

@@ -19,7 +19,7 @@ use cutover_core::event::Event;
 use cutover_core::journal::Item;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, Executor, Postgres};
@@ -137,6 +137,38 @@ async fn mark_done(ctx: &RunContext, item: &str) -> Result<()> {
             },
         )
         .await
+}
+
+/// The journal item of a table's `ANALYZE` at the end of the copy.
+fn analyze_item(t: &TableInfo) -> String {
+    format!("analyze:{}.{}", t.schema, t.name)
+}
+
+/// `ANALYZE` of each table, `jobs` at a time, each in one target
+/// transaction with its journal item (a rerun skips what is journaled;
+/// ANALYZE itself is harmless to repeat). Returns how many were analyzed.
+async fn analyze_tables(ctx: &RunContext, tables: Vec<TableInfo>, jobs: usize) -> Result<usize> {
+    let n = tables.len();
+    futures::stream::iter(tables)
+        .map(|t| async move {
+            let mut tx = ctx.target.begin().await.map_err(on_target)?;
+            sqlx::query(&format!("ANALYZE {}", t.qualified()))
+                .execute(&mut *tx)
+                .await
+                .map_err(on_target)?;
+            let item = analyze_item(&t);
+            let done = Item {
+                stage: STAGE,
+                item: &item,
+                ..Default::default()
+            };
+            ctx.journal.item_done_in(&mut tx, ctx.run_id, &done).await?;
+            tx.commit().await.map_err(on_target)
+        })
+        .buffer_unordered(jobs.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(n)
 }
 
 pub fn table_item(t: &TableInfo) -> String {
@@ -459,6 +491,20 @@ impl Stage for Copy {
             mark_done(ctx, "post-data").await?;
         }
         let post_seconds = post_started.elapsed().as_secs_f64();
+        // Planner statistics for the large tables, with every index in place
+        // (expression indexes have statistics of their own).
+        let analyze_started = Instant::now();
+        let mut to_analyze: Vec<TableInfo> = source
+            .storage_tables()
+            .filter(|t| {
+                let min = ctx.plan.file.options.analyze_bytes;
+                min > 0 && t.bytes.max(0) as u64 >= min && !done.contains(&analyze_item(t))
+            })
+            .cloned()
+            .collect();
+        to_analyze.sort_by_key(|t| std::cmp::Reverse(t.bytes));
+        let analyzed = analyze_tables(ctx, to_analyze, self.jobs).await?;
+        let analyze_seconds = analyze_started.elapsed().as_secs_f64();
         let sequences = copy_sequences(ctx, &source).await?;
         let large_objects = copy_large_objects(ctx).await?;
         sqlx::query("COMMIT")
@@ -471,7 +517,8 @@ impl Stage for Copy {
             message: format!(
                 "copy: schema dumps and pre-data {schema_seconds:.1} s, data {data_seconds:.1} s (with {early_built} \
                  index and key builds of large tables, {index_seconds:.1} s of them), rest of post-data (indexes, \
-                 constraints, triggers) {post_seconds:.1} s"
+                 constraints, triggers) {post_seconds:.1} s, statistics of {analyzed} large tables \
+                 {analyze_seconds:.1} s"
             ),
         });
         Ok(json!({
@@ -480,7 +527,8 @@ impl Stage for Copy {
             "tables_copied": total_tables, "rows_copied": rows_copied, "sequences": sequences,
             "large_objects": large_objects, "binary": binary,
             "seconds": { "schema": schema_seconds, "data": data_seconds, "post_data": post_seconds,
-                         "early_index_builds": index_seconds },
+                         "early_index_builds": index_seconds, "analyze": analyze_seconds },
+            "tables_analyzed": analyzed,
             "early_index_builds": early_built,
         }))
     }
