@@ -25,7 +25,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, Executor, Postgres};
 
 use crate::clear::drop_application_objects;
-use crate::early_indexes::{self, EarlyEntry, Next, Schedule};
+use crate::early_indexes::{self, Analysis, EarlyEntry, Next, Schedule};
 use crate::inventory::{Inventory, TableInfo, quote_ident, quote_literal};
 use crate::tools;
 
@@ -373,10 +373,35 @@ impl Stage for Copy {
             .filter(|e| !done.contains(&e.item))
             .cloned()
             .collect();
-        let total_work = work.len() + to_build.len();
-        let schedule = Schedule::new(
+        // Large tables whose indexes and keys are all built during the copy
+        // are analyzed there too, in the gaps at its end; the others after
+        // the final restore.
+        let analyze_bytes = ctx.plan.file.options.analyze_bytes;
+        let mut analyses: Vec<(i64, Analysis)> = source
+            .storage_tables()
+            .filter(|t| analyze_bytes > 0 && t.bytes.max(0) as u64 >= analyze_bytes)
+            .filter(|t| !done.contains(&analyze_item(t)))
+            .filter(|t| {
+                let item = table_item(t);
+                early.iter().any(|e| !e.foreign_key && e.tables[0] == item)
+            })
+            .map(|t| {
+                (
+                    t.bytes,
+                    Analysis {
+                        table: table_item(t),
+                        qualified: t.qualified(),
+                        item: analyze_item(t),
+                    },
+                )
+            })
+            .collect();
+        analyses.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        let total_work = work.len() + to_build.len() + analyses.len();
+        let schedule = Schedule::with_analyses(
             work.into_iter().map(|w| (table_item(&w.table), w)).collect(),
             to_build,
+            analyses.into_iter().map(|(_, a)| a).collect(),
         );
         let workers = self.jobs.min(total_work).max(1);
         let shared = Worker {
@@ -399,6 +424,7 @@ impl Stage for Copy {
             archive: schema_dump.clone(),
             dir: dir.clone(),
             index_seconds: Arc::new(Mutex::new(0.0)),
+            analyzed: Arc::new(Mutex::new((0, 0.0))),
         };
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..workers {
@@ -494,11 +520,13 @@ impl Stage for Copy {
         // Planner statistics for the large tables, with every index in place
         // (expression indexes have statistics of their own).
         let analyze_started = Instant::now();
+        let analyzed_now = ctx.journal.items_done(ctx.run_id, STAGE).await?;
         let mut to_analyze: Vec<TableInfo> = source
             .storage_tables()
             .filter(|t| {
-                let min = ctx.plan.file.options.analyze_bytes;
-                min > 0 && t.bytes.max(0) as u64 >= min && !done.contains(&analyze_item(t))
+                analyze_bytes > 0
+                    && t.bytes.max(0) as u64 >= analyze_bytes
+                    && !analyzed_now.contains(&analyze_item(t))
             })
             .cloned()
             .collect();
@@ -512,13 +540,14 @@ impl Stage for Copy {
             .await
             .map_err(on_source)?;
         let index_seconds = *shared.index_seconds.lock().unwrap();
+        let (analyzed_early, analyze_early_seconds) = *shared.analyzed.lock().unwrap();
         let early_built = early.len() - left_over;
         ctx.emit(Event::Info {
             message: format!(
                 "copy: schema dumps and pre-data {schema_seconds:.1} s, data {data_seconds:.1} s (with {early_built} \
-                 index and key builds of large tables, {index_seconds:.1} s of them), rest of post-data (indexes, \
-                 constraints, triggers) {post_seconds:.1} s, statistics of {analyzed} large tables \
-                 {analyze_seconds:.1} s"
+                 index and key builds of large tables, {index_seconds:.1} s of them, and {analyzed_early} ANALYZE, \
+                 {analyze_early_seconds:.1} s), rest of post-data (indexes, constraints, triggers) {post_seconds:.1} s, \
+                 ANALYZE of {analyzed} more large tables {analyze_seconds:.1} s"
             ),
         });
         Ok(json!({
@@ -527,8 +556,9 @@ impl Stage for Copy {
             "tables_copied": total_tables, "rows_copied": rows_copied, "sequences": sequences,
             "large_objects": large_objects, "binary": binary,
             "seconds": { "schema": schema_seconds, "data": data_seconds, "post_data": post_seconds,
-                         "early_index_builds": index_seconds, "analyze": analyze_seconds },
-            "tables_analyzed": analyzed,
+                         "early_index_builds": index_seconds, "analyze_during_data": analyze_early_seconds,
+                         "analyze": analyze_seconds },
+            "tables_analyzed": analyzed_early + analyzed,
             "early_index_builds": early_built,
         }))
     }
@@ -647,6 +677,8 @@ struct Worker {
     dir: std::path::PathBuf,
     /// Time spent in early index builds, all workers together.
     index_seconds: Arc<Mutex<f64>>,
+    /// Tables analyzed during the copy and the time it took, all workers together.
+    analyzed: Arc<Mutex<(usize, f64)>>,
 }
 
 impl Worker {
@@ -738,6 +770,13 @@ impl Worker {
                     }
                     self.schedule.lock().unwrap().built(&entry);
                 }
+                Next::Analyze(a) => {
+                    if let Err(e) = self.analyze(&mut tgt, &a).await {
+                        self.schedule.lock().unwrap().abort();
+                        return Err(e.context(format!("analyzing {} during the copy", a.qualified)));
+                    }
+                    self.schedule.lock().unwrap().analyzed(&a);
+                }
             }
         }
         within!(self, "the source", sqlx::query("COMMIT").execute(&mut *src)).map_err(on_source)?;
@@ -748,6 +787,36 @@ impl Worker {
         )
         .map_err(on_target)?;
         Ok(rows)
+    }
+
+    /// `ANALYZE` of one table in one transaction with its journal item.
+    async fn analyze(&self, tgt: &mut PoolConnection<Postgres>, a: &Analysis) -> Result<()> {
+        let t0 = Instant::now();
+        let mut tx = within!(self, "the target", tgt.begin()).map_err(on_target)?;
+        within!(
+            self,
+            "the target",
+            sqlx::query(&format!("ANALYZE {}", a.qualified)).execute(&mut *tx)
+        )
+        .map_err(on_target)?;
+        let done = Item {
+            stage: STAGE,
+            item: &a.item,
+            ..Default::default()
+        };
+        self.journal.item_done_in(&mut tx, self.run_id, &done).await?;
+        within!(self, "the target", tx.commit()).map_err(on_target)?;
+        {
+            let mut analyzed = self.analyzed.lock().unwrap();
+            analyzed.0 += 1;
+            analyzed.1 += t0.elapsed().as_secs_f64();
+        }
+        tracing::debug!(
+            "{} analyzed during the copy in {:.1} s",
+            a.qualified,
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
 
     /// Builds one early entry (its statement from the schema archive) and

@@ -282,9 +282,22 @@ pub fn remaining_list(list: &str, skip: &HashSet<String>) -> String {
 pub enum Next<W> {
     Copy(W),
     Build(Box<EarlyEntry>),
+    /// `ANALYZE` of a table whose data, indexes, keys and foreign keys are in.
+    Analyze(Analysis),
     /// Nothing to start now; entries wait for work in flight.
     Wait,
     Finished,
+}
+
+/// An `ANALYZE` of one table during the copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    /// Its `table:` item.
+    pub table: String,
+    /// The table's qualified name.
+    pub qualified: String,
+    /// Its journal item: `analyze:<schema>.<table>`.
+    pub item: String,
 }
 
 /// The copy's work queue: copies first (as given: largest first), then the
@@ -292,6 +305,9 @@ pub enum Next<W> {
 /// before foreign keys. A foreign key waits for both tables and all their
 /// indexes and keys, and never runs beside another foreign key on one of its
 /// tables (two of them would lock the same tables in opposite orders).
+/// An `ANALYZE` comes last for its table: after its copies, indexes, keys
+/// and every foreign key on it (their locks conflict), filling the gaps at
+/// the end of the copy; no foreign key starts on a table being analyzed.
 #[derive(Debug)]
 pub struct Schedule<W> {
     copies: VecDeque<(String, W)>,
@@ -302,6 +318,9 @@ pub struct Schedule<W> {
     waiting: Vec<EarlyEntry>,
     /// Tables of foreign keys being built.
     fk_busy: HashSet<String>,
+    analyses: Vec<Analysis>,
+    /// Tables being analyzed.
+    analyzing: HashSet<String>,
     running: usize,
     aborted: bool,
 }
@@ -310,6 +329,15 @@ impl<W> Schedule<W> {
     /// `copies`: (table item, work) in the order to run them; `entries`: the
     /// early entries not yet done (done ones are left out by the caller).
     pub fn new(copies: Vec<(String, W)>, entries: Vec<EarlyEntry>) -> Schedule<W> {
+        Schedule::with_analyses(copies, entries, vec![])
+    }
+
+    /// As `new`, with `ANALYZE`s (in the order given: larger tables first).
+    pub fn with_analyses(
+        copies: Vec<(String, W)>,
+        entries: Vec<EarlyEntry>,
+        analyses: Vec<Analysis>,
+    ) -> Schedule<W> {
         let mut copies_left: HashMap<String, usize> = HashMap::new();
         for (t, _) in &copies {
             *copies_left.entry(t.clone()).or_default() += 1;
@@ -326,6 +354,8 @@ impl<W> Schedule<W> {
             keys_left,
             waiting,
             fk_busy: HashSet::new(),
+            analyses,
+            analyzing: HashSet::new(),
             running: 0,
             aborted: false,
         }
@@ -339,7 +369,15 @@ impl<W> Schedule<W> {
         }
         e.tables
             .iter()
-            .all(|t| copied(t) && keyed(t) && !self.fk_busy.contains(t))
+            .all(|t| copied(t) && keyed(t) && !self.fk_busy.contains(t) && !self.analyzing.contains(t))
+    }
+
+    fn analysis_ready(&self, a: &Analysis) -> bool {
+        let t = &a.table;
+        self.copies_left.get(t).is_none_or(|n| *n == 0)
+            && self.keys_left.get(t).is_none_or(|n| *n == 0)
+            && !self.fk_busy.contains(t)
+            && !self.waiting.iter().any(|e| e.tables.contains(t))
     }
 
     pub fn take(&mut self) -> Next<W> {
@@ -357,6 +395,12 @@ impl<W> Schedule<W> {
             }
             self.running += 1;
             return Next::Build(Box::new(e));
+        }
+        if let Some(i) = self.analyses.iter().position(|a| self.analysis_ready(a)) {
+            let a = self.analyses.remove(i);
+            self.analyzing.insert(a.table.clone());
+            self.running += 1;
+            return Next::Analyze(a);
         }
         if self.running > 0 {
             Next::Wait
@@ -383,12 +427,18 @@ impl<W> Schedule<W> {
         self.running = self.running.saturating_sub(1);
     }
 
+    pub fn analyzed(&mut self, a: &Analysis) {
+        self.analyzing.remove(&a.table);
+        self.running = self.running.saturating_sub(1);
+    }
+
     /// A worker failed: nothing more starts, and no worker waits for work
     /// in flight any more.
     pub fn abort(&mut self) {
         self.aborted = true;
         self.copies.clear();
         self.waiting.clear();
+        self.analyses.clear();
     }
 
     /// Entries that never became ready (left to the final restore).
@@ -453,6 +503,7 @@ mod tests {
     fn name<W>(n: &Next<W>) -> String {
         match n {
             Next::Build(e) => e.name.clone(),
+            Next::Analyze(a) => format!("analyze {}", a.table),
             Next::Copy(_) => "copy".into(),
             Next::Wait => "wait".into(),
             Next::Finished => "finished".into(),
@@ -525,5 +576,73 @@ mod tests {
         // Copy 1 is still in flight: the others stop at once all the same.
         s.abort();
         assert_eq!(name(&s.take()), "finished");
+    }
+
+    #[test]
+    fn an_analyze_comes_after_its_tables_keys_and_foreign_keys() {
+        let t = |n: &str| format!("table:public.{n}");
+        let analysis = |n: &str| Analysis {
+            table: t(n),
+            qualified: format!("public.{n}"),
+            item: format!("analyze:public.{n}"),
+        };
+        let mut s = Schedule::with_analyses(
+            vec![(t("big"), 1), (t("ref"), 2)],
+            vec![
+                entry("big_pkey", &["big"], false, 100),
+                entry("big_fk_ref", &["big", "ref"], true, 100),
+                entry("ref_pkey", &["ref"], false, 10),
+            ],
+            vec![analysis("big"), analysis("ref"), analysis("lone")],
+        );
+        assert!(matches!(s.take(), Next::Copy(1)));
+        assert!(matches!(s.take(), Next::Copy(2)));
+        // lone has no copy or entry in this pass: analyzed at once.
+        assert_eq!(name(&s.take()), "analyze table:public.lone");
+        s.analyzed(&analysis("lone"));
+        s.copied(&t("big"));
+        let big = s.take();
+        assert_eq!(name(&big), "big_pkey");
+        // big's foreign key (to ref, not copied yet) keeps big's ANALYZE waiting.
+        assert_eq!(name(&s.take()), "wait");
+        let Next::Build(big) = big else { unreachable!() };
+        s.built(&big);
+        assert_eq!(name(&s.take()), "wait");
+        s.copied(&t("ref"));
+        let ref_pkey = s.take();
+        assert_eq!(name(&ref_pkey), "ref_pkey");
+        let Next::Build(ref_pkey) = ref_pkey else {
+            unreachable!()
+        };
+        s.built(&ref_pkey);
+        let fk = s.take();
+        assert_eq!(name(&fk), "big_fk_ref");
+        assert_eq!(name(&s.take()), "wait", "both tables wait for the foreign key");
+        let Next::Build(fk) = fk else { unreachable!() };
+        s.built(&fk);
+        assert_eq!(name(&s.take()), "analyze table:public.big");
+        assert_eq!(name(&s.take()), "analyze table:public.ref");
+        assert_eq!(name(&s.take()), "wait");
+        s.analyzed(&analysis("big"));
+        s.analyzed(&analysis("ref"));
+        assert_eq!(name(&s.take()), "finished");
+    }
+
+    #[test]
+    fn no_foreign_key_starts_on_a_table_being_analyzed() {
+        let t = |n: &str| format!("table:public.{n}");
+        let a = Analysis {
+            table: t("a"),
+            qualified: "public.a".into(),
+            item: "analyze:public.a".into(),
+        };
+        let mut s: Schedule<()> = Schedule::with_analyses(vec![], vec![], vec![a.clone()]);
+        assert_eq!(name(&s.take()), "analyze table:public.a");
+        // A foreign key entry arriving later is not possible (entries are
+        // fixed at the start), but readiness must still respect the lock.
+        s.waiting.push(entry("b_fk_a", &["b", "a"], true, 1));
+        assert_eq!(name(&s.take()), "wait");
+        s.analyzed(&a);
+        assert_eq!(name(&s.take()), "b_fk_a");
     }
 }
