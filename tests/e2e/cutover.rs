@@ -794,7 +794,7 @@ fn large_tables_are_copied_in_ranges_and_resume_per_range() {
     );
     let (code, stdout, _) = s.run(&["plan"]);
     assert_eq!(code, 0);
-    assert!(stdout.contains("block ranges"), "{stdout}");
+    assert!(stdout.contains("block ranges, then ANALYZE"), "{stdout}");
     let (code, _, stderr) = s.run(&["run", "--yes", "--until", "copy"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(s.target_digest(), s.source_digest());

@@ -198,7 +198,13 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         Box::new(BackupTarget::new(&target, &run_dir)),
         Box::new(FreezeSource::new(freeze, &dbs.source.dbname, sessions.clone())),
         Box::new(ClearTarget::new(&target, &comparison.destroyed)),
-        Box::new(Copy::new(&source, &target, jobs, loaded.file.options.split_bytes)),
+        Box::new(Copy::new(
+            &source,
+            &target,
+            jobs,
+            loaded.file.options.split_bytes,
+            loaded.file.options.analyze_bytes,
+        )),
         Box::new(VerifyData::new(&source, jobs)),
     ];
     for reading in &readings {

@@ -71,7 +71,13 @@ pub fn default_jobs(configured: usize) -> usize {
 }
 
 impl Copy {
-    pub fn new(source: &Inventory, target: &Inventory, jobs: usize, split_bytes: u64) -> Copy {
+    pub fn new(
+        source: &Inventory,
+        target: &Inventory,
+        jobs: usize,
+        split_bytes: u64,
+        analyze_bytes: u64,
+    ) -> Copy {
         let binary = source.identity.version_num / 10000 == target.identity.version_num / 10000;
         let mut warnings = vec![];
         if !binary {
@@ -103,8 +109,13 @@ impl Copy {
                             String::new()
                         };
                         let about = if t.rows_estimated { "about " } else { "" };
+                        let analyze = if analyze_bytes > 0 && t.bytes.max(0) as u64 >= analyze_bytes {
+                            ", then ANALYZE"
+                        } else {
+                            ""
+                        };
                         format!(
-                            "{}: {about}{} rows, {} kB{split}",
+                            "{}: {about}{} rows, {} kB{split}{analyze}",
                             t.display(),
                             t.rows,
                             t.bytes / 1000
