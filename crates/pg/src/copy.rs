@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use cutover_core::endpoint::{Endpoint, Role};
 use cutover_core::event::Event;
-use cutover_core::journal::Item;
+use cutover_core::journal::{Item, Journal};
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use sqlx::pool::PoolConnection;
-use sqlx::{Acquire, Executor, Postgres};
+use sqlx::{Acquire, Executor, PgConnection, Postgres};
 
 use crate::clear::drop_application_objects;
 use crate::early_indexes::{self, Analysis, EarlyEntry, Next, Schedule};
@@ -109,7 +109,7 @@ impl Copy {
                             String::new()
                         };
                         let about = if t.rows_estimated { "about " } else { "" };
-                        let analyze = if analyze_bytes > 0 && t.bytes.max(0) as u64 >= analyze_bytes {
+                        let analyze = if gets_analyze(t, analyze_bytes) {
                             ", then ANALYZE"
                         } else {
                             ""
@@ -150,31 +150,54 @@ async fn mark_done(ctx: &RunContext, item: &str) -> Result<()> {
         .await
 }
 
-/// The journal item of a table's `ANALYZE` at the end of the copy.
+/// Whether the copy runs `ANALYZE` on this table (`options.analyze_bytes`).
+fn gets_analyze(t: &TableInfo, analyze_bytes: u64) -> bool {
+    analyze_bytes > 0 && t.bytes.max(0) as u64 >= analyze_bytes
+}
+
+/// The journal item of a table's `ANALYZE` in the copy.
 fn analyze_item(t: &TableInfo) -> String {
     format!("analyze:{}.{}", t.schema, t.name)
 }
 
-/// `ANALYZE` of each table, `jobs` at a time, each in one target
-/// transaction with its journal item (a rerun skips what is journaled;
-/// ANALYZE itself is harmless to repeat). Returns how many were analyzed.
+/// `ANALYZE` of one table in one target transaction with its journal item
+/// (a rerun skips what is journaled; ANALYZE itself is harmless to repeat).
+/// Not under the stall deadline: like an index build, it moves no rows.
+async fn analyze_one(
+    conn: &mut PgConnection,
+    journal: &Journal,
+    run_id: uuid::Uuid,
+    qualified: &str,
+    item: &str,
+) -> Result<()> {
+    let mut tx = conn.begin().await.map_err(on_target)?;
+    sqlx::query(&format!("ANALYZE {qualified}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(on_target)?;
+    let done = Item {
+        stage: STAGE,
+        item,
+        ..Default::default()
+    };
+    journal.item_done_in(&mut tx, run_id, &done).await?;
+    tx.commit().await.map_err(on_target)
+}
+
+/// `ANALYZE` of each table, `jobs` at a time. Returns how many.
 async fn analyze_tables(ctx: &RunContext, tables: Vec<TableInfo>, jobs: usize) -> Result<usize> {
     let n = tables.len();
     futures::stream::iter(tables)
         .map(|t| async move {
-            let mut tx = ctx.target.begin().await.map_err(on_target)?;
-            sqlx::query(&format!("ANALYZE {}", t.qualified()))
-                .execute(&mut *tx)
-                .await
-                .map_err(on_target)?;
-            let item = analyze_item(&t);
-            let done = Item {
-                stage: STAGE,
-                item: &item,
-                ..Default::default()
-            };
-            ctx.journal.item_done_in(&mut tx, ctx.run_id, &done).await?;
-            tx.commit().await.map_err(on_target)
+            let mut conn = ctx.target.acquire().await.map_err(on_target)?;
+            analyze_one(
+                &mut conn,
+                &ctx.journal,
+                ctx.run_id,
+                &t.qualified(),
+                &analyze_item(&t),
+            )
+            .await
         })
         .buffer_unordered(jobs.max(1))
         .try_collect::<Vec<()>>()
@@ -390,8 +413,7 @@ impl Stage for Copy {
         let analyze_bytes = ctx.plan.file.options.analyze_bytes;
         let mut analyses: Vec<(i64, Analysis)> = source
             .storage_tables()
-            .filter(|t| analyze_bytes > 0 && t.bytes.max(0) as u64 >= analyze_bytes)
-            .filter(|t| !done.contains(&analyze_item(t)))
+            .filter(|t| gets_analyze(t, analyze_bytes) && !done.contains(&analyze_item(t)))
             .filter(|t| {
                 let item = table_item(t);
                 early.iter().any(|e| !e.foreign_key && e.tables[0] == item)
@@ -534,11 +556,7 @@ impl Stage for Copy {
         let analyzed_now = ctx.journal.items_done(ctx.run_id, STAGE).await?;
         let mut to_analyze: Vec<TableInfo> = source
             .storage_tables()
-            .filter(|t| {
-                analyze_bytes > 0
-                    && t.bytes.max(0) as u64 >= analyze_bytes
-                    && !analyzed_now.contains(&analyze_item(t))
-            })
+            .filter(|t| gets_analyze(t, analyze_bytes) && !analyzed_now.contains(&analyze_item(t)))
             .cloned()
             .collect();
         to_analyze.sort_by_key(|t| std::cmp::Reverse(t.bytes));
@@ -803,20 +821,7 @@ impl Worker {
     /// `ANALYZE` of one table in one transaction with its journal item.
     async fn analyze(&self, tgt: &mut PoolConnection<Postgres>, a: &Analysis) -> Result<()> {
         let t0 = Instant::now();
-        let mut tx = within!(self, "the target", tgt.begin()).map_err(on_target)?;
-        within!(
-            self,
-            "the target",
-            sqlx::query(&format!("ANALYZE {}", a.qualified)).execute(&mut *tx)
-        )
-        .map_err(on_target)?;
-        let done = Item {
-            stage: STAGE,
-            item: &a.item,
-            ..Default::default()
-        };
-        self.journal.item_done_in(&mut tx, self.run_id, &done).await?;
-        within!(self, "the target", tx.commit()).map_err(on_target)?;
+        analyze_one(tgt, &self.journal, self.run_id, &a.qualified, &a.item).await?;
         {
             let mut analyzed = self.analyzed.lock().unwrap();
             analyzed.0 += 1;
