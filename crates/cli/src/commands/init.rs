@@ -294,7 +294,14 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let uncommented = cutover_core::plan_file::parse(&all.replace("...", "true"));
-        assert!(uncommented.is_ok(), "{uncommented:?}\n{all}");
+        assert!(uncommented.is_ok(), "{uncommented:?}\n{all}"); // And every option is there.
+        let options = serde_json::to_value(cutover_core::plan_file::Options::default()).unwrap();
+        for key in options.as_object().unwrap().keys() {
+            assert!(
+                super::TEMPLATE.contains(&format!("# {key} = ")),
+                "the template lacks options.{key}"
+            );
+        }
     }
 
     #[test]
