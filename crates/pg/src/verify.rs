@@ -139,7 +139,7 @@ impl RowHash {
 
 /// How one column enters a `RowHash::Native` row hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnHash {
+enum ColumnHash {
     /// The type's own extended hash: it hashes exactly what its text form
     /// shows. `collate`: a string, hashed under "C" (bytewise; a
     /// nondeterministic collation would hash 'A' and 'a' alike).
@@ -156,7 +156,7 @@ pub enum ColumnHash {
 }
 
 /// The treatment of a column by its `format_type` spelling.
-pub fn column_hash(ty: &str) -> ColumnHash {
+fn column_hash(ty: &str) -> ColumnHash {
     let time = ty.starts_with("timestamp") && ty.ends_with(" with time zone")
         || ty.starts_with("time") && ty.ends_with(" without time zone");
     let own = time
@@ -201,9 +201,12 @@ fn native_elements(t: &TableInfo) -> Vec<String> {
 }
 
 /// The count and hash sum query for the rows of `t` that `filter` keeps.
-pub fn hash_sql(t: &TableInfo, method: RowHash, filter: &str) -> String {
-    let elements = native_elements(t);
-    if method == RowHash::Native && !elements.is_empty() {
+fn hash_sql(t: &TableInfo, method: RowHash, filter: &str) -> String {
+    let elements = match method {
+        RowHash::Native => native_elements(t),
+        RowHash::Text => vec![],
+    };
+    if !elements.is_empty() {
         // OFFSET 0 keeps the subquery from being flattened, which would
         // compute `h` twice.
         return format!(
