@@ -587,6 +587,62 @@ fn early_index_builds_overlap_the_copy_and_survive_an_interruption() {
     assert_eq!(s.target_digest(), s.source_digest());
 }
 
+/// Each table is emptied in its own copy transaction, so rows an earlier
+/// attempt left are replaced, never doubled: a large table by TRUNCATE,
+/// which lets COPY write its rows frozen, a small one by DELETE (a TRUNCATE
+/// costs more than copying a small table whole).
+#[test]
+fn each_table_is_emptied_in_its_copy_transaction_and_large_ones_load_frozen() {
+    let pair = PgPair::start().unwrap();
+    pair.source.create_database("app").unwrap();
+    pair.source
+        .sql(
+            "app",
+            "CREATE TABLE big (id int PRIMARY KEY, note text); \
+             INSERT INTO big SELECT g, repeat(md5(g::text), 2) FROM generate_series(1, 20000) g; \
+             CREATE TABLE tiny (id int PRIMARY KEY, label text); \
+             INSERT INTO tiny VALUES (1, 'a'), (2, 'b'), (3, 'c'); \
+             ANALYZE",
+        )
+        .unwrap();
+    pair.target.create_database("app").unwrap();
+    let s = Scenario::with(pair, "");
+    let (code, _, stderr) = s.run(&["run", "--yes", "--until", "copy"]);
+    assert_eq!(code, 0, "{stderr}");
+    // big (about 2 MB) was loaded with COPY … FREEZE: every page all-frozen;
+    // tiny was not.
+    let frozen = "SELECT all_frozen = pg_relation_size('{t}') / 8192 AND all_frozen > 0 \
+                  FROM pg_visibility_map_summary('{t}')";
+    q(&s.pair.target, "CREATE EXTENSION pg_visibility");
+    assert_eq!(q(&s.pair.target, &frozen.replace("{t}", "big")), "t");
+    assert_eq!(q(&s.pair.target, &frozen.replace("{t}", "tiny")), "f");
+    q(&s.pair.target, "DROP EXTENSION pg_visibility");
+
+    // What a kill between a table's load and its journal entry would leave
+    // if the two were not one transaction: rows in place, the table not
+    // journaled. The re-run must replace them (the primary keys, already
+    // built, would refuse a second copy of any row).
+    q(
+        &s.pair.target,
+        "DELETE FROM cutover.item_progress WHERE item IN ('table:public.big', 'table:public.tiny'); \
+         INSERT INTO cutover.stage_events (run_id, stage, event) SELECT id, 'copy', 'started' FROM cutover.runs; \
+         INSERT INTO tiny VALUES (99, 'left over')",
+    );
+    let (code, _, stderr) = s.run(&["run", "--yes", "--until", "copy"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(q(&s.pair.target, "SELECT count(*) FROM big"), "20000");
+    assert_eq!(
+        q(
+            &s.pair.target,
+            "SELECT string_agg(label, ' ' ORDER BY id) FROM tiny"
+        ),
+        "a b c"
+    );
+    let (code, stdout, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(s.target_digest(), s.source_digest());
+}
+
 /// When every index, key and foreign key is built during the copy, the rest
 /// of post-data (here a comment on an index and a materialized view's data)
 /// still runs: the shortcut for "post-data already there" applies only to a
