@@ -205,6 +205,10 @@ impl Inventory {
                 }
             })
             .collect();
+        // In byte order of (schema, name), whatever the database's collation:
+        // `table` finds a table by binary search (a linear search per table
+        // made comparing 10,000 tables take seconds).
+        tables.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
         let to_count: Vec<usize> = (0..tables.len())
             .filter(|&i| tables[i].has_storage() && !tables[i].rows_estimated && counting != Counting::None)
             .collect();
@@ -254,8 +258,12 @@ impl Inventory {
         })
     }
 
+    /// The table `schema.name` (the list is in byte order of schema and name).
     pub fn table(&self, schema: &str, name: &str) -> Option<&TableInfo> {
-        self.tables.iter().find(|t| t.schema == schema && t.name == name)
+        self.tables
+            .binary_search_by(|t| (t.schema.as_str(), t.name.as_str()).cmp(&(schema, name)))
+            .ok()
+            .map(|i| &self.tables[i])
     }
 
     /// Tables that hold rows (leaf partitions and plain tables).
@@ -280,22 +288,34 @@ enum Counting {
 /// statistics' estimate in [`Inventory::read_estimating`].
 pub const ESTIMATE_PAGES: i64 = 8192;
 
-/// Exact counts of the tables at `which` (indexes into `tables`), 200 per round trip.
+/// Exact counts of the tables at `which` (indexes into `tables`), 200 per
+/// round trip, two round trips at a time (the first count of each table
+/// opens it, which is most of the work for small tables: 10,000 of them
+/// took 4 s on one connection).
 async fn count_rows(pool: &PgPool, tables: &mut [TableInfo], which: &[usize]) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
     let storage: Vec<usize> = which
         .iter()
         .copied()
         .filter(|&i| tables[i].has_storage())
         .collect();
-    for chunk in storage.chunks(200) {
-        let sql = chunk
-            .iter()
-            .map(|&i| format!("SELECT {i}::int, count(*) FROM ONLY {}", tables[i].qualified()))
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
-        for (i, n) in sqlx::query_as::<_, (i32, i64)>(&sql).fetch_all(pool).await? {
-            tables[i as usize].rows = n;
-        }
+    let queries: Vec<String> = storage
+        .chunks(200)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|&i| format!("SELECT {i}::int, count(*) FROM ONLY {}", tables[i].qualified()))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ")
+        })
+        .collect();
+    let counted: Vec<Vec<(i32, i64)>> = futures::stream::iter(queries)
+        .map(|sql| async move { sqlx::query_as::<_, (i32, i64)>(&sql).fetch_all(pool).await })
+        .buffer_unordered(2)
+        .try_collect()
+        .await?;
+    for (i, n) in counted.into_iter().flatten() {
+        tables[i as usize].rows = n;
     }
     Ok(())
 }
