@@ -219,51 +219,56 @@ fn run(args: Args) -> Result<()> {
     );
 
     if args.series {
-        println!("\nscaling (cutover copy only, medians of {} each):", args.reps);
-        println!(
-            "{:>8} {:>10} {:>10} {:>12} {:>10}",
-            "scale", "MB", "seconds", "s per GB", "RSS MB"
-        );
-        println!(
-            "{:>8} {:>10.0} {:>10.2} {:>12.1} {:>10.0}",
-            args.scale,
-            mb,
-            d,
-            d / (mb / 1000.0),
-            rss
-        );
+        // The three sizes exist at once and their copies take turns, rep by
+        // rep (like the tools above): this machine's speed drifts by ±20 %
+        // within minutes, and timing one size after the other measured that
+        // drift as much as the scaling.
+        let mut sizes = vec![(args.scale, db.to_string(), mb)];
         for factor in [2, 4] {
             let scale = args.scale * factor;
             let name = format!("bench_x{factor}");
             let bytes = bench.generate(&name, scale)?;
-            let mb = bytes as f64 / 1e6;
-            // The same number of repetitions as at scale S: a median each.
-            let mut secs = vec![];
-            let mut peak: f64 = 0.0;
-            for _ in 0..args.reps {
-                let t = bench.time_copy(Tool::Cutover, &name, "bench_series")?;
-                secs.push(t.seconds);
-                peak = peak.max(t.rss_mb.unwrap_or(0.0));
+            sizes.push((scale, name, bytes as f64 / 1e6));
+        }
+        let mut secs: Vec<Vec<f64>> = vec![vec![]; sizes.len()];
+        let mut peaks: Vec<f64> = vec![0.0; sizes.len()];
+        for rep in 0..args.reps {
+            let mut order: Vec<usize> = (0..sizes.len()).collect();
+            order.rotate_left(rep % sizes.len());
+            for i in order {
+                let t = bench.time_copy(Tool::Cutover, &sizes[i].1, "bench_series")?;
+                println!("  rep {} scale {:<33} {:>8.1} s", rep + 1, sizes[i].0, t.seconds);
+                secs[i].push(t.seconds);
+                peaks[i] = peaks[i].max(t.rss_mb.unwrap_or(0.0));
                 bench
                     .target
                     .sql("postgres", "DROP DATABASE IF EXISTS bench_series WITH (FORCE)")?;
             }
-            let t = Timing {
-                seconds: median(&secs),
-                rss_mb: Some(peak),
-            };
-            bench.source.sql(
-                "postgres",
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            )?;
+        }
+        println!(
+            "\nscaling (cutover copy only, the sizes taking turns, medians of {} each):",
+            args.reps
+        );
+        println!(
+            "{:>8} {:>10} {:>10} {:>12} {:>10}",
+            "scale", "MB", "seconds", "s per GB", "RSS MB"
+        );
+        for (i, (scale, _, mb)) in sizes.iter().enumerate() {
+            let m = median(&secs[i]);
             println!(
                 "{:>8} {:>10.0} {:>10.2} {:>12.1} {:>10.0}",
                 scale,
                 mb,
-                t.seconds,
-                t.seconds / (mb / 1000.0),
-                t.rss_mb.unwrap_or(0.0)
+                m,
+                m / (mb / 1000.0),
+                peaks[i]
             );
+        }
+        for (_, name, _) in &sizes[1..] {
+            bench.source.sql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )?;
         }
     }
 
