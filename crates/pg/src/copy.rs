@@ -366,8 +366,9 @@ impl Stage for Copy {
             .arg(&pre)
             // Each statement commits on its own; none of them waits for its
             // WAL flush (thousands of tables meant thousands of flushes).
-            // The journal's "pre-data" item commits afterwards with a flush,
-            // which makes every one of them durable before it is recorded.
+            // The journal's "pre-data" item commits afterwards, later in the
+            // WAL: after a crash it survives only if all of them did, and
+            // without it the pre-data is dropped and restored again.
             .env("PGOPTIONS", "-c synchronous_commit=off");
             tools::run(cmd, "pg_restore --section=pre-data into the target").await?;
             mark_done(ctx, "pre-data").await?;
