@@ -7,6 +7,7 @@ mod consumers;
 mod cutover;
 mod engine;
 mod kit;
+mod production;
 mod reliability;
 mod snapshots;
 mod support;

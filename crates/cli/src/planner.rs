@@ -174,6 +174,20 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
             Comparison::default(),
         )
     };
+    if !retired {
+        // The client tools must fit both servers before anything changes.
+        let tools =
+            cutover_pg::tools::Toolset::choose(source.identity.version_num, target.identity.version_num)
+                .await?;
+        if tools.source_major != tools.target_major {
+            warnings.push(format!(
+                "the source runs PostgreSQL {}, the target {}: {}",
+                tools.source_major,
+                tools.target_major,
+                tools.describe()
+            ));
+        }
+    }
     let allow_ahead = switches.allow_target_ahead || loaded.file.target.allow_ahead;
     let freeze = loaded.file.options.freeze_source;
     let sessions = if retired {

@@ -10,6 +10,7 @@ use url::Url;
 
 use crate::error::{Error, Result};
 use crate::plan_file::EndpointSpec;
+use crate::tls::{RootCert, TLS_PARAMS, TlsSettings};
 
 /// Which side of the cutover a connection belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -36,10 +37,12 @@ pub struct Endpoint {
     pub port: u16,
     pub user: String,
     pub dbname: String,
-    /// The URL with the password removed (for pg_dump's `--dbname` and display).
+    /// The URL with the password removed.
     url_without_password: String,
     password: Option<String>,
     query: Vec<(String, String)>,
+    /// TLS as libpq would do it, for cutover's connections and its tools.
+    pub tls: TlsSettings,
 }
 
 impl Endpoint {
@@ -103,10 +106,11 @@ impl Endpoint {
             }
             db => percent_decode(db),
         };
-        let query = url
+        let query: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
+        let tls = TlsSettings::resolve(&query, &format!("[{role}] url"))?;
         Ok(Endpoint {
             role,
             host,
@@ -116,15 +120,23 @@ impl Endpoint {
             url_without_password: url.to_string(),
             password,
             query,
+            tls,
         })
     }
 
     /// Options for sqlx; the password, when known, is set here and nowhere visible.
     pub fn connect_options(&self, connect_timeout: Duration) -> Result<PgConnectOptions> {
-        let mut opts = PgConnectOptions::from_str(&self.url_without_password)
+        let mut opts = PgConnectOptions::from_str(&self.child_url())
             .map_err(|e| Error::bad_input(format!("{} url: {e}", self.role)))?;
         if let Some(pw) = &self.password {
             opts = opts.password(pw);
+        }
+        opts = self.tls.apply(opts);
+        if self.tls.root_cert == Some(RootCert::System)
+            && let Some(bundle) = crate::tls::system_ca_bundle()
+        {
+            // sqlx may have read PGSSLROOTCERT=system as a file name.
+            opts = opts.ssl_root_cert(bundle);
         }
         let _ = connect_timeout; // applied by the pool's acquire timeout
         Ok(opts.application_name(&format!(
@@ -145,15 +157,36 @@ impl Endpoint {
         e
     }
 
-    /// The URL without its password, for libpq tools (`pg_dump --dbname`).
+    /// The URL without its password.
     pub fn url_without_password(&self) -> &str {
         &self.url_without_password
     }
 
-    /// Environment for a libpq child process (pg_dump, pg_restore): the
-    /// password travels in `PGPASSWORD`, never on a command line.
+    /// The URL for libpq tools (`pg_dump --dbname`): without its password and
+    /// without TLS parameters, which [`Endpoint::libpq_env`] carries as
+    /// resolved (a libpq before 16 does not know `sslrootcert=system`).
+    pub fn child_url(&self) -> String {
+        let Ok(mut url) = Url::parse(&self.url_without_password) else {
+            return self.url_without_password.clone();
+        };
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| !TLS_PARAMS.contains(&k.as_ref()))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        url.to_string()
+    }
+
+    /// Environment for a libpq child process (pg_dump, pg_restore, psql): the
+    /// password travels in `PGPASSWORD`, never on a command line; the TLS
+    /// settings as cutover resolved them.
     pub fn libpq_env(&self) -> Vec<(&'static str, String)> {
-        let mut env = vec![];
+        let mut env = self.tls.libpq_env();
         if let Some(pw) = &self.password {
             env.push(("PGPASSWORD", pw.clone()));
         }
@@ -275,6 +308,8 @@ mod tests {
         );
         assert!(!format!("{ep} {ep:?}").contains("cret"));
         assert_eq!(ep.query(), &[("sslmode".to_string(), "require".to_string())]);
+        assert_eq!(ep.child_url(), "postgresql://app@db.example:6543/shop");
+        assert!(ep.libpq_env().contains(&("PGSSLMODE", "require".to_string())));
     }
 
     #[test]

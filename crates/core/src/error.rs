@@ -27,6 +27,11 @@ pub enum ErrorKind {
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    /// The server's SQLSTATE, when a database error caused this one: the
+    /// classification uses it, never the (translated) text.
+    pub sqlstate: Option<String>,
+    /// What to do about it, rendered on its own line.
+    pub hint: Option<String>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -36,7 +41,18 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            sqlstate: None,
+            hint: None,
         }
+    }
+    /// Sets what to do about it (shown on its own line).
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Error {
+        self.hint = Some(hint.into());
+        self
+    }
+    pub fn with_sqlstate(mut self, code: Option<String>) -> Error {
+        self.sqlstate = code;
+        self
     }
     pub fn failure(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Failure, message)
@@ -50,15 +66,19 @@ impl Error {
     /// Prefixes the message with what was being done ("failed to X: cause").
     pub fn context(self, what: impl fmt::Display) -> Error {
         Error {
-            kind: self.kind,
             message: format!("{what}: {}", self.message),
+            ..self
         }
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
     }
 }
 
@@ -67,8 +87,37 @@ impl std::error::Error for Error {}
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Error {
         // sqlx's messages never contain the connection password.
-        Error::failure(crate::endpoint::redact_text(&e.to_string()))
+        let code = sqlstate(&e);
+        let mut err = Error::failure(crate::endpoint::redact_text(&e.to_string())).with_sqlstate(code);
+        if let sqlx::Error::Database(db) = &e
+            && let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            && let Some(hint) = pg.hint()
+        {
+            err.hint = Some(hint.to_string());
+        }
+        err
     }
+}
+
+/// The SQLSTATE of a database error.
+pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// SQLSTATEs cutover tells apart (PostgreSQL's appendix A).
+pub mod codes {
+    pub const INVALID_AUTHORIZATION: &str = "28000";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const INVALID_CATALOG_NAME: &str = "3D000";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const LOCK_NOT_AVAILABLE: &str = "55P03";
+    pub const QUERY_CANCELED: &str = "57014";
 }
 
 impl From<sqlx::migrate::MigrateError> for Error {

@@ -10,5 +10,6 @@ pub mod identity;
 pub mod journal;
 pub mod plan_file;
 pub mod stage;
+pub mod tls;
 
 pub use error::{Error, ErrorKind, Result};

@@ -313,7 +313,9 @@ pub async fn locate_conn(conn: &ConnString, pgpass: bool, servers: &Servers) -> 
         Some(Err(e)) => Located {
             which: by_address(),
             reached: None,
-            how: if e.message.contains("password authentication failed") && conn.password().is_none() {
+            how: if e.sqlstate.as_deref() == Some(cutover_core::error::codes::INVALID_PASSWORD)
+                && conn.password().is_none()
+            {
                 "by host, port and database (it names no password to log in with from here)".into()
             } else {
                 format!(

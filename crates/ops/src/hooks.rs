@@ -10,7 +10,7 @@ use cutover_core::endpoint::redact_text;
 use cutover_core::identity::ServerIdentity;
 use cutover_core::{Error, Result};
 use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 
 /// Runs `command` with `sh -c`; its stdout on success, an error naming the
 /// command, its exit status and its (redacted) stderr otherwise.
@@ -79,22 +79,10 @@ pub struct Reached {
     pub millis: u64,
 }
 
-/// Connects with a consumer's connection (a URL sqlx understands).
+/// Connects with a consumer's connection (a URL), TLS settings as libpq
+/// would read them.
 pub async fn connect(url: &str, timeout: Duration) -> Result<PgConnection> {
-    let opts: PgConnectOptions = url
-        .parse()
-        .map_err(|e| Error::failure(format!("cannot use the connection {}: {e}", redact_text(url))))?;
-    let opts = opts.application_name("cutover consumer probe");
-    tokio::time::timeout(timeout, PgConnection::connect_with(&opts))
-        .await
-        .map_err(|_| Error::failure(format!("connecting to {} timed out", redact_text(url))))?
-        .map_err(|e| {
-            Error::failure(format!(
-                "cannot connect to {}: {}",
-                redact_text(url),
-                redact_text(&e.to_string())
-            ))
-        })
+    cutover_pg::connect::connect_url(url, "cutover consumer probe", timeout).await
 }
 
 /// Connects, identifies the server, runs `sql` (when given).

@@ -179,7 +179,7 @@ impl Decommission {
         let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
             .fetch_one(&ctx.source)
             .await?;
-        let pg_dump = cutover_pg::tools::checked("pg_dump", version).await?;
+        let (pg_dump, _) = cutover_pg::tools::for_copy(version).await?;
         let partial = path.with_extension("dump.partial");
         // Created 0600 first: pg_dump truncates an existing file and keeps its mode.
         crate::files::write_private(&partial, b"")?;

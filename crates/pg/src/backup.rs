@@ -128,16 +128,26 @@ pub async fn restore(ctx: &RunContext) -> Result<PathBuf> {
     let rec = require_proven(ctx).await?;
     let target = target_endpoint(ctx)?;
     drop_application_objects(&ctx.target, ctx.journal.schema()).await?;
-    let pg_restore = tools::find("pg_restore")?;
-    let mut cmd = tools::command(&pg_restore, &target);
-    cmd.args([
-        "--no-owner",
-        "--no-privileges",
-        "--single-transaction",
-        "--exit-on-error",
-    ])
-    .arg(&rec.path);
-    tools::run(cmd, "pg_restore of the target's backup").await?;
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+        .fetch_one(&ctx.target)
+        .await?;
+    let (_, pg_restore) = tools::for_backup(version).await?;
+    let args = [
+        "--no-owner".to_string(),
+        "--no-privileges".into(),
+        "--single-transaction".into(),
+        "--exit-on-error".into(),
+        rec.path.display().to_string(),
+    ];
+    tools::restore(
+        &pg_restore,
+        &target,
+        (version / 10000) as u32,
+        &args,
+        &[],
+        "pg_restore of the target's backup",
+    )
+    .await?;
     Ok(rec.path)
 }
 
@@ -165,7 +175,7 @@ impl Stage for BackupTarget {
         let target = target_endpoint(ctx)?;
         let journal_schema = ctx.journal.schema().to_string();
         let inventory = Inventory::read(&ctx.target, &journal_schema, true).await?;
-        let pg_dump = tools::checked("pg_dump", inventory.identity.version_num).await?;
+        let (pg_dump, _) = tools::for_backup(inventory.identity.version_num).await?;
         let dir = ctx.run_dir.join("backups");
         std::fs::create_dir_all(&dir).map_err(|e| {
             Error::failure(format!(
@@ -254,7 +264,8 @@ impl Stage for BackupTarget {
 /// row counts with the target; falls back to reading the archive's table of
 /// contents when the target user may not create databases.
 async fn prove(ctx: &RunContext, target: &Endpoint, path: &Path, inventory: &Inventory) -> Result<String> {
-    let pg_restore = tools::find("pg_restore")?;
+    let (_, pg_restore) = tools::for_backup(inventory.identity.version_num).await?;
+    let target_major = (inventory.identity.version_num / 10000) as u32;
     if inventory.storage_tables().next().is_none() && inventory.large_objects == 0 {
         // Nothing to count after a restore: reading the whole archive proves
         // it is complete and readable, without the scratch database (whose
@@ -289,9 +300,21 @@ async fn prove(ctx: &RunContext, target: &Endpoint, path: &Path, inventory: &Inv
     }
     let result = async {
         let scratch_ep = target.with_database(&scratch);
-        let mut cmd = tools::command(&pg_restore, &scratch_ep);
-        cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"]).arg(path);
-        tools::run(cmd, "pg_restore of the backup into a scratch database").await?;
+        let args = [
+            "--no-owner".to_string(),
+            "--no-privileges".into(),
+            "--exit-on-error".into(),
+            path.display().to_string(),
+        ];
+        tools::restore(
+            &pg_restore,
+            &scratch_ep,
+            target_major,
+            &args,
+            &[],
+            "pg_restore of the backup into a scratch database",
+        )
+        .await?;
         let pool = crate::connect::pool(&scratch_ep, 10, 0, 30, 1).await?;
         let restored = Inventory::read(&pool, ctx.journal.schema(), true).await?;
         pool.close().await;

@@ -3,11 +3,15 @@
 
 use std::time::Duration;
 
+use cutover_core::endpoint::redact_text;
 use cutover_core::endpoint::{Endpoint, Role};
+use cutover_core::error::{codes, sqlstate};
 use cutover_core::identity::ServerIdentity;
 use cutover_core::plan_file::LoadedPlan;
+use cutover_core::tls::{SslMode, TlsSettings};
 use cutover_core::{Error, ErrorKind, Result};
 use sqlx::Executor;
+use sqlx::postgres::PgSslMode;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 /// Settings every cutover session uses on both servers, so that the text form
@@ -103,23 +107,132 @@ impl Databases {
 }
 
 /// Connects once, to turn a failure into a message that names the server and
-/// the fix (a pool only reports that it timed out).
+/// the fix (a pool only reports that it timed out). With `sslmode=allow`, a
+/// server that refuses the plain connection is tried again over TLS, as
+/// libpq does, and the endpoint keeps TLS from then on.
 pub async fn probe(endpoint: &Endpoint, connect_timeout: u64) -> Result<()> {
     use sqlx::Connection;
-    let options = endpoint.connect_options(Duration::from_secs(connect_timeout))?;
+    let what = format!("the {} {endpoint}", endpoint.role);
     let wait = Duration::from_secs(connect_timeout.max(1));
+    let attempt = |options: sqlx::postgres::PgConnectOptions| async move {
+        match tokio::time::timeout(wait, sqlx::PgConnection::connect_with(&options)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Some(e)),
+            Err(_) => Err(None),
+        }
+    };
+    let mut result = attempt(endpoint.connect_options(wait)?).await;
+    if let Err(Some(e)) = &result
+        && refused_plain(e)
+        && endpoint.tls.upgrade_allow()
+    {
+        result = attempt(endpoint.connect_options(wait)?).await;
+    }
+    match result {
+        Ok(()) => Ok(()),
+        Err(Some(e)) => {
+            let tls_only = refused_plain(&e)
+                && endpoint.tls.effective_mode() <= SslMode::Allow
+                && accepts_tls(endpoint.connect_options(wait)?.ssl_mode(PgSslMode::Require), wait).await;
+            Err(connect_error(
+                &what,
+                (&endpoint.user, &endpoint.dbname),
+                &endpoint.tls,
+                tls_only,
+                &e,
+            ))
+        }
+        Err(None) => Err(no_answer(&what, wait)),
+    }
+}
+
+fn no_answer(what: &str, wait: Duration) -> Error {
+    Error::failure(format!(
+        "cannot connect to {what}: no answer within {}s",
+        wait.as_secs()
+    ))
+    .with_hint("check the host and port, the firewall, or raise options.connect_timeout")
+}
+
+/// Whether the server refused the connection by its rules for this address
+/// and user (pg_hba.conf: SQLSTATE 28000).
+fn refused_plain(e: &sqlx::Error) -> bool {
+    sqlstate(e).as_deref() == Some(codes::INVALID_AUTHORIZATION)
+}
+
+/// Whether a TLS connection (certificate unchecked: this only asks whether
+/// the server would take one) gets past the server's address rules.
+async fn accepts_tls(options: sqlx::postgres::PgConnectOptions, wait: Duration) -> bool {
+    use sqlx::Connection;
     match tokio::time::timeout(wait, sqlx::PgConnection::connect_with(&options)).await {
         Ok(Ok(conn)) => {
             let _ = conn.close().await;
-            Ok(())
+            true
         }
-        Ok(Err(e)) => Err(connect_error(endpoint, &e)),
-        Err(_) => Err(Error::failure(format!(
-            "cannot connect to the {} {endpoint}: no answer within {}s; check the host and port, the firewall, or \
-             raise options.connect_timeout",
-            endpoint.role,
-            wait.as_secs()
-        ))),
+        Ok(Err(e)) => !refused_plain(&e) && sqlstate(&e).is_some(),
+        Err(_) => false,
+    }
+}
+
+/// Connects with a consumer's connection URL as libpq would: its TLS
+/// parameters (or the `PGSSL*` variables), `allow` retried over TLS.
+pub async fn connect_url(url: &str, application_name: &str, timeout: Duration) -> Result<sqlx::PgConnection> {
+    use sqlx::Connection;
+    let shown = redact_text(url);
+    let what = shown.clone();
+    let mut parsed = url::Url::parse(url)
+        .map_err(|e| Error::bad_input(format!("cannot use the connection {shown}: {e}")))?;
+    let params: Vec<(String, String)> = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let tls = TlsSettings::resolve(&params, &shown)?;
+    let kept: Vec<(String, String)> = params
+        .into_iter()
+        .filter(|(k, _)| !cutover_core::tls::TLS_PARAMS.contains(&k.as_str()))
+        .collect();
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    let base: sqlx::postgres::PgConnectOptions = parsed
+        .as_str()
+        .parse()
+        .map_err(|e| Error::bad_input(format!("cannot use the connection {shown}: {e}")))?;
+    let base = base.application_name(application_name);
+    let attempt = |options: sqlx::postgres::PgConnectOptions| async move {
+        match tokio::time::timeout(timeout, sqlx::PgConnection::connect_with(&options)).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(Some(e)),
+            Err(_) => Err(None),
+        }
+    };
+    let mut result = attempt(tls.apply(base.clone())).await;
+    if let Err(Some(e)) = &result
+        && refused_plain(e)
+        && tls.upgrade_allow()
+    {
+        result = attempt(tls.apply(base.clone())).await;
+    }
+    match result {
+        Ok(conn) => Ok(conn),
+        Err(Some(e)) => {
+            let tls_only = refused_plain(&e)
+                && tls.effective_mode() <= SslMode::Allow
+                && accepts_tls(base.clone().ssl_mode(PgSslMode::Require), timeout).await;
+            Err(connect_error(
+                &what,
+                (base.get_username(), base.get_database().unwrap_or("<db>")),
+                &tls,
+                tls_only,
+                &e,
+            ))
+        }
+        Err(None) => Err(no_answer(&what, timeout)),
     }
 }
 
@@ -160,35 +273,161 @@ pub async fn pool(
     let connect_timeout = Duration::from_secs(connect_timeout.max(1));
     let pool = match tokio::time::timeout(connect_timeout + Duration::from_secs(1), attempt).await {
         Ok(Ok(pool)) => pool,
-        Ok(Err(e)) => return Err(connect_error(endpoint, &e)),
+        Ok(Err(e)) => {
+            return Err(connect_error(
+                &format!("the {} {endpoint}", endpoint.role),
+                (&endpoint.user, &endpoint.dbname),
+                &endpoint.tls,
+                false,
+                &e,
+            ));
+        }
         Err(_) => {
-            return Err(Error::failure(format!(
-                "cannot connect to the {} {endpoint}: no answer within {}s; check the host and port, the \
-                 firewall, or raise options.connect_timeout",
-                endpoint.role,
-                connect_timeout.as_secs()
-            )));
+            return Err(no_answer(
+                &format!("the {} {endpoint}", endpoint.role),
+                connect_timeout,
+            ));
         }
     };
     Ok(pool)
 }
 
-fn connect_error(endpoint: &Endpoint, e: &sqlx::Error) -> Error {
-    let text = cutover_core::endpoint::redact_text(&e.to_string());
-    let hint = if text.contains("password authentication failed") {
-        "check the password (url, password_env, PGPASSWORD or ~/.pgpass)"
-    } else if text.contains("does not exist") {
-        "check the database and user names in the url"
-    } else if text.contains("Connection refused") || text.contains("connection refused") {
-        "is the server running and listening on that host and port?"
+/// A connection failure as the operator can act on it: classified by the
+/// server's SQLSTATE (the same in every language the server speaks) or by the
+/// TLS library's own error, never by the server's text.
+fn connect_error(
+    what: &str,
+    (user, db): (&str, &str),
+    tls: &TlsSettings,
+    tls_only: bool,
+    e: &sqlx::Error,
+) -> Error {
+    let text = redact_text(&e.to_string());
+    let code = sqlstate(e);
+    let (message, hint) = if tls_only {
+        (
+            format!(
+                "cannot connect to {what}: the server accepts only TLS connections from this address ({text})"
+            ),
+            format!(
+                "set sslmode=require or stronger (verify-full with sslrootcert checks the server too); sslmode is {} now",
+                tls.mode
+            ),
+        )
+    } else if let Some(code) = code.as_deref() {
+        let hint = match code {
+            codes::INVALID_PASSWORD => "check the password (url, password_env, PGPASSWORD or ~/.pgpass)".to_string(),
+            codes::INVALID_AUTHORIZATION => "the server refuses this user from this address (its pg_hba.conf), or the role does not exist: check the user name, or ask for a pg_hba.conf entry"
+                .to_string(),
+            codes::INVALID_CATALOG_NAME => "check the database name in the url".to_string(),
+            codes::INSUFFICIENT_PRIVILEGE => {
+                format!("the user may not connect to this database: GRANT CONNECT ON DATABASE {db} TO {user}")
+            }
+            codes::TOO_MANY_CONNECTIONS => {
+                "the server has no free connection slot: lower options.jobs or raise the server's max_connections"
+                    .to_string()
+            }
+            codes::CANNOT_CONNECT_NOW => "the server is starting up or shutting down: try again".to_string(),
+            _ => "check the url and that the server accepts connections from here".to_string(),
+        };
+        (
+            format!("cannot connect to {what}: {text} (SQLSTATE {code})"),
+            hint,
+        )
+    } else if let Some(cert) = certificate_error(e) {
+        use rustls::CertificateError as C;
+        let ca = match &tls.root_cert {
+            Some(cutover_core::tls::RootCert::File(p)) => format!("the CA in sslrootcert={}", p.display()),
+            Some(cutover_core::tls::RootCert::System) => "the system's CAs".to_string(),
+            None => "a trusted CA".to_string(),
+        };
+        match cert {
+            C::UnknownIssuer | C::BadSignature => (
+                format!(
+                    "cannot connect to {what}: the server's certificate is not signed by {ca} (unknown CA)"
+                ),
+                "point sslrootcert at the CA that signed the server's certificate".to_string(),
+            ),
+            C::NotValidForName => (
+                format!(
+                    "cannot connect to {what}: the server's certificate is not valid for the host name in the url (wrong host name; sslmode=verify-full checks it)"
+                ),
+                "connect by a name the certificate carries, or use sslmode=verify-ca to check the CA only"
+                    .to_string(),
+            ),
+            C::Expired => (
+                format!("cannot connect to {what}: the server's certificate has expired"),
+                "renew the server's certificate (or check this machine's clock)".to_string(),
+            ),
+            C::NotValidYet => (
+                format!("cannot connect to {what}: the server's certificate is not valid yet"),
+                "check this machine's clock and the certificate's dates".to_string(),
+            ),
+            other => (
+                format!("cannot connect to {what}: the server's certificate was refused ({other:?})"),
+                "check the server's certificate and sslrootcert".to_string(),
+            ),
+        }
+    } else if let sqlx::Error::Tls(inner) = e {
+        let inner = inner.to_string();
+        if inner.contains("does not support TLS") {
+            (
+                format!("cannot connect to {what}: the server does not accept TLS connections"),
+                format!(
+                    "sslmode={} needs TLS: turn ssl on on the server, or use sslmode=prefer to allow plain connections",
+                    tls.mode
+                ),
+            )
+        } else {
+            (
+                format!("cannot connect to {what}: TLS failed: {}", redact_text(&inner)),
+                "check sslmode, sslrootcert, sslcert and sslkey".to_string(),
+            )
+        }
+    } else if let sqlx::Error::Io(io) = e
+        && io.kind() == std::io::ErrorKind::ConnectionRefused
+    {
+        (
+            format!("cannot connect to {what}: connection refused"),
+            "is the server running and listening on that host and port?".to_string(),
+        )
+    } else if let sqlx::Error::Configuration(_) = e {
+        (
+            format!("cannot connect to {what}: {text}"),
+            "check sslcert and sslkey (PEM files, the key matching the certificate)".to_string(),
+        )
     } else {
-        "check the url and that the server accepts connections from here"
+        (
+            format!("cannot connect to {what}: {text}"),
+            "check the url and that the server accepts connections from here".to_string(),
+        )
     };
-    Error::new(
-        ErrorKind::Failure,
-        format!(
-            "cannot connect to the {} {endpoint}: {text}; {hint}",
-            endpoint.role
-        ),
-    )
+    Error::new(ErrorKind::Failure, message)
+        .with_sqlstate(code)
+        .with_hint(hint)
+}
+
+/// The certificate check that failed in a TLS handshake, if that is what failed.
+fn certificate_error(e: &sqlx::Error) -> Option<rustls::CertificateError> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = match e {
+        sqlx::Error::Io(io) => Some(io),
+        sqlx::Error::Tls(inner) => Some(inner.as_ref()),
+        _ => None,
+    };
+    while let Some(err) = current {
+        if let Some(rustls::Error::InvalidCertificate(c)) = err.downcast_ref::<rustls::Error>() {
+            return Some(c.clone());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            if let Some(rustls::Error::InvalidCertificate(c)) = inner.downcast_ref::<rustls::Error>() {
+                return Some(c.clone());
+            }
+            current = inner.source();
+            continue;
+        }
+        current = err.source();
+    }
+    None
 }

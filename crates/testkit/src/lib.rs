@@ -15,11 +15,13 @@ mod fixtures;
 mod local;
 mod psql;
 mod server;
+mod tls;
 
-pub use binaries::pg_bindir;
+pub use binaries::{bindir_major, pg_bindir, pg_bindir_for};
 pub use fixtures::Fixture;
 pub use psql::{TableDigest, digest_database};
-pub use server::{Backend, PgPair, PgServer};
+pub use server::{Backend, PgPair, PgServer, ServerOptions};
+pub use tls::{ServerCert, TestCa};
 
 /// A password that is easy to search for in output, unique per server.
 pub(crate) fn distinctive_password() -> String {

@@ -13,7 +13,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::binaries::{pg_binary, run_checked};
+use crate::binaries::{pg_bindir, run_checked};
+use crate::server::ServerOptions;
 
 /// Settings for test speed and for the features cutover needs (logical WAL).
 const SERVER_SETTINGS: &str = "
@@ -46,12 +47,22 @@ pub(crate) struct LocalServer {
     dir: tempfile::TempDir,
     pub(crate) port: u16,
     owner: Option<(u32, u32)>,
+    bindir: PathBuf,
 }
 
 impl LocalServer {
     /// `initdb` a new cluster with a password-protected superuser and start it.
-    pub(crate) fn start(user: &str, password: &str, durable: bool) -> Result<LocalServer> {
+    pub(crate) fn start(
+        user: &str,
+        password: &str,
+        durable: bool,
+        opts: &ServerOptions,
+    ) -> Result<LocalServer> {
         let owner = server_owner()?;
+        let bindir = match opts.major {
+            Some(major) => crate::binaries::pg_bindir_for(major)?,
+            None => pg_bindir()?,
+        };
         let dir = tempfile::Builder::new()
             .prefix("cutover-testkit-")
             .tempdir()
@@ -65,7 +76,12 @@ impl LocalServer {
             chown(&pwfile, uid, gid)?;
             chown(&dir.path().join("socket"), uid, gid)?;
         }
-        let mut server = LocalServer { dir, port: 0, owner };
+        let mut server = LocalServer {
+            dir,
+            port: 0,
+            owner,
+            bindir,
+        };
         run_checked(
             server
                 .command("initdb")?
@@ -77,6 +93,27 @@ impl LocalServer {
         )
         .context("initdb failed")?;
         std::fs::remove_file(&pwfile)?;
+        let mut extra = String::new();
+        if let Some(tls) = &opts.tls {
+            // TLS on, and plain TCP connections refused (as a managed service does).
+            for (from, name) in [(&tls.cert, "server.crt"), (&tls.key, "server.key")] {
+                let to = server.data_dir().join(name);
+                std::fs::copy(from, &to)?;
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))?;
+                if let Some((uid, gid)) = owner {
+                    chown(&to, uid, gid)?;
+                }
+            }
+            extra.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            std::fs::write(
+                server.data_dir().join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostssl all all ::1/128 scram-sha-256\n\
+                 hostnossl all all 0.0.0.0/0 reject\nhostnossl all all ::/0 reject\n",
+            )?;
+        }
+        if let Some(lc) = &opts.lc_messages {
+            extra.push_str(&format!("lc_messages = '{lc}'\n"));
+        }
         // A free port can be taken by someone else between our probe and the
         // server's bind: try a few.
         let mut last_err = None;
@@ -88,7 +125,7 @@ impl LocalServer {
                 SERVER_SETTINGS
             };
             let conf = format!(
-                "{settings}port = {}\nunix_socket_directories = '{}'\n",
+                "{settings}{extra}port = {}\nunix_socket_directories = '{}'\n",
                 server.port,
                 server.dir.path().join("socket").display()
             );
@@ -107,7 +144,11 @@ impl LocalServer {
 
     /// A command for one of the server binaries, run as the cluster's owner.
     fn command(&self, binary: &str) -> Result<Command> {
-        let mut cmd = Command::new(pg_binary(binary)?);
+        let path = self.bindir.join(binary);
+        if !path.exists() {
+            bail!("{} not found", path.display());
+        }
+        let mut cmd = Command::new(path);
         cmd.current_dir(self.dir.path());
         cmd.env_remove("PGDATA");
         if let Some((uid, gid)) = self.owner {

@@ -17,6 +17,8 @@ pub(crate) struct Conn<'a> {
     pub user: &'a str,
     pub password: &'a str,
     pub dbname: &'a str,
+    /// The server accepts only TLS connections.
+    pub tls: bool,
 }
 
 impl Conn<'_> {
@@ -36,7 +38,8 @@ impl Conn<'_> {
             .env("PGPASSWORD", self.password)
             .env("PGCONNECT_TIMEOUT", "10")
             .env("PGTZ", "UTC")
-            .env_remove("PGSERVICE");
+            .env_remove("PGSERVICE")
+            .env("PGSSLMODE", if self.tls { "require" } else { "prefer" });
         Ok(cmd)
     }
 

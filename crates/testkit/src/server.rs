@@ -45,6 +45,18 @@ pub struct PgServer {
     inner: Inner,
     user: String,
     password: String,
+    tls: bool,
+}
+
+/// How a test server differs from the kit's default one (local backend).
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Another PostgreSQL major (see [`crate::pg_bindir_for`]).
+    pub major: Option<u32>,
+    /// TLS on with this certificate; plain TCP connections refused.
+    pub tls: Option<crate::ServerCert>,
+    /// The language of the server's messages (`de_DE.UTF-8`).
+    pub lc_messages: Option<String>,
 }
 
 /// The superuser the kit creates on every server.
@@ -59,7 +71,12 @@ impl PgServer {
     pub fn start_on(backend: Backend) -> Result<PgServer> {
         let password = crate::distinctive_password();
         let inner = match backend {
-            Backend::Local => Inner::Local(LocalServer::start(ADMIN_USER, &password, false)?),
+            Backend::Local => Inner::Local(LocalServer::start(
+                ADMIN_USER,
+                &password,
+                false,
+                &ServerOptions::default(),
+            )?),
             #[cfg(feature = "docker")]
             Backend::Docker => Inner::Docker(Box::new(crate::docker::DockerServer::start(
                 ADMIN_USER, &password, "postgres",
@@ -73,9 +90,30 @@ impl PgServer {
             inner,
             user: ADMIN_USER.into(),
             password,
+            tls: false,
         };
         server.wait_ready(Duration::from_secs(60))?;
         Ok(server)
+    }
+
+    /// A local server set up as `opts` says (another major, TLS only, another
+    /// language).
+    pub fn start_with(opts: &ServerOptions) -> Result<PgServer> {
+        let password = crate::distinctive_password();
+        let server = PgServer {
+            inner: Inner::Local(LocalServer::start(ADMIN_USER, &password, false, opts)?),
+            user: ADMIN_USER.into(),
+            password,
+            tls: opts.tls.is_some(),
+        };
+        server.wait_ready(Duration::from_secs(60))?;
+        Ok(server)
+    }
+
+    /// The major version the server runs.
+    pub fn major(&self) -> Result<u32> {
+        let v: u32 = self.sql("postgres", "SHOW server_version_num")?.trim().parse()?;
+        Ok(v / 10000)
     }
 
     /// A local server with PostgreSQL's default durability (fsync and
@@ -83,9 +121,15 @@ impl PgServer {
     pub fn start_durable() -> Result<PgServer> {
         let password = crate::distinctive_password();
         let server = PgServer {
-            inner: Inner::Local(LocalServer::start(ADMIN_USER, &password, true)?),
+            inner: Inner::Local(LocalServer::start(
+                ADMIN_USER,
+                &password,
+                true,
+                &ServerOptions::default(),
+            )?),
             user: ADMIN_USER.into(),
             password,
+            tls: false,
         };
         server.wait_ready(Duration::from_secs(60))?;
         Ok(server)
@@ -150,6 +194,7 @@ impl PgServer {
             user: &self.user,
             password: &self.password,
             dbname,
+            tls: self.tls,
         }
     }
 

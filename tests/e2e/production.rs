@@ -1,0 +1,332 @@
+//! Servers set up the way production ones are: TLS only (a throwaway CA,
+//! `hostssl` lines only), messages in another language, other major
+//! versions. Each test makes its own servers (their settings differ).
+
+use std::path::Path;
+
+use cutover_testkit::{Fixture, PgPair, PgServer, SEED_DB, ServerOptions, TestCa};
+
+use crate::support::Scenario;
+
+fn seed_pair(source: PgServer, target: PgServer) -> PgPair {
+    source.load_fixture(SEED_DB, Fixture::SeedSource).unwrap();
+    target.load_fixture(SEED_DB, Fixture::SeedTarget).unwrap();
+    PgPair { source, target }
+}
+
+fn tls_url(server: &PgServer, host: &str, ca: &Path, mode: &str) -> String {
+    format!(
+        "postgresql://{}:{}@{host}:{}/{SEED_DB}?sslmode={mode}&sslrootcert={}",
+        server.user(),
+        server.password(),
+        server.port(),
+        ca.display()
+    )
+}
+
+fn journal_schemas(server: &PgServer) -> String {
+    server
+        .sql(
+            SEED_DB,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover'",
+        )
+        .unwrap()
+}
+
+#[test]
+fn tls_only_servers_cutover_over_verify_full_and_bad_tls_is_refused_untouched() {
+    let ca = TestCa::new("cutover test CA").unwrap();
+    let other_ca = TestCa::new("some other CA").unwrap();
+    // Certificates for the address only: "localhost" is a wrong host name.
+    let start = |stem: &str| {
+        let cert = ca.server_cert(stem, &["127.0.0.1"]).unwrap();
+        PgServer::start_with(&ServerOptions {
+            tls: Some(cert),
+            ..Default::default()
+        })
+    };
+    let (source, target) = std::thread::scope(|s| {
+        let a = s.spawn(|| start("source"));
+        let b = s.spawn(|| start("target"));
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    let s = Scenario::with(seed_pair(source, target), "");
+    let (source_before, target_before) = (s.source_digest(), s.target_digest());
+    // Exit 1 for a server that refuses, 2 for a plan that names bad files.
+    let refused = |source_url: &str, target_url: &str, exit: i32, expect: &[&str]| {
+        s.write_plan(source_url, target_url, "");
+        let (code, _, stderr) = s.run(&["run", "--yes"]);
+        assert_eq!(code, exit, "{stderr}");
+        for e in expect {
+            assert!(stderr.contains(e), "expected {e:?} in:\n{stderr}");
+        }
+        assert_eq!(
+            s.target_digest(),
+            target_before,
+            "a refused run changed the target"
+        );
+        assert_eq!(
+            s.source_digest(),
+            source_before,
+            "a refused run changed the source"
+        );
+        assert_eq!(journal_schemas(&s.pair.target), "0");
+        assert!(!s.run_dir().join("backups").exists());
+    };
+    let good_source = tls_url(&s.pair.source, "127.0.0.1", &ca.cert, "verify-full");
+    let good_target = tls_url(&s.pair.target, "127.0.0.1", &ca.cert, "verify-full");
+
+    // A plain connection to a TLS-only server.
+    let plain = format!("{}?sslmode=disable", s.pair.target.url(SEED_DB));
+    refused(
+        &good_source,
+        &plain,
+        1,
+        &[
+            "the server accepts only TLS connections from this address",
+            "hint: set sslmode=require or stronger",
+        ],
+    );
+    // A certificate signed by another CA than the one the plan trusts.
+    refused(
+        &good_source,
+        &tls_url(&s.pair.target, "127.0.0.1", &other_ca.cert, "verify-full"),
+        1,
+        &["is not signed by the CA in sslrootcert=", "(unknown CA)"],
+    );
+    // The right CA, the wrong host name (verify-ca would accept it).
+    refused(
+        &tls_url(&s.pair.source, "localhost", &ca.cert, "verify-full"),
+        &good_target,
+        1,
+        &["not valid for the host name", "(wrong host name"],
+    );
+    // A client certificate that is not there.
+    refused(
+        &format!("{good_source}&sslcert=/nonexistent/client.crt&sslkey=/nonexistent/client.key"),
+        &good_target,
+        2,
+        &["the client certificate sslcert = /nonexistent/client.crt cannot be read"],
+    );
+
+    // verify-full on both sides: cutover's connections and its pg_dump and
+    // pg_restore (only TLS gets through these servers' pg_hba.conf).
+    s.write_plan(&good_source, &good_target, "");
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("proven by a restore into a scratch database"),
+        "{stderr}"
+    );
+    assert_eq!(s.target_digest(), source_before);
+    let (code, _, stderr) = s.run(&["verify"]);
+    assert_eq!(code, 0, "{stderr}");
+    // cutover's own sessions used TLS.
+    let tls_sessions = s
+        .pair
+        .target
+        .sql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND usename = 'kit_admin'",
+        )
+        .unwrap();
+    assert_ne!(tls_sessions, "0");
+    // verify-ca accepts the wrong host name: it checks the CA only.
+    s.write_plan(
+        &tls_url(&s.pair.source, "localhost", &ca.cert, "verify-ca"),
+        &good_target,
+        "",
+    );
+    let (code, _, stderr) = s.run(&["verify"]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// A server that speaks German gets the same classification, exit code and
+/// hint as one that speaks English: cutover reads SQLSTATEs, not texts.
+#[test]
+fn errors_are_classified_by_sqlstate_when_the_server_speaks_german() {
+    let german = ServerOptions {
+        lc_messages: Some("de_DE.UTF-8".into()),
+        ..Default::default()
+    };
+    let (source, target) = std::thread::scope(|s| {
+        let a = s.spawn(|| PgServer::start_with(&german));
+        let b = s.spawn(|| PgServer::start_with(&german));
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    let s = Scenario::with(seed_pair(source, target), "");
+    // The server really speaks German (else this test would prove nothing).
+    let err = s.pair.target.sql(SEED_DB, "SELECT 1/0").unwrap_err();
+    assert!(format!("{err:#}").contains("Division durch Null"), "{err:#}");
+    let target = &s.pair.target;
+    target
+        .sql(
+            SEED_DB,
+            "CREATE ROLE outsider LOGIN PASSWORD 'outsider-pw'; REVOKE CONNECT ON DATABASE app FROM PUBLIC",
+        )
+        .unwrap();
+    let source_url = s.pair.source.url(SEED_DB);
+    let target_before = s.target_digest();
+    let cases = [
+        (
+            format!(
+                "postgresql://{}:wrong-pw@127.0.0.1:{}/app",
+                target.user(),
+                target.port()
+            ),
+            "SQLSTATE 28P01",
+            "hint: check the password",
+            "Passwort-Authentifizierung",
+        ),
+        (
+            format!(
+                "postgresql://{}:{}@127.0.0.1:{}/nosuchdb",
+                target.user(),
+                target.password(),
+                target.port()
+            ),
+            "SQLSTATE 3D000",
+            "hint: check the database name",
+            "existiert nicht",
+        ),
+        (
+            format!(
+                "postgresql://outsider:outsider-pw@127.0.0.1:{}/app",
+                target.port()
+            ),
+            "SQLSTATE 42501",
+            "hint: the user may not connect to this database: GRANT CONNECT ON DATABASE app TO outsider",
+            "keine Berechtigung",
+        ),
+    ];
+    for (url, code_text, hint, german_text) in cases {
+        s.write_plan(&source_url, &url, "");
+        let (code, _, stderr) = s.run(&["plan"]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(code_text), "{code_text} missing:\n{stderr}");
+        assert!(stderr.contains(hint), "{hint} missing:\n{stderr}");
+        // The server's own words are shown too, in its language.
+        assert!(stderr.contains(german_text), "{german_text} missing:\n{stderr}");
+        let hint_line = stderr.lines().find(|l| l.contains("hint:")).unwrap();
+        assert!(
+            hint_line.trim_start().starts_with("hint:"),
+            "the hint is not on its own line:\n{stderr}"
+        );
+    }
+    assert_eq!(s.target_digest(), target_before);
+}
+
+/// PATH with the given PostgreSQL majors' client tools first (as an operator
+/// who installed them would have it).
+fn path_with(majors: &[u32]) -> String {
+    let mut dirs: Vec<String> = majors
+        .iter()
+        .map(|m| cutover_testkit::pg_bindir_for(*m).unwrap().display().to_string())
+        .collect();
+    dirs.push(std::env::var("PATH").unwrap_or_default());
+    dirs.join(":")
+}
+
+fn cross_version(source_major: u32, target_major: u32, tools: &[u32]) {
+    let start = |major: u32| {
+        PgServer::start_with(&ServerOptions {
+            major: Some(major),
+            ..Default::default()
+        })
+    };
+    let (source, target) = std::thread::scope(|s| {
+        let a = s.spawn(|| start(source_major));
+        let b = s.spawn(|| start(target_major));
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    assert_eq!(
+        (source.major().unwrap(), target.major().unwrap()),
+        (source_major, target_major)
+    );
+    let s = Scenario::with(seed_pair(source, target), "");
+    let source_before = s.source_digest();
+    let path = path_with(tools);
+    let run = |args: &[&str]| {
+        let mut cmd = s.cutover(args);
+        cmd.env("PATH", &path).env_remove("CUTOVER_PG_BINDIR");
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(&["plan"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "the source runs PostgreSQL {source_major}, the target {target_major}"
+        )),
+        "{stdout}"
+    );
+    let (code, _, stderr) = run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{source_major} -> {target_major}:\n{stderr}");
+    assert_eq!(
+        s.target_digest(),
+        source_before,
+        "{source_major} -> {target_major}"
+    );
+    let (code, stdout, stderr) = run(&["verify"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // The schema arrived whole: indexes, keys and triggers of the post-data section.
+    let count = |srv: &PgServer| {
+        srv.sql(
+            SEED_DB,
+            "SELECT (SELECT count(*) FROM pg_indexes WHERE schemaname = 'public') || '/' || \
+             (SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace \
+              WHERE n.nspname = 'public') || '/' || (SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal)",
+        )
+        .unwrap()
+    };
+    assert_eq!(count(&s.pair.target), count(&s.pair.source));
+}
+
+#[test]
+fn cutover_from_14_to_15() {
+    cross_version(14, 15, &[14]);
+}
+
+#[test]
+fn cutover_from_15_to_17() {
+    cross_version(15, 17, &[17]);
+}
+
+/// A downgrade: pg_dump 17 for the source, whose pg_restore sets
+/// transaction_timeout, unknown to the 15 target.
+#[test]
+fn cutover_from_17_to_15() {
+    cross_version(17, 15, &[17]);
+}
+
+/// No pg_dump for the source's major: refused before anything changes,
+/// naming both versions and what to install.
+#[test]
+fn missing_client_tools_are_refused_before_anything_changes() {
+    let source = PgServer::start_with(&ServerOptions {
+        major: Some(17),
+        ..Default::default()
+    })
+    .unwrap();
+    let s = Scenario::with(seed_pair(source, PgServer::start().unwrap()), "");
+    let target_before = s.target_digest();
+    let mut cmd = s.cutover(&["run", "--yes"]);
+    // Only the machine's PostgreSQL 15 tools.
+    cmd.env("CUTOVER_PG_BINDIR", cutover_testkit::pg_bindir_for(15).unwrap());
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for e in [
+        "no pg_dump of PostgreSQL 17 or newer, which the source (PostgreSQL 17) needs",
+        "(15)",
+        "hint: install the PostgreSQL 17 client tools",
+    ] {
+        assert!(stderr.contains(e), "{e:?} missing:\n{stderr}");
+    }
+    assert_eq!(s.target_digest(), target_before);
+    assert_eq!(journal_schemas(&s.pair.target), "0");
+}
