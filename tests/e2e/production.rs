@@ -330,3 +330,150 @@ fn missing_client_tools_are_refused_before_anything_changes() {
     assert_eq!(s.target_digest(), target_before);
     assert_eq!(journal_schemas(&s.pair.target), "0");
 }
+
+const OPERATOR_PW: &str = "operator-pw-7c1e";
+
+/// A server set up like a managed service's: the operator owns the database
+/// and is a member of the application role, but is neither a superuser nor
+/// allowed to create databases; the application's objects are its own.
+fn managed(server: &PgServer, fixture: Fixture) {
+    server
+        .sql(
+            "postgres",
+            &format!(
+                "CREATE ROLE operator LOGIN PASSWORD '{OPERATOR_PW}' CREATEROLE; \
+                 CREATE ROLE app_rw LOGIN PASSWORD 'app-rw-pw'; GRANT app_rw TO operator; \
+                 CREATE DATABASE app OWNER operator"
+            ),
+        )
+        .unwrap();
+    server
+        .sql(SEED_DB, &format!("SET ROLE operator;\n{}", fixture.sql()))
+        .unwrap();
+}
+
+fn operator_url(server: &PgServer) -> String {
+    format!(
+        "postgresql://operator:{OPERATOR_PW}@127.0.0.1:{}/{SEED_DB}",
+        server.port()
+    )
+}
+
+/// A session that stays connected to `db` as `user` until killed.
+fn hold_session(server: &PgServer, user: &str, password: &str) -> std::process::Child {
+    let mut child = std::process::Command::new(cutover_testkit::pg_bindir().unwrap().join("psql"))
+        .args(["-X", "-q", "-c", "SELECT pg_sleep(600)"])
+        .arg(format!(
+            "postgresql://{user}:{password}@127.0.0.1:{}/{SEED_DB}?application_name=held",
+            server.port()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let query = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'held' AND usename = '{user}'"
+    );
+    for _ in 0..100 {
+        if server.sql("postgres", &query).unwrap() == "1" {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the held session did not connect");
+}
+
+/// The seed cutover by an operator that is not a superuser on either server:
+/// the plan says what changes, a session it may not end is refused before
+/// the source changes, and the whole run, its backup proof and verify work.
+#[test]
+fn a_managed_service_operator_cuts_over_without_superuser() {
+    let (source, target) = std::thread::scope(|s| {
+        let a = s.spawn(PgServer::start);
+        let b = s.spawn(PgServer::start);
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    managed(&source, Fixture::SeedSource);
+    managed(&target, Fixture::SeedTarget);
+    let s = Scenario::with(PgPair { source, target }, "");
+    s.write_plan(&operator_url(&s.pair.source), &operator_url(&s.pair.target), "");
+    let source_before = s.source_digest();
+
+    let (code, stdout, stderr) = s.run(&["plan"]);
+    assert_eq!(code, 0, "{stderr}");
+    for note in [
+        "the target user operator is not a superuser",
+        "the target user operator may not create databases: backup-target proves the backup by reading its data back",
+        "the source user operator is not a superuser: freeze-source ends the sessions of roles whose privileges it has",
+    ] {
+        assert!(stdout.contains(note), "{note:?} missing:\n{stdout}");
+    }
+
+    // A superuser's session on the source: no non-superuser may end it.
+    let mut held = hold_session(&s.pair.source, s.pair.source.user(), s.pair.source.password());
+    let (code, stdout, _) = s.run(&["plan"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("may not end 1 session(s)"), "{stdout}");
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("the source user operator may not end 1 session(s)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: GRANT pg_signal_backend TO operator"),
+        "{stderr}"
+    );
+    // The backup (non-destructive) came first, proven without CREATEDB.
+    assert!(
+        stderr.contains("proven by reading its data back: 13 tables, 6 rows match"),
+        "{stderr}"
+    );
+    // Nothing changed on the source: still writable, same data.
+    assert_eq!(s.source_digest(), source_before);
+    s.pair
+        .source
+        .sql(
+            SEED_DB,
+            "SET ROLE operator; CREATE TABLE still_writable (); DROP TABLE still_writable",
+        )
+        .unwrap();
+    held.kill().unwrap();
+    held.wait().unwrap();
+    // (Its backend sleeps on after its client is gone.)
+    s.pair
+        .source
+        .sql(
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'held'",
+        )
+        .unwrap();
+
+    // An application role's session: the operator has its privileges and ends it.
+    let mut app = hold_session(&s.pair.source, "app_rw", "app-rw-pw");
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        app.wait().unwrap().code() != Some(0),
+        "the application's session was not ended"
+    );
+    assert_eq!(s.target_digest(), source_before);
+    let (code, stdout, stderr) = s.run(&["verify"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // The target's objects belong to the operator (no superuser made them).
+    assert_eq!(
+        s.pair
+            .target
+            .sql(
+                SEED_DB,
+                "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'"
+            )
+            .unwrap(),
+        "operator"
+    );
+    // And rollback, as the operator, restores the target's backup.
+    let (code, _, stderr) = s.run(&["rollback", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -195,6 +195,15 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     } else {
         other_sessions(&dbs.source_pool).await?
     };
+    if freeze && !retired {
+        let operator = &dbs.source.user;
+        if let Some(e) =
+            cutover_pg::freeze::unendable(&cutover_pg::freeze::sessions(&dbs.source_pool).await?, operator)
+        {
+            warnings.push(format!("{}; {}", e.message, e.hint.unwrap_or_default()));
+        }
+    }
+    warnings.extend(operator_notes(&dbs).await?);
     if !comparison.target_ahead.is_empty() && !allow_ahead {
         warnings.push(cutover_pg::discover::target_ahead_error(&comparison.target_ahead).message);
     }
@@ -262,6 +271,42 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         plan: Plan { stages, warnings },
         dbs,
     })
+}
+
+/// What the plan does differently when cutover's users are not superusers
+/// (a managed service's operator role).
+async fn operator_notes(dbs: &Databases) -> Result<Vec<String>> {
+    const SQL: &str = "SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user";
+    let (t_super, t_createdb): (bool, bool) = sqlx::query_as(SQL).fetch_one(&dbs.target_pool).await?;
+    let mut notes = vec![];
+    if !t_super {
+        notes.push(format!(
+            "the target user {} is not a superuser: the copy loads with the target's triggers as they are \
+             (session_replication_role needs a superuser; triggers, keys and indexes are created after the data \
+             anyway)",
+            dbs.target.user
+        ));
+    }
+    if !t_createdb && !t_super {
+        notes.push(format!(
+            "the target user {} may not create databases: backup-target proves the backup by reading its data \
+             back and counting each table's rows, not by a restore into a scratch database",
+            dbs.target.user
+        ));
+    }
+    if let Ok((s_super, _)) = sqlx::query_as::<_, (bool, bool)>(SQL)
+        .fetch_one(&dbs.source_pool)
+        .await
+        && !s_super
+    {
+        notes.push(format!(
+            "the source user {} is not a superuser: freeze-source ends the sessions of roles whose privileges it \
+             has (all but superusers' with pg_signal_backend) and refuses, before changing anything, when others \
+             are connected",
+            dbs.source.user
+        ));
+    }
+    Ok(notes)
 }
 
 /// Reads and checks every consumer; the first problem stops everything.

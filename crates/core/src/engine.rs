@@ -167,23 +167,23 @@ async fn run_stage(ctx: &RunContext, stage: &dyn crate::stage::Stage) -> Result<
             // Best effort: the failure itself is what the operator must see.
             let _ = ctx
                 .journal
-                .record(ctx.run_id, &name, "failed", Some(&e.message), None)
+                .record(ctx.run_id, &name, "failed", Some(&e.to_string()), None)
                 .await;
             let _ = ctx.journal.set_run_status(ctx.run_id, status).await;
             ctx.emit(Event::StageFailed {
                 stage: name.clone(),
-                error: e.message.clone(),
+                error: e.to_string(),
             });
             let e = e.context(format!("stage {name} failed"));
             Err(if e.kind == ErrorKind::Failure {
-                Error::new(
-                    e.kind,
-                    format!(
+                Error {
+                    message: format!(
                         "{}. Once the cause is fixed, run the same command again: the run resumes at this stage \
                          (`cutover status` shows where it stands; `cutover rollback` undoes it)",
                         e.message
                     ),
-                )
+                    ..e
+                }
             } else {
                 e
             })

@@ -283,19 +283,34 @@ async fn prove(ctx: &RunContext, target: &Endpoint, path: &Path, inventory: &Inv
         .execute(&ctx.target)
         .await;
     if let Err(e) = create {
-        let mut cmd = tools::command(&pg_restore, target);
-        cmd.arg("--list").arg(path);
-        let list = tools::run(cmd, "pg_restore --list of the target's backup").await?;
-        let data_entries = list.lines().filter(|l| l.contains(" TABLE DATA ")).count();
-        let expected = inventory.storage_tables().count();
-        if data_entries != expected {
+        // No scratch database (the user may not create one): read the whole
+        // archive's data back and count each table's rows.
+        let counted = count_archive_rows(&pg_restore, path).await?;
+        let mut mismatches = vec![];
+        for t in inventory.storage_tables() {
+            let got = counted.get(&(t.schema.clone(), t.name.clone())).copied();
+            if got != Some(t.rows) {
+                mismatches.push(format!(
+                    "{}: {} rows on the target, {:?} in the backup",
+                    t.display(),
+                    t.rows,
+                    got
+                ));
+            }
+        }
+        if !mismatches.is_empty() {
             return Err(Error::failure(format!(
-                "the backup lists {data_entries} tables of data, the target has {expected}: the backup is incomplete"
+                "the backup does not hold what the target holds: {}; if applications write to the target, stop \
+                 them and run again",
+                mismatches.join("; ")
             )));
         }
+        let reason = cutover_core::endpoint::redact_text(&e.to_string());
         return Ok(format!(
-            "proven by its table of contents only ({data_entries} tables of data): the target user may not create \
-             a scratch database ({e})"
+            "proven by reading its data back: {} tables, {} rows match (the target user may not create a scratch \
+             database: {reason})",
+            inventory.storage_tables().count(),
+            inventory.total_rows()
         ));
     }
     let result = async {
@@ -341,4 +356,101 @@ async fn prove(ctx: &RunContext, target: &Endpoint, path: &Path, inventory: &Inv
     .await;
     sqlx::query(&drop_scratch).execute(&ctx.target).await?;
     result
+}
+
+/// Rows per table in a custom archive's data, counted from `pg_restore
+/// --data-only --file=-` as it streams (one line per row in COPY's text
+/// form, which escapes newlines), in constant memory.
+async fn count_archive_rows(
+    pg_restore: &tools::Tool,
+    path: &Path,
+) -> Result<std::collections::HashMap<(String, String), i64>> {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tools::offline(pg_restore);
+    cmd.args(["--data-only", "--file=-"])
+        .arg(path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::failure(format!("cannot start pg_restore to read the backup back: {e}")))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut counts = std::collections::HashMap::new();
+    let mut current: Option<((String, String), i64)> = None;
+    while let Some(line) = lines.next_line().await? {
+        match &mut current {
+            Some((table, n)) => {
+                if line == "\\." {
+                    let (table, n) = (table.clone(), *n);
+                    *counts.entry(table).or_insert(0) += n;
+                    current = None;
+                } else {
+                    *n += 1;
+                }
+            }
+            None => {
+                if let Some(rest) = line.strip_prefix("COPY ")
+                    && line.ends_with(" FROM stdin;")
+                    && let Some(table) = split_qualified(rest)
+                {
+                    current = Some((table, 0));
+                }
+            }
+        }
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() || current.is_some() {
+        return Err(Error::failure(format!(
+            "reading the backup back failed ({}): {}",
+            out.status,
+            cutover_core::endpoint::redact_text(String::from_utf8_lossy(&out.stderr).trim())
+        )));
+    }
+    Ok(counts)
+}
+
+/// `schema.name` as pg_dump writes it (each part quoted only where needed),
+/// from the start of a COPY line.
+fn split_qualified(text: &str) -> Option<(String, String)> {
+    fn ident(s: &str) -> Option<(String, &str)> {
+        if let Some(rest) = s.strip_prefix('"') {
+            let mut out = String::new();
+            let mut chars = rest.char_indices();
+            while let Some((i, c)) = chars.next() {
+                if c == '"' {
+                    if rest[i + 1..].starts_with('"') {
+                        out.push('"');
+                        chars.next();
+                    } else {
+                        return Some((out, &rest[i + 1..]));
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            None
+        } else {
+            let end = s.find(['.', ' ', '(']).unwrap_or(s.len());
+            Some((s[..end].to_string(), &s[end..]))
+        }
+    }
+    let (schema, rest) = ident(text)?;
+    let (name, _) = ident(rest.strip_prefix('.')?)?;
+    Some((schema, name))
+}
+
+#[cfg(test)]
+mod archive_tests {
+    #[test]
+    fn copy_lines_name_their_table() {
+        assert_eq!(
+            super::split_qualified("public.users (id, email) FROM stdin;"),
+            Some(("public".into(), "users".into()))
+        );
+        assert_eq!(
+            super::split_qualified("\"My \"\"Schema\".\"T.1\" (a) FROM stdin;"),
+            Some(("My \"Schema".into(), "T.1".into()))
+        );
+    }
 }

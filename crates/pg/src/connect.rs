@@ -15,9 +15,13 @@ use sqlx::postgres::PgSslMode;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 /// Settings every cutover session uses on both servers, so that the text form
-/// of a row (and any hash of it) is the same on both.
+/// of a row (and any hash of it) is the same on both. `row_security = off`:
+/// a table whose row-level security would hide rows from cutover's user (not
+/// a superuser, not its owner, or FORCE ROW LEVEL SECURITY) fails loudly
+/// instead of being copied, counted and verified with fewer rows.
 pub const SESSION_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
-    SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'";
+    SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
+    SET row_security = off";
 
 /// The two databases of a plan, connected.
 pub struct Databases {

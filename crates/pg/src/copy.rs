@@ -836,12 +836,15 @@ impl Worker {
             }
         }
         within!(self, "the source", sqlx::query("COMMIT").execute(&mut *src)).map_err(on_source)?;
-        within!(
-            self,
-            "the target",
-            sqlx::query("RESET session_replication_role").execute(&mut *tgt)
-        )
-        .map_err(on_target)?;
+        // Only where it was set: a non-superuser may not even RESET it.
+        if replica.is_ok() {
+            within!(
+                self,
+                "the target",
+                sqlx::query("RESET session_replication_role").execute(&mut *tgt)
+            )
+            .map_err(on_target)?;
+        }
         Ok(rows)
     }
 

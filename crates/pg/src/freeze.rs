@@ -17,24 +17,76 @@ pub struct FreezeSource {
     database: String,
 }
 
-/// Sessions on the source other than cutover's own.
-pub async fn other_sessions(pool: &PgPool) -> Result<Vec<String>> {
-    let rows: Vec<(i32, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT pid, coalesce(nullif(application_name, ''), '(no name)'), usename::text, host(client_addr) \
-         FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
-           AND backend_type = 'client backend' AND application_name NOT LIKE 'cutover %' ORDER BY pid",
-    )
-    .fetch_all(pool)
-    .await?;
+/// Client sessions on the source other than cutover's own, whether cutover's
+/// user may end each, and the role it belongs to. A user that is not a
+/// superuser sees other roles' sessions with most columns hidden (backend
+/// type and address NULL), so they count as client sessions here, and it may
+/// end only sessions of roles whose privileges it has, or any with
+/// `pg_signal_backend` (never a superuser's).
+const SESSIONS_SQL: &str = "SELECT a.pid, coalesce(nullif(a.application_name, ''), '(no name)'), \
+      coalesce(a.usename::text, '?'), host(a.client_addr), \
+      me.rolsuper OR (NOT coalesce(r.rolsuper, false) AND (pg_has_role(me.oid, a.usesysid, 'USAGE') \
+        OR pg_has_role(me.oid, 'pg_signal_backend', 'USAGE'))) \
+    FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid \
+    CROSS JOIN (SELECT oid, rolsuper FROM pg_roles WHERE rolname = current_user) me \
+    WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.usesysid IS NOT NULL \
+      AND coalesce(a.backend_type, 'client backend') = 'client backend' \
+      AND coalesce(a.application_name, '') NOT LIKE 'cutover %' ORDER BY a.pid";
+
+/// One session on the source.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub pid: i32,
+    pub user: String,
+    pub endable: bool,
+    text: String,
+}
+
+pub async fn sessions(pool: &PgPool) -> Result<Vec<Session>> {
+    let rows: Vec<(i32, String, String, Option<String>, bool)> =
+        sqlx::query_as(SESSIONS_SQL).fetch_all(pool).await?;
     Ok(rows
         .into_iter()
-        .map(|(pid, app, user, addr)| {
-            format!(
+        .map(|(pid, app, user, addr, endable)| Session {
+            text: format!(
                 "pid {pid}: {app}, user {user}, from {}",
-                addr.unwrap_or_else(|| "a local socket".into())
-            )
+                addr.unwrap_or_else(|| "a local socket, or an address hidden from this user".into())
+            ),
+            pid,
+            user,
+            endable,
         })
         .collect())
+}
+
+/// Sessions on the source other than cutover's own.
+pub async fn other_sessions(pool: &PgPool) -> Result<Vec<String>> {
+    Ok(sessions(pool).await?.into_iter().map(|s| s.text).collect())
+}
+
+/// The refusal when some sessions cannot be ended by cutover's user: names
+/// them and the GRANT that lets it (None when all can be).
+pub fn unendable(sessions: &[Session], operator: &str) -> Option<Error> {
+    let stuck: Vec<&Session> = sessions.iter().filter(|s| !s.endable).collect();
+    if stuck.is_empty() {
+        return None;
+    }
+    let mut roles: Vec<&str> = stuck.iter().map(|s| s.user.as_str()).collect();
+    roles.sort();
+    roles.dedup();
+    Some(
+        Error::failure(format!(
+            "the source user {operator} may not end {} session(s) of the source ({}): freezing would leave them \
+             writing; nothing was changed",
+            stuck.len(),
+            stuck.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join("; ")
+        ))
+        .with_hint(format!(
+            "GRANT pg_signal_backend TO {operator} (or GRANT {} TO {operator}), or stop those applications \
+             yourself (a superuser's sessions only a superuser may end), or set options.freeze_source = false",
+            roles.join(", ")
+        )),
+    )
 }
 
 impl FreezeSource {
@@ -117,6 +169,14 @@ impl Stage for FreezeSource {
         if !self.enabled {
             return Ok(json!({ "summary": "not frozen (freeze_source = false)" }));
         }
+        let operator: String = sqlx::query_scalar("SELECT current_user::text")
+            .fetch_one(&ctx.source)
+            .await?;
+        if !is_frozen(&ctx.source).await?
+            && let Some(e) = unendable(&sessions(&ctx.source).await?, &operator)
+        {
+            return Err(e);
+        }
         let db = quote_ident(&self.database);
         set_read_only(&ctx.source, &db, "SET default_transaction_read_only = on")
             .await
@@ -126,10 +186,18 @@ impl Stage for FreezeSource {
                      superuser; or set options.freeze_source = false and stop the writers yourself"
                 ))
             })?;
+        // Those this user may end (all, once the check above passed; a
+        // superuser's session that appeared since is left to the check below).
+        let pids: Vec<i32> = sessions(&ctx.source)
+            .await?
+            .into_iter()
+            .filter(|s| s.endable)
+            .map(|s| s.pid)
+            .collect();
         let ended: Vec<(i32, bool)> = sqlx::query_as(
-            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
-             AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND application_name NOT LIKE 'cutover %'",
+            "SELECT pid, pg_terminate_backend(pid) FROM unnest($1::int[]) pid",
         )
+        .bind(&pids)
         .fetch_all(&ctx.source)
         .await
         .map_err(|e| {
