@@ -477,3 +477,37 @@ fn a_managed_service_operator_cuts_over_without_superuser() {
     let (code, _, stderr) = s.run(&["rollback", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// Quarantining the source renames its database: without CREATEDB that is
+/// refused in the plan, before anything changes.
+#[test]
+fn a_quarantine_the_operator_may_not_do_is_refused_in_the_plan() {
+    let (source, target) = std::thread::scope(|s| {
+        let a = s.spawn(PgServer::start);
+        let b = s.spawn(PgServer::start);
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    managed(&source, Fixture::SeedSource);
+    managed(&target, Fixture::SeedTarget);
+    let s = Scenario::with(PgPair { source, target }, "");
+    std::fs::write(
+        s.dir.path().join("app.env"),
+        format!("DATABASE_URL={}\n", operator_url(&s.pair.source)),
+    )
+    .unwrap();
+    s.write_plan(
+        &operator_url(&s.pair.source),
+        &operator_url(&s.pair.target),
+        "\n[[consumer]]\nname = \"app\"\nkind = \"env\"\npath = \"app.env\"\nkey = \"DATABASE_URL\"\n\n\
+         [decommission]\ndriver = \"postgres\"\n",
+    );
+    let target_before = s.target_digest();
+    for args in [&["plan"][..], &["run", "--yes"][..]] {
+        let (code, _, stderr) = s.run(args);
+        assert_eq!(code, 5, "{stderr}");
+        assert!(stderr.contains("renaming a database needs CREATEDB"), "{stderr}");
+        assert!(stderr.contains("hint: ALTER ROLE operator CREATEDB"), "{stderr}");
+    }
+    assert_eq!(s.target_digest(), target_before);
+    assert_eq!(journal_schemas(&s.pair.target), "0");
+}

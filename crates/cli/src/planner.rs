@@ -256,6 +256,26 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         }
         // What was done decides what undo can do, whatever the flags now.
         let destroy = switches.destroy || state == Source::Destroyed;
+        if d.driver == DecommissionDriver::Postgres && !retired {
+            // Quarantine renames the database: CREATEDB (or a superuser).
+            // Refused here, not half-way after connections were disallowed.
+            let (sup, createdb): (bool, bool) =
+                sqlx::query_as("SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user")
+                    .fetch_one(&dbs.source_pool)
+                    .await?;
+            if !sup && !createdb {
+                return Err(Error::refused(format!(
+                    "[decommission] driver = \"postgres\" quarantines the source by renaming its database, and the \
+                     source user {} may not (renaming a database needs CREATEDB); nothing was changed",
+                    dbs.source.user
+                ))
+                .with_hint(format!(
+                    "ALTER ROLE {} CREATEDB (as a superuser or a role with CREATEROLE), or use driver = \"command\" \
+                     with your provider's tooling, or driver = \"none\"",
+                    dbs.source.user
+                )));
+            }
+        }
         let stage = Decommission::new(
             d.clone(),
             dbs.source.clone(),
