@@ -198,39 +198,28 @@ impl Toolset {
 /// pg_dump and pg_restore for the source's schema: pg_dump at least the
 /// source's major, pg_restore able to read its archive.
 pub async fn for_copy(source_version_num: i32) -> Result<(Tool, Tool)> {
-    let source_major = (source_version_num / 10000) as u32;
-    let pg_dump = select(
-        "pg_dump",
-        source_major,
-        None,
-        &format!("the source (PostgreSQL {source_major}) needs"),
-    )
-    .await?;
-    let pg_restore = select(
-        "pg_restore",
-        pg_dump.major,
-        Some(&pg_dump),
-        &format!("reads the archive of pg_dump {} (of the source)", pg_dump.major),
-    )
-    .await?;
-    Ok((pg_dump, pg_restore))
+    dump_and_restore(source_version_num, "the source", "of the source").await
 }
 
 /// pg_dump and pg_restore for the target's backup and its proof.
 pub async fn for_backup(target_version_num: i32) -> Result<(Tool, Tool)> {
-    let target_major = (target_version_num / 10000) as u32;
+    dump_and_restore(target_version_num, "the target's backup", "the target's backup").await
+}
+
+async fn dump_and_restore(version_num: i32, dumped: &str, archive: &str) -> Result<(Tool, Tool)> {
+    let major = (version_num / 10000) as u32;
     let pg_dump = select(
         "pg_dump",
-        target_major,
+        major,
         None,
-        &format!("the target's backup (PostgreSQL {target_major}) needs"),
+        &format!("{dumped} (PostgreSQL {major}) needs"),
     )
     .await?;
     let pg_restore = select(
         "pg_restore",
         pg_dump.major,
         Some(&pg_dump),
-        &format!("reads the target's backup (made by pg_dump {})", pg_dump.major),
+        &format!("reads the archive of pg_dump {} ({archive})", pg_dump.major),
     )
     .await?;
     Ok((pg_dump, pg_restore))
