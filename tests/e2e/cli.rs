@@ -229,3 +229,61 @@ fn completions_are_generated() {
         assert!(stdout.contains("rollback") && plan_option, "{shell}");
     }
 }
+
+/// What an operator sees at a terminal: after `cutover run`, each stage's
+/// result line (the backup's path and proof, verify's verdict) is still on
+/// the screen, with the copy's table lines; read from a real pseudo-terminal
+/// (tmux), whose screen is what is left after the progress bars are gone.
+#[test]
+fn a_terminal_keeps_every_stage_result_on_screen() {
+    let s = crate::support::Scenario::seed();
+    let socket = format!("cutover-e2e-{}", std::process::id());
+    let script = s.dir.path().join("run.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncd '{}'\n'{}' --plan '{}' run --yes\necho \"EXIT:$?\"\nsleep 120\n",
+            s.dir.path().display(),
+            env!("CARGO_BIN_EXE_cutover"),
+            s.plan_path().display()
+        ),
+    )
+    .unwrap();
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+            .expect("tmux is needed for this test (Debian: apt-get install tmux)")
+    };
+    let started = tmux(&["new-session", "-d", "-x", "220", "-y", "60", &format!("sh '{}'", script.display())]);
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    let mut screen = String::new();
+    for _ in 0..600 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let out = tmux(&["capture-pane", "-p", "-J", "-S", "-1000"]);
+        screen = String::from_utf8_lossy(&out.stdout).into_owned();
+        if screen.contains("EXIT:") {
+            break;
+        }
+    }
+    let _ = tmux(&["kill-server"]);
+    assert!(screen.contains("EXIT:0"), "{screen}");
+    for expected in [
+        "✓ discover",
+        "✓ backup-target",
+        "proven by a restore into a scratch database",
+        "✓ freeze-source",
+        "✓ clear-target",
+        "✓ copy",
+        "users: 22 rows, ",
+        "✓ verify-data",
+        "identical",
+        "done in",
+    ] {
+        assert!(screen.contains(expected), "{expected:?} is not on the screen:\n{screen}");
+    }
+    for pw in [s.pair.source.password(), s.pair.target.password()] {
+        assert!(!screen.contains(pw), "a password is on the screen");
+    }
+}

@@ -9,5 +9,6 @@ mod engine;
 mod kit;
 mod production;
 mod reliability;
+mod roles;
 mod snapshots;
 mod support;

@@ -29,6 +29,7 @@ fn redactions() -> insta::Settings {
         (r"(\[TIME\]\s+)\d+\.\d\b", "$1[SECS]"),
         (r"PostgreSQL \d+\.\d+( \([^)]*\))?", "PostgreSQL [VERSION]"),
         (r"\| \d+\.\d \|", "| [SECS] |"),
+        (r"\d+(\.\d)? (B|KiB|MiB|GiB)\b", "[SIZE]"),
         (r"\d+ kB", "[KB]"),
         (r"\d+ MB", "[MB]"),
         (r"\(\d+ bytes", "([BYTES] bytes"),

@@ -214,6 +214,73 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     let servers = servers(loaded, &dbs)?;
     let base = consumer::base_dir(&loaded.path);
     let readings = preflight(loaded, &servers).await?;
+    // Roles are cluster objects: every one the source's objects name must
+    // exist on the target (or be created) before anything changes.
+    let mut create_roles = None;
+    let mut security_note = None;
+    if !retired {
+        let sec = cutover_pg::security::Security::read(&dbs.source_pool, schema)
+            .await
+            .map_err(|e| {
+                e.context(format!(
+                    "reading owners and privileges on the source {}",
+                    dbs.source
+                ))
+            })?;
+        let on_target = cutover_pg::security::roles_of(&dbs.target_pool).await?;
+        // The roles the consumers will log in as on the target count too
+        // (one that only PUBLIC's privileges serve names no object).
+        let on_source = cutover_pg::security::roles_of(&dbs.source_pool).await?;
+        let mut sec = sec;
+        for r in &readings {
+            if let Ok(dest) = consumer::destination(&r.spec, &servers)
+                && on_source.contains(&dest.user)
+            {
+                sec.roles.insert(dest.user);
+            }
+        }
+        let missing: Vec<String> = sec
+            .roles
+            .iter()
+            .filter(|r| !on_target.contains(*r))
+            .cloned()
+            .collect();
+        if !missing.is_empty() && !loaded.file.roles.create_missing {
+            return Err(Error::refused(format!(
+                "the target server lacks {} role(s) that the source's owners, privileges, policies or settings \
+                 name: {}; the copy would fail (or the applications lose what they may do); nothing was changed",
+                missing.len(),
+                missing.join(", ")
+            ))
+            .with_hint(
+                "create them on the target (CREATE ROLE …), or let cutover create them from the source's \
+                 attributes, without passwords: [roles] create_missing = true",
+            ));
+        }
+        // Always there with create_missing: after the run has created
+        // them, its undo (rollback) still finds the stage.
+        if loaded.file.roles.create_missing {
+            create_roles = Some(
+                cutover_pg::roles::CreateRoles::new(
+                    &dbs.source_pool,
+                    &missing,
+                    loaded.file.roles.copy_passwords,
+                )
+                .await?,
+            );
+        }
+        let not_member = cutover_pg::security::owners_not_settable(&dbs.target_pool, &sec, &missing).await?;
+        if !not_member.is_empty() {
+            return Err(Error::refused(format!(
+                "the target user {} may not give objects to the role(s) that own them on the source ({}): the copy \
+                 keeps owners; nothing was changed",
+                dbs.target.user,
+                not_member.join(", ")
+            ))
+            .with_hint(format!("GRANT {} TO {}", not_member.join(", "), dbs.target.user)));
+        }
+        security_note = Some(sec.summary());
+    }
 
     let run_dir = loaded.run_dir();
     let mut stages: Vec<Box<dyn Stage>> = vec![
@@ -221,15 +288,24 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         Box::new(BackupTarget::new(&target, &run_dir)),
         Box::new(FreezeSource::new(freeze, &dbs.source.dbname, sessions.clone())),
         Box::new(ClearTarget::new(&target, &comparison.destroyed)),
-        Box::new(Copy::new(
-            &source,
-            &target,
-            jobs,
-            loaded.file.options.split_bytes,
-            loaded.file.options.analyze_bytes,
-        )),
-        Box::new(VerifyData::new(&source, jobs)),
     ];
+    if let Some(stage) = create_roles {
+        stages.push(Box::new(stage));
+    }
+    let mut copy = Copy::new(
+        &source,
+        &target,
+        jobs,
+        loaded.file.options.split_bytes,
+        loaded.file.options.analyze_bytes,
+    );
+    if let Some(note) = security_note {
+        copy.description.details.insert(0, note);
+    }
+    stages.extend([
+        Box::new(copy) as Box<dyn Stage>,
+        Box::new(VerifyData::new(&source, jobs)),
+    ]);
     for reading in &readings {
         let dest = consumer::destination(&reading.spec, &servers)?;
         let stage = Repoint::new(reading.clone(), dest, base.clone(), servers.clone())?;

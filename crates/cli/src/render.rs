@@ -76,6 +76,11 @@ fn line(event: &Event) -> Option<String> {
         Event::RunStarted { run_id, resumed } => {
             format!("{} run {run_id}", if *resumed { "resuming" } else { "starting" })
         }
+        Event::RunAlreadyFinished { run_id, finished_at } => format!(
+            "run {run_id} finished on {finished_at}: nothing to do. The applications write to the target since then, \
+             so no stage runs again by itself; `cutover verify` compares again, `cutover report` has the record, \
+             `cutover run --restart` starts a new cutover"
+        ),
         Event::StageStarted { stage } => format!("→ {stage}"),
         Event::StageDone {
             stage,
@@ -97,7 +102,7 @@ fn line(event: &Event) -> Option<String> {
             done: true,
             ..
         } => {
-            format!("    {table}: {rows} rows, {} kB", bytes / 1000)
+            format!("    {table}: {rows} rows, {}", cutover_core::units::bytes(*bytes as i64))
         }
         Event::TableProgress { .. } | Event::CopyStarted { .. } => return None,
         Event::Warning { message } => format!("warning: {message}"),
@@ -150,16 +155,14 @@ impl Bars {
                 for (_, (pb, _)) in self.tables.lock().unwrap().drain() {
                     pb.finish_and_clear();
                 }
+                // The result line goes above the bars, where it stays (a
+                // finished bar is redrawn with the others and can vanish
+                // when the display is cleared at the end).
                 let text = line(event).unwrap_or_default();
-                match self.stages.lock().unwrap().remove(stage) {
-                    Some(pb) => {
-                        pb.set_style(style("{msg}"));
-                        pb.finish_with_message(text);
-                    }
-                    None => {
-                        let _ = self.multi.println(text);
-                    }
+                if let Some(pb) = self.stages.lock().unwrap().remove(stage) {
+                    pb.finish_and_clear();
                 }
+                let _ = self.multi.println(text);
             }
             Event::CopyStarted {
                 estimated_bytes,

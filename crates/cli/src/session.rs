@@ -28,6 +28,22 @@ pub enum Mode {
     Rollback,
 }
 
+/// This plan's latest run, when it finished (every stage done): a finished
+/// run stays finished, so `run` does nothing and `verify` explains that the
+/// applications' writes since are expected. Read-only; None when the target
+/// has no journal yet.
+pub async fn finished_run(loaded: &LoadedPlan) -> Result<Option<cutover_core::journal::RunRecord>> {
+    let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
+    let o = &loaded.file.options;
+    let pool = cutover_pg::connect::pool(&target, o.connect_timeout, o.statement_timeout, o.lock_timeout, 1).await?;
+    let run = match Journal::open_existing(&pool, &o.journal_schema).await? {
+        Some(journal) => journal.latest_run().await?.filter(|r| r.status == "done"),
+        None => None,
+    };
+    pool.close().await;
+    Ok(run)
+}
+
 pub async fn open(
     loaded: &LoadedPlan,
     switches: planner::Switches,

@@ -13,6 +13,11 @@ pub enum Event {
         run_id: String,
         resumed: bool,
     },
+    /// `cutover run` found this plan's latest run finished: nothing runs.
+    RunAlreadyFinished {
+        run_id: String,
+        finished_at: String,
+    },
     StageStarted {
         stage: String,
     },

@@ -323,6 +323,39 @@ impl Journal {
         Ok(())
     }
 
+    /// The detail recorded with one item, if the item is there.
+    pub async fn item_detail(
+        &self,
+        run_id: Uuid,
+        stage: &str,
+        item: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        let row: Option<Option<serde_json::Value>> = sqlx::query_scalar(&format!(
+            "SELECT detail FROM {} WHERE run_id = $1 AND stage = $2 AND item = $3",
+            self.table("item_progress")
+        ))
+        .bind(run_id)
+        .bind(stage)
+        .bind(item)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|d| d.unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// Removes one item (its effect was taken back).
+    pub async fn remove_item(&self, run_id: Uuid, stage: &str, item: &str) -> Result<()> {
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE run_id = $1 AND stage = $2 AND item = $3",
+            self.table("item_progress")
+        ))
+        .bind(run_id)
+        .bind(stage)
+        .bind(item)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Forgets a stage's items (its undo made them void).
     pub async fn clear_items(&self, run_id: Uuid, stage: &str) -> Result<()> {
         sqlx::query(&format!(

@@ -11,5 +11,6 @@ pub mod journal;
 pub mod plan_file;
 pub mod stage;
 pub mod tls;
+pub mod units;
 
 pub use error::{Error, ErrorKind, Result};

@@ -23,6 +23,24 @@ pub struct PlanFile {
     pub consumers: Vec<ConsumerSpec>,
     /// What to do with the source at the end; absent = leave it alone.
     pub decommission: Option<DecommissionSpec>,
+    /// The roles the source's owners, privileges and policies name.
+    #[serde(default)]
+    pub roles: RolesSpec,
+}
+
+/// `[roles]`: what to do when the target server lacks roles the source's
+/// objects name (roles are cluster objects: the copy does not bring them).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolesSpec {
+    /// Create the missing roles on the target from the source's attributes
+    /// (LOGIN, INHERIT, CREATEDB…, memberships), without passwords.
+    #[serde(default)]
+    pub create_missing: bool,
+    /// With `create_missing`: copy the roles' password hashes too (reading
+    /// them needs a superuser on the source).
+    #[serde(default)]
+    pub copy_passwords: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -268,7 +286,7 @@ fn validate(file: &PlanFile) -> std::result::Result<(), String> {
     if let Some(d) = &file.decommission {
         let need = |what: &str, v: &Option<String>| match v {
             Some(_) => Ok(()),
-            None => Err(format!("[decommission] driver = {:?} needs `{what}`", d.driver)),
+            None => Err(format!("[decommission] driver = {} needs `{what}`", as_toml(&d.driver))),
         };
         match d.driver {
             DecommissionDriver::Docker => need("container", &d.container)?,
@@ -303,14 +321,14 @@ fn validate_consumer(c: &ConsumerSpec) -> std::result::Result<(), String> {
     }
     let missing = |what: &str| {
         Err(format!(
-            "[[consumer]] {name:?} (kind = {:?}) needs `{what}`",
-            c.kind
+            "[[consumer]] {name:?} (kind = {}) needs `{what}`",
+            as_toml(&c.kind)
         ))
     };
     let unused = |what: &str| {
         Err(format!(
-            "[[consumer]] {name:?}: `{what}` does not apply to kind = {:?}",
-            c.kind
+            "[[consumer]] {name:?}: `{what}` does not apply to kind = {}",
+            as_toml(&c.kind)
         ))
     };
     match c.kind {
@@ -408,4 +426,9 @@ mod tests {
         let err = parse(&format!("{MINIMAL}[decommission]\ndriver = \"docker\"\n")).unwrap_err();
         assert!(err.contains("needs `container`"), "{err}");
     }
+}
+
+/// A value as the plan file spells it (`"command"`, not `Command`).
+fn as_toml<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }

@@ -111,13 +111,28 @@ pub async fn probe_sql(url: &str, sql: Option<&str>, timeout: Duration) -> Resul
 
 /// Connects and counts the rows of `table` holding `token`; returns whether
 /// it is there and the server reached.
+/// What a consumer's own connection found: the sentinel, the server, the
+/// role it logs in as and that role's privileges there.
+pub struct SentinelProbe {
+    pub seen: bool,
+    pub identity: ServerIdentity,
+    pub role: String,
+    pub privileges: std::collections::BTreeSet<String>,
+}
+
 pub async fn probe_sentinel(
     url: &str,
     table: &str,
     token: &str,
+    journal_schema: &str,
     timeout: Duration,
-) -> Result<(bool, ServerIdentity)> {
-    let (url, table, token) = (url.to_string(), table.to_string(), token.to_string());
+) -> Result<SentinelProbe> {
+    let (url, table, token, journal_schema) = (
+        url.to_string(),
+        table.to_string(),
+        token.to_string(),
+        journal_schema.to_string(),
+    );
     tokio::spawn(async move {
         let mut conn = connect(&url, timeout).await?;
         let identity = ServerIdentity::of_connection(&mut conn).await?;
@@ -126,8 +141,17 @@ pub async fn probe_sentinel(
             .fetch_one(&mut conn)
             .await
             .map_err(|e| Error::failure(format!("cannot read the sentinel: {e}")))?;
+        let role: String = sqlx::query_scalar("SELECT current_user::text")
+            .fetch_one(&mut conn)
+            .await?;
+        let privileges = cutover_pg::security::privileges_of(&mut conn, &role, &journal_schema).await?;
         let _ = conn.close().await;
-        Ok((n == 1, identity))
+        Ok(SentinelProbe {
+            seen: n == 1,
+            identity,
+            role,
+            privileges,
+        })
     })
     .await
     .map_err(|e| Error::failure(format!("probe crashed: {e}")))?

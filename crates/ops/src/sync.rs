@@ -80,13 +80,11 @@ impl Stage for VerifySync {
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
         let token = uuid::Uuid::new_v4().to_string();
         let table = ctx.journal.table("sentinels");
-        // Consumers connect as their own users: let them read the sentinel.
-        let _ = sqlx::raw_sql(&format!(
-            "GRANT USAGE ON SCHEMA {} TO PUBLIC; GRANT SELECT ON {table} TO PUBLIC",
-            cutover_core::journal::quote_ident(ctx.journal.schema())
-        ))
-        .execute(&ctx.target)
-        .await;
+        // Consumers connect as their own roles: those roles may read the
+        // sentinel for the proof only. Grants an interrupted attempt left
+        // are taken back first; these are journaled before they are made.
+        revoke_sentinel_grants(ctx).await?;
+        self.grant_sentinel(ctx, &table).await?;
         // A sentinel an interrupted attempt left behind goes first.
         sqlx::query(&format!("DELETE FROM {table} WHERE run_id = $1"))
             .bind(ctx.run_id)
@@ -102,6 +100,7 @@ impl Stage for VerifySync {
             .bind(&token)
             .execute(&ctx.target)
             .await?;
+        revoke_sentinel_grants(ctx).await?;
         let (report, misses) = result?;
         let sessions = cutover_pg::freeze::other_sessions(&ctx.source)
             .await
@@ -134,6 +133,7 @@ impl Stage for VerifySync {
     }
 
     async fn undo(&self, ctx: &RunContext) -> Result<String> {
+        revoke_sentinel_grants(ctx).await?;
         // A sentinel left by an attempt that was killed mid-way.
         sqlx::query(&format!(
             "DELETE FROM {} WHERE run_id = $1",
@@ -146,7 +146,115 @@ impl Stage for VerifySync {
     }
 }
 
+const GRANTS_ITEM: &str = "sentinel-grants";
+
+/// Takes back the proof's grants recorded in the journal (by this attempt or
+/// one that was killed before it could).
+async fn revoke_sentinel_grants(ctx: &RunContext) -> Result<()> {
+    let Some(detail) = ctx
+        .journal
+        .item_detail(ctx.run_id, "verify-sync", GRANTS_ITEM)
+        .await?
+    else {
+        return Ok(());
+    };
+    let schema = cutover_core::journal::quote_ident(ctx.journal.schema());
+    let table = ctx.journal.table("sentinels");
+    for (key, sql) in [
+        ("usage", format!("REVOKE USAGE ON SCHEMA {schema} FROM")),
+        ("select", format!("REVOKE SELECT ON {table} FROM")),
+    ] {
+        for role in detail[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str())
+        {
+            sqlx::query(&format!("{sql} {}", cutover_core::journal::quote_ident(role)))
+                .execute(&ctx.target)
+                .await
+                .map_err(|e| {
+                    Error::from(e).context(format!("taking back the sentinel proof's grant to {role}"))
+                })?;
+        }
+    }
+    ctx.journal
+        .remove_item(ctx.run_id, "verify-sync", GRANTS_ITEM)
+        .await
+}
+
 impl VerifySync {
+    /// The roles the consumers log in as on the target (their connections'
+    /// users; the plan's target user where a connection names none).
+    async fn consumer_roles(&self) -> Vec<String> {
+        let mut roles = vec![];
+        for spec in &self.consumers {
+            if let Ok(reading) = consumer::read(spec, &self.base, &self.servers).await {
+                for f in &reading.found {
+                    let user = f
+                        .conn
+                        .user()
+                        .unwrap_or_else(|| self.servers.target_destination.user.clone());
+                    if !roles.contains(&user) {
+                        roles.push(user);
+                    }
+                }
+            }
+        }
+        roles
+    }
+
+    /// USAGE on the journal's schema and SELECT on the sentinels, for the
+    /// consumers' roles that lack them (never a superuser or the owner),
+    /// recorded first so that a kill before the revoke is cleaned up.
+    async fn grant_sentinel(&self, ctx: &RunContext, table: &str) -> Result<()> {
+        let schema_name = ctx.journal.schema();
+        let roles = self.consumer_roles().await;
+        let (usage, select): (Vec<String>, Vec<String>) = sqlx::query_as(
+            "SELECT coalesce(array_agg(r.rolname::text) FILTER (WHERE NOT has_schema_privilege(r.oid, $2::text, 'USAGE')), '{}'), \
+                    coalesce(array_agg(r.rolname::text) FILTER (WHERE NOT has_table_privilege(r.oid, $3::text, 'SELECT')), '{}') \
+             FROM pg_roles r WHERE r.rolname = ANY($1) AND NOT r.rolsuper",
+        )
+        .bind(&roles)
+        .bind(schema_name)
+        .bind(table)
+        .fetch_one(&ctx.target)
+        .await?;
+        if usage.is_empty() && select.is_empty() {
+            return Ok(());
+        }
+        let detail = json!({ "usage": usage, "select": select });
+        ctx.journal
+            .item_done(
+                ctx.run_id,
+                &cutover_core::journal::Item {
+                    stage: "verify-sync",
+                    item: GRANTS_ITEM,
+                    detail: Some(&detail),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let schema = cutover_core::journal::quote_ident(schema_name);
+        for role in &usage {
+            sqlx::query(&format!(
+                "GRANT USAGE ON SCHEMA {schema} TO {}",
+                cutover_core::journal::quote_ident(role)
+            ))
+            .execute(&ctx.target)
+            .await?;
+        }
+        for role in &select {
+            sqlx::query(&format!(
+                "GRANT SELECT ON {table} TO {}",
+                cutover_core::journal::quote_ident(role)
+            ))
+            .execute(&ctx.target)
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn probe_all(
         &self,
         ctx: &RunContext,
@@ -166,13 +274,20 @@ impl VerifySync {
             for f in &reading.found {
                 let t0 = Instant::now();
                 let url = self.probe_url(&f.conn);
-                let seen: Result<(bool, String)> =
-                    hooks::probe_sentinel(&url, table, token, Duration::from_secs(10))
-                        .await
-                        .map(|(seen, identity)| {
-                            let on_target = identity.same_database_any_start(&self.servers.target.identity);
-                            (seen && on_target, identity.place())
-                        });
+                let probe =
+                    hooks::probe_sentinel(&url, table, token, ctx.journal.schema(), Duration::from_secs(10))
+                        .await;
+                let mut privileges = None;
+                let seen: Result<(bool, String)> = match probe {
+                    Ok(p) => {
+                        let on_target = p.identity.same_database_any_start(&self.servers.target.identity);
+                        if p.seen && on_target {
+                            privileges = Some(self.privilege_parity(ctx, &p).await?);
+                        }
+                        Ok((p.seen && on_target, p.identity.place()))
+                    }
+                    Err(e) => Err(e),
+                };
                 let millis = t0.elapsed().as_millis() as u64;
                 let http = match (&spec.health_url, &seen) {
                     (Some(u), Ok((true, _))) => Some(
@@ -215,6 +330,16 @@ impl VerifySync {
                 ctx.emit(Event::Info {
                     message: line.clone(),
                 });
+                let parity = privileges.as_ref().map(|(role, p)| match p {
+                    Ok(same) => format!("{}: role {role}, {same}", spec.name),
+                    Err(diff) => format!("{}: role {role}, {diff}", spec.name),
+                });
+                if let Some((_, Err(_))) = &privileges {
+                    misses.push(parity.clone().unwrap_or_default());
+                }
+                if let Some(p) = &parity {
+                    ctx.emit(Event::Info { message: p.clone() });
+                }
                 report.push(json!({
                     "consumer": spec.name,
                     "line": f.occurrence.line,
@@ -223,6 +348,8 @@ impl VerifySync {
                     "points_at": f.located.which,
                     "millis": millis,
                     "http": http.map(|h| h.is_ok()),
+                    "privileges": parity,
+                    "privileges_as_on_source": privileges.as_ref().map(|(_, p)| p.is_ok()),
                 }));
                 if f.located.which == Which::Source {
                     misses.push(format!("consumer {} still points at the source", spec.name));
@@ -230,5 +357,34 @@ impl VerifySync {
             }
         }
         Ok((report, misses))
+    }
+
+    /// The consumer's role's privileges on the target (read through its own
+    /// connection) against the same role's on the source.
+    async fn privilege_parity(
+        &self,
+        ctx: &RunContext,
+        probe: &hooks::SentinelProbe,
+    ) -> Result<(String, std::result::Result<String, String>)> {
+        let mut conn = ctx.source.acquire().await?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(&probe.role)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !exists {
+            return Ok((
+                probe.role.clone(),
+                Ok(format!(
+                    "{} privilege(s) on the target (the role does not exist on the source)",
+                    probe.privileges.len()
+                )),
+            ));
+        }
+        let on_source =
+            cutover_pg::security::privileges_of(&mut conn, &probe.role, ctx.journal.schema()).await?;
+        Ok((
+            probe.role.clone(),
+            cutover_pg::security::parity(&on_source, &probe.privileges),
+        ))
     }
 }

@@ -30,11 +30,11 @@ impl BackupTarget {
         BackupTarget {
             description: Description {
                 summary: format!(
-                    "pg_dump the target ({} tables, {} rows, {} MB on disk) into {}, then prove it by restoring \
+                    "pg_dump the target ({} tables, {} rows, {} on disk) into {}, then prove it by restoring \
                      it into a scratch database and comparing row counts",
                     target.tables.len(),
                     target.total_rows(),
-                    target.database_bytes / 1_000_000,
+                    cutover_core::units::bytes(target.database_bytes),
                     run_dir.join("backups").display()
                 ),
                 details: vec![],
@@ -239,7 +239,7 @@ impl Stage for BackupTarget {
         };
         ctx.journal.item_done(ctx.run_id, &item).await?;
         Ok(json!({
-            "summary": format!("{} ({} kB, sha256 {}…), {}", path.display(), bytes / 1000, &sha256[..12], proof),
+            "summary": format!("{} ({}, sha256 {}…), {}", path.display(), cutover_core::units::bytes(bytes as i64), &sha256[..12], proof),
             "path": path, "sha256": sha256, "bytes": bytes, "proof": proof,
             "restore": format!("pg_restore --no-owner --no-privileges --single-transaction --dbname=<target url> {}", path.display()),
         }))
@@ -337,7 +337,12 @@ async fn prove(ctx: &RunContext, target: &Endpoint, path: &Path, inventory: &Inv
         for t in inventory.storage_tables() {
             let got = restored.table(&t.schema, &t.name).map(|r| r.rows);
             if got != Some(t.rows) {
-                mismatches.push(format!("{}: {} rows on the target, {:?} restored", t.display(), t.rows, got));
+                mismatches.push(format!(
+                    "{}: {} rows on the target, {} restored",
+                    t.display(),
+                    t.rows,
+                    got.map_or("none".to_string(), |n| n.to_string())
+                ));
             }
         }
         if !mismatches.is_empty() {

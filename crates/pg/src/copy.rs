@@ -27,6 +27,7 @@ use sqlx::{Acquire, Executor, PgConnection, Postgres};
 use crate::clear::drop_application_objects;
 use crate::early_indexes::{self, Analysis, EarlyEntry, Next, Schedule};
 use crate::inventory::{Inventory, TableInfo, quote_ident, quote_literal};
+use crate::security::Security;
 use crate::tools;
 
 pub const STAGE: &str = "copy";
@@ -96,11 +97,11 @@ impl Copy {
         Copy {
             description: Description {
                 summary: format!(
-                    "copy the source's schema and data into the target: {} tables, {} rows, {} MB, {} sequences, \
+                    "copy the source's schema and data into the target: {} tables, {} rows, {}, {} sequences, \
                      {} large objects; {} tables at a time, {} format",
                     source.tables.len(),
                     source.rows_text(),
-                    source.database_bytes / 1_000_000,
+                    cutover_core::units::bytes(source.database_bytes),
                     source.sequences.len(),
                     source.large_objects,
                     jobs,
@@ -121,11 +122,17 @@ impl Copy {
                         } else {
                             ""
                         };
+                        let text = match &t.no_binary {
+                            Some(ty) if binary => {
+                                format!(", text format (type {ty} has no binary send/receive)")
+                            }
+                            _ => String::new(),
+                        };
                         format!(
-                            "{}: {about}{} rows, {} kB{split}{analyze}",
+                            "{}: {about}{} rows, {}{split}{analyze}{text}",
                             t.display(),
                             t.rows,
-                            t.bytes / 1000
+                            cutover_core::units::bytes(t.bytes)
                         )
                     })
                     .collect(),
@@ -137,7 +144,7 @@ impl Copy {
     }
 }
 
-fn endpoints(ctx: &RunContext) -> Result<(Endpoint, Endpoint)> {
+pub(crate) fn endpoints(ctx: &RunContext) -> Result<(Endpoint, Endpoint)> {
     Ok((
         Endpoint::resolve(Role::Source, &ctx.plan.file.source)?,
         Endpoint::resolve(Role::Target, &ctx.plan.file.target)?,
@@ -339,16 +346,12 @@ impl Stage for Copy {
             let mut cmd = tools::command(&pg_dump, &source_ep);
             // Both schema sections (the post-data one holds the materialized
             // views' data); the table data moves by COPY.
-            cmd.args([
-                "--format=custom",
-                "--section=pre-data",
-                "--section=post-data",
-                "--no-owner",
-                "--no-privileges",
-            ])
-            .arg(format!("--snapshot={snapshot}"))
-            .arg(format!("--exclude-schema={}", quote_ident(&journal_schema)))
-            .arg(format!("--file={}", schema_dump.display()));
+            // With owners and privileges (GRANTs, column and default
+            // privileges): the applications' roles keep what they could do.
+            cmd.args(["--format=custom", "--section=pre-data", "--section=post-data"])
+                .arg(format!("--snapshot={snapshot}"))
+                .arg(format!("--exclude-schema={}", quote_ident(&journal_schema)))
+                .arg(format!("--file={}", schema_dump.display()));
             tools::run(cmd, "pg_dump of the source's schema").await?;
         }
         if !done.contains("pre-data") {
@@ -359,8 +362,6 @@ impl Stage for Copy {
             let args = [
                 "--section=pre-data".to_string(),
                 "--exit-on-error".into(),
-                "--no-owner".into(),
-                "--no-privileges".into(),
                 pre.display().to_string(),
             ];
             // Each statement commits on its own; none of them waits for its
@@ -552,8 +553,6 @@ impl Stage for Copy {
                 let args = [
                     "--section=post-data".to_string(),
                     "--exit-on-error".into(),
-                    "--no-owner".into(),
-                    "--no-privileges".into(),
                     format!("--jobs={}", self.jobs.max(1)),
                     format!("--use-list={}", list_file.display()),
                     post.display().to_string(),
@@ -590,6 +589,15 @@ impl Stage for Copy {
         let analyze_seconds = analyze_started.elapsed().as_secs_f64();
         let sequences = copy_sequences(ctx, &source).await?;
         let large_objects = copy_large_objects(ctx).await?;
+        if !ctx
+            .journal
+            .items_done(ctx.run_id, STAGE)
+            .await?
+            .contains("database-settings")
+        {
+            carry_database_settings(ctx, &target_ep.dbname, &dir).await?;
+            mark_done(ctx, "database-settings").await?;
+        }
         sqlx::query("COMMIT")
             .execute(&mut *snapshot_conn)
             .await
@@ -648,9 +656,70 @@ impl Stage for Copy {
 
     async fn undo(&self, ctx: &RunContext) -> Result<String> {
         drop_application_objects(&ctx.target, ctx.journal.schema()).await?;
+        let (_, target_ep) = endpoints(ctx)?;
+        let restored = restore_database_settings(ctx, &target_ep.dbname, &ctx.run_dir.join("copy")).await?;
         ctx.journal.clear_items(ctx.run_id, STAGE).await?;
-        Ok("dropped what the copy created on the target".into())
+        Ok(if restored {
+            "dropped what the copy created on the target; the target database's own privileges and settings are back"
+                .into()
+        } else {
+            "dropped what the copy created on the target".into()
+        })
     }
+}
+
+/// The file holding the target database's privileges and settings from
+/// before the copy changed them (for undo).
+fn previous_settings_file(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("target-database-settings.json")
+}
+
+/// Gives the target database the source's database-level privileges and
+/// settings (`GRANT CONNECT`, `ALTER DATABASE … SET search_path`, per-role
+/// settings), which pg_dump leaves out without `--create`; the target's own
+/// are saved first for undo.
+async fn carry_database_settings(ctx: &RunContext, target_db: &str, dir: &std::path::Path) -> Result<()> {
+    let journal_schema = ctx.journal.schema();
+    let source = Security::read(&ctx.source, journal_schema)
+        .await
+        .map_err(|e| e.context("reading the source database's privileges and settings"))?;
+    let target = Security::read(&ctx.target, journal_schema).await?;
+    let file = previous_settings_file(dir);
+    if !file.exists() {
+        let saved = json!({ "acl": target.database_acl, "settings": target.database_settings,
+                            "role_settings": target.role_settings });
+        early_indexes::write_private(&file, &saved.to_string())?;
+    }
+    let public = crate::security::public_schema_statements(&ctx.source, &ctx.target).await?;
+    for sql in source.database_statements(target_db, &target).into_iter().chain(public) {
+        sqlx::query(&sql).execute(&ctx.target).await.map_err(|e| {
+            Error::from(e).context(format!("carrying the source's database settings ({sql})"))
+        })?;
+    }
+    Ok(())
+}
+
+/// Puts back the target database's own privileges and settings, as saved by
+/// [`carry_database_settings`]; false when there was nothing saved.
+async fn restore_database_settings(ctx: &RunContext, target_db: &str, dir: &std::path::Path) -> Result<bool> {
+    let file = previous_settings_file(dir);
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return Ok(false);
+    };
+    let saved: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::failure(format!("{} is damaged ({e})", file.display())))?;
+    let previous = Security {
+        database_acl: serde_json::from_value(saved["acl"].clone()).unwrap_or_default(),
+        database_settings: serde_json::from_value(saved["settings"].clone()).unwrap_or_default(),
+        role_settings: serde_json::from_value(saved["role_settings"].clone()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let now = Security::read(&ctx.target, ctx.journal.schema()).await?;
+    for sql in previous.database_statements(target_db, &now) {
+        sqlx::query(&sql).execute(&ctx.target).await?;
+    }
+    let _ = std::fs::remove_file(&file);
+    Ok(true)
 }
 
 /// The copies a table still needs: the whole table, or the block ranges of a
@@ -950,7 +1019,12 @@ impl Worker {
                     .join(", ")
             )
         };
-        let format = if self.binary { "binary" } else { "text" };
+        // Binary only where every copied column's type has binary I/O.
+        let format = if self.binary && table.no_binary.is_none() {
+            "binary"
+        } else {
+            "text"
+        };
         let (name, item) = match &range {
             None => (table.display(), table_item(table)),
             Some(r) => (
@@ -1139,48 +1213,184 @@ async fn copy_sequences(ctx: &RunContext, source: &Inventory) -> Result<usize> {
 
 /// Copies large objects one by one (each in its own transaction with its
 /// journal entry); pre-data created them empty.
+/// Large objects are read and written in slices of this many bytes: memory
+/// stays flat however large one is (`lo_get` of a whole object is limited to
+/// 1 GB and holds it all).
+const LO_CHUNK: i64 = 1 << 20;
+/// Objects up to one slice share a transaction, up to this many bytes or
+/// [`LO_BATCH_COUNT`] objects (100,000 small ones were 100,000 transactions).
+const LO_BATCH_BYTES: i64 = 8 << 20;
+const LO_BATCH_COUNT: usize = 1000;
+
+/// One large object of the source: its oid, size, owner and ACL grants.
+#[derive(Debug, Clone)]
+struct LargeObject {
+    oid: u32,
+    size: i64,
+    owner: String,
+    grants: Vec<(String, String)>,
+}
+
+/// What one transaction on the target copies: a batch of small objects, or
+/// one large object slice by slice.
+enum LoWork {
+    Batch(Vec<LargeObject>),
+    Big(LargeObject),
+}
+
+impl LoWork {
+    fn item(&self) -> String {
+        match self {
+            LoWork::Batch(b) => format!("large-objects:{}-{}", b[0].oid, b[b.len() - 1].oid),
+            LoWork::Big(o) => format!("large-object:{}", o.oid),
+        }
+    }
+}
+
 async fn copy_large_objects(ctx: &RunContext) -> Result<usize> {
-    let oids: Vec<sqlx::postgres::types::Oid> =
-        sqlx::query_scalar("SELECT oid FROM pg_largeobject_metadata ORDER BY oid")
-            .fetch_all(&ctx.source)
-            .await
-            .map_err(on_source)?;
-    let done = ctx.journal.items_done(ctx.run_id, STAGE).await?;
-    for oid in &oids {
-        let item = format!("large-object:{}", oid.0);
-        if done.contains(&item) {
+    let rows: Vec<(sqlx::postgres::types::Oid, i64, String, Vec<String>)> = sqlx::query_as(
+        "SELECT m.oid, lo_lseek64(lo_open(m.oid, x'40000'::int), 0, 2), pg_get_userbyid(m.lomowner)::text, \
+                coalesce((SELECT array_agg(coalesce(r.rolname::text, 'PUBLIC') || '=' || x.privilege_type) \
+                          FROM aclexplode(m.lomacl) x LEFT JOIN pg_roles r ON r.oid = x.grantee \
+                          WHERE x.grantee <> m.lomowner), '{}') \
+         FROM pg_largeobject_metadata m ORDER BY m.oid",
+    )
+    .fetch_all(&ctx.source)
+    .await
+    .map_err(on_source)?;
+    let objects: Vec<LargeObject> = rows
+        .into_iter()
+        .map(|(oid, size, owner, grants)| LargeObject {
+            oid: oid.0,
+            size,
+            owner,
+            grants: grants
+                .iter()
+                .filter_map(|g| g.split_once('=').map(|(a, b)| (a.to_string(), b.to_string())))
+                .collect(),
+        })
+        .collect();
+    let count = objects.len();
+    let mut work = vec![];
+    let mut batch: Vec<LargeObject> = vec![];
+    let mut batch_bytes = 0;
+    for o in objects {
+        if o.size > LO_CHUNK {
+            work.push(LoWork::Big(o));
             continue;
         }
-        let data: Vec<u8> = sqlx::query_scalar("SELECT lo_get($1)")
-            .bind(oid)
+        if !batch.is_empty() && (batch_bytes + o.size > LO_BATCH_BYTES || batch.len() >= LO_BATCH_COUNT) {
+            work.push(LoWork::Batch(std::mem::take(&mut batch)));
+            batch_bytes = 0;
+        }
+        batch_bytes += o.size;
+        batch.push(o);
+    }
+    if !batch.is_empty() {
+        work.push(LoWork::Batch(batch));
+    }
+    let done = ctx.journal.items_done(ctx.run_id, STAGE).await?;
+    let me: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&ctx.target).await?;
+    let jobs = ctx.plan.file.options.jobs.clamp(2, 8);
+    use futures::StreamExt;
+    let mut results = futures::stream::iter(work.into_iter().filter(|w| !done.contains(&w.item())))
+        .map(|w| copy_lo_work(ctx, w, &me))
+        .buffer_unordered(jobs);
+    while let Some(r) = results.next().await {
+        r?;
+    }
+    Ok(count)
+}
+
+/// Copies one unit of large objects in one target transaction with its
+/// journal item: after a crash they exist on the target if and only if the
+/// item is there (what an earlier attempt left is unlinked first).
+async fn copy_lo_work(ctx: &RunContext, work: LoWork, me: &str) -> Result<()> {
+    let item = work.item();
+    let objects: Vec<&LargeObject> = match &work {
+        LoWork::Batch(b) => b.iter().collect(),
+        LoWork::Big(o) => vec![o],
+    };
+    let oids: Vec<sqlx::postgres::types::Oid> = objects.iter().map(|o| sqlx::postgres::types::Oid(o.oid)).collect();
+    let mut tx = ctx.target.begin().await?;
+    sqlx::query("SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = ANY($1)")
+        .bind(&oids)
+        .execute(&mut *tx)
+        .await?;
+    let bytes = match &work {
+        LoWork::Batch(_) => {
+            let (got, data): (Vec<sqlx::postgres::types::Oid>, Vec<Vec<u8>>) = sqlx::query_as(
+                "SELECT array_agg(o ORDER BY o), array_agg(lo_get(o) ORDER BY o) FROM unnest($1::oid[]) o",
+            )
+            .bind(&oids)
             .fetch_one(&ctx.source)
             .await
             .map_err(on_source)?;
-        let mut tx = ctx.target.begin().await?;
-        sqlx::query("SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = $1")
-            .bind(oid)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("SELECT lo_from_bytea($1, $2)")
-            .bind(oid)
-            .bind(&data)
-            .execute(&mut *tx)
-            .await?;
-        ctx.journal
-            .item_done_in(
-                &mut tx,
-                ctx.run_id,
-                &Item {
-                    stage: STAGE,
-                    item: &item,
-                    bytes: Some(data.len() as i64),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        tx.commit().await?;
+            sqlx::query("SELECT lo_from_bytea(o, d) FROM unnest($1::oid[], $2::bytea[]) AS t(o, d)")
+                .bind(&got)
+                .bind(&data)
+                .execute(&mut *tx)
+                .await?;
+            data.iter().map(|d| d.len() as i64).sum()
+        }
+        LoWork::Big(o) => {
+            sqlx::query("SELECT lo_create($1)")
+                .bind(sqlx::postgres::types::Oid(o.oid))
+                .execute(&mut *tx)
+                .await?;
+            let mut offset = 0i64;
+            while offset < o.size {
+                let slice: Vec<u8> = sqlx::query_scalar("SELECT lo_get($1, $2, $3)")
+                    .bind(sqlx::postgres::types::Oid(o.oid))
+                    .bind(offset)
+                    .bind(LO_CHUNK as i32)
+                    .fetch_one(&ctx.source)
+                    .await
+                    .map_err(on_source)?;
+                if slice.is_empty() {
+                    break;
+                }
+                sqlx::query("SELECT lo_put($1, $2, $3)")
+                    .bind(sqlx::postgres::types::Oid(o.oid))
+                    .bind(offset)
+                    .bind(&slice)
+                    .execute(&mut *tx)
+                    .await?;
+                offset += slice.len() as i64;
+                ctx.cancel.check()?;
+            }
+            offset
+        }
+    };
+    // Owners and grants as on the source.
+    for o in &objects {
+        if o.owner != me {
+            sqlx::query(&format!("ALTER LARGE OBJECT {} OWNER TO {}", o.oid, quote_ident(&o.owner)))
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (who, privilege) in &o.grants {
+            let who = if who == "PUBLIC" { "PUBLIC".to_string() } else { quote_ident(who) };
+            sqlx::query(&format!("GRANT {privilege} ON LARGE OBJECT {} TO {who}", o.oid))
+                .execute(&mut *tx)
+                .await?;
+        }
     }
-    Ok(oids.len())
+    ctx.journal
+        .item_done_in(
+            &mut tx,
+            ctx.run_id,
+            &Item {
+                stage: STAGE,
+                item: &item,
+                bytes: Some(bytes),
+                rows: Some(objects.len() as i64),
+                ..Default::default()
+            },
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1201,6 +1411,7 @@ mod tests {
             pages: bytes / 8192,
             changes: 0,
             rows_estimated: false,
+            no_binary: None,
         }
     }
 

@@ -8,7 +8,10 @@ use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
 use serde_json::json;
 
-use crate::inventory::{Comparison, Inventory, compare};
+use cutover_core::endpoint::redact_text;
+
+use crate::inventory::{Comparison, Inventory, compare, quote_ident};
+use crate::tools;
 
 pub struct Discover {
     pub description: Description,
@@ -74,6 +77,126 @@ fn summary(label: &str, inv: &Inventory) -> String {
     )
 }
 
+/// Restores the source's schema (pre-data and post-data, no rows; owners and
+/// privileges as the copy restores them) into a scratch database on the
+/// target server, before anything destructive: an object the target server
+/// cannot recreate (a tablespace or an extension it lacks, a newer server's
+/// syntax) is refused here, naming it, while the target is untouched.
+/// Without CREATEDB it says so and leaves the check to the copy.
+async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) -> Result<String> {
+    let done = ctx.journal.items_done(ctx.run_id, "discover").await?;
+    if done.contains("schema-rehearsal") {
+        return Ok("the source's schema restored on the target server (an earlier attempt of this run)".into());
+    }
+    let journal_schema = ctx.journal.schema().to_string();
+    let scratch = format!("cutover_rehearsal_{}", &ctx.run_id.simple().to_string()[..12]);
+    let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&scratch));
+    sqlx::query(&drop).execute(&ctx.target).await?;
+    if let Err(e) = sqlx::query(&format!("CREATE DATABASE {}", quote_ident(&scratch)))
+        .execute(&ctx.target)
+        .await
+    {
+        return Ok(format!(
+            "not rehearsed: the target user may not create a scratch database ({}); a schema object the target \
+             server cannot recreate shows only in the copy, after clear-target (the backup restores the target)",
+            redact_text(&e.to_string())
+        ));
+    }
+    let result = async {
+        let (pg_dump, pg_restore) = tools::for_copy(source_version).await?;
+        let dir = ctx.run_dir.join("rehearsal");
+        std::fs::create_dir_all(&dir)?;
+        let archive = dir.join("schema.dump");
+        let (source_ep, target_ep) = crate::copy::endpoints(ctx)?;
+        let mut cmd = tools::command(&pg_dump, &source_ep);
+        cmd.args(["--format=custom", "--schema-only"])
+            .arg(format!("--exclude-schema={}", quote_ident(&journal_schema)))
+            .arg(format!("--file={}", archive.display()));
+        tools::run(cmd, "pg_dump --schema-only of the source").await?;
+        let scratch_ep = target_ep.with_database(&scratch);
+        // Roles create-roles has yet to make: their owners, grants and
+        // policies cannot be rehearsed before it runs (discover checked the
+        // roles themselves).
+        let sec = crate::security::Security::read(&ctx.source, &journal_schema).await?;
+        let on_target = crate::security::roles_of(&ctx.target).await?;
+        let roles_pending = sec.roles.iter().any(|r| !on_target.contains(r));
+        let mut args = vec!["--exit-on-error".to_string()];
+        if roles_pending {
+            let mut cmd = tools::offline(&pg_restore);
+            cmd.arg("--list").arg(&archive);
+            let list = tools::run(cmd, "pg_restore --list of the source's schema").await?;
+            let kept: String = list
+                .lines()
+                .filter(|l| !l.contains(" POLICY "))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let list_file = dir.join("schema.list");
+            crate::early_indexes::write_private(&list_file, &kept)?;
+            args.extend(["--no-owner".to_string(), "--no-privileges".into(), format!("--use-list={}", list_file.display())]);
+        }
+        args.push(archive.display().to_string());
+        let restored = tools::restore(
+            &pg_restore,
+            &scratch_ep,
+            (target_version / 10000) as u32,
+            &args,
+            &[],
+            "pg_restore of the source's schema into a scratch database",
+        )
+        .await;
+        let _ = std::fs::remove_file(&archive);
+        if let Err(e) = restored {
+            return Err(Error::refused(format!(
+                "the source's schema does not restore on the target server{}: {}; nothing was changed",
+                failed_object(&e.message).map(|o| format!(" ({o})")).unwrap_or_default(),
+                e.message
+            ))
+            .with_hint(
+                "give the target server what that object needs (a tablespace, an extension's package, a role), or \
+                 change the object on the source; then run again",
+            ));
+        }
+        Ok(format!(
+            "the source's schema restored into a scratch database on the target server ({} -> {}){}",
+            pg_dump.major,
+            target_version / 10000,
+            if roles_pending {
+                " (without owners, privileges and policies: create-roles makes their roles later)"
+            } else {
+                ""
+            }
+        ))
+    }
+    .await;
+    sqlx::query(&drop).execute(&ctx.target).await?;
+    let summary = result?;
+    ctx.journal
+        .item_done(
+            ctx.run_id,
+            &cutover_core::journal::Item {
+                stage: "discover",
+                item: "schema-rehearsal",
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(summary)
+}
+
+/// The archive entry a pg_restore failure names ("from TOC entry 215; 1259
+/// 16390 TABLE books kit_admin" → "TABLE books, owner kit_admin").
+fn failed_object(stderr: &str) -> Option<String> {
+    let at = stderr.find("from TOC entry ")?;
+    let rest = &stderr[at..];
+    let rest = rest.split(" | ").next().unwrap_or(rest);
+    let words: Vec<&str> = rest.split(';').nth(1)?.split_whitespace().skip(2).collect();
+    match words.as_slice() {
+        [] => None,
+        [.., owner] if words.len() >= 3 => Some(format!("{}, owner {owner}", words[..words.len() - 1].join(" "))),
+        _ => Some(words.join(" ")),
+    }
+}
+
 /// The refusal when the target looks ahead of the source.
 pub fn target_ahead_error(reasons: &[String]) -> Error {
     Error::refused(format!(
@@ -112,7 +235,9 @@ impl Stage for Discover {
         if !cmp.target_ahead.is_empty() && !self.allow_target_ahead {
             return Err(target_ahead_error(&cmp.target_ahead));
         }
+        let rehearsal = rehearse(ctx, source.identity.version_num, target.identity.version_num).await?;
         Ok(json!({
+            "rehearsal": rehearsal,
             "summary": format!("source {} tables / {} rows, target {} tables / {} rows",
                 source.tables.len(), source.rows_text(), target.tables.len(), target.rows_text()),
             "inspection": if fresh { "the plan's, taken moments before" } else { "taken by this stage" },
@@ -131,5 +256,16 @@ impl Stage for Discover {
     }
     async fn undo(&self, _ctx: &RunContext) -> Result<String> {
         Ok("nothing to undo".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_failed_restore_names_its_object() {
+        let stderr = "pg_restore failed (exit status: 1): pg_restore: while PROCESSING TOC: | pg_restore: from TOC \
+                      entry 215; 1259 16390 TABLE books kit_admin | pg_restore: error: could not execute query";
+        assert_eq!(super::failed_object(stderr).as_deref(), Some("TABLE books, owner kit_admin"));
+        assert_eq!(super::failed_object("no entry"), None);
     }
 }

@@ -35,6 +35,10 @@ pub struct TableInfo {
     /// `rows` is the statistics' estimate, not a count (a large table that
     /// nothing compares with; see [`Inventory::read_estimating`]).
     pub rows_estimated: bool,
+    /// The type of a copied column that has no binary send/receive (contrib's
+    /// `isn` and `seg`, many user-defined types, arrays and domains of them):
+    /// the table moves in COPY's text format.
+    pub no_binary: Option<String>,
 }
 
 impl TableInfo {
@@ -156,8 +160,24 @@ impl Inventory {
         ))
         .fetch_all(pool)
         .await?;
+        // Types rendered with search_path = pg_catalog: every type outside
+        // pg_catalog schema-qualified, whatever the session's or database's
+        // search_path (an enum of schema "abc" is "abc.mood" on both sides).
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL search_path = pg_catalog")
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query(&format!(
-            "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relispartition, \
+            "WITH RECURSIVE no_binary(oid) AS ( \
+                 SELECT oid FROM pg_type WHERE typtype IN ('b', 'c', 'd', 'e', 'r', 'm') \
+                   AND (typsend = 0 OR typreceive = 0) \
+               UNION \
+                 SELECT t.oid FROM pg_type t JOIN no_binary b ON (t.typlen = -1 AND t.typelem = b.oid) \
+                   OR t.typbasetype = b.oid \
+                   OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.typrelid AND t.typrelid <> 0 \
+                              AND a.attnum > 0 AND a.atttypid = b.oid) \
+                   OR EXISTS (SELECT 1 FROM pg_range r WHERE r.rngtypid = t.oid AND r.rngsubtype = b.oid)) \
+             SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relispartition, \
                     greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid), \
                     coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{{}}'), \
@@ -171,15 +191,19 @@ impl Inventory {
                               WHERE con.conrelid = c.oid AND con.contype = 'p'), '{{}}'), \
                     coalesce((SELECT s.n_tup_upd + s.n_tup_del FROM pg_stat_user_tables s WHERE s.relid = c.oid), 0), \
                     greatest(c.relpages::bigint, pg_relation_size(c.oid) / current_setting('block_size')::bigint), \
-                    c.reltuples >= 0 \
+                    c.reltuples >= 0, \
+                    (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+                       AND a.atttypid IN (SELECT oid FROM no_binary) ORDER BY a.attnum LIMIT 1) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ({excluded}) AND n.nspname NOT LIKE 'pg\\_%' \
                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
                                AND d.objid = c.oid AND d.deptype = 'e') \
              ORDER BY 1, 2"
         ))
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         let mut tables: Vec<TableInfo> = rows
             .into_iter()
             .map(|r| {
@@ -202,6 +226,7 @@ impl Inventory {
                         Counting::None => true,
                         Counting::SmallOnly => r.get::<bool, _>(12) && r.get::<i64, _>(11) >= ESTIMATE_PAGES,
                     },
+                    no_binary: r.get(13),
                 }
             })
             .collect();

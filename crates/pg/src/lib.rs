@@ -10,6 +10,8 @@ pub mod discover;
 pub mod early_indexes;
 pub mod freeze;
 pub mod inventory;
+pub mod roles;
+pub mod security;
 pub mod tools;
 pub mod verify;
 

@@ -41,6 +41,8 @@ pub struct VerifyReport {
     pub missing_objects: Vec<String>,
     pub large_objects: (i64, i64),
     pub large_objects_match: bool,
+    /// Owners, privileges, policies and database settings that differ.
+    pub security: Vec<String>,
     pub ok: bool,
 }
 
@@ -81,6 +83,7 @@ impl VerifyReport {
                 .iter()
                 .map(|o| format!("{o} is missing on the target")),
         );
+        p.extend(self.security.iter().cloned());
         if !self.large_objects_match {
             p.push(format!(
                 "large objects differ ({} on the source, {} on the target)",
@@ -365,22 +368,12 @@ pub async fn verify(
             .sequences
             .iter()
             .find(|x| x.schema == s.schema && x.name == s.name);
-        let sv = format!(
-            "{:?}/{}",
-            s.last_value,
-            if s.is_called { "called" } else { "not called" }
-        );
+        let sv = sequence_position(s.last_value, s.is_called);
         match t {
             None => sequences.push((s.qualified(), sv, "missing".into())),
-            Some(t) if t.last_value != s.last_value || t.is_called != s.is_called => sequences.push((
-                s.qualified(),
-                sv,
-                format!(
-                    "{:?}/{}",
-                    t.last_value,
-                    if t.is_called { "called" } else { "not called" }
-                ),
-            )),
+            Some(t) if t.last_value != s.last_value || t.is_called != s.is_called => {
+                sequences.push((s.qualified(), sv, sequence_position(t.last_value, t.is_called)))
+            }
             Some(_) => {}
         }
     }
@@ -389,17 +382,26 @@ pub async fn verify(
         schema_objects(target_pool, journal_schema)
     )?;
     let missing_objects: Vec<String> = src_objects.difference(&tgt_objects).cloned().collect();
-    let lo_sql = "SELECT count(*), coalesce(sum(hashtextextended(oid::text || md5(lo_get(oid)), 0)), 0)::text \
-                  FROM pg_largeobject_metadata";
+    // Each object hashed slice by slice (1 MiB), so none is read whole.
+    let lo_sql = "SELECT count(*), coalesce(sum(hashtextextended(m.oid::text || ':' || ( \
+                      SELECT coalesce(string_agg(md5(lo_get(m.oid, off, 1048576)), '' ORDER BY off), '') \
+                      FROM generate_series(0::bigint, lo_lseek64(lo_open(m.oid, x'40000'::int), 0, 2) - 1, 1048576) off), 0)), 0)::text \
+                  FROM pg_largeobject_metadata m";
     let (lo_s, lo_t): ((i64, String), (i64, String)) = tokio::try_join!(
         async { Ok::<_, Error>(sqlx::query_as(lo_sql).fetch_one(source_pool).await?) },
         async { Ok::<_, Error>(sqlx::query_as(lo_sql).fetch_one(target_pool).await?) }
     )?;
     let large_objects_match = lo_s == lo_t;
+    let (sec_s, sec_t) = tokio::try_join!(
+        crate::security::Security::read(source_pool, journal_schema),
+        crate::security::Security::read(target_pool, journal_schema)
+    )?;
+    let security = sec_s.differences(&sec_t, 50);
     let ok = tables.iter().all(|t| t.matches)
         && sequences.is_empty()
         && missing_objects.is_empty()
-        && large_objects_match;
+        && large_objects_match
+        && security.is_empty();
     Ok(VerifyReport {
         row_hash: method,
         tables,
@@ -408,6 +410,7 @@ pub async fn verify(
         missing_objects,
         large_objects: (lo_s.0, lo_t.0),
         large_objects_match,
+        security,
         ok,
     })
 }
@@ -548,6 +551,15 @@ async fn schema_objects(pool: &PgPool, journal_schema: &str) -> Result<BTreeSet<
         .fetch_all(pool)
         .await?;
     Ok(rows.into_iter().collect())
+}
+
+/// A sequence's position for people: "at 4 (next 5)", "at 4, unused (next 4)".
+fn sequence_position(last_value: Option<i64>, is_called: bool) -> String {
+    match (last_value, is_called) {
+        (Some(v), true) => format!("at {v} (next {})", v.saturating_add(1)),
+        (Some(v), false) => format!("at {v}, unused (next {v})"),
+        (None, _) => "never used".into(),
+    }
 }
 
 /// The verify-data stage: fails when anything differs.

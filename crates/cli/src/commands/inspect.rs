@@ -36,11 +36,11 @@ pub(crate) fn run(global: &GlobalArgs, args: InspectArgs) -> anyhow::Result<Code
         }
         for (label, ep, inv) in [("source", &dbs.source, &source), ("target", &dbs.target, &target)] {
             println!(
-                "{label}: {ep} — PostgreSQL {}, system id {}, {} MB, {} tables, {} rows{}, {} sequences, \
+                "{label}: {ep} — PostgreSQL {}, system id {}, {}, {} tables, {} rows{}, {} sequences, \
                  {} large objects, extensions [{}]",
                 inv.identity.version,
                 inv.identity.system_identifier,
-                inv.database_bytes / 1_000_000,
+                cutover_core::units::bytes(inv.database_bytes),
                 inv.tables.len(),
                 inv.total_rows(),
                 if exact { "" } else { " (estimated)" },

@@ -43,6 +43,20 @@ pub(crate) fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<Code> {
     let events = Arc::new(Reporter::new(global.output, global.quiet));
     let cancel = CancelFlag::default();
     super::runtime()?.block_on(async {
+        if !args.restart
+            && let Some(run) = session::finished_run(&loaded).await?
+        {
+            use cutover_core::event::EventSink;
+            events.emit(cutover_core::event::Event::RunAlreadyFinished {
+                run_id: run.id.to_string(),
+                finished_at: run
+                    .finished_at
+                    .unwrap_or(run.started_at)
+                    .format("%Y-%m-%d %H:%M:%S UTC")
+                    .to_string(),
+            });
+            return Ok(Code::Success);
+        }
         session::cancel_on_ctrl_c(&cancel, events.clone());
         let s = session::open(
             &loaded,

@@ -25,6 +25,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
                  back",
             ));
         }
+        let finished = crate::session::finished_run(&loaded).await?;
         let report = cutover_pg::verify::verify(
             &dbs.source_pool,
             &dbs.target_pool,
@@ -69,6 +70,14 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
                 println!("verify: {} differences:", problems.len());
                 for p in &problems {
                     println!("  - {p}");
+                }
+                if let Some(run) = &finished {
+                    println!(
+                        "note: run {} finished on {}; since then the applications write to the target (the source \
+                         stays frozen), so rows, sequences and objects they changed are expected differences",
+                        run.id,
+                        run.finished_at.unwrap_or(run.started_at).format("%Y-%m-%d %H:%M UTC")
+                    );
                 }
             }
         }

@@ -1,0 +1,542 @@
+//! What applications rely on beyond the rows: who owns each object, who may
+//! do what (object, column and default privileges, the database's CONNECT and
+//! friends), row-level security policies' roles, and the settings of the
+//! database (`ALTER DATABASE … SET`, `ALTER ROLE … IN DATABASE … SET`).
+//!
+//! Read the same way on both servers, with names rendered independently of
+//! any search_path, so that they compare as text: the plan lists the roles
+//! the source names, discover refuses when the target lacks one, verify-data
+//! compares owners and privileges, and the copy carries the database's
+//! settings and privileges (pg_dump leaves them out without `--create`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cutover_core::Result;
+use sqlx::{PgPool, Row};
+
+use crate::inventory::{SYSTEM_SCHEMAS, quote_ident, quote_literal};
+
+/// One database's owners, privileges, policies and settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// "table public.users" → "owner app_owner; app_ro=SELECT; app_rw=INSERT,SELECT"
+    pub objects: BTreeMap<String, String>,
+    /// Every role an owner, a privilege, a default privilege, a policy or a
+    /// per-role setting names (PUBLIC left out).
+    pub roles: BTreeSet<String>,
+    /// `ALTER DATABASE … SET` settings (`name=value`), in order.
+    pub database_settings: Vec<String>,
+    /// Per-role settings in this database: role → `name=value`s.
+    pub role_settings: BTreeMap<String, Vec<String>>,
+    /// The database's privileges: (grantee or PUBLIC, privilege, grantable).
+    pub database_acl: Vec<(String, String, bool)>,
+    pub database_owner: String,
+}
+
+/// Objects of the application: not system, not the journal's, not an extension's.
+fn object_filter(journal_schema: &str) -> String {
+    format!(
+        "n.nspname NOT IN ({SYSTEM_SCHEMAS}, {}) AND n.nspname NOT LIKE 'pg\\_%'",
+        quote_literal(journal_schema)
+    )
+}
+
+const NOT_EXTENSION: &str = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {cat}::regclass \
+     AND d.objid = {oid} AND d.deptype = 'e')";
+
+fn not_extension(cat: &str, oid: &str) -> String {
+    NOT_EXTENSION
+        .replace("{cat}", &format!("'{cat}'"))
+        .replace("{oid}", oid)
+}
+
+/// An ACL as sorted `grantee=PRIV,PRIV*` entries (`*`: with grant option);
+/// NULL (the owner's defaults) as "default".
+fn acl_sql(acl: &str) -> String {
+    format!(
+        "CASE WHEN {acl} IS NULL THEN 'default' ELSE coalesce((SELECT string_agg(g, '; ' ORDER BY g) FROM ( \
+           SELECT coalesce(r.rolname::text, 'PUBLIC') || '=' || string_agg(x.privilege_type || \
+                  CASE WHEN x.is_grantable THEN '*' ELSE '' END, ',' ORDER BY x.privilege_type) AS g \
+           FROM aclexplode({acl}) x LEFT JOIN pg_roles r ON r.oid = x.grantee \
+           GROUP BY coalesce(r.rolname::text, 'PUBLIC')) e), 'none') END"
+    )
+}
+
+impl Security {
+    pub async fn read(pool: &PgPool, journal_schema: &str) -> Result<Security> {
+        let filter = object_filter(journal_schema);
+        let mut tx = pool.begin().await?;
+        // Every name outside pg_catalog schema-qualified, on both sides alike.
+        sqlx::query("SET LOCAL search_path = pg_catalog")
+            .execute(&mut *tx)
+            .await?;
+        let sql = format!(
+            "SELECT 'schema ' || quote_ident(n.nspname), pg_get_userbyid(n.nspowner)::text, {nspacl} \
+               FROM pg_namespace n WHERE {filter} AND {ns_ext} \
+             UNION ALL \
+             SELECT CASE c.relkind WHEN 'S' THEN 'sequence ' WHEN 'v' THEN 'view ' WHEN 'm' THEN 'materialized view ' \
+                      WHEN 'f' THEN 'foreign table ' ELSE 'table ' END || c.oid::regclass::text, \
+                    pg_get_userbyid(c.relowner)::text, {relacl} \
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {filter} AND {rel_ext} \
+             UNION ALL \
+             SELECT 'column ' || c.oid::regclass::text || '.' || quote_ident(a.attname), NULL, {attacl} \
+               FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE a.attacl IS NOT NULL AND a.attnum > 0 AND NOT a.attisdropped AND {filter} AND {rel_ext} \
+             UNION ALL \
+             SELECT CASE p.prokind WHEN 'p' THEN 'procedure ' WHEN 'a' THEN 'aggregate ' ELSE 'function ' END \
+                      || p.oid::regprocedure::text, pg_get_userbyid(p.proowner)::text, {proacl} \
+               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {filter} AND {pro_ext} \
+             UNION ALL \
+             SELECT 'type ' || format_type(t.oid, NULL), pg_get_userbyid(t.typowner)::text, {typacl} \
+               FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+              WHERE {filter} AND {typ_ext} AND (t.typrelid = 0 OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c') \
+                AND NOT (t.typlen = -1 AND t.typelem <> 0 AND EXISTS (SELECT 1 FROM pg_type e WHERE e.oid = t.typelem AND e.typarray = t.oid)) \
+             UNION ALL \
+             SELECT 'default privileges of ' || pg_get_userbyid(d.defaclrole) || \
+                    coalesce(' in schema ' || quote_ident(n.nspname), '') || ' on ' || \
+                    CASE d.defaclobjtype WHEN 'r' THEN 'tables' WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions' \
+                      WHEN 'T' THEN 'types' WHEN 'n' THEN 'schemas' END, NULL, {defacl} \
+               FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace \
+             UNION ALL \
+             SELECT 'large object ' || m.oid, pg_get_userbyid(m.lomowner)::text, {lomacl} \
+               FROM pg_largeobject_metadata m \
+             UNION ALL \
+             SELECT 'policy ' || quote_ident(p.polname) || ' on ' || c.oid::regclass::text, NULL, \
+                    'to ' || (SELECT string_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(r)::text END, ',' \
+                              ORDER BY 1) FROM unnest(p.polroles) r) \
+               FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE {filter}",
+            nspacl = acl_sql("n.nspacl"),
+            relacl = acl_sql("c.relacl"),
+            attacl = acl_sql("a.attacl"),
+            proacl = acl_sql("p.proacl"),
+            typacl = acl_sql("t.typacl"),
+            defacl = acl_sql("d.defaclacl"),
+            lomacl = acl_sql("m.lomacl"),
+            ns_ext = not_extension("pg_namespace", "n.oid"),
+            rel_ext = not_extension("pg_class", "c.oid"),
+            pro_ext = not_extension("pg_proc", "p.oid"),
+            typ_ext = not_extension("pg_type", "t.oid"),
+        );
+        let rows = sqlx::query(&sql).fetch_all(&mut *tx).await?;
+        let mut sec = Security::default();
+        for r in rows {
+            let (what, owner, acl): (String, Option<String>, Option<String>) = (r.get(0), r.get(1), r.get(2));
+            let mut text = String::new();
+            if let Some(o) = &owner {
+                sec.roles.insert(o.clone());
+                text.push_str(&format!("owner {o}"));
+            }
+            if let Some(acl) = &acl {
+                for entry in acl.split("; ") {
+                    let who = entry
+                        .split('=')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_start_matches("to ");
+                    for who in who.split(',') {
+                        if !matches!(who, "PUBLIC" | "default" | "none" | "") {
+                            sec.roles.insert(who.to_string());
+                        }
+                    }
+                }
+                if !text.is_empty() {
+                    text.push_str("; ");
+                }
+                text.push_str(acl);
+            }
+            if let Some(role) = what
+                .strip_prefix("default privileges of ")
+                .and_then(|r| r.split(" on ").next())
+                .map(|r| r.split(" in schema ").next().unwrap_or(r))
+            {
+                sec.roles.insert(role.to_string());
+            }
+            sec.objects.insert(what, text);
+        }
+        let settings = sqlx::query(
+            "SELECT s.setrole, CASE WHEN s.setrole = 0 THEN '' ELSE pg_get_userbyid(s.setrole)::text END, s.setconfig \
+             FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+             WHERE d.datname = current_database() ORDER BY 2",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in settings {
+            let (setrole, role, config): (sqlx::postgres::types::Oid, String, Vec<String>) =
+                (r.get(0), r.get(1), r.get(2));
+            if setrole.0 == 0 {
+                // The freeze's own switch (freeze-source sets it on the
+                // source): never carried, never compared.
+                sec.database_settings = config
+                    .into_iter()
+                    .filter(|c| !c.starts_with("default_transaction_read_only="))
+                    .collect();
+            } else {
+                sec.roles.insert(role.clone());
+                sec.role_settings.insert(role, config);
+            }
+        }
+        let (owner, acl): (String, Vec<(String, String, bool)>) = {
+            let owner: String = sqlx::query_scalar(
+                "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = current_database()",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let acl = sqlx::query_as(
+                "SELECT coalesce(r.rolname::text, 'PUBLIC'), x.privilege_type, x.is_grantable \
+                 FROM pg_database d CROSS JOIN LATERAL aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) x \
+                 LEFT JOIN pg_roles r ON r.oid = x.grantee \
+                 WHERE d.datname = current_database() AND x.grantee <> d.datdba ORDER BY 1, 2",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            (owner, acl)
+        };
+        tx.commit().await?;
+        for (who, _, _) in &acl {
+            if who != "PUBLIC" {
+                sec.roles.insert(who.clone());
+            }
+        }
+        sec.database_owner = owner;
+        sec.database_acl = acl;
+        Ok(sec)
+    }
+
+    /// The database's privileges and settings as comparable lines.
+    fn database_lines(&self) -> BTreeMap<String, String> {
+        let mut lines = BTreeMap::new();
+        let acl: Vec<String> = self
+            .database_acl
+            .iter()
+            .map(|(who, p, g)| format!("{who}={p}{}", if *g { "*" } else { "" }))
+            .collect();
+        lines.insert("privileges on the database".to_string(), acl.join("; "));
+        lines.insert(
+            "settings of the database".to_string(),
+            self.database_settings.join(", "),
+        );
+        for (role, config) in &self.role_settings {
+            lines.insert(
+                format!("settings of role {role} in the database"),
+                config.join(", "),
+            );
+        }
+        lines
+    }
+
+    /// What differs between the source's (`self`) and the target's
+    /// (`other`) owners, privileges, policies and database settings, one
+    /// line each, at most `limit`.
+    pub fn differences(&self, other: &Security, limit: usize) -> Vec<String> {
+        let mut out = vec![];
+        let (mut a, mut b) = (self.objects.clone(), other.objects.clone());
+        a.extend(self.database_lines());
+        b.extend(other.database_lines());
+        for (what, mine) in &a {
+            match b.get(what) {
+                Some(theirs) if theirs == mine => {}
+                Some(theirs) => out.push(format!(
+                    "{what}: {} on the source, {} on the target",
+                    show(mine),
+                    show(theirs)
+                )),
+                None => out.push(format!(
+                    "{what}: {} on the source, absent on the target",
+                    show(mine)
+                )),
+            }
+        }
+        for (what, theirs) in &b {
+            if !a.contains_key(what) {
+                out.push(format!("{what}: only on the target ({})", show(theirs)));
+            }
+        }
+        out.truncate(limit);
+        out
+    }
+
+    /// The statements that give `target` (a database on the target server)
+    /// the source's database-level privileges and settings, after the
+    /// target's own were reset (`previous`).
+    pub fn database_statements(&self, target: &str, previous: &Security) -> Vec<String> {
+        let db = quote_ident(target);
+        let mut sql = vec![];
+        for (who, p, _) in &previous.database_acl {
+            sql.push(format!("REVOKE {p} ON DATABASE {db} FROM {}", grantee(who)));
+        }
+        for (who, p, g) in &self.database_acl {
+            let with = if *g { " WITH GRANT OPTION" } else { "" };
+            sql.push(format!("GRANT {p} ON DATABASE {db} TO {}{with}", grantee(who)));
+        }
+        sql.push(format!("ALTER DATABASE {db} RESET ALL"));
+        for s in &self.database_settings {
+            if let Some((k, v)) = s.split_once('=') {
+                sql.push(format!(
+                    "ALTER DATABASE {db} SET {} TO {}",
+                    quote_ident(k),
+                    setting_value(v)
+                ));
+            }
+        }
+        for role in previous.role_settings.keys() {
+            sql.push(format!(
+                "ALTER ROLE {} IN DATABASE {db} RESET ALL",
+                quote_ident(role)
+            ));
+        }
+        for (role, config) in &self.role_settings {
+            for s in config {
+                if let Some((k, v)) = s.split_once('=') {
+                    sql.push(format!(
+                        "ALTER ROLE {} IN DATABASE {db} SET {} TO {}",
+                        quote_ident(role),
+                        quote_ident(k),
+                        setting_value(v)
+                    ));
+                }
+            }
+        }
+        sql
+    }
+}
+
+/// The statements that give the target's `public` schema the source's owner
+/// and privileges: pg_dump leaves that schema out (it exists in every
+/// database) and its defaults differ between majors (PUBLIC may CREATE in it
+/// before PostgreSQL 15), so applications would find other rights there.
+pub async fn public_schema_statements(source: &PgPool, target: &PgPool) -> Result<Vec<String>> {
+    const SQL: &str = "SELECT pg_get_userbyid(n.nspowner)::text, \
+          coalesce((SELECT array_agg(coalesce(r.rolname::text, 'PUBLIC') || '=' || x.privilege_type || \
+                    CASE WHEN x.is_grantable THEN '*' ELSE '' END) \
+                    FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) x \
+                    LEFT JOIN pg_roles r ON r.oid = x.grantee WHERE x.grantee <> n.nspowner), '{}') \
+        FROM pg_namespace n WHERE n.nspname = 'public'";
+    let src: Option<(String, Vec<String>)> = sqlx::query_as(SQL).fetch_optional(source).await?;
+    let tgt: Option<(String, Vec<String>)> = sqlx::query_as(SQL).fetch_optional(target).await?;
+    let (Some((owner, acl)), Some((t_owner, t_acl))) = (src, tgt) else {
+        return Ok(vec![]);
+    };
+    let mut sql = vec![];
+    if owner != t_owner {
+        sql.push(format!("ALTER SCHEMA public OWNER TO {}", quote_ident(&owner)));
+    }
+    if acl != t_acl {
+        for entry in &t_acl {
+            let (who, _) = entry.split_once('=').unwrap_or((entry, ""));
+            sql.push(format!("REVOKE ALL ON SCHEMA public FROM {}", grantee(who)));
+        }
+        for entry in &acl {
+            let (who, p) = entry.split_once('=').unwrap_or((entry, ""));
+            let (p, with) = match p.strip_suffix('*') {
+                Some(p) => (p, " WITH GRANT OPTION"),
+                None => (p, ""),
+            };
+            sql.push(format!("GRANT {p} ON SCHEMA public TO {}{with}", grantee(who)));
+        }
+    }
+    Ok(sql)
+}
+
+fn grantee(who: &str) -> String {
+    if who == "PUBLIC" {
+        "PUBLIC".into()
+    } else {
+        quote_ident(who)
+    }
+}
+
+/// A setting's value as `setconfig` holds it (`search_path=public, "abc"`)
+/// back into SQL: a list setting's elements one literal each, else one literal.
+fn setting_value(v: &str) -> String {
+    if v.contains(", ") {
+        v.split(", ")
+            .map(|e| quote_literal(e.trim_matches('"')))
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        quote_literal(v)
+    }
+}
+
+fn show(s: &str) -> String {
+    if s.is_empty() {
+        "(none)".into()
+    } else {
+        s.to_string()
+    }
+}
+
+impl Security {
+    /// One line for the plan: what the copy applies.
+    pub fn summary(&self) -> String {
+        let mut owners: BTreeMap<&str, usize> = BTreeMap::new();
+        for text in self.objects.values() {
+            if let Some(o) = text
+                .strip_prefix("owner ")
+                .map(|t| t.split(';').next().unwrap_or(t))
+            {
+                *owners.entry(o).or_default() += 1;
+            }
+        }
+        let owners: Vec<String> = owners.iter().map(|(o, n)| format!("{o} ({n})")).collect();
+        let grants = self.objects.values().filter(|t| t.contains('=')).count();
+        let policies = self.objects.keys().filter(|k| k.starts_with("policy ")).count();
+        format!(
+            "keeps owners and privileges as on the source: objects owned by {}; {grants} object(s) with privileges \
+             granted; {policies} row-level security polic(ies); database settings: {}; roles named: {}",
+            if owners.is_empty() {
+                "nobody".into()
+            } else {
+                owners.join(", ")
+            },
+            if self.database_settings.is_empty() {
+                "none".into()
+            } else {
+                self.database_settings.join(", ")
+            },
+            self.roles.iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
+/// The owner roles of `sec` (not among `created`, which the target user
+/// will create and so may use) that the target's user may not give objects
+/// to: it must be a superuser or a member of each.
+pub async fn owners_not_settable(target: &PgPool, sec: &Security, created: &[String]) -> Result<Vec<String>> {
+    let owners: BTreeSet<String> = sec
+        .objects
+        .values()
+        .filter_map(|t| {
+            t.strip_prefix("owner ")
+                .map(|t| t.split(';').next().unwrap_or(t).to_string())
+        })
+        .filter(|o| !created.contains(o))
+        .collect();
+    let owners: Vec<String> = owners.into_iter().collect();
+    Ok(sqlx::query_scalar(
+        "SELECT r FROM unnest($1::text[]) r WHERE NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+           AND NOT pg_has_role(current_user, r, 'MEMBER') ORDER BY 1",
+    )
+    .bind(&owners)
+    .fetch_all(target)
+    .await?)
+}
+
+/// Every privilege `role` has on the application's tables, views,
+/// sequences, schemas, functions and columns (a column's only where the
+/// table's is lacking), as "SELECT on table shop.users" lines, read on the
+/// connection given (the consumer's own on the target, the operator's on
+/// the source).
+pub async fn privileges_of(
+    conn: &mut sqlx::PgConnection,
+    role: &str,
+    journal_schema: &str,
+) -> Result<BTreeSet<String>> {
+    let filter = object_filter(journal_schema);
+    let rel_ext = not_extension("pg_class", "c.oid");
+    let pro_ext = not_extension("pg_proc", "p.oid");
+    let ns_ext = not_extension("pg_namespace", "n.oid");
+    let sql = format!(
+        "SELECT x.p || ' on table ' || c.oid::regclass::text FROM pg_class c \
+           JOIN pg_namespace n ON n.oid = c.relnamespace \
+           CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) x(p) \
+          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {filter} AND {rel_ext} AND has_table_privilege($1, c.oid, x.p) \
+         UNION ALL \
+         SELECT x.p || ' on column ' || c.oid::regclass::text || '.' || quote_ident(a.attname) FROM pg_class c \
+           JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = c.oid \
+           CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'REFERENCES']) x(p) \
+          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped AND {filter} \
+            AND {rel_ext} AND NOT has_table_privilege($1, c.oid, x.p) AND has_column_privilege($1, c.oid, a.attnum, x.p) \
+         UNION ALL \
+         SELECT x.p || ' on sequence ' || c.oid::regclass::text FROM pg_class c \
+           JOIN pg_namespace n ON n.oid = c.relnamespace CROSS JOIN unnest(ARRAY['USAGE', 'SELECT', 'UPDATE']) x(p) \
+          WHERE c.relkind = 'S' AND {filter} AND {rel_ext} AND has_sequence_privilege($1, c.oid, x.p) \
+         UNION ALL \
+         SELECT x.p || ' on schema ' || quote_ident(n.nspname) FROM pg_namespace n \
+           CROSS JOIN unnest(ARRAY['USAGE', 'CREATE']) x(p) \
+          WHERE {filter} AND {ns_ext} AND has_schema_privilege($1, n.oid, x.p) \
+         UNION ALL \
+         SELECT 'EXECUTE on function ' || p.oid::regprocedure::text FROM pg_proc p \
+           JOIN pg_namespace n ON n.oid = p.pronamespace \
+          WHERE {filter} AND {pro_ext} AND has_function_privilege($1, p.oid, 'EXECUTE')"
+    );
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    sqlx::query("SET LOCAL search_path = pg_catalog")
+        .execute(&mut *tx)
+        .await?;
+    let rows: Vec<String> = sqlx::query_scalar(&sql).bind(role).fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// "as on the source" or what is missing and extra, for one role.
+pub fn parity(source: &BTreeSet<String>, target: &BTreeSet<String>) -> std::result::Result<String, String> {
+    let missing: Vec<&String> = source.difference(target).collect();
+    let extra: Vec<&String> = target.difference(source).collect();
+    if missing.is_empty() && extra.is_empty() {
+        return Ok(format!("{} privilege(s) as on the source", source.len()));
+    }
+    let list = |v: &[&String]| {
+        let shown: Vec<&str> = v.iter().take(10).map(|s| s.as_str()).collect();
+        let more = if v.len() > 10 {
+            format!(" and {} more", v.len() - 10)
+        } else {
+            String::new()
+        };
+        format!("{}{more}", shown.join(", "))
+    };
+    let mut parts = vec![];
+    if !missing.is_empty() {
+        parts.push(format!("missing on the target: {}", list(&missing)));
+    }
+    if !extra.is_empty() {
+        parts.push(format!("not had on the source: {}", list(&extra)));
+    }
+    Err(parts.join("; "))
+}
+
+/// Roles of the target server.
+pub async fn roles_of(pool: &PgPool) -> Result<BTreeSet<String>> {
+    let names: Vec<String> = sqlx::query_scalar("SELECT rolname::text FROM pg_roles")
+        .fetch_all(pool)
+        .await?;
+    Ok(names.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_settings_keep_their_elements() {
+        assert_eq!(setting_value("public, \"abc\""), "'public', 'abc'");
+        assert_eq!(setting_value("off"), "'off'");
+    }
+
+    #[test]
+    fn differences_name_the_object_and_both_sides() {
+        let mut a = Security::default();
+        a.objects.insert(
+            "table public.users".into(),
+            "owner app_owner; app_ro=SELECT".into(),
+        );
+        let mut b = a.clone();
+        b.objects
+            .insert("table public.users".into(), "owner kit_admin".into());
+        b.database_settings = vec!["search_path=public".into()];
+        let d = a.differences(&b, 10);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d[0].contains("owner app_owner; app_ro=SELECT on the source, owner kit_admin on the target"),
+            "{d:?}"
+        );
+        assert!(
+            d.iter()
+                .any(|l| l.contains("settings of the database: (none) on the source")),
+            "{d:?}"
+        );
+    }
+}
