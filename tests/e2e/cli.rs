@@ -256,8 +256,20 @@ fn a_terminal_keeps_every_stage_result_on_screen() {
             .output()
             .expect("tmux is needed for this test (Debian: apt-get install tmux)")
     };
-    let started = tmux(&["new-session", "-d", "-x", "220", "-y", "60", &format!("sh '{}'", script.display())]);
-    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "220",
+        "-y",
+        "60",
+        &format!("sh '{}'", script.display()),
+    ]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
     let mut screen = String::new();
     for _ in 0..600 {
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -281,7 +293,10 @@ fn a_terminal_keeps_every_stage_result_on_screen() {
         "identical",
         "done in",
     ] {
-        assert!(screen.contains(expected), "{expected:?} is not on the screen:\n{screen}");
+        assert!(
+            screen.contains(expected),
+            "{expected:?} is not on the screen:\n{screen}"
+        );
     }
     for pw in [s.pair.source.password(), s.pair.target.password()] {
         assert!(!screen.contains(pw), "a password is on the screen");

@@ -238,9 +238,21 @@ fn schemas_pg_dump_round_trips_copy_and_verify_equal_and_a_finished_run_stays_fi
     let source_before = s.source_digest();
     let (code, stdout, stderr) = s.run(&["plan"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("books: 50 rows") && stdout.contains("text format (type public.isbn has no binary send/receive)"), "{stdout}");
-    assert!(stdout.lines().any(|l| l.contains("plain: 20 rows") && !l.contains("text format")), "{stdout}");
-    assert!(stdout.contains("database settings: search_path=public, abc"), "{stdout}");
+    assert!(
+        stdout.contains("books: 50 rows")
+            && stdout.contains("text format (type public.isbn has no binary send/receive)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("plain: 20 rows") && !l.contains("text format")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("database settings: search_path=public, abc"),
+        "{stdout}"
+    );
     let (code, _, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("301 large objects"), "{stderr}");
@@ -260,19 +272,63 @@ fn schemas_pg_dump_round_trips_copy_and_verify_equal_and_a_finished_run_stays_fi
     assert_eq!(code, 0, "{stdout}\n{stderr}");
 
     // The applications write to the target: the finished run does nothing.
-    s.pair.target.sql(SEED_DB, "INSERT INTO plain VALUES (21, 'after the cutover')").unwrap();
+    s.pair
+        .target
+        .sql(SEED_DB, "INSERT INTO plain VALUES (21, 'after the cutover')")
+        .unwrap();
     let target_after = s.target_digest();
     let (code, _, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("finished on") && stderr.contains("nothing to do"), "{stderr}");
+    assert!(
+        stderr.contains("finished on") && stderr.contains("nothing to do"),
+        "{stderr}"
+    );
     assert_eq!(s.target_digest(), target_after);
     let (code, stdout, _) = s.run(&["run", "--yes", "--output", "json"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("\"event\":\"run_already_finished\""), "{stdout}");
     let (code, stdout, _) = s.run(&["verify"]);
     assert_eq!(code, 3, "{stdout}");
-    assert!(stdout.contains("plain: 20 rows on the source, 21 on the target"), "{stdout}");
+    assert!(
+        stdout.contains("plain: 20 rows on the source, 21 on the target"),
+        "{stdout}"
+    );
     assert!(stdout.contains("are expected differences"), "{stdout}");
+
+    // The journal leaves the production database once no rollback is needed.
+    let journal_there = || {
+        s.pair
+            .target
+            .sql(
+                SEED_DB,
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover'",
+            )
+            .unwrap()
+    };
+    let (code, _, stderr) = s.run(&["archive-journal"]);
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("pass --yes"), "{stderr}");
+    assert_eq!(journal_there(), "1");
+    let (code, stdout, stderr) = s.run(&["archive-journal", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("archived 1 run(s)"), "{stdout}");
+    assert_eq!(journal_there(), "0");
+    let archive = s.run_dir().join("journal-archive.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (code, stdout, stderr) = s.run(&["status"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("(from the archive") && stdout.contains("verify-data"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = s.run(&["report"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("verify-data"), "{stdout}");
+    assert_eq!(s.target_digest(), target_after);
 }
 
 /// A schema object the target server cannot recreate (here a table in a
@@ -290,27 +346,53 @@ fn a_schema_the_target_cannot_recreate_is_refused_before_anything_changes() {
         std::os::unix::fs::chown(space.path(), Some(uid), None).unwrap();
     }
     pair.source
-        .sql("postgres", &format!("CREATE TABLESPACE fast LOCATION '{}'", space.path().display()))
+        .sql(
+            "postgres",
+            &format!("CREATE TABLESPACE fast LOCATION '{}'", space.path().display()),
+        )
         .unwrap();
     pair.source.create_database(SEED_DB).unwrap();
     pair.source
-        .sql(SEED_DB, "CREATE TABLE hot (id int PRIMARY KEY) TABLESPACE fast; INSERT INTO hot VALUES (1), (2), (3)")
+        .sql(
+            SEED_DB,
+            "CREATE TABLE hot (id int PRIMARY KEY) TABLESPACE fast; INSERT INTO hot VALUES (1), (2), (3)",
+        )
         .unwrap();
     pair.target.create_database(SEED_DB).unwrap();
-    pair.target.sql(SEED_DB, "CREATE TABLE hot (id int PRIMARY KEY); INSERT INTO hot VALUES (1)").unwrap();
+    pair.target
+        .sql(
+            SEED_DB,
+            "CREATE TABLE hot (id int PRIMARY KEY); INSERT INTO hot VALUES (1)",
+        )
+        .unwrap();
     let s = Scenario::with(pair, "");
     let (source_before, target_before) = (s.source_digest(), s.target_digest());
     let (code, _, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 5, "{stderr}");
-    assert!(stderr.contains("the source's schema does not restore on the target server"), "{stderr}");
+    assert!(
+        stderr.contains("the source's schema does not restore on the target server"),
+        "{stderr}"
+    );
     assert!(stderr.contains("Tablespace \"fast\" does not exist"), "{stderr}");
     assert!(stderr.contains("nothing was changed"), "{stderr}");
     assert_eq!(s.target_digest(), target_before);
     assert_eq!(s.source_digest(), source_before);
     // Not frozen, not cleared, no scratch database left.
-    s.pair.source.sql(SEED_DB, "INSERT INTO hot VALUES (4); DELETE FROM hot WHERE id = 4").unwrap();
+    s.pair
+        .source
+        .sql(
+            SEED_DB,
+            "INSERT INTO hot VALUES (4); DELETE FROM hot WHERE id = 4",
+        )
+        .unwrap();
     assert_eq!(
-        s.pair.target.sql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'cutover\\_%'").unwrap(),
+        s.pair
+            .target
+            .sql(
+                "postgres",
+                "SELECT count(*) FROM pg_database WHERE datname LIKE 'cutover\\_%'"
+            )
+            .unwrap(),
         "0"
     );
     s.pair.source.sql(SEED_DB, "DROP TABLE hot").unwrap();

@@ -66,6 +66,8 @@ pub enum Command {
     Rollback(commands::rollback::RollbackArgs),
     /// A Markdown report of the cutover, built from the journal.
     Report(commands::report::ReportArgs),
+    /// Move the journal into the run directory and drop its schema from the target (no rollback after).
+    ArchiveJournal(commands::archive::ArchiveArgs),
     /// The whole story on two throwaway local PostgreSQL servers.
     Demo(commands::demo::DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).

@@ -283,8 +283,10 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     }
 
     let run_dir = loaded.run_dir();
+    let mut discover = Discover::new(&source, &target, &comparison, allow_ahead);
+    discover.description.details.push(journal_note(schema));
     let mut stages: Vec<Box<dyn Stage>> = vec![
-        Box::new(Discover::new(&source, &target, &comparison, allow_ahead)),
+        Box::new(discover),
         Box::new(BackupTarget::new(&target, &run_dir)),
         Box::new(FreezeSource::new(freeze, &dbs.source.dbname, sessions.clone())),
         Box::new(ClearTarget::new(&target, &comparison.destroyed)),
@@ -367,6 +369,16 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         plan: Plan { stages, warnings },
         dbs,
     })
+}
+
+/// Where the journal lives and how it goes away (plan and the run's end).
+pub fn journal_note(schema: &str) -> String {
+    format!(
+        "the journal (runs, stage events, items, sentinels) is kept in schema {schema} of the target database, \
+         where status, report and rollback read it (and the applications' backups and schema tools see it); once \
+         no rollback is needed, `cutover archive-journal --yes` moves it into the run directory and drops the \
+         schema"
+    )
 }
 
 /// What the plan does differently when cutover's users are not superusers

@@ -102,7 +102,10 @@ fn line(event: &Event) -> Option<String> {
             done: true,
             ..
         } => {
-            format!("    {table}: {rows} rows, {}", cutover_core::units::bytes(*bytes as i64))
+            format!(
+                "    {table}: {rows} rows, {}",
+                cutover_core::units::bytes(*bytes as i64)
+            )
         }
         Event::TableProgress { .. } | Event::CopyStarted { .. } => return None,
         Event::Warning { message } => format!("warning: {message}"),

@@ -35,7 +35,8 @@ pub enum Mode {
 pub async fn finished_run(loaded: &LoadedPlan) -> Result<Option<cutover_core::journal::RunRecord>> {
     let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
     let o = &loaded.file.options;
-    let pool = cutover_pg::connect::pool(&target, o.connect_timeout, o.statement_timeout, o.lock_timeout, 1).await?;
+    let pool =
+        cutover_pg::connect::pool(&target, o.connect_timeout, o.statement_timeout, o.lock_timeout, 1).await?;
     let run = match Journal::open_existing(&pool, &o.journal_schema).await? {
         Some(journal) => journal.latest_run().await?.filter(|r| r.status == "done"),
         None => None,

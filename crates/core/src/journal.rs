@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, PgPool, Row};
 use uuid::Uuid;
@@ -31,7 +31,7 @@ pub struct Item<'a> {
 }
 
 /// One row of `runs`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     pub id: Uuid,
     pub plan_path: String,
@@ -46,7 +46,7 @@ pub struct RunRecord {
 }
 
 /// The latest state of one stage in a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageState {
     pub stage: String,
     /// The last event: started, done, failed, undo_started, undone, undo_failed.
@@ -143,30 +143,40 @@ impl Journal {
 
     /// The most recent run, whatever its status.
     pub async fn latest_run(&self) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(&format!(
+        Ok(self.run_records("LIMIT 1").await?.into_iter().next())
+    }
+
+    /// Every run, newest first (for the archive).
+    pub async fn all_runs(&self) -> Result<Vec<RunRecord>> {
+        self.run_records("").await
+    }
+
+    async fn run_records(&self, limit: &str) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(&format!(
             "SELECT id, plan_path, plan_fingerprint, source_identity, target_identity, started_at, finished_at, \
-             status, operator_user, operator_host FROM {} ORDER BY started_at DESC LIMIT 1",
+             status, operator_user, operator_host FROM {} ORDER BY started_at DESC {limit}",
             self.table("runs")
         ))
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        row.map(|r| -> Result<RunRecord> {
-            Ok(RunRecord {
-                id: r.get(0),
-                plan_path: r.get(1),
-                plan_fingerprint: r.get(2),
-                source_identity: serde_json::from_value(r.get(3))
-                    .map_err(|e| Error::failure(format!("journal: bad source identity: {e}")))?,
-                target_identity: serde_json::from_value(r.get(4))
-                    .map_err(|e| Error::failure(format!("journal: bad target identity: {e}")))?,
-                started_at: r.get(5),
-                finished_at: r.get(6),
-                status: r.get(7),
-                operator_user: r.get(8),
-                operator_host: r.get(9),
+        rows.into_iter()
+            .map(|r| -> Result<RunRecord> {
+                Ok(RunRecord {
+                    id: r.get(0),
+                    plan_path: r.get(1),
+                    plan_fingerprint: r.get(2),
+                    source_identity: serde_json::from_value(r.get(3))
+                        .map_err(|e| Error::failure(format!("journal: bad source identity: {e}")))?,
+                    target_identity: serde_json::from_value(r.get(4))
+                        .map_err(|e| Error::failure(format!("journal: bad target identity: {e}")))?,
+                    started_at: r.get(5),
+                    finished_at: r.get(6),
+                    status: r.get(7),
+                    operator_user: r.get(8),
+                    operator_host: r.get(9),
+                })
             })
-        })
-        .transpose()
+            .collect()
     }
 
     pub async fn create_run(
@@ -366,6 +376,16 @@ impl Journal {
         .bind(stage)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Drops the journal's schema (its runs, stage events, items and
+    /// sentinels) from the target database, after `cutover archive-journal`
+    /// wrote it to the run directory.
+    pub async fn drop_schema(self) -> Result<()> {
+        sqlx::query(&format!("DROP SCHEMA {} CASCADE", quote_ident(&self.schema)))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -286,7 +286,10 @@ fn validate(file: &PlanFile) -> std::result::Result<(), String> {
     if let Some(d) = &file.decommission {
         let need = |what: &str, v: &Option<String>| match v {
             Some(_) => Ok(()),
-            None => Err(format!("[decommission] driver = {} needs `{what}`", as_toml(&d.driver))),
+            None => Err(format!(
+                "[decommission] driver = {} needs `{what}`",
+                as_toml(&d.driver)
+            )),
         };
         match d.driver {
             DecommissionDriver::Docker => need("container", &d.container)?,
@@ -378,6 +381,11 @@ pub fn fingerprint(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A value as the plan file spells it (`"command"`, not `Command`).
+fn as_toml<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,9 +434,4 @@ mod tests {
         let err = parse(&format!("{MINIMAL}[decommission]\ndriver = \"docker\"\n")).unwrap_err();
         assert!(err.contains("needs `container`"), "{err}");
     }
-}
-
-/// A value as the plan file spells it (`"command"`, not `Command`).
-fn as_toml<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
 }

@@ -691,7 +691,11 @@ async fn carry_database_settings(ctx: &RunContext, target_db: &str, dir: &std::p
         early_indexes::write_private(&file, &saved.to_string())?;
     }
     let public = crate::security::public_schema_statements(&ctx.source, &ctx.target).await?;
-    for sql in source.database_statements(target_db, &target).into_iter().chain(public) {
+    for sql in source
+        .database_statements(target_db, &target)
+        .into_iter()
+        .chain(public)
+    {
         sqlx::query(&sql).execute(&ctx.target).await.map_err(|e| {
             Error::from(e).context(format!("carrying the source's database settings ({sql})"))
         })?;
@@ -1290,7 +1294,9 @@ async fn copy_large_objects(ctx: &RunContext) -> Result<usize> {
         work.push(LoWork::Batch(batch));
     }
     let done = ctx.journal.items_done(ctx.run_id, STAGE).await?;
-    let me: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&ctx.target).await?;
+    let me: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&ctx.target)
+        .await?;
     let jobs = ctx.plan.file.options.jobs.clamp(2, 8);
     use futures::StreamExt;
     let mut results = futures::stream::iter(work.into_iter().filter(|w| !done.contains(&w.item())))
@@ -1311,7 +1317,10 @@ async fn copy_lo_work(ctx: &RunContext, work: LoWork, me: &str) -> Result<()> {
         LoWork::Batch(b) => b.iter().collect(),
         LoWork::Big(o) => vec![o],
     };
-    let oids: Vec<sqlx::postgres::types::Oid> = objects.iter().map(|o| sqlx::postgres::types::Oid(o.oid)).collect();
+    let oids: Vec<sqlx::postgres::types::Oid> = objects
+        .iter()
+        .map(|o| sqlx::postgres::types::Oid(o.oid))
+        .collect();
     let mut tx = ctx.target.begin().await?;
     sqlx::query("SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = ANY($1)")
         .bind(&oids)
@@ -1365,12 +1374,20 @@ async fn copy_lo_work(ctx: &RunContext, work: LoWork, me: &str) -> Result<()> {
     // Owners and grants as on the source.
     for o in &objects {
         if o.owner != me {
-            sqlx::query(&format!("ALTER LARGE OBJECT {} OWNER TO {}", o.oid, quote_ident(&o.owner)))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!(
+                "ALTER LARGE OBJECT {} OWNER TO {}",
+                o.oid,
+                quote_ident(&o.owner)
+            ))
+            .execute(&mut *tx)
+            .await?;
         }
         for (who, privilege) in &o.grants {
-            let who = if who == "PUBLIC" { "PUBLIC".to_string() } else { quote_ident(who) };
+            let who = if who == "PUBLIC" {
+                "PUBLIC".to_string()
+            } else {
+                quote_ident(who)
+            };
             sqlx::query(&format!("GRANT {privilege} ON LARGE OBJECT {} TO {who}", o.oid))
                 .execute(&mut *tx)
                 .await?;

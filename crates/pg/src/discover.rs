@@ -86,7 +86,9 @@ fn summary(label: &str, inv: &Inventory) -> String {
 async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) -> Result<String> {
     let done = ctx.journal.items_done(ctx.run_id, "discover").await?;
     if done.contains("schema-rehearsal") {
-        return Ok("the source's schema restored on the target server (an earlier attempt of this run)".into());
+        return Ok(
+            "the source's schema restored on the target server (an earlier attempt of this run)".into(),
+        );
     }
     let journal_schema = ctx.journal.schema().to_string();
     let scratch = format!("cutover_rehearsal_{}", &ctx.run_id.simple().to_string()[..12]);
@@ -192,7 +194,9 @@ fn failed_object(stderr: &str) -> Option<String> {
     let words: Vec<&str> = rest.split(';').nth(1)?.split_whitespace().skip(2).collect();
     match words.as_slice() {
         [] => None,
-        [.., owner] if words.len() >= 3 => Some(format!("{}, owner {owner}", words[..words.len() - 1].join(" "))),
+        [.., owner] if words.len() >= 3 => {
+            Some(format!("{}, owner {owner}", words[..words.len() - 1].join(" ")))
+        }
         _ => Some(words.join(" ")),
     }
 }
@@ -265,7 +269,10 @@ mod tests {
     fn a_failed_restore_names_its_object() {
         let stderr = "pg_restore failed (exit status: 1): pg_restore: while PROCESSING TOC: | pg_restore: from TOC \
                       entry 215; 1259 16390 TABLE books kit_admin | pg_restore: error: could not execute query";
-        assert_eq!(super::failed_object(stderr).as_deref(), Some("TABLE books, owner kit_admin"));
+        assert_eq!(
+            super::failed_object(stderr).as_deref(),
+            Some("TABLE books, owner kit_admin")
+        );
         assert_eq!(super::failed_object("no entry"), None);
     }
 }

@@ -167,17 +167,26 @@ impl Inventory {
         sqlx::query("SET LOCAL search_path = pg_catalog")
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query(&format!(
+        // Types without binary I/O, and the arrays, domains, composite
+        // types and ranges built on them, first and on their own (the same
+        // set as a subquery of the table query made it take a second).
+        let no_binary: Vec<sqlx::postgres::types::Oid> = sqlx::query_scalar(
             "WITH RECURSIVE no_binary(oid) AS ( \
                  SELECT oid FROM pg_type WHERE typtype IN ('b', 'c', 'd', 'e', 'r', 'm') \
                    AND (typsend = 0 OR typreceive = 0) \
                UNION \
-                 SELECT t.oid FROM pg_type t JOIN no_binary b ON (t.typlen = -1 AND t.typelem = b.oid) \
-                   OR t.typbasetype = b.oid \
-                   OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.typrelid AND t.typrelid <> 0 \
-                              AND a.attnum > 0 AND a.atttypid = b.oid) \
-                   OR EXISTS (SELECT 1 FROM pg_range r WHERE r.rngtypid = t.oid AND r.rngsubtype = b.oid)) \
-             SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relispartition, \
+                 SELECT t.oid FROM no_binary b CROSS JOIN LATERAL ( \
+                     SELECT p.oid FROM pg_type p WHERE p.typelem = b.oid AND p.typlen = -1 \
+                     UNION ALL SELECT p.oid FROM pg_type p WHERE p.typbasetype = b.oid \
+                     UNION ALL SELECT c.reltype FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid \
+                                WHERE c.relkind = 'c' AND a.attnum > 0 AND a.atttypid = b.oid \
+                     UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngsubtype = b.oid) t) \
+             SELECT oid FROM no_binary",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relispartition, \
                     greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid), \
                     coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a \
                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '{{}}'), \
@@ -194,13 +203,14 @@ impl Inventory {
                     c.reltuples >= 0, \
                     (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
-                       AND a.atttypid IN (SELECT oid FROM no_binary) ORDER BY a.attnum LIMIT 1) \
+                       AND a.atttypid = ANY ($1) ORDER BY a.attnum LIMIT 1) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ({excluded}) AND n.nspname NOT LIKE 'pg\\_%' \
                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
                                AND d.objid = c.oid AND d.deptype = 'e') \
              ORDER BY 1, 2"
         ))
+        .bind(&no_binary)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

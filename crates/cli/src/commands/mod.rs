@@ -1,5 +1,6 @@
 //! One module per subcommand, each with its clap `Args` and its `run`.
 
+pub mod archive;
 pub mod demo;
 pub mod doctor;
 pub mod init;
@@ -28,6 +29,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::Rollback(args) => rollback::run(&global, args),
         Command::Report(args) => report::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),
+        Command::ArchiveJournal(args) => archive::run(&global, args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = crate::args::Cli::command();

@@ -62,11 +62,20 @@ async fn build(loaded: &LoadedPlan) -> anyhow::Result<String> {
             ),
         )
     };
-    let journal = Journal::open_existing(&pool, &opts.journal_schema)
-        .await?
-        .ok_or_else(no_run)?;
-    let run = journal.latest_run().await?.ok_or_else(no_run)?;
-    let mut stages: Vec<StageState> = journal.stage_states(run.id).await?.into_values().collect();
+    let (run, mut stages): (_, Vec<StageState>) =
+        match Journal::open_existing(&pool, &opts.journal_schema).await? {
+            Some(journal) => {
+                let run = journal.latest_run().await?.ok_or_else(no_run)?;
+                let stages = journal.stage_states(run.id).await?.into_values().collect();
+                (run, stages)
+            }
+            // Archived (`cutover archive-journal`): the run directory has it.
+            None => {
+                let archive = super::archive::read_archive(loaded)?.ok_or_else(no_run)?;
+                let latest = archive.runs.into_iter().next().ok_or_else(no_run)?;
+                (latest.run, latest.stages)
+            }
+        };
     stages.sort_by_key(|s| s.first_started_at.unwrap_or(s.at));
     let after = Inventory::read(&pool, &opts.journal_schema, true).await?;
     let facts = Facts {

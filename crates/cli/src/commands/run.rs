@@ -78,6 +78,13 @@ pub(crate) fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<Code> {
             only: args.only,
         };
         engine::run(s.plan(), &s.ctx, &selection, &confirm).await?;
+        if let Some(run) = s.ctx.journal.latest_run().await?
+            && run.status == "done"
+        {
+            s.ctx.events.emit(cutover_core::event::Event::Info {
+                message: planner::journal_note(s.ctx.journal.schema()),
+            });
+        }
         Ok::<_, anyhow::Error>(Code::Success)
     })
 }

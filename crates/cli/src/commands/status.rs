@@ -18,6 +18,23 @@ pub(crate) fn run(global: &GlobalArgs, _args: StatusArgs) -> anyhow::Result<Code
         let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
         let pool = cutover_pg::connect::pool(&target, opts.connect_timeout, 0, opts.lock_timeout, 2).await?;
         let Some(journal) = Journal::open_existing(&pool, &opts.journal_schema).await? else {
+            if let Some(archive) = super::archive::read_archive(&loaded)?
+                && let Some(latest) = archive.runs.into_iter().next()
+            {
+                let mut states = latest.stages;
+                states.sort_by_key(|s| s.first_started_at.unwrap_or(s.at));
+                if global.output == Output::Json {
+                    println!("{}", serde_json::json!({ "run": latest.run, "stages": states, "archived_at": archive.archived_at }));
+                } else {
+                    println!(
+                        "(from the archive {}: the journal schema was dropped from the target on {})",
+                        super::archive::archive_path(&loaded).display(),
+                        archive.archived_at.format("%Y-%m-%d %H:%M UTC")
+                    );
+                    print_states(&latest.run, &states);
+                }
+                return Ok(Code::Success);
+            }
             if global.output == Output::Json {
                 println!("{}", serde_json::json!({ "run": null, "stages": [] }));
             } else {
@@ -38,32 +55,36 @@ pub(crate) fn run(global: &GlobalArgs, _args: StatusArgs) -> anyhow::Result<Code
             println!("{}", serde_json::json!({ "run": run, "stages": states }));
             return Ok(Code::Success);
         }
-        println!(
-            "Run {} ({}), began {} by {}@{}; plan {}",
-            run.id,
-            run.status,
-            run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
-            run.operator_user,
-            run.operator_host,
-            run.plan_path
-        );
-        let width = states.iter().map(|s| s.stage.len()).max().unwrap_or(0).max(16);
-        println!(
-            "{:<width$} {:<12} {:<20} {:>9}  detail",
-            "stage", "state", "started", "seconds"
-        );
-        for s in &states {
-            let detail = s.detail();
-            println!(
-                "{:<width$} {:<12} {:<20} {:>9}  {detail}",
-                s.stage,
-                s.event,
-                s.last_started_at
-                    .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                    .unwrap_or_default(),
-                s.seconds().map(|x| format!("{x:.1}")).unwrap_or_default(),
-            );
-        }
+        print_states(&run, &states);
         Ok(Code::Success)
     })
+}
+
+fn print_states(run: &cutover_core::journal::RunRecord, states: &[cutover_core::journal::StageState]) {
+    println!(
+        "Run {} ({}), began {} by {}@{}; plan {}",
+        run.id,
+        run.status,
+        run.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        run.operator_user,
+        run.operator_host,
+        run.plan_path
+    );
+    let width = states.iter().map(|s| s.stage.len()).max().unwrap_or(0).max(16);
+    println!(
+        "{:<width$} {:<12} {:<20} {:>9}  detail",
+        "stage", "state", "started", "seconds"
+    );
+    for s in states {
+        let detail = s.detail();
+        println!(
+            "{:<width$} {:<12} {:<20} {:>9}  {detail}",
+            s.stage,
+            s.event,
+            s.last_started_at
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default(),
+            s.seconds().map(|x| format!("{x:.1}")).unwrap_or_default(),
+        );
+    }
 }

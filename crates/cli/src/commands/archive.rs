@@ -1,0 +1,114 @@
+//! `cutover archive-journal`: once no rollback is needed, the journal (every
+//! run's record, stage events, items) moves from the target database into
+//! the run directory, and its schema is dropped from the production
+//! database; `status` and `report` then read the archive.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use cutover_core::endpoint::{Endpoint, Role};
+use cutover_core::journal::{Journal, RunRecord, StageState};
+use cutover_core::plan_file::LoadedPlan;
+use serde::{Deserialize, Serialize};
+
+use crate::args::GlobalArgs;
+use crate::exit::{Code, coded};
+
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// Confirm: after this, `cutover rollback` can no longer undo the run.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// The journal as the run directory keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Archive {
+    pub schema: String,
+    pub archived_at: chrono::DateTime<chrono::Utc>,
+    pub runs: Vec<ArchivedRun>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ArchivedRun {
+    pub run: RunRecord,
+    pub stages: Vec<StageState>,
+    /// (stage, item, state, rows)
+    pub items: Vec<(String, String, String, Option<i64>)>,
+}
+
+pub fn archive_path(loaded: &LoadedPlan) -> PathBuf {
+    loaded.run_dir().join("journal-archive.json")
+}
+
+/// The archive, when the journal was archived.
+pub fn read_archive(loaded: &LoadedPlan) -> anyhow::Result<Option<Archive>> {
+    let path = archive_path(loaded);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| {
+            coded(
+                Code::Failure,
+                format!("{} cannot be read ({e}): it is damaged", path.display()),
+            )
+        })?)),
+        Err(_) => Ok(None),
+    }
+}
+
+pub(crate) fn run(global: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<Code> {
+    let loaded = LoadedPlan::load(&global.plan)?;
+    super::runtime()?.block_on(async {
+        let opts = &loaded.file.options;
+        let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
+        let pool = cutover_pg::connect::pool(&target, opts.connect_timeout, 0, opts.lock_timeout, 2).await?;
+        let Some(journal) = Journal::open_existing(&pool, &opts.journal_schema).await? else {
+            return Err(coded(
+                Code::BadInput,
+                format!("the target {target} has no journal (schema {}): nothing to archive", opts.journal_schema),
+            ));
+        };
+        let runs = journal.all_runs().await?;
+        if let Some(latest) = runs.first()
+            && !matches!(latest.status.as_str(), "done" | "rolled_back" | "abandoned")
+        {
+            return Err(coded(
+                Code::Refused,
+                format!(
+                    "run {} is {}: archiving its journal would lose its resume and rollback; finish it (`cutover \
+                     run`) or roll it back first",
+                    latest.id, latest.status
+                ),
+            ));
+        }
+        if !args.yes {
+            return Err(coded(
+                Code::Refused,
+                "archiving the journal removes what `cutover rollback` reads: pass --yes once no rollback is needed",
+            ));
+        }
+        let mut archived = vec![];
+        for run in runs {
+            let mut stages: Vec<StageState> = journal.stage_states(run.id).await?.into_values().collect();
+            stages.sort_by_key(|s| s.first_started_at.unwrap_or(s.at));
+            let items = journal.items(run.id).await?;
+            archived.push(ArchivedRun { run, stages, items });
+        }
+        let archive = Archive {
+            schema: opts.journal_schema.clone(),
+            archived_at: chrono::Utc::now(),
+            runs: archived,
+        };
+        let path = archive_path(&loaded);
+        // Written (0600, fsync, rename) before anything is dropped.
+        cutover_ops::files::write_private(&path, serde_json::to_string_pretty(&archive)?.as_bytes())?;
+        journal.drop_schema().await?;
+        println!(
+            "archived {} run(s) into {} and dropped schema {} from the target {target}; `cutover status` and \
+             `cutover report` read the archive from now on",
+            archive.runs.len(),
+            path.display(),
+            opts.journal_schema
+        );
+        Ok(Code::Success)
+    })
+}
