@@ -40,10 +40,21 @@ const PROBES: &[(&str, &str, &str)] = &[
 
 /// Each probe's outcome on `server`: its output, or "denied" for an error.
 fn outcomes(server: &PgServer) -> Vec<String> {
+    outcomes_as(server, &[])
+}
+
+/// The same, logging in as other roles (`app_ro` → (`shop_ro`, password)),
+/// the lines still labelled with the source's role names.
+fn outcomes_as(server: &PgServer, logins: &[(&str, &str, &str)]) -> Vec<String> {
     PROBES
         .iter()
         .map(|(role, pw, sql)| {
-            let url = format!("postgresql://{role}:{pw}@127.0.0.1:{}/{SEED_DB}", server.port());
+            let (login, pw) = logins
+                .iter()
+                .find(|(r, _, _)| r == role)
+                .map(|(_, l, p)| (*l, *p))
+                .unwrap_or((role, pw));
+            let url = format!("postgresql://{login}:{pw}@127.0.0.1:{}/{SEED_DB}", server.port());
             match crate::support::psql(&url, sql) {
                 Ok(out) => format!("{role}: {sql} -> {out}"),
                 Err(_) => format!("{role}: {sql} -> denied"),
@@ -405,4 +416,78 @@ fn unsafe_is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// The second way out: a role map. The target server has its own roles
+/// (`shop_owner`, `shop_rw`, `shop_ro`); the source's owners, grants,
+/// default privileges, policies and settings arrive under those names, and
+/// each application's target login can do what its source login could.
+#[test]
+fn a_role_map_gives_the_source_s_owners_and_grants_to_the_target_s_roles() {
+    let pair = PgPair::start().unwrap();
+    pair.source.sql("postgres", Fixture::APP_ROLES).unwrap();
+    pair.source.load_fixture(SEED_DB, Fixture::Apps).unwrap();
+    pair.target
+        .sql(
+            "postgres",
+            "CREATE ROLE shop_owner NOLOGIN; CREATE ROLE shop_rw LOGIN PASSWORD 'shop-rw-pw-61'; \
+             CREATE ROLE shop_ro LOGIN PASSWORD 'shop-ro-pw-93'",
+        )
+        .unwrap();
+    pair.target.create_database(SEED_DB).unwrap();
+    let s = Scenario::with(pair, "");
+    let before = outcomes(&s.pair.source);
+    let tgt_port = s.pair.target.port();
+    let src_port = s.pair.source.port();
+    let dir = s.dir.path();
+    std::fs::write(
+        dir.join("dashboard.env"),
+        format!("DATABASE_URL=postgresql://app_ro:{RO_PW}@127.0.0.1:{src_port}/app\n"),
+    )
+    .unwrap();
+    let extra = "\n[[consumer]]\nname = \"dashboard\"\nkind = \"env\"\npath = \"dashboard.env\"\nkey = \"DATABASE_URL\"\n\
+        target_url_env = \"DASHBOARD_TARGET\"\n\n[roles.map]\napp_owner = \"shop_owner\"\napp_rw = \"shop_rw\"\napp_ro = \"shop_ro\"\n";
+    s.write_plan(&s.pair.source.url(SEED_DB), &s.pair.target.url(SEED_DB), extra);
+    let run = |args: &[&str]| {
+        let mut cmd = s.cutover(args);
+        cmd.env(
+            "DASHBOARD_TARGET",
+            format!("postgresql://shop_ro:shop-ro-pw-93@127.0.0.1:{tgt_port}/app"),
+        );
+        let (out, stdout, stderr) = output(&mut cmd);
+        (out.status.code().unwrap_or(-1), stdout, stderr)
+    };
+    let (code, stdout, stderr) = run(&["plan"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("shop_owner (6)")
+            && stdout.contains("roles named: pg_database_owner, shop_owner, shop_ro, shop_rw"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    let l = stderr
+        .lines()
+        .find(|l| l.contains("dashboard: role shop_ro,"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(l.contains("privilege(s) as on the source"), "{l}");
+    let (code, stdout, stderr) = run(&["verify"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let owners = s
+        .pair
+        .target
+        .sql(
+            SEED_DB,
+            "SELECT string_agg(DISTINCT tableowner, ',') FROM pg_tables WHERE schemaname = 'shop'",
+        )
+        .unwrap();
+    assert_eq!(owners, "shop_owner");
+    let after = outcomes_as(
+        &s.pair.target,
+        &[
+            ("app_ro", "shop_ro", "shop-ro-pw-93"),
+            ("app_rw", "shop_rw", "shop-rw-pw-61"),
+        ],
+    );
+    assert_eq!(after, before);
 }

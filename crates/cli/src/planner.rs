@@ -231,11 +231,35 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         // The roles the consumers will log in as on the target count too
         // (one that only PUBLIC's privileges serve names no object).
         let on_source = cutover_pg::security::roles_of(&dbs.source_pool).await?;
-        let mut sec = sec;
+        let map = cutover_pg::security::RoleMap(loaded.file.roles.map.clone());
+        let mut sec = sec.mapped(&map);
+        for (from, to) in &map.0 {
+            if !on_target.contains(to) {
+                return Err(Error::refused(format!(
+                    "[roles] map sends {from} to {to}, which the target server lacks; nothing was changed"
+                ))
+                .with_hint(format!("create {to} on the target, or fix the map")));
+            }
+        }
         for r in &readings {
-            if let Ok(dest) = consumer::destination(&r.spec, &servers)
-                && on_source.contains(&dest.user)
-            {
+            let Ok(dest) = consumer::destination(&r.spec, &servers) else {
+                continue;
+            };
+            if on_target.contains(&dest.user) {
+                // Preflight: the application's login must be able to log in there.
+                let login: bool = sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+                    .bind(&dest.user)
+                    .fetch_one(&dbs.target_pool)
+                    .await?;
+                if !login {
+                    return Err(Error::refused(format!(
+                        "consumer {} will log in as {} on the target, and that role may not log in there (NOLOGIN); \
+                         nothing was changed",
+                        r.spec.name, dest.user
+                    ))
+                    .with_hint(format!("ALTER ROLE {} LOGIN on the target, or give the consumer another login", dest.user)));
+                }
+            } else if on_source.contains(&dest.user) {
                 sec.roles.insert(dest.user);
             }
         }

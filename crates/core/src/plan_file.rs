@@ -41,6 +41,12 @@ pub struct RolesSpec {
     /// them needs a superuser on the source).
     #[serde(default)]
     pub copy_passwords: bool,
+    /// Source role → target role (`app_owner = "tovplay_owner"`): owners,
+    /// grants, policies and settings naming the source role name the target
+    /// role instead. Mapping roles to the operator reproduces a copy without
+    /// owners or grants.
+    #[serde(default)]
+    pub map: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

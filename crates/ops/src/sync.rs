@@ -367,8 +367,10 @@ impl VerifySync {
         probe: &hooks::SentinelProbe,
     ) -> Result<(String, std::result::Result<String, String>)> {
         let mut conn = ctx.source.acquire().await?;
+        let map = cutover_pg::security::RoleMap(ctx.plan.file.roles.map.clone());
+        let source_role = map.source(&probe.role).to_string();
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(&probe.role)
+            .bind(&source_role)
             .fetch_one(&mut *conn)
             .await?;
         if !exists {
@@ -381,7 +383,7 @@ impl VerifySync {
             ));
         }
         let on_source =
-            cutover_pg::security::privileges_of(&mut conn, &probe.role, ctx.journal.schema()).await?;
+            cutover_pg::security::privileges_of(&mut conn, &source_role, ctx.journal.schema()).await?;
         Ok((
             probe.role.clone(),
             cutover_pg::security::parity(&on_source, &probe.privileges),

@@ -145,6 +145,7 @@ pub async fn restore(ctx: &RunContext) -> Result<PathBuf> {
         (version / 10000) as u32,
         &args,
         &[],
+        &Default::default(),
         "pg_restore of the target's backup",
     )
     .await?;
@@ -327,6 +328,7 @@ async fn prove(ctx: &RunContext, target: &Endpoint, path: &Path, inventory: &Inv
             target_major,
             &args,
             &[],
+            &Default::default(),
             "pg_restore of the backup into a scratch database",
         )
         .await?;

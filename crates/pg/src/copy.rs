@@ -375,6 +375,7 @@ impl Stage for Copy {
                 target_major,
                 &args,
                 &[("PGOPTIONS", "-c synchronous_commit=off")],
+                &role_map(ctx),
                 "pg_restore --section=pre-data into the target",
             )
             .await?;
@@ -568,6 +569,7 @@ impl Stage for Copy {
                         "PGOPTIONS",
                         "-c maintenance_work_mem=256MB -c synchronous_commit=off -c max_parallel_maintenance_workers=0",
                     )],
+                    &role_map(ctx),
                     "pg_restore --section=post-data into the target",
                 )
                 .await?;
@@ -668,6 +670,11 @@ impl Stage for Copy {
     }
 }
 
+/// The plan's `[roles] map`.
+pub fn role_map(ctx: &RunContext) -> crate::security::RoleMap {
+    crate::security::RoleMap(ctx.plan.file.roles.map.clone())
+}
+
 /// The file holding the target database's privileges and settings from
 /// before the copy changed them (for undo).
 fn previous_settings_file(dir: &std::path::Path) -> std::path::PathBuf {
@@ -680,9 +687,11 @@ fn previous_settings_file(dir: &std::path::Path) -> std::path::PathBuf {
 /// are saved first for undo.
 async fn carry_database_settings(ctx: &RunContext, target_db: &str, dir: &std::path::Path) -> Result<()> {
     let journal_schema = ctx.journal.schema();
+    let map = role_map(ctx);
     let source = Security::read(&ctx.source, journal_schema)
         .await
-        .map_err(|e| e.context("reading the source database's privileges and settings"))?;
+        .map_err(|e| e.context("reading the source database's privileges and settings"))?
+        .mapped(&map);
     let target = Security::read(&ctx.target, journal_schema).await?;
     let file = previous_settings_file(dir);
     if !file.exists() {
@@ -690,7 +699,7 @@ async fn carry_database_settings(ctx: &RunContext, target_db: &str, dir: &std::p
                             "role_settings": target.role_settings });
         early_indexes::write_private(&file, &saved.to_string())?;
     }
-    let public = crate::security::public_schema_statements(&ctx.source, &ctx.target).await?;
+    let public = crate::security::public_schema_statements(&ctx.source, &ctx.target, &map).await?;
     for sql in source
         .database_statements(target_db, &target)
         .into_iter()
@@ -1297,10 +1306,11 @@ async fn copy_large_objects(ctx: &RunContext) -> Result<usize> {
     let me: String = sqlx::query_scalar("SELECT current_user::text")
         .fetch_one(&ctx.target)
         .await?;
+    let map = role_map(ctx);
     let jobs = ctx.plan.file.options.jobs.clamp(2, 8);
     use futures::StreamExt;
     let mut results = futures::stream::iter(work.into_iter().filter(|w| !done.contains(&w.item())))
-        .map(|w| copy_lo_work(ctx, w, &me))
+        .map(|w| copy_lo_work(ctx, w, &me, &map))
         .buffer_unordered(jobs);
     while let Some(r) = results.next().await {
         r?;
@@ -1311,7 +1321,12 @@ async fn copy_large_objects(ctx: &RunContext) -> Result<usize> {
 /// Copies one unit of large objects in one target transaction with its
 /// journal item: after a crash they exist on the target if and only if the
 /// item is there (what an earlier attempt left is unlinked first).
-async fn copy_lo_work(ctx: &RunContext, work: LoWork, me: &str) -> Result<()> {
+async fn copy_lo_work(
+    ctx: &RunContext,
+    work: LoWork,
+    me: &str,
+    map: &crate::security::RoleMap,
+) -> Result<()> {
     let item = work.item();
     let objects: Vec<&LargeObject> = match &work {
         LoWork::Batch(b) => b.iter().collect(),
@@ -1373,11 +1388,12 @@ async fn copy_lo_work(ctx: &RunContext, work: LoWork, me: &str) -> Result<()> {
     };
     // Owners and grants as on the source.
     for o in &objects {
-        if o.owner != me {
+        let owner = map.target(&o.owner);
+        if owner != me {
             sqlx::query(&format!(
                 "ALTER LARGE OBJECT {} OWNER TO {}",
                 o.oid,
-                quote_ident(&o.owner)
+                quote_ident(owner)
             ))
             .execute(&mut *tx)
             .await?;
@@ -1386,7 +1402,7 @@ async fn copy_lo_work(ctx: &RunContext, work: LoWork, me: &str) -> Result<()> {
             let who = if who == "PUBLIC" {
                 "PUBLIC".to_string()
             } else {
-                quote_ident(who)
+                quote_ident(map.target(who))
             };
             sqlx::query(&format!("GRANT {privilege} ON LARGE OBJECT {} TO {who}", o.oid))
                 .execute(&mut *tx)

@@ -107,7 +107,13 @@ async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) ->
     let result = async {
         let (pg_dump, pg_restore) = tools::for_copy(source_version).await?;
         let dir = ctx.run_dir.join("rehearsal");
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::failure(format!(
+                "cannot create {} ({e}): make the run directory writable, or set options.run_dir to a folder \
+                 that is",
+                dir.display()
+            ))
+        })?;
         let archive = dir.join("schema.dump");
         let (source_ep, target_ep) = crate::copy::endpoints(ctx)?;
         let mut cmd = tools::command(&pg_dump, &source_ep);
@@ -119,7 +125,8 @@ async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) ->
         // Roles create-roles has yet to make: their owners, grants and
         // policies cannot be rehearsed before it runs (discover checked the
         // roles themselves).
-        let sec = crate::security::Security::read(&ctx.source, &journal_schema).await?;
+        let map = crate::copy::role_map(ctx);
+        let sec = crate::security::Security::read(&ctx.source, &journal_schema).await?.mapped(&map);
         let on_target = crate::security::roles_of(&ctx.target).await?;
         let roles_pending = sec.roles.iter().any(|r| !on_target.contains(r));
         let mut args = vec!["--exit-on-error".to_string()];
@@ -143,6 +150,7 @@ async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) ->
             (target_version / 10000) as u32,
             &args,
             &[],
+            &map,
             "pg_restore of the source's schema into a scratch database",
         )
         .await;

@@ -306,7 +306,11 @@ impl Security {
 /// and privileges: pg_dump leaves that schema out (it exists in every
 /// database) and its defaults differ between majors (PUBLIC may CREATE in it
 /// before PostgreSQL 15), so applications would find other rights there.
-pub async fn public_schema_statements(source: &PgPool, target: &PgPool) -> Result<Vec<String>> {
+pub async fn public_schema_statements(
+    source: &PgPool,
+    target: &PgPool,
+    map: &RoleMap,
+) -> Result<Vec<String>> {
     const SQL: &str = "SELECT pg_get_userbyid(n.nspowner)::text, \
           coalesce((SELECT array_agg(coalesce(r.rolname::text, 'PUBLIC') || '=' || x.privilege_type || \
                     CASE WHEN x.is_grantable THEN '*' ELSE '' END) \
@@ -318,6 +322,19 @@ pub async fn public_schema_statements(source: &PgPool, target: &PgPool) -> Resul
     let (Some((owner, acl)), Some((t_owner, t_acl))) = (src, tgt) else {
         return Ok(vec![]);
     };
+    let owner = map.target(&owner).to_string();
+    let mut acl: Vec<String> = acl
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((w, p)) if w != "PUBLIC" => format!("{}={p}", map.target(w)),
+            _ => e.clone(),
+        })
+        .filter(|e| !e.starts_with(&format!("{owner}=")))
+        .collect();
+    acl.sort();
+    acl.dedup();
+    let mut t_acl = t_acl;
+    t_acl.sort();
     let mut sql = vec![];
     if owner != t_owner {
         sql.push(format!("ALTER SCHEMA public OWNER TO {}", quote_ident(&owner)));
@@ -498,6 +515,177 @@ pub fn parity(source: &BTreeSet<String>, target: &BTreeSet<String>) -> std::resu
     Err(parts.join("; "))
 }
 
+/// `[roles] map`: source role names → target role names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoleMap(pub BTreeMap<String, String>);
+
+impl RoleMap {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The target's name for a source role.
+    pub fn target<'a>(&'a self, role: &'a str) -> &'a str {
+        self.0.get(role).map(String::as_str).unwrap_or(role)
+    }
+
+    /// The source role a target role stands for (the first mapped to it, or itself).
+    pub fn source<'a>(&'a self, role: &'a str) -> &'a str {
+        self.0
+            .iter()
+            .find(|(_, t)| t.as_str() == role)
+            .map(|(s, _)| s.as_str())
+            .unwrap_or(role)
+    }
+
+    /// A comma-separated role list as pg_dump writes it, mapped.
+    fn list(&self, text: &str) -> String {
+        text.split(", ")
+            .map(|r| {
+                let name = unquote(r.trim());
+                if name == "PUBLIC" && !r.trim().starts_with('"') {
+                    return "PUBLIC".to_string();
+                }
+                match self.0.get(&name) {
+                    Some(t) => quote_ident(t),
+                    None => r.trim().to_string(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// One line of pg_restore's script with the role names it gives owners,
+    /// grants, default privileges and policies mapped; every other line as
+    /// it is. pg_dump writes each of these statements on one line.
+    pub fn rewrite_line(&self, line: &str) -> String {
+        if self.is_empty() {
+            return line.to_string();
+        }
+        let mapped_after = |line: &str, key: &str, ends: &[&str]| -> Option<String> {
+            let at = line.find(key)? + key.len();
+            let rest = &line[at..];
+            let end = ends
+                .iter()
+                .filter_map(|e| rest.find(e))
+                .min()
+                .unwrap_or(rest.len());
+            Some(format!(
+                "{}{}{}",
+                &line[..at],
+                self.list(&rest[..end]),
+                &rest[end..]
+            ))
+        };
+        if line.starts_with("ALTER ")
+            && line.contains(" OWNER TO ")
+            && !line.starts_with("ALTER DEFAULT PRIVILEGES")
+        {
+            let at = line.rfind(" OWNER TO ").unwrap() + " OWNER TO ".len();
+            let rest = line[at..].trim_end_matches(';');
+            return format!("{}{};", &line[..at], self.list(rest));
+        }
+        if line.starts_with("ALTER DEFAULT PRIVILEGES FOR ROLE ") {
+            let line =
+                mapped_after(line, "FOR ROLE ", &[" IN SCHEMA ", " GRANT ", " REVOKE "]).unwrap_or_default();
+            let key = if line.contains(" REVOKE ") {
+                " FROM "
+            } else {
+                " TO "
+            };
+            return mapped_after(&line, key, &[";", " WITH GRANT OPTION"]).unwrap_or(line);
+        }
+        if line.starts_with("GRANT ") {
+            return mapped_after(line, " TO ", &[";", " WITH GRANT OPTION", " GRANTED BY"])
+                .unwrap_or(line.into());
+        }
+        if line.starts_with("REVOKE ") {
+            return mapped_after(line, " FROM ", &[";", " CASCADE", " GRANTED BY"]).unwrap_or(line.into());
+        }
+        if line.starts_with("CREATE POLICY ") && line.contains(" TO ") {
+            return mapped_after(line, " TO ", &[" USING ", " WITH CHECK ", ";"]).unwrap_or(line.into());
+        }
+        line.to_string()
+    }
+}
+
+fn unquote(id: &str) -> String {
+    match id.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => id.to_string(),
+    }
+}
+
+impl Security {
+    /// The source's security as the target should have it under `map`:
+    /// every role name mapped, entries that now name one role merged.
+    pub fn mapped(&self, map: &RoleMap) -> Security {
+        if map.is_empty() {
+            return self.clone();
+        }
+        let role = |r: &str| map.target(r).to_string();
+        let acl = |text: &str| -> String {
+            let mut merged: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            let mut other = vec![];
+            for part in text.split("; ") {
+                if let Some(owner) = part.strip_prefix("owner ") {
+                    other.push(format!("owner {}", role(owner)));
+                } else if let Some(list) = part.strip_prefix("to ") {
+                    let mut roles: Vec<String> = list.split(',').map(role).collect();
+                    roles.sort();
+                    roles.dedup();
+                    other.push(format!("to {}", roles.join(",")));
+                } else if let Some((who, privs)) = part.split_once('=') {
+                    merged
+                        .entry(role(who))
+                        .or_default()
+                        .extend(privs.split(',').map(str::to_string));
+                } else {
+                    other.push(part.to_string());
+                }
+            }
+            let mut entries: Vec<String> = merged
+                .into_iter()
+                .map(|(w, p)| format!("{w}={}", p.into_iter().collect::<Vec<_>>().join(",")))
+                .collect();
+            entries.sort();
+            other.into_iter().chain(entries).collect::<Vec<_>>().join("; ")
+        };
+        let mut out = Security {
+            database_settings: self.database_settings.clone(),
+            database_owner: self.database_owner.clone(),
+            ..Default::default()
+        };
+        for (what, text) in &self.objects {
+            let what = match what.strip_prefix("default privileges of ") {
+                Some(rest) => {
+                    let (r, tail) = rest.split_at(
+                        rest.find(" in schema ")
+                            .or_else(|| rest.find(" on "))
+                            .unwrap_or(rest.len()),
+                    );
+                    format!("default privileges of {}{tail}", role(r))
+                }
+                None => what.clone(),
+            };
+            out.objects.insert(what, acl(text));
+        }
+        out.roles = self.roles.iter().map(|r| role(r)).collect();
+        for (r, config) in &self.role_settings {
+            out.role_settings.insert(role(r), config.clone());
+        }
+        let mut dacl: Vec<(String, String, bool)> = self
+            .database_acl
+            .iter()
+            .map(|(w, p, g)| (if w == "PUBLIC" { w.clone() } else { role(w) }, p.clone(), *g))
+            .collect();
+        dacl.sort();
+        dacl.dedup();
+        out.database_acl = dacl;
+        out
+    }
+}
+
 /// Roles of the target server.
 pub async fn roles_of(pool: &PgPool) -> Result<BTreeSet<String>> {
     let names: Vec<String> = sqlx::query_scalar("SELECT rolname::text FROM pg_roles")
@@ -509,6 +697,71 @@ pub async fn roles_of(pool: &PgPool) -> Result<BTreeSet<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_role_map_rewrites_owners_grants_default_privileges_and_policies() {
+        let map = RoleMap(
+            [("app_owner", "shop_owner"), ("app_ro", "shop ro")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .into(),
+        );
+        for (line, want) in [
+            (
+                "ALTER TABLE shop.accounts OWNER TO app_owner;",
+                "ALTER TABLE shop.accounts OWNER TO \"shop_owner\";",
+            ),
+            (
+                "GRANT SELECT(id) ON TABLE shop.accounts TO app_ro;",
+                "GRANT SELECT(id) ON TABLE shop.accounts TO \"shop ro\";",
+            ),
+            (
+                "GRANT ALL ON TABLE t TO app_rw, app_ro WITH GRANT OPTION;",
+                "GRANT ALL ON TABLE t TO app_rw, \"shop ro\" WITH GRANT OPTION;",
+            ),
+            (
+                "REVOKE ALL ON FUNCTION f() FROM PUBLIC;",
+                "REVOKE ALL ON FUNCTION f() FROM PUBLIC;",
+            ),
+            (
+                "ALTER DEFAULT PRIVILEGES FOR ROLE app_owner IN SCHEMA shop GRANT SELECT ON TABLES TO app_ro;",
+                "ALTER DEFAULT PRIVILEGES FOR ROLE \"shop_owner\" IN SCHEMA shop GRANT SELECT ON TABLES TO \"shop ro\";",
+            ),
+            (
+                "CREATE POLICY p ON shop.orders FOR SELECT TO app_ro USING ((total < (100)::numeric));",
+                "CREATE POLICY p ON shop.orders FOR SELECT TO \"shop ro\" USING ((total < (100)::numeric));",
+            ),
+            (
+                "INSERT INTO x VALUES ('OWNER TO app_owner');",
+                "INSERT INTO x VALUES ('OWNER TO app_owner');",
+            ),
+        ] {
+            assert_eq!(map.rewrite_line(line), want);
+        }
+    }
+
+    #[test]
+    fn a_mapped_security_merges_what_now_names_one_role() {
+        let mut a = Security::default();
+        a.objects.insert(
+            "table t".into(),
+            "owner app_owner; app_ro=SELECT; app_rw=INSERT,SELECT".into(),
+        );
+        a.objects.insert(
+            "default privileges of app_owner in schema s on tables".into(),
+            "app_ro=SELECT".into(),
+        );
+        let map = RoleMap(
+            [("app_ro", "op"), ("app_rw", "op")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .into(),
+        );
+        let m = a.mapped(&map);
+        assert_eq!(m.objects["table t"], "owner app_owner; op=INSERT,SELECT");
+        assert!(
+            m.objects
+                .contains_key("default privileges of app_owner in schema s on tables")
+        );
+    }
 
     #[test]
     fn list_settings_keep_their_elements() {

@@ -296,19 +296,23 @@ pub async fn run(mut cmd: Command, what: &str) -> Result<String> {
 }
 
 /// Runs a pg_restore into `target`. When that pg_restore writes `SET
-/// transaction_timeout` and the target is older than 17, the same restore
-/// runs as pg_restore's script (`--file=-`) without that statement, into the
-/// psql beside it: every other statement, error and exit code as before;
-/// `--jobs` is dropped there (a script runs in one session).
+/// transaction_timeout` and the target is older than 17, or a role map
+/// renames roles, the same restore runs as pg_restore's script (`--file=-`)
+/// without that statement and with the roles of its owners, grants and
+/// policies mapped, into the psql beside it: every other statement, error
+/// and exit code as before; `--jobs` is dropped there (a script runs in one
+/// session).
 pub async fn restore(
     pg_restore: &Tool,
     target: &Endpoint,
     target_major: u32,
     args: &[String],
     env: &[(&str, &str)],
+    map: &crate::security::RoleMap,
     what: &str,
 ) -> Result<String> {
-    if !needs_filter(pg_restore, target_major) {
+    let strip_timeout = needs_filter(pg_restore, target_major);
+    if !strip_timeout && map.is_empty() {
         let mut cmd = command(pg_restore, target);
         cmd.args(args);
         for (k, v) in env {
@@ -316,6 +320,7 @@ pub async fn restore(
         }
         return run(cmd, what).await;
     }
+    let map = map.clone();
     let psql = pg_restore.sibling("psql").ok_or_else(|| {
         Error::failure(format!(
             "{what}: no psql beside {} to restore through",
@@ -354,9 +359,10 @@ pub async fn restore(
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let mut lines = BufReader::new(&mut out).lines();
         while let Some(line) = lines.next_line().await? {
-            if line == TRANSACTION_TIMEOUT_LINE {
+            if strip_timeout && line == TRANSACTION_TIMEOUT_LINE {
                 continue;
             }
+            let line = map.rewrite_line(&line);
             input.write_all(line.as_bytes()).await?;
             input.write_all(b"\n").await?;
         }

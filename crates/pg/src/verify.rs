@@ -328,6 +328,7 @@ pub async fn verify(
     jobs: usize,
     split_bytes: u64,
     row_hash: RowHashChoice,
+    map: &crate::security::RoleMap,
 ) -> Result<VerifyReport> {
     let (source, target, method) = tokio::try_join!(
         Inventory::read(source_pool, journal_schema, false),
@@ -396,7 +397,7 @@ pub async fn verify(
         crate::security::Security::read(source_pool, journal_schema),
         crate::security::Security::read(target_pool, journal_schema)
     )?;
-    let security = sec_s.differences(&sec_t, 50);
+    let security = sec_s.mapped(map).differences(&sec_t, 50);
     let ok = tables.iter().all(|t| t.matches)
         && sequences.is_empty()
         && missing_objects.is_empty()
@@ -578,6 +579,7 @@ impl VerifyData {
             self.jobs,
             ctx.plan.file.options.split_bytes,
             ctx.plan.file.options.row_hash,
+            &crate::copy::role_map(ctx),
         )
         .await
     }

@@ -33,6 +33,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
             jobs,
             loaded.file.options.split_bytes,
             loaded.file.options.row_hash,
+            &cutover_pg::security::RoleMap(loaded.file.roles.map.clone()),
         )
         .await?;
         if global.output == Output::Json {
