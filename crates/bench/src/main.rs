@@ -464,7 +464,7 @@ impl Bench {
             &plan,
             format!(
                 "[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n[options]\nfreeze_source = false\njobs = {}\n\
-                 split_bytes = {}\nrow_hash = \"{}\"\n",
+                 split_bytes = {}\nrow_hash = \"{}\"\nrehearse_schema = false\n",
                 self.source.url(db),
                 self.target.url(target_db),
                 self.jobs,

@@ -108,6 +108,10 @@ pub struct Options {
     /// both servers are PostgreSQL 14 or later) or `text` (every row's text
     /// form, any version; slower).
     pub row_hash: RowHashChoice,
+    /// discover restores the source's schema into a scratch database on the
+    /// target server before anything destructive (false: the copy finds a
+    /// schema the target cannot recreate only after clear-target).
+    pub rehearse_schema: bool,
 }
 
 /// `options.row_hash`.
@@ -135,6 +139,7 @@ impl Default for Options {
             stall_timeout: 300,
             row_hash: RowHashChoice::Auto,
             analyze_bytes: 8 << 20,
+            rehearse_schema: true,
         }
     }
 }

@@ -84,6 +84,9 @@ fn summary(label: &str, inv: &Inventory) -> String {
 /// syntax) is refused here, naming it, while the target is untouched.
 /// Without CREATEDB it says so and leaves the check to the copy.
 async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) -> Result<String> {
+    if !ctx.plan.file.options.rehearse_schema {
+        return Ok("not rehearsed (options.rehearse_schema = false)".into());
+    }
     let done = ctx.journal.items_done(ctx.run_id, "discover").await?;
     if done.contains("schema-rehearsal") {
         return Ok(
