@@ -460,7 +460,7 @@ fn a_role_map_gives_the_source_s_owners_and_grants_to_the_target_s_roles() {
     let (code, stdout, stderr) = run(&["plan"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("shop_owner (6)")
+        stdout.contains("shop_owner (7)")
             && stdout.contains("roles named: pg_database_owner, shop_owner, shop_ro, shop_rw"),
         "{stdout}"
     );
@@ -482,6 +482,10 @@ fn a_role_map_gives_the_source_s_owners_and_grants_to_the_target_s_roles() {
         )
         .unwrap();
     assert_eq!(owners, "shop_owner");
+    // Function bodies are copied as they are, even a line that reads like a GRANT.
+    let body = |srv: &PgServer| srv.sql(SEED_DB, "SELECT prosrc FROM pg_proc WHERE proname = 'grant_dashboard'").unwrap();
+    assert_eq!(body(&s.pair.target), body(&s.pair.source));
+    assert!(body(&s.pair.target).contains("TO app_ro;"));
     let after = outcomes_as(
         &s.pair.target,
         &[

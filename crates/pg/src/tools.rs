@@ -357,14 +357,34 @@ pub async fn restore(
     let (mut out, mut input) = (dump.stdout.take().unwrap(), load.stdin.take().unwrap());
     let relay = async move {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        let mut lines = BufReader::new(&mut out).lines();
-        while let Some(line) = lines.next_line().await? {
-            if strip_timeout && line == TRANSACTION_TIMEOUT_LINE {
-                continue;
+        // Byte for byte, line by line: only whole statements outside any
+        // dollar-quoted body (a function's source) are dropped or rewritten.
+        let mut reader = BufReader::new(&mut out);
+        let mut quotes = DollarQuotes::default();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf).await? == 0 {
+                break;
             }
-            let line = map.rewrite_line(&line);
-            input.write_all(line.as_bytes()).await?;
-            input.write_all(b"\n").await?;
+            let outside = !quotes.inside();
+            quotes.scan(&buf);
+            let text = std::str::from_utf8(&buf)
+                .ok()
+                .map(|t| t.trim_end_matches(['\n', '\r']));
+            match text {
+                Some(line) if outside && strip_timeout && line == TRANSACTION_TIMEOUT_LINE => continue,
+                Some(line) if outside && !map.is_empty() => {
+                    let rewritten = map.rewrite_line(line);
+                    if rewritten != line {
+                        input.write_all(rewritten.as_bytes()).await?;
+                        input.write_all(b"\n").await?;
+                        continue;
+                    }
+                    input.write_all(&buf).await?;
+                }
+                _ => input.write_all(&buf).await?,
+            }
         }
         input.shutdown().await?;
         drop(input);
@@ -387,4 +407,73 @@ pub async fn restore(
     }
     relayed.map_err(|e| Error::failure(format!("{what}: relaying pg_restore's script to psql: {e}")))?;
     Ok(String::from_utf8_lossy(&loaded.stdout).into_owned())
+}
+
+/// Whether a script's position is inside a dollar-quoted string (`$$ … $$`,
+/// `$_$ … $_$`: how pg_dump writes function bodies), line after line.
+#[derive(Debug, Default)]
+struct DollarQuotes {
+    open: Option<Vec<u8>>,
+}
+
+impl DollarQuotes {
+    fn inside(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Follows one line: each `$tag$` opens a quote, or closes the open one
+    /// with the same tag. (Single-quoted strings of pg_dump's own lines do
+    /// not hold `$tag$`.)
+    fn scan(&mut self, line: &[u8]) {
+        let mut i = 0;
+        while i < line.len() {
+            if line[i] == b'$' {
+                let tag_end = line[i + 1..]
+                    .iter()
+                    .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'));
+                if let Some(len) = tag_end {
+                    let end = i + 1 + len;
+                    // "$1" is a parameter, not a quote: tags do not start with a digit.
+                    let starts_digit = len > 0 && line[i + 1].is_ascii_digit();
+                    if end < line.len() && line[end] == b'$' && !starts_digit {
+                        let tag = line[i..=end].to_vec();
+                        match &self.open {
+                            Some(open) if *open == tag => self.open = None,
+                            Some(_) => {}
+                            None => self.open = Some(tag),
+                        }
+                        i = end + 1;
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DollarQuotes;
+
+    #[test]
+    fn function_bodies_are_told_from_statements() {
+        let mut q = DollarQuotes::default();
+        let script = [
+            ("CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $_$", false),
+            ("GRANT SELECT ON t TO app_ro; -- inside the body", true),
+            ("SELECT $1, '$$';", true),
+            ("$_$;", true),
+            ("GRANT SELECT ON t TO app_ro;", false),
+            (
+                "CREATE FUNCTION g() RETURNS int LANGUAGE sql AS $$SELECT 1$$;",
+                false,
+            ),
+            ("ALTER FUNCTION g() OWNER TO app_owner;", false),
+        ];
+        for (line, inside) in script {
+            assert_eq!(q.inside(), inside, "{line}");
+            q.scan(line.as_bytes());
+        }
+    }
 }
