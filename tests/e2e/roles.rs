@@ -100,7 +100,13 @@ fn application_roles_keep_their_owners_grants_policies_and_settings() {
         format!("DATABASE_URL=postgresql://app_rw:{RW_PW}@127.0.0.1:{src_port}/app\n"),
     )
     .unwrap();
-    let consumers = "\n[[consumer]]\nname = \"dashboard\"\nkind = \"env\"\npath = \"dashboard.env\"\nkey = \"DATABASE_URL\"\n\
+    // A Java application: a JDBC URL, its login in the query.
+    let properties = format!(
+        "# reports service\nspring.datasource.url=jdbc:postgresql://127.0.0.1:{src_port}/app?user=app_ro&password={RO_PW}&ApplicationName=reports\nserver.port=8080\n"
+    );
+    std::fs::write(dir.join("application.properties"), &properties).unwrap();
+    let consumers = "\n[[consumer]]\nname = \"reports\"\nkind = \"text\"\npath = \"application.properties\"\n\
+        target_url_env = \"DASHBOARD_TARGET\"\n\n[[consumer]]\nname = \"dashboard\"\nkind = \"env\"\npath = \"dashboard.env\"\nkey = \"DATABASE_URL\"\n\
         target_url_env = \"DASHBOARD_TARGET\"\n\n[[consumer]]\nname = \"backend\"\nkind = \"env\"\npath = \"backend.env\"\n\
         key = \"DATABASE_URL\"\ntarget_url_env = \"BACKEND_TARGET\"\n";
     let source_url = s.pair.source.url(SEED_DB);
@@ -168,7 +174,22 @@ fn application_roles_keep_their_owners_grants_policies_and_settings() {
     );
     let (code, _, stderr) = run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
-    for line in ["dashboard: role app_ro,", "backend: role app_rw,"] {
+    // The JDBC URL stays a JDBC URL: host, port and login in their places,
+    // no userinfo (the driver refuses one), every other byte as it was.
+    let rewritten = std::fs::read_to_string(dir.join("application.properties")).unwrap();
+    assert_eq!(
+        rewritten,
+        properties.replace(
+            &format!("127.0.0.1:{src_port}/"),
+            &format!("127.0.0.1:{tgt_port}/")
+        ),
+        "{rewritten}"
+    );
+    for line in [
+        "dashboard: role app_ro,",
+        "backend: role app_rw,",
+        "reports: role app_ro,",
+    ] {
         let l = stderr
             .lines()
             .find(|l| l.contains(line))
@@ -483,7 +504,13 @@ fn a_role_map_gives_the_source_s_owners_and_grants_to_the_target_s_roles() {
         .unwrap();
     assert_eq!(owners, "shop_owner");
     // Function bodies are copied as they are, even a line that reads like a GRANT.
-    let body = |srv: &PgServer| srv.sql(SEED_DB, "SELECT prosrc FROM pg_proc WHERE proname = 'grant_dashboard'").unwrap();
+    let body = |srv: &PgServer| {
+        srv.sql(
+            SEED_DB,
+            "SELECT prosrc FROM pg_proc WHERE proname = 'grant_dashboard'",
+        )
+        .unwrap()
+    };
     assert_eq!(body(&s.pair.target), body(&s.pair.source));
     assert!(body(&s.pair.target).contains("TO app_ro;"));
     let after = outcomes_as(

@@ -19,6 +19,10 @@ pub struct Destination {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Form {
     Url(Url),
+    /// `jdbc:postgresql://host:port/db?user=…&password=…`, held as the URL
+    /// after `jdbc:`. The JDBC driver takes the user and password from the
+    /// query (or separate properties), never from a userinfo part.
+    Jdbc(Url),
     /// Pairs in their order; values unquoted.
     Keywords(Vec<(String, String)>),
 }
@@ -53,6 +57,14 @@ impl ConnString {
     /// Parses a URL or a keyword string; `None` when it is neither.
     pub fn parse(text: &str) -> Option<ConnString> {
         let text = text.trim();
+        if let Some(rest) = text.strip_prefix("jdbc:")
+            && rest.starts_with("postgresql://")
+        {
+            let url = Url::parse(rest).ok()?;
+            return Some(ConnString {
+                form: Form::Jdbc(url),
+            });
+        }
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             let url = Url::parse(text).ok()?;
             return Some(ConnString { form: Form::Url(url) });
@@ -67,13 +79,13 @@ impl ConnString {
     fn keyword(&self, key: &str) -> Option<&str> {
         match &self.form {
             Form::Keywords(pairs) => pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()),
-            Form::Url(_) => None,
+            Form::Url(_) | Form::Jdbc(_) => None,
         }
     }
 
     fn query_param(&self, key: &str) -> Option<String> {
         match &self.form {
-            Form::Url(url) => url
+            Form::Url(url) | Form::Jdbc(url) => url
                 .query_pairs()
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.into_owned()),
@@ -83,7 +95,7 @@ impl ConnString {
 
     pub fn host(&self) -> String {
         match &self.form {
-            Form::Url(url) => url
+            Form::Url(url) | Form::Jdbc(url) => url
                 .host_str()
                 .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
                 .filter(|h| !h.is_empty())
@@ -99,7 +111,7 @@ impl ConnString {
 
     pub fn port(&self) -> u16 {
         match &self.form {
-            Form::Url(url) => url.port().unwrap_or(5432),
+            Form::Url(url) | Form::Jdbc(url) => url.port().unwrap_or(5432),
             Form::Keywords(_) => self.keyword("port").and_then(|p| p.parse().ok()).unwrap_or(5432),
         }
     }
@@ -107,6 +119,7 @@ impl ConnString {
     pub fn user(&self) -> Option<String> {
         match &self.form {
             Form::Url(url) => (!url.username().is_empty()).then(|| decode(url.username())),
+            Form::Jdbc(_) => self.query_param("user"),
             Form::Keywords(_) => self.keyword("user").map(str::to_string),
         }
     }
@@ -114,7 +127,7 @@ impl ConnString {
     /// The database name; libpq defaults it to the user name.
     pub fn dbname(&self) -> Option<String> {
         match &self.form {
-            Form::Url(url) => {
+            Form::Url(url) | Form::Jdbc(url) => {
                 let path = decode(url.path().trim_start_matches('/'));
                 if path.is_empty() { self.user() } else { Some(path) }
             }
@@ -125,6 +138,7 @@ impl ConnString {
     pub fn password(&self) -> Option<String> {
         match &self.form {
             Form::Url(url) => url.password().map(decode),
+            Form::Jdbc(_) => self.query_param("password"),
             Form::Keywords(_) => self.keyword("password").map(str::to_string),
         }
     }
@@ -177,6 +191,36 @@ impl ConnString {
                 }
                 url.to_string()
             }
+            Form::Jdbc(url) => {
+                // Host, port and database in the URL; user and password only
+                // where the query already held them (a JDBC URL has no
+                // userinfo part: the driver rejects one).
+                let mut url = url.clone();
+                let _ = url.set_host(Some(&to.host));
+                let _ = url.set_port(if url.port().is_none() && to.port == 5432 {
+                    None
+                } else {
+                    Some(to.port)
+                });
+                url.set_path(&format!("/{}", encode(&to.dbname)));
+                let pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .filter_map(|(k, v)| {
+                        let v = match k.as_ref() {
+                            "user" => to.user.clone(),
+                            "password" => to.password.clone()?,
+                            _ => v.into_owned(),
+                        };
+                        Some((k.into_owned(), v))
+                    })
+                    .collect();
+                if pairs.is_empty() {
+                    url.set_query(None);
+                } else {
+                    url.query_pairs_mut().clear().extend_pairs(pairs);
+                }
+                format!("jdbc:{url}")
+            }
             Form::Keywords(pairs) => {
                 let mut out: Vec<(String, String)> = vec![];
                 let mut seen_port = false;
@@ -224,6 +268,27 @@ impl ConnString {
     pub fn to_url(&self) -> String {
         match &self.form {
             Form::Url(url) => url.to_string(),
+            Form::Jdbc(url) => {
+                let mut out = Url::parse("postgresql://localhost/").unwrap();
+                let _ = out.set_host(url.host_str());
+                let _ = out.set_port(Some(self.port()));
+                out.set_path(url.path());
+                if let Some(u) = self.user() {
+                    let _ = out.set_username(&encode(&u));
+                }
+                if let Some(p) = self.password() {
+                    let _ = out.set_password(Some(&encode(&p)));
+                }
+                for (k, v) in url.query_pairs() {
+                    if matches!(
+                        k.as_ref(),
+                        "sslmode" | "sslrootcert" | "sslcert" | "sslkey" | "application_name"
+                    ) {
+                        out.query_pairs_mut().append_pair(&k, &v);
+                    }
+                }
+                out.to_string()
+            }
             Form::Keywords(pairs) => {
                 let mut url = Url::parse("postgresql://localhost/").unwrap();
                 let _ = url.set_host(Some(&self.host()));
@@ -374,6 +439,28 @@ mod tests {
         );
         assert!(ConnString::parse("hello=world").is_none());
         assert!(ConnString::parse("just text").is_none());
+    }
+
+    #[test]
+    fn jdbc_urls_keep_their_form_and_never_get_userinfo() {
+        let c =
+            ConnString::parse("jdbc:postgresql://postgres:5432/app?user=app&password=old&ssl=false").unwrap();
+        assert_eq!(c.address(), "postgres:5432/app");
+        assert_eq!(
+            (c.user().as_deref(), c.password().as_deref()),
+            (Some("app"), Some("old"))
+        );
+        assert_eq!(
+            c.rewrite(&dest(Some("n w"))),
+            "jdbc:postgresql://db.example:6432/TovPlay?user=raz%40tovtech.org&password=n+w&ssl=false"
+        );
+        assert_eq!(c.to_url(), "postgresql://app:old@postgres:5432/app");
+        // No user in the URL: none is added (the driver takes it from elsewhere).
+        let c = ConnString::parse("jdbc:postgresql://postgres/app").unwrap();
+        assert_eq!(
+            c.rewrite(&dest(Some("x"))),
+            "jdbc:postgresql://db.example:6432/TovPlay"
+        );
     }
 
     #[test]

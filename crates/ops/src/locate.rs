@@ -310,7 +310,8 @@ pub fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>, String> {
 
 // ---------------------------------------------------------------- free text
 
-static URL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r#"postgres(?:ql)?://[^\s'"`<>]+"#).unwrap());
+static URL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"(?:jdbc:)?postgres(?:ql)?://[^\s'"`<>]+"#).unwrap());
 static KEYWORDS: LazyLock<Regex> = LazyLock::new(|| {
     let kw = "host|hostaddr|port|dbname|user|password|sslmode|connect_timeout|application_name";
     Regex::new(&format!(
