@@ -360,6 +360,11 @@ fn schemas_pg_dump_round_trips_copy_and_verify_equal_and_a_finished_run_stays_fi
     let (code, stdout, stderr) = s.run(&["report"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("verify-data"), "{stdout}");
+    // Archived, the run is still finished: nothing runs again.
+    let (code, _, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("nothing to do"), "{stderr}");
+    assert_eq!(journal_there(), "0");
     assert_eq!(s.target_digest(), target_after);
 }
 

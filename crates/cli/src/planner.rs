@@ -179,6 +179,14 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         let tools =
             cutover_pg::tools::Toolset::choose(source.identity.version_num, target.identity.version_num)
                 .await?;
+        // A role map restores the schema through the psql beside pg_restore.
+        if !loaded.file.roles.map.is_empty() && tools.pg_restore.sibling("psql").is_none() {
+            return Err(Error::failure(format!(
+                "[roles] map restores the schema through psql, and there is none beside {}; nothing was changed",
+                tools.pg_restore.path.display()
+            ))
+            .with_hint("install psql of the same PostgreSQL version"));
+        }
         if tools.source_major != tools.target_major {
             warnings.push(format!(
                 "the source runs PostgreSQL {}, the target {}: {}",
@@ -281,6 +289,37 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
                  attributes, without passwords: [roles] create_missing = true",
             ));
         }
+        if !missing.is_empty() {
+            // What create-roles needs, checked before anything changes.
+            let (t_super, t_createrole): (bool, bool) =
+                sqlx::query_as("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user")
+                    .fetch_one(&dbs.target_pool)
+                    .await?;
+            if !t_super && !t_createrole {
+                return Err(Error::refused(format!(
+                    "[roles] create_missing: the target user {} may not create roles; nothing was changed",
+                    dbs.target.user
+                ))
+                .with_hint(format!(
+                    "ALTER ROLE {} CREATEROLE, or create the roles yourself",
+                    dbs.target.user
+                )));
+            }
+            if loaded.file.roles.copy_passwords {
+                let s_super: bool =
+                    sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+                        .fetch_one(&dbs.source_pool)
+                        .await?;
+                if !s_super {
+                    return Err(Error::refused(format!(
+                        "[roles] copy_passwords: reading password hashes needs a superuser on the source, and {} is \
+                         not one; nothing was changed",
+                        dbs.source.user
+                    ))
+                    .with_hint("set copy_passwords = false and set the passwords on the target yourself"));
+                }
+            }
+        }
         // Always there with create_missing: after the run has created
         // them, its undo (rollback) still finds the stage.
         if loaded.file.roles.create_missing {
@@ -309,15 +348,17 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     let run_dir = loaded.run_dir();
     let mut discover = Discover::new(&source, &target, &comparison, allow_ahead);
     discover.description.details.push(journal_note(schema));
-    let mut stages: Vec<Box<dyn Stage>> = vec![
-        Box::new(discover),
-        Box::new(BackupTarget::new(&target, &run_dir)),
-        Box::new(FreezeSource::new(freeze, &dbs.source.dbname, sessions.clone())),
-        Box::new(ClearTarget::new(&target, &comparison.destroyed)),
-    ];
+    let mut stages: Vec<Box<dyn Stage>> =
+        vec![Box::new(discover), Box::new(BackupTarget::new(&target, &run_dir))];
+    // Roles first: creating them changes no data, and a failure must come
+    // before the source is frozen or the target cleared.
     if let Some(stage) = create_roles {
         stages.push(Box::new(stage));
     }
+    stages.extend::<Vec<Box<dyn Stage>>>(vec![
+        Box::new(FreezeSource::new(freeze, &dbs.source.dbname, sessions.clone())),
+        Box::new(ClearTarget::new(&target, &comparison.destroyed)),
+    ]);
     let mut copy = Copy::new(
         &source,
         &target,

@@ -39,7 +39,12 @@ pub async fn finished_run(loaded: &LoadedPlan) -> Result<Option<cutover_core::jo
         cutover_pg::connect::pool(&target, o.connect_timeout, o.statement_timeout, o.lock_timeout, 1).await?;
     let run = match Journal::open_existing(&pool, &o.journal_schema).await? {
         Some(journal) => journal.latest_run().await?.filter(|r| r.status == "done"),
-        None => None,
+        // Archived (`cutover archive-journal`): still finished.
+        None => crate::commands::archive::read_archive(loaded)
+            .map_err(|e| Error::failure(format!("{e:#}")))?
+            .and_then(|a| a.runs.into_iter().next())
+            .map(|r| r.run)
+            .filter(|r| r.status == "done"),
     };
     pool.close().await;
     Ok(run)

@@ -133,9 +133,8 @@ pub async fn restore(ctx: &RunContext) -> Result<PathBuf> {
         .await?;
     let (_, pg_restore) = tools::for_backup(version).await?;
     let args = [
-        "--no-owner".to_string(),
-        "--no-privileges".into(),
-        "--single-transaction".into(),
+        // With the target's own owners and grants, as it had them.
+        "--single-transaction".to_string(),
         "--exit-on-error".into(),
         rec.path.display().to_string(),
     ];
@@ -208,7 +207,9 @@ impl Stage for BackupTarget {
                 .open(&partial)?,
         );
         let mut cmd = tools::command(&pg_dump, &target);
-        cmd.args(["--format=custom", "--no-owner", "--no-privileges"])
+        // Owners and grants included: a rollback gives the target's own
+        // applications back what they could do.
+        cmd.args(["--format=custom"])
             .arg(format!("--exclude-schema={}", quote_ident(&journal_schema)))
             .arg(format!("--file={}", partial.display()));
         if let Err(e) = tools::run(cmd, "pg_dump of the target").await {
@@ -242,7 +243,7 @@ impl Stage for BackupTarget {
         Ok(json!({
             "summary": format!("{} ({}, sha256 {}…), {}", path.display(), cutover_core::units::bytes(bytes as i64), &sha256[..12], proof),
             "path": path, "sha256": sha256, "bytes": bytes, "proof": proof,
-            "restore": format!("pg_restore --no-owner --no-privileges --single-transaction --dbname=<target url> {}", path.display()),
+            "restore": format!("pg_restore --single-transaction --exit-on-error --dbname=<target url> {}", path.display()),
         }))
     }
 
@@ -382,10 +383,26 @@ async fn count_archive_rows(
         .spawn()
         .map_err(|e| Error::failure(format!("cannot start pg_restore to read the backup back: {e}")))?;
     let stdout = child.stdout.take().expect("piped");
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    // Bytes, not text: the data may be in any server encoding. stderr is
+    // drained beside it (a full pipe would stop pg_restore).
+    let mut stderr = child.stderr.take().expect("piped");
+    let drain = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text).await;
+        text
+    });
+    let mut reader = tokio::io::BufReader::new(stdout);
     let mut counts = std::collections::HashMap::new();
     let mut current: Option<((String, String), i64)> = None;
-    while let Some(line) = lines.next_line().await? {
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        if reader.read_until(b'\n', &mut raw).await? == 0 {
+            break;
+        }
+        let line = String::from_utf8_lossy(&raw);
+        let line = line.trim_end_matches(['\n', '\r']);
         match &mut current {
             Some((table, n)) => {
                 if line == "\\." {
@@ -406,12 +423,12 @@ async fn count_archive_rows(
             }
         }
     }
-    let out = child.wait_with_output().await?;
-    if !out.status.success() || current.is_some() {
+    let status = child.wait().await?;
+    let stderr = drain.await.unwrap_or_default();
+    if !status.success() || current.is_some() {
         return Err(Error::failure(format!(
-            "reading the backup back failed ({}): {}",
-            out.status,
-            cutover_core::endpoint::redact_text(String::from_utf8_lossy(&out.stderr).trim())
+            "reading the backup back failed ({status}): {}",
+            cutover_core::endpoint::redact_text(String::from_utf8_lossy(&stderr).trim())
         )));
     }
     Ok(counts)

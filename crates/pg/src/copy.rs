@@ -1263,7 +1263,8 @@ impl LoWork {
 async fn copy_large_objects(ctx: &RunContext) -> Result<usize> {
     let rows: Vec<(sqlx::postgres::types::Oid, i64, String, Vec<String>)> = sqlx::query_as(
         "SELECT m.oid, lo_lseek64(lo_open(m.oid, x'40000'::int), 0, 2), pg_get_userbyid(m.lomowner)::text, \
-                coalesce((SELECT array_agg(coalesce(r.rolname::text, 'PUBLIC') || '=' || x.privilege_type) \
+                coalesce((SELECT array_agg(coalesce(r.rolname::text, 'PUBLIC') || '=' || x.privilege_type || \
+                                 CASE WHEN x.is_grantable THEN '*' ELSE '' END) \
                           FROM aclexplode(m.lomacl) x LEFT JOIN pg_roles r ON r.oid = x.grantee \
                           WHERE x.grantee <> m.lomowner), '{}') \
          FROM pg_largeobject_metadata m ORDER BY m.oid",
@@ -1404,9 +1405,16 @@ async fn copy_lo_work(
             } else {
                 quote_ident(map.target(who))
             };
-            sqlx::query(&format!("GRANT {privilege} ON LARGE OBJECT {} TO {who}", o.oid))
-                .execute(&mut *tx)
-                .await?;
+            let (privilege, with) = match privilege.strip_suffix('*') {
+                Some(p) => (p, " WITH GRANT OPTION"),
+                None => (privilege.as_str(), ""),
+            };
+            sqlx::query(&format!(
+                "GRANT {privilege} ON LARGE OBJECT {} TO {who}{with}",
+                o.oid
+            ))
+            .execute(&mut *tx)
+            .await?;
         }
     }
     ctx.journal

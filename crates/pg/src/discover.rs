@@ -96,10 +96,38 @@ async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) ->
     let journal_schema = ctx.journal.schema().to_string();
     let scratch = format!("cutover_rehearsal_{}", &ctx.run_id.simple().to_string()[..12]);
     let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&scratch));
-    sqlx::query(&drop).execute(&ctx.target).await?;
-    if let Err(e) = sqlx::query(&format!("CREATE DATABASE {}", quote_ident(&scratch)))
+    // Scratch databases of killed attempts (this run's or another's) go first.
+    let leftovers: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE datname LIKE 'cutover\\_rehearsal\\_%'",
+    )
+    .fetch_all(&ctx.target)
+    .await?;
+    for db in leftovers {
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&db)
+        ))
         .execute(&ctx.target)
-        .await
+        .await;
+    }
+    // From template0 with the target database's encoding and locale: what
+    // an administrator added to template1 must not fail the rehearsal, and a
+    // collation the target lacks must.
+    let (encoding, collate, ctype): (String, String, String) = sqlx::query_as(
+        "SELECT pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text FROM pg_database \
+         WHERE datname = current_database()",
+    )
+    .fetch_one(&ctx.target)
+    .await?;
+    if let Err(e) = sqlx::query(&format!(
+        "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+        quote_ident(&scratch),
+        crate::inventory::quote_literal(&encoding),
+        crate::inventory::quote_literal(&collate),
+        crate::inventory::quote_literal(&ctype)
+    ))
+    .execute(&ctx.target)
+    .await
     {
         return Ok(format!(
             "not rehearsed: the target user may not create a scratch database ({}); a schema object the target \
@@ -181,8 +209,10 @@ async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) ->
         ))
     }
     .await;
-    sqlx::query(&drop).execute(&ctx.target).await?;
+    // Best effort: the rehearsal's own error is the one to show.
+    let dropped = sqlx::query(&drop).execute(&ctx.target).await;
     let summary = result?;
+    dropped?;
     ctx.journal
         .item_done(
             ctx.run_id,

@@ -44,6 +44,16 @@ fn object_filter(journal_schema: &str) -> String {
 const NOT_EXTENSION: &str = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {cat}::regclass \
      AND d.objid = {oid} AND d.deptype = 'e')";
 
+/// Not made by PostgreSQL itself for another object (a range type's
+/// constructor functions and multirange type, owned by the bootstrap
+/// superuser; absent before PostgreSQL 14).
+fn not_internal(cat: &str, oid: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = '{cat}'::regclass AND d.objid = {oid} \
+         AND d.deptype = 'i')"
+    )
+}
+
 fn not_extension(cat: &str, oid: &str) -> String {
     NOT_EXTENSION
         .replace("{cat}", &format!("'{cat}'"))
@@ -65,6 +75,16 @@ fn acl_sql(acl: &str) -> String {
 impl Security {
     pub async fn read(pool: &PgPool, journal_schema: &str) -> Result<Security> {
         let filter = object_filter(journal_schema);
+        let pro_ext = format!(
+            "{} AND {}",
+            not_extension("pg_proc", "p.oid"),
+            not_internal("pg_proc", "p.oid")
+        );
+        let typ_ext = format!(
+            "{} AND {}",
+            not_extension("pg_type", "t.oid"),
+            not_internal("pg_type", "t.oid")
+        );
         let mut tx = pool.begin().await?;
         // Every name outside pg_catalog schema-qualified, on both sides alike.
         sqlx::query("SET LOCAL search_path = pg_catalog")
@@ -96,7 +116,8 @@ impl Security {
              SELECT 'default privileges of ' || pg_get_userbyid(d.defaclrole) || \
                     coalesce(' in schema ' || quote_ident(n.nspname), '') || ' on ' || \
                     CASE d.defaclobjtype WHEN 'r' THEN 'tables' WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions' \
-                      WHEN 'T' THEN 'types' WHEN 'n' THEN 'schemas' END, NULL, {defacl} \
+                      WHEN 'T' THEN 'types' WHEN 'n' THEN 'schemas' WHEN 'L' THEN 'large objects' \
+                      ELSE d.defaclobjtype::text END, NULL, {defacl} \
                FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace \
              UNION ALL \
              SELECT 'large object ' || m.oid, pg_get_userbyid(m.lomowner)::text, {lomacl} \
@@ -116,8 +137,8 @@ impl Security {
             lomacl = acl_sql("m.lomacl"),
             ns_ext = not_extension("pg_namespace", "n.oid"),
             rel_ext = not_extension("pg_class", "c.oid"),
-            pro_ext = not_extension("pg_proc", "p.oid"),
-            typ_ext = not_extension("pg_type", "t.oid"),
+            pro_ext = pro_ext,
+            typ_ext = typ_ext,
         );
         let rows = sqlx::query(&sql).fetch_all(&mut *tx).await?;
         let mut sec = Security::default();
@@ -453,7 +474,11 @@ pub async fn privileges_of(
 ) -> Result<BTreeSet<String>> {
     let filter = object_filter(journal_schema);
     let rel_ext = not_extension("pg_class", "c.oid");
-    let pro_ext = not_extension("pg_proc", "p.oid");
+    let pro_ext = format!(
+        "{} AND {}",
+        not_extension("pg_proc", "p.oid"),
+        not_internal("pg_proc", "p.oid")
+    );
     let ns_ext = not_extension("pg_namespace", "n.oid");
     let sql = format!(
         "SELECT x.p || ' on table ' || c.oid::regclass::text FROM pg_class c \

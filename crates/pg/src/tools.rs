@@ -392,9 +392,10 @@ pub async fn restore(
     };
     let (relayed, dumped, loaded) = tokio::join!(relay, dump.wait_with_output(), load.wait_with_output());
     let (dumped, loaded) = (dumped?, loaded?);
+    // psql first: when it stops on an error, pg_restore dies writing to it.
     for (status, stderr, who) in [
-        (dumped.status, &dumped.stderr, "pg_restore --file=-"),
         (loaded.status, &loaded.stderr, "psql"),
+        (dumped.status, &dumped.stderr, "pg_restore --file=-"),
     ] {
         if !status.success() {
             let stderr = String::from_utf8_lossy(stderr);
