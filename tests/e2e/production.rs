@@ -139,6 +139,14 @@ fn tls_only_servers_cutover_over_verify_full_and_bad_tls_is_refused_untouched() 
     );
     let (code, _, stderr) = s.run(&["verify"]);
     assert_eq!(code, 0, "{stderr}");
+    // sslmode=allow: refused in plain text, then tried over TLS, as libpq does.
+    s.write_plan(
+        &format!("{}?sslmode=allow", s.pair.source.url(SEED_DB)),
+        &good_target,
+        "",
+    );
+    let (code, _, stderr) = s.run(&["verify"]);
+    assert_eq!(code, 0, "{stderr}");
 }
 
 /// A server that speaks German gets the same classification, exit code and
@@ -352,6 +360,18 @@ fn managed(server: &PgServer, fixture: Fixture) {
         .unwrap();
 }
 
+/// The seed scenario on two managed-service servers.
+fn managed_pair() -> PgPair {
+    let (source, target) = std::thread::scope(|s| {
+        let a = s.spawn(PgServer::start);
+        let b = s.spawn(PgServer::start);
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    managed(&source, Fixture::SeedSource);
+    managed(&target, Fixture::SeedTarget);
+    PgPair { source, target }
+}
+
 fn operator_url(server: &PgServer) -> String {
     format!(
         "postgresql://operator:{OPERATOR_PW}@127.0.0.1:{}/{SEED_DB}",
@@ -390,14 +410,7 @@ fn hold_session(server: &PgServer, user: &str, password: &str) -> std::process::
 /// the source changes, and the whole run, its backup proof and verify work.
 #[test]
 fn a_managed_service_operator_cuts_over_without_superuser() {
-    let (source, target) = std::thread::scope(|s| {
-        let a = s.spawn(PgServer::start);
-        let b = s.spawn(PgServer::start);
-        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
-    });
-    managed(&source, Fixture::SeedSource);
-    managed(&target, Fixture::SeedTarget);
-    let s = Scenario::with(PgPair { source, target }, "");
+    let s = Scenario::with(managed_pair(), "");
     s.write_plan(&operator_url(&s.pair.source), &operator_url(&s.pair.target), "");
     let source_before = s.source_digest();
 
@@ -482,14 +495,7 @@ fn a_managed_service_operator_cuts_over_without_superuser() {
 /// refused in the plan, before anything changes.
 #[test]
 fn a_quarantine_the_operator_may_not_do_is_refused_in_the_plan() {
-    let (source, target) = std::thread::scope(|s| {
-        let a = s.spawn(PgServer::start);
-        let b = s.spawn(PgServer::start);
-        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
-    });
-    managed(&source, Fixture::SeedSource);
-    managed(&target, Fixture::SeedTarget);
-    let s = Scenario::with(PgPair { source, target }, "");
+    let s = Scenario::with(managed_pair(), "");
     std::fs::write(
         s.dir.path().join("app.env"),
         format!("DATABASE_URL={}\n", operator_url(&s.pair.source)),

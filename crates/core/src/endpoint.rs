@@ -10,7 +10,7 @@ use url::Url;
 
 use crate::error::{Error, Result};
 use crate::plan_file::EndpointSpec;
-use crate::tls::{RootCert, TLS_PARAMS, TlsSettings};
+use crate::tls::{RootCert, TlsSettings};
 
 /// Which side of the cutover a connection belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -169,16 +169,7 @@ impl Endpoint {
         let Ok(mut url) = Url::parse(&self.url_without_password) else {
             return self.url_without_password.clone();
         };
-        let kept: Vec<(String, String)> = url
-            .query_pairs()
-            .filter(|(k, _)| !TLS_PARAMS.contains(&k.as_ref()))
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        if kept.is_empty() {
-            url.set_query(None);
-        } else {
-            url.query_pairs_mut().clear().extend_pairs(kept);
-        }
+        crate::tls::strip_tls_params(&mut url);
         url.to_string()
     }
 

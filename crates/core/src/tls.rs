@@ -82,6 +82,22 @@ pub enum RootCert {
 /// The parameter names of a connection that carry TLS settings.
 pub const TLS_PARAMS: &[&str] = &["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
+/// Removes the TLS parameters from a URL's query (they are resolved into
+/// [`TlsSettings`], which apply them: sqlx would read `sslrootcert=system`
+/// as a file name, and a libpq before 16 too).
+pub fn strip_tls_params(url: &mut url::Url) {
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| !TLS_PARAMS.contains(&k.as_ref()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+}
+
 /// A connection's resolved TLS settings.
 #[derive(Debug, Clone)]
 pub struct TlsSettings {

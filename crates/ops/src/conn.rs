@@ -161,12 +161,7 @@ impl ConnString {
                 // Setting the host on a URL without one fails; such URLs
                 // (host in the query) are rewritten through the query.
                 if url.host_str().is_some_and(|h| !h.is_empty()) {
-                    let _ = url.set_host(Some(&to.host));
-                    let _ = url.set_port(if url.port().is_none() && to.port == 5432 {
-                        None
-                    } else {
-                        Some(to.port)
-                    });
+                    set_address(&mut url, to);
                 }
                 url.set_path(&format!("/{}", encode(&to.dbname)));
                 let _ = url.set_username(&encode(&to.user));
@@ -196,12 +191,7 @@ impl ConnString {
                 // where the query already held them (a JDBC URL has no
                 // userinfo part: the driver rejects one).
                 let mut url = url.clone();
-                let _ = url.set_host(Some(&to.host));
-                let _ = url.set_port(if url.port().is_none() && to.port == 5432 {
-                    None
-                } else {
-                    Some(to.port)
-                });
+                set_address(&mut url, to);
                 url.set_path(&format!("/{}", encode(&to.dbname)));
                 let pairs: Vec<(String, String)> = url
                     .query_pairs()
@@ -309,6 +299,17 @@ impl ConnString {
             }
         }
     }
+}
+
+/// The URL's host and port set to `to`'s (the port left out where the URL
+/// had none and the target's is the default).
+fn set_address(url: &mut Url, to: &Destination) {
+    let _ = url.set_host(Some(&to.host));
+    let _ = url.set_port(if url.port().is_none() && to.port == 5432 {
+        None
+    } else {
+        Some(to.port)
+    });
 }
 
 fn decode(s: &str) -> String {

@@ -116,40 +116,53 @@ impl Databases {
 /// libpq does, and the endpoint keeps TLS from then on.
 pub async fn probe(endpoint: &Endpoint, connect_timeout: u64) -> Result<()> {
     use sqlx::Connection;
-    let what = format!("the {} {endpoint}", endpoint.role);
     let wait = Duration::from_secs(connect_timeout.max(1));
+    let conn = connect_like_libpq(
+        || endpoint.connect_options(wait),
+        &endpoint.tls,
+        &format!("the {} {endpoint}", endpoint.role),
+        (&endpoint.user, &endpoint.dbname),
+        wait,
+    )
+    .await?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// One connection as libpq would make it: `allow` retried over TLS after a
+/// refused plain attempt, and a failure explained ([`connect_error`]).
+/// `options` gives the connection's options for the TLS mode in effect now.
+async fn connect_like_libpq(
+    options: impl Fn() -> Result<sqlx::postgres::PgConnectOptions>,
+    tls: &TlsSettings,
+    what: &str,
+    who: (&str, &str),
+    wait: Duration,
+) -> Result<sqlx::PgConnection> {
+    use sqlx::Connection;
     let attempt = |options: sqlx::postgres::PgConnectOptions| async move {
         match tokio::time::timeout(wait, sqlx::PgConnection::connect_with(&options)).await {
-            Ok(Ok(conn)) => {
-                let _ = conn.close().await;
-                Ok(())
-            }
+            Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(Some(e)),
             Err(_) => Err(None),
         }
     };
-    let mut result = attempt(endpoint.connect_options(wait)?).await;
+    let mut result = attempt(options()?).await;
     if let Err(Some(e)) = &result
         && refused_plain(e)
-        && endpoint.tls.upgrade_allow()
+        && tls.upgrade_allow()
     {
-        result = attempt(endpoint.connect_options(wait)?).await;
+        result = attempt(options()?).await;
     }
     match result {
-        Ok(()) => Ok(()),
+        Ok(conn) => Ok(conn),
         Err(Some(e)) => {
             let tls_only = refused_plain(&e)
-                && endpoint.tls.effective_mode() <= SslMode::Allow
-                && accepts_tls(endpoint.connect_options(wait)?.ssl_mode(PgSslMode::Require), wait).await;
-            Err(connect_error(
-                &what,
-                (&endpoint.user, &endpoint.dbname),
-                &endpoint.tls,
-                tls_only,
-                &e,
-            ))
+                && tls.effective_mode() <= SslMode::Allow
+                && accepts_tls(options()?.ssl_mode(PgSslMode::Require), wait).await;
+            Err(connect_error(what, who, tls, tls_only, &e))
         }
-        Err(None) => Err(no_answer(&what, wait)),
+        Err(None) => Err(no_answer(what, wait)),
     }
 }
 
@@ -184,9 +197,7 @@ async fn accepts_tls(options: sqlx::postgres::PgConnectOptions, wait: Duration) 
 /// Connects with a consumer's connection URL as libpq would: its TLS
 /// parameters (or the `PGSSL*` variables), `allow` retried over TLS.
 pub async fn connect_url(url: &str, application_name: &str, timeout: Duration) -> Result<sqlx::PgConnection> {
-    use sqlx::Connection;
     let shown = redact_text(url);
-    let what = shown.clone();
     let mut parsed = url::Url::parse(url)
         .map_err(|e| Error::bad_input(format!("cannot use the connection {shown}: {e}")))?;
     let params: Vec<(String, String)> = parsed
@@ -194,50 +205,24 @@ pub async fn connect_url(url: &str, application_name: &str, timeout: Duration) -
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     let tls = TlsSettings::resolve(&params, &shown)?;
-    let kept: Vec<(String, String)> = params
-        .into_iter()
-        .filter(|(k, _)| !cutover_core::tls::TLS_PARAMS.contains(&k.as_str()))
-        .collect();
-    if kept.is_empty() {
-        parsed.set_query(None);
-    } else {
-        parsed.query_pairs_mut().clear().extend_pairs(kept);
-    }
+    cutover_core::tls::strip_tls_params(&mut parsed);
     let base: sqlx::postgres::PgConnectOptions = parsed
         .as_str()
         .parse()
         .map_err(|e| Error::bad_input(format!("cannot use the connection {shown}: {e}")))?;
     let base = base.application_name(application_name);
-    let attempt = |options: sqlx::postgres::PgConnectOptions| async move {
-        match tokio::time::timeout(timeout, sqlx::PgConnection::connect_with(&options)).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(Some(e)),
-            Err(_) => Err(None),
-        }
-    };
-    let mut result = attempt(tls.apply(base.clone())).await;
-    if let Err(Some(e)) = &result
-        && refused_plain(e)
-        && tls.upgrade_allow()
-    {
-        result = attempt(tls.apply(base.clone())).await;
-    }
-    match result {
-        Ok(conn) => Ok(conn),
-        Err(Some(e)) => {
-            let tls_only = refused_plain(&e)
-                && tls.effective_mode() <= SslMode::Allow
-                && accepts_tls(base.clone().ssl_mode(PgSslMode::Require), timeout).await;
-            Err(connect_error(
-                &what,
-                (base.get_username(), base.get_database().unwrap_or("<db>")),
-                &tls,
-                tls_only,
-                &e,
-            ))
-        }
-        Err(None) => Err(no_answer(&what, timeout)),
-    }
+    let who = (
+        base.get_username().to_string(),
+        base.get_database().unwrap_or("<db>").to_string(),
+    );
+    connect_like_libpq(
+        || Ok(tls.apply(base.clone())),
+        &tls,
+        &shown,
+        (&who.0, &who.1),
+        timeout,
+    )
+    .await
 }
 
 /// Pool settings: sessions carry [`SESSION_SETTINGS`] and the plan's timeouts.
