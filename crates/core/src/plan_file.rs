@@ -152,8 +152,16 @@ pub struct ConsumerSpec {
     pub kind: ConsumerKind,
     /// The file (env, yaml, text); relative to the plan file's folder.
     pub path: Option<PathBuf>,
-    /// env: the variable; yaml: the dotted key path.
+    /// Where the whole connection is: env and properties: the key; yaml,
+    /// json and python: the dotted key path; pg_service: the service's name.
     pub key: Option<String>,
+    /// A connection split over several keys of the file, changed together
+    /// (Laravel's DB_HOST, DB_PORT…; Rails' `production.host`…; beside
+    /// `key`: Spring's `spring.datasource.username` next to its URL).
+    #[serde(default, skip_serializing_if = "SplitKeys::is_empty")]
+    pub keys: SplitKeys,
+    /// How the file stores the values: `base64` (a Kubernetes Secret's `data`).
+    pub encoding: Option<Encoding>,
     /// command: prints the consumer's connection on stdout.
     pub get: Option<String>,
     /// command: stores the connection given in `$CUTOVER_VALUE`.
@@ -174,14 +182,66 @@ pub struct ConsumerSpec {
     pub timeout: Option<u64>,
 }
 
+/// The keys that each hold one part of a split connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitKeys {
+    pub host: Option<String>,
+    pub port: Option<String>,
+    pub dbname: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl SplitKeys {
+    pub fn is_empty(&self) -> bool {
+        self.named().next().is_none()
+    }
+
+    /// (`host`, `DB_HOST`), … for the keys given, in libpq's order.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("host", &self.host),
+            ("port", &self.port),
+            ("dbname", &self.dbname),
+            ("user", &self.user),
+            ("password", &self.password),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    Base64,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsumerKind {
     #[default]
     Env,
     Yaml,
+    /// A JSON document (appsettings.json): `key` is a dotted path.
+    Json,
+    /// A Java `.properties` file (Spring's application.properties).
+    Properties,
+    /// A Python settings module (Django's settings.py): literal values of
+    /// top-level assignments, `key` a dotted path (`DATABASES.default.HOST`).
+    Python,
+    /// A connection service file (`pg_service.conf`): `key` names the service.
+    PgService,
     Text,
     Command,
+}
+
+impl ConsumerKind {
+    /// A file of keys, where `key`/`keys` say which.
+    pub fn is_keyed(self) -> bool {
+        !matches!(self, ConsumerKind::Text | ConsumerKind::Command)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -346,12 +406,35 @@ fn validate_consumer(c: &ConsumerSpec) -> std::result::Result<(), String> {
         ))
     };
     match c.kind {
-        ConsumerKind::Env | ConsumerKind::Yaml => {
+        ConsumerKind::PgService => {
             if c.path.is_none() {
                 return missing("path");
             }
             if c.key.is_none() {
                 return missing("key");
+            }
+            if !c.keys.is_empty() {
+                return Err(format!(
+                    "[[consumer]] {name:?}: `keys` does not apply to kind = \"pg_service\" (the service's host, \
+                     port, dbname, user and password lines are its keys)"
+                ));
+            }
+        }
+        ConsumerKind::Env | ConsumerKind::Yaml | ConsumerKind::Json | ConsumerKind::Properties | ConsumerKind::Python => {
+            if c.path.is_none() {
+                return missing("path");
+            }
+            if c.key.is_none() && c.keys.is_empty() {
+                return Err(format!(
+                    "[[consumer]] {name:?} (kind = {}) needs `key` (the key holding the whole connection) or `keys` \
+                     (the keys holding its host, port, dbname, user and password)",
+                    as_toml(&c.kind)
+                ));
+            }
+            if c.key.is_none() && c.keys.host.is_none() && c.keys.dbname.is_none() {
+                return Err(format!(
+                    "[[consumer]] {name:?}: keys names neither a host nor a database key, so it names no database"
+                ));
             }
         }
         ConsumerKind::Text => {
@@ -370,6 +453,12 @@ fn validate_consumer(c: &ConsumerSpec) -> std::result::Result<(), String> {
                 return missing("set");
             }
         }
+    }
+    if !c.kind.is_keyed() && !c.keys.is_empty() {
+        return unused("keys");
+    }
+    if c.encoding.is_some() && !matches!(c.kind, ConsumerKind::Env | ConsumerKind::Yaml | ConsumerKind::Json) {
+        return unused("encoding");
     }
     if c.kind != ConsumerKind::Command && (c.get.is_some() || c.set.is_some()) {
         return unused("get/set");

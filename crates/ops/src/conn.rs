@@ -1,7 +1,9 @@
-//! A connection as a consumer writes it: a URL (`postgresql://…`) or a libpq
-//! keyword string (`host=… port=… dbname=…`). Rewriting one keeps its form:
-//! the same scheme, the same query parameters (sslmode…), keywords in the
-//! same order, a password only where there was one.
+//! A connection as a consumer writes it: a URL (`postgresql://…`), a JDBC
+//! URL, a libpq keyword string (`host=… port=… dbname=…`), an Npgsql/ADO.NET
+//! string (`Host=…;Port=…;Database=…`), or the parts of one spread over
+//! several keys of a file. Rewriting one keeps its form: the same scheme,
+//! the same query parameters (sslmode…), keywords in the same order and
+//! spelling, a password only where there was one.
 
 use url::Url;
 
@@ -25,6 +27,77 @@ enum Form {
     Jdbc(Url),
     /// Pairs in their order; values unquoted.
     Keywords(Vec<(String, String)>),
+    /// `Host=db;Port=5432;Database=app;Username=app;Password=…`: the text as
+    /// written and its pairs, so that a rewrite changes values only.
+    Npgsql(String, Vec<NpgsqlPair>),
+}
+
+/// One part of a connection, as a key of a split configuration holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Field {
+    Host,
+    Port,
+    Dbname,
+    User,
+    Password,
+}
+
+impl Field {
+    pub const ALL: [Field; 5] = [Field::Host, Field::Port, Field::Dbname, Field::User, Field::Password];
+
+    /// The libpq keyword (and plan-file key) for this part.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Field::Host => "host",
+            Field::Port => "port",
+            Field::Dbname => "dbname",
+            Field::User => "user",
+            Field::Password => "password",
+        }
+    }
+
+    /// This part's value in `to` (`None`: the password is not known).
+    pub fn value_in(self, to: &Destination) -> Option<String> {
+        match self {
+            Field::Host => Some(to.host.clone()),
+            Field::Port => Some(to.port.to_string()),
+            Field::Dbname => Some(to.dbname.clone()),
+            Field::User => Some(to.user.clone()),
+            Field::Password => to.password.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpgsqlPair {
+    /// The key as written (`User Id`).
+    key: String,
+    /// What it means, where cutover cares: a part of the connection or `sslmode`.
+    meaning: Option<NpgsqlKey>,
+    value: String,
+    /// Byte span of the value as written (with its quotes).
+    span: (usize, usize),
+    quote: Option<char>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NpgsqlKey {
+    Field(Field),
+    SslMode,
+}
+
+/// Npgsql's keywords and their aliases (case and spaces do not matter).
+fn npgsql_key(key: &str) -> Option<NpgsqlKey> {
+    let k: String = key.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_lowercase();
+    Some(match k.as_str() {
+        "host" | "server" => NpgsqlKey::Field(Field::Host),
+        "port" => NpgsqlKey::Field(Field::Port),
+        "database" | "db" => NpgsqlKey::Field(Field::Dbname),
+        "username" | "user" | "userid" | "uid" => NpgsqlKey::Field(Field::User),
+        "password" | "psw" | "pwd" => NpgsqlKey::Field(Field::Password),
+        "sslmode" => NpgsqlKey::SslMode,
+        _ => return None,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +142,13 @@ impl ConnString {
             let url = Url::parse(text).ok()?;
             return Some(ConnString { form: Form::Url(url) });
         }
+        if text.contains(';')
+            && let Some(pairs) = parse_npgsql(text)
+        {
+            return Some(ConnString {
+                form: Form::Npgsql(text.to_string(), pairs),
+            });
+        }
         let pairs = parse_keywords(text)?;
         let has = |k: &str| pairs.iter().any(|(key, _)| key == k);
         (has("host") || has("hostaddr") || has("dbname")).then_some(ConnString {
@@ -76,10 +156,72 @@ impl ConnString {
         })
     }
 
+    /// A connection made of the parts a split configuration holds
+    /// (`None` without a host or a database).
+    pub fn from_fields(fields: &[(Field, String)]) -> Option<ConnString> {
+        let has = |f: Field| fields.iter().any(|(g, _)| *g == f);
+        if !has(Field::Host) && !has(Field::Dbname) {
+            return None;
+        }
+        let mut pairs: Vec<(String, String)> = vec![];
+        for f in Field::ALL {
+            if let Some((_, v)) = fields.iter().find(|(g, _)| *g == f) {
+                pairs.push((f.keyword().to_string(), v.clone()));
+            }
+        }
+        Some(ConnString {
+            form: Form::Keywords(pairs),
+        })
+    }
+
+    /// This connection with some of its parts given elsewhere (Spring's
+    /// `spring.datasource.username` beside the URL): what the application
+    /// connects with, for locating and probing.
+    pub fn with_fields(&self, fields: &[(Field, String)]) -> ConnString {
+        if fields.is_empty() {
+            return self.clone();
+        }
+        let mut pairs: Vec<(String, String)> = vec![];
+        for f in Field::ALL {
+            let v = match fields.iter().find(|(g, _)| *g == f) {
+                Some((_, v)) => Some(v.clone()),
+                None => match f {
+                    Field::Host => Some(self.host()),
+                    Field::Port => Some(self.port().to_string()),
+                    Field::Dbname => self.dbname(),
+                    Field::User => self.user(),
+                    Field::Password => self.password(),
+                },
+            };
+            if let Some(v) = v {
+                pairs.push((f.keyword().to_string(), v));
+            }
+        }
+        for k in ["sslmode", "sslrootcert", "sslcert", "sslkey", "application_name"] {
+            if let Some(v) = self.query_param(k) {
+                pairs.push((k.to_string(), v));
+            }
+        }
+        ConnString {
+            form: Form::Keywords(pairs),
+        }
+    }
+
     fn keyword(&self, key: &str) -> Option<&str> {
         match &self.form {
             Form::Keywords(pairs) => pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()),
-            Form::Url(_) | Form::Jdbc(_) => None,
+            Form::Url(_) | Form::Jdbc(_) | Form::Npgsql(..) => None,
+        }
+    }
+
+    fn npgsql(&self, field: Field) -> Option<&str> {
+        match &self.form {
+            Form::Npgsql(_, pairs) => pairs
+                .iter()
+                .rev()
+                .find(|p| p.meaning == Some(NpgsqlKey::Field(field)))
+                .map(|p| p.value.as_str()),
+            _ => None,
         }
     }
 
@@ -90,6 +232,12 @@ impl ConnString {
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.into_owned()),
             Form::Keywords(_) => self.keyword(key).map(str::to_string),
+            Form::Npgsql(_, pairs) if key == "sslmode" => pairs
+                .iter()
+                .rev()
+                .find(|p| p.meaning == Some(NpgsqlKey::SslMode))
+                .map(|p| npgsql_sslmode(&p.value)),
+            Form::Npgsql(..) => None,
         }
     }
 
@@ -106,6 +254,11 @@ impl ConnString {
                 .or_else(|| self.keyword("hostaddr"))
                 .unwrap_or("localhost")
                 .to_string(),
+            Form::Npgsql(..) => self
+                .npgsql(Field::Host)
+                .filter(|h| !h.is_empty())
+                .unwrap_or("localhost")
+                .to_string(),
         }
     }
 
@@ -113,6 +266,10 @@ impl ConnString {
         match &self.form {
             Form::Url(url) | Form::Jdbc(url) => url.port().unwrap_or(5432),
             Form::Keywords(_) => self.keyword("port").and_then(|p| p.parse().ok()).unwrap_or(5432),
+            Form::Npgsql(..) => self
+                .npgsql(Field::Port)
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(5432),
         }
     }
 
@@ -121,6 +278,7 @@ impl ConnString {
             Form::Url(url) => (!url.username().is_empty()).then(|| decode(url.username())),
             Form::Jdbc(_) => self.query_param("user"),
             Form::Keywords(_) => self.keyword("user").map(str::to_string),
+            Form::Npgsql(..) => self.npgsql(Field::User).map(str::to_string),
         }
     }
 
@@ -132,6 +290,10 @@ impl ConnString {
                 if path.is_empty() { self.user() } else { Some(path) }
             }
             Form::Keywords(_) => self.keyword("dbname").map(str::to_string).or_else(|| self.user()),
+            Form::Npgsql(..) => self
+                .npgsql(Field::Dbname)
+                .map(str::to_string)
+                .or_else(|| self.user()),
         }
     }
 
@@ -140,6 +302,7 @@ impl ConnString {
             Form::Url(url) => url.password().map(decode),
             Form::Jdbc(_) => self.query_param("password"),
             Form::Keywords(_) => self.keyword("password").map(str::to_string),
+            Form::Npgsql(..) => self.npgsql(Field::Password).map(str::to_string),
         }
     }
 
@@ -251,6 +414,7 @@ impl ConnString {
                     .collect::<Vec<_>>()
                     .join(" ")
             }
+            Form::Npgsql(text, pairs) => rewrite_npgsql(text, pairs, to),
         }
     }
 
@@ -279,6 +443,22 @@ impl ConnString {
                 }
                 out.to_string()
             }
+            Form::Npgsql(..) => {
+                let mut url = Url::parse("postgresql://localhost/").unwrap();
+                let _ = url.set_host(Some(&self.host()));
+                let _ = url.set_port(Some(self.port()));
+                url.set_path(&format!("/{}", encode(&self.dbname().unwrap_or_default())));
+                if let Some(u) = self.user() {
+                    let _ = url.set_username(&encode(&u));
+                }
+                if let Some(p) = self.password() {
+                    let _ = url.set_password(Some(&encode(&p)));
+                }
+                if let Some(m) = self.query_param("sslmode") {
+                    url.query_pairs_mut().append_pair("sslmode", &m);
+                }
+                url.to_string()
+            }
             Form::Keywords(pairs) => {
                 let mut url = Url::parse("postgresql://localhost/").unwrap();
                 let _ = url.set_host(Some(&self.host()));
@@ -291,7 +471,10 @@ impl ConnString {
                     let _ = url.set_password(Some(&encode(&p)));
                 }
                 for (k, v) in pairs {
-                    if matches!(k.as_str(), "sslmode" | "application_name" | "options") {
+                    if matches!(
+                        k.as_str(),
+                        "sslmode" | "sslrootcert" | "sslcert" | "sslkey" | "application_name" | "options"
+                    ) {
                         url.query_pairs_mut().append_pair(k, v);
                     }
                 }
@@ -388,6 +571,138 @@ fn parse_keywords(text: &str) -> Option<Vec<(String, String)>> {
     (!pairs.is_empty()).then_some(pairs)
 }
 
+/// `Key=value;Key="quoted; value";…` as DbConnectionStringBuilder reads it;
+/// `None` unless it names a host (Host/Server) and every pair has a key.
+fn parse_npgsql(text: &str) -> Option<Vec<NpgsqlPair>> {
+    let bytes = text.as_bytes();
+    let mut pairs = vec![];
+    let mut at = 0;
+    while at < text.len() {
+        // key: up to '='
+        let eq = at + text[at..].find('=')?;
+        let key = text[at..eq].trim().trim_start_matches(';').trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_') {
+            return None;
+        }
+        let mut v = eq + 1;
+        while v < text.len() && bytes[v] == b' ' {
+            v += 1;
+        }
+        let (value, span, quote, next) = match bytes.get(v) {
+            Some(&q @ (b'"' | b'\'')) => {
+                let q = q as char;
+                let mut value = String::new();
+                let mut i = v + 1;
+                loop {
+                    let c = text[i..].chars().next()?;
+                    if c == q {
+                        if text[i + 1..].starts_with(q) {
+                            value.push(q);
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    value.push(c);
+                    i += c.len_utf8();
+                }
+                let end = i + 1;
+                let rest = &text[end..];
+                let next = end + rest.find(';').map(|s| s + 1).unwrap_or(rest.len());
+                if !text[end..next].trim_end_matches(';').trim().is_empty() {
+                    return None;
+                }
+                (value, (v, end), Some(q), next)
+            }
+            _ => {
+                let end = v + text[v..].find(';').unwrap_or(text.len() - v);
+                let raw = text[v..end].trim_end();
+                (raw.to_string(), (v, v + raw.len()), None, (end + 1).min(text.len()))
+            }
+        };
+        pairs.push(NpgsqlPair {
+            key: key.to_string(),
+            meaning: npgsql_key(key),
+            value,
+            span,
+            quote,
+        });
+        at = next;
+        while at < text.len() && (bytes[at] == b' ' || bytes[at] == b';') {
+            at += 1;
+        }
+    }
+    pairs
+        .iter()
+        .any(|p| p.meaning == Some(NpgsqlKey::Field(Field::Host)))
+        .then_some(pairs)
+}
+
+/// Npgsql's SSL Mode (`VerifyFull`) as libpq spells it (`verify-full`).
+fn npgsql_sslmode(v: &str) -> String {
+    match v.to_lowercase().replace(['-', '_'], "").as_str() {
+        "verifyca" => "verify-ca".into(),
+        "verifyfull" => "verify-full".into(),
+        other => other.to_string(),
+    }
+}
+
+fn quote_npgsql(v: &str, quote: Option<char>) -> String {
+    let needs = v.contains([';', '"', '\'', '=']) || v.starts_with(' ') || v.ends_with(' ');
+    match quote {
+        Some(q) => format!("{q}{}{q}", v.replace(q, &format!("{q}{q}"))),
+        None if needs => format!("\"{}\"", v.replace('"', "\"\"")),
+        None => v.to_string(),
+    }
+}
+
+/// The Npgsql string with host, port, database, user and password pointed
+/// at `to`: only those values change (a password is dropped where `to` has
+/// none); a port or database the string lacks is appended.
+fn rewrite_npgsql(text: &str, pairs: &[NpgsqlPair], to: &Destination) -> String {
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut at = 0;
+    let mut seen = vec![];
+    for p in pairs {
+        let Some(NpgsqlKey::Field(f)) = p.meaning else { continue };
+        seen.push(f);
+        match f.value_in(to) {
+            Some(v) => {
+                out.push_str(&text[at..p.span.0]);
+                out.push_str(&quote_npgsql(&v, p.quote));
+                at = p.span.1;
+            }
+            None => {
+                // The whole `Password=…;` pair goes.
+                let key_start = text[..p.span.0].rfind(';').map(|i| i + 1).unwrap_or(0);
+                let key_start = key_start + (text[key_start..].len() - text[key_start..].trim_start().len());
+                out.push_str(&text[at..key_start]);
+                at = p.span.1;
+                if text[at..].starts_with(';') {
+                    at += 1;
+                    while text[at..].starts_with(' ') {
+                        at += 1;
+                    }
+                }
+            }
+        }
+    }
+    out.push_str(&text[at..]);
+    for (f, needed) in [(Field::Port, to.port != 5432), (Field::Dbname, true)] {
+        if needed && !seen.contains(&f) {
+            let key = if f == Field::Port { "Port" } else { "Database" };
+            if !out.is_empty() && !out.trim_end().ends_with(';') {
+                out.push(';');
+            }
+            out.push_str(&format!("{key}={}", quote_npgsql(&f.value_in(to).unwrap_or_default(), None)));
+            if text.trim_end().ends_with(';') {
+                out.push(';');
+            }
+        }
+    }
+    out
+}
+
 /// Host names that mean this machine.
 pub fn same_host(a: &str, b: &str) -> bool {
     let local = |h: &str| matches!(h, "localhost" | "127.0.0.1" | "::1" | "");
@@ -462,6 +777,45 @@ mod tests {
             c.rewrite(&dest(Some("x"))),
             "jdbc:postgresql://db.example:6432/TovPlay"
         );
+    }
+
+    #[test]
+    fn npgsql_strings_keep_their_keys_spacing_and_quotes() {
+        let t = "Server=postgres; Port=5432; Database=app; User Id=app; Password=\"o;ld\"; Pooling=true;";
+        let c = ConnString::parse(t).unwrap();
+        assert_eq!(c.address(), "postgres:5432/app");
+        assert_eq!((c.user().as_deref(), c.password().as_deref()), (Some("app"), Some("o;ld")));
+        assert_eq!(
+            c.rewrite(&dest(Some("n;w"))),
+            "Server=db.example; Port=6432; Database=TovPlay; User Id=raz@tovtech.org; Password=\"n;w\"; Pooling=true;"
+        );
+        assert_eq!(
+            c.rewrite(&dest(None)),
+            "Server=db.example; Port=6432; Database=TovPlay; User Id=raz@tovtech.org; Pooling=true;"
+        );
+        let c = ConnString::parse("host=h;database=d;username=u;SSL Mode=VerifyFull").unwrap();
+        assert_eq!(c.to_url(), "postgresql://u@h:5432/d?sslmode=verify-full");
+        assert_eq!(
+            c.rewrite(&dest(None)),
+            "host=db.example;database=TovPlay;username=raz@tovtech.org;SSL Mode=VerifyFull;Port=6432"
+        );
+        // No host: not a connection string cutover can repoint.
+        assert!(ConnString::parse("Database=d;Username=u").is_none());
+    }
+
+    #[test]
+    fn fields_make_a_connection() {
+        let c = ConnString::from_fields(&[
+            (Field::Host, "db".into()),
+            (Field::Port, "6543".into()),
+            (Field::Dbname, "app".into()),
+            (Field::User, "u".into()),
+        ])
+        .unwrap();
+        assert_eq!(c.to_url(), "postgresql://u@db:6543/app");
+        let j = ConnString::parse("jdbc:postgresql://db:5433/app?sslmode=require").unwrap();
+        let c = j.with_fields(&[(Field::User, "u".into()), (Field::Password, "p".into())]);
+        assert_eq!(c.to_url(), "postgresql://u:p@db:5433/app?sslmode=require");
     }
 
     #[test]

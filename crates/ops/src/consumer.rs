@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use cutover_core::endpoint::{Endpoint, redact_text};
 use cutover_core::identity::ServerIdentity;
-use cutover_core::plan_file::{ConsumerKind, ConsumerSpec, EndpointSpec};
+use cutover_core::plan_file::{ConsumerKind, ConsumerSpec, Encoding, EndpointSpec};
 use cutover_core::{Error, Result};
 use serde::Serialize;
 
-use crate::conn::{ConnString, Destination, same_host};
+use crate::conn::{ConnString, Destination, Field, same_host};
 use crate::hooks;
 use crate::locate::{self, Occurrence};
 
@@ -98,19 +98,73 @@ pub struct Located {
     pub how: String,
 }
 
-/// One connection found in a consumer's configuration.
+/// What one value in a consumer's configuration holds.
+#[derive(Debug, Clone)]
+pub enum Holds {
+    /// A whole connection (URL, JDBC URL, keyword or Npgsql string).
+    Connection(ConnString),
+    /// A `.pgpass` line.
+    Pgpass,
+    /// One part of a connection split over several keys.
+    Field(Field),
+}
+
+/// One value of a connection, where the file holds it.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// The key it is at (empty in text files and command output).
+    pub key: String,
+    pub occurrence: Occurrence,
+    pub holds: Holds,
+}
+
+/// One connection found in a consumer's configuration: one value, or the
+/// keys that together make it.
 #[derive(Debug, Clone)]
 pub struct Found {
-    pub occurrence: Occurrence,
+    pub parts: Vec<Part>,
+    /// What the application connects with (the parts put together).
     pub conn: ConnString,
     pub located: Located,
+}
+
+impl Found {
+    /// The line of its first part.
+    pub fn line(&self) -> usize {
+        self.parts[0].occurrence.line
+    }
+
+    /// The connection as the file writes it, passwords redacted.
+    pub fn shown(&self) -> String {
+        if let [p] = self.parts.as_slice()
+            && p.key.is_empty()
+        {
+            return redact_lines(&p.occurrence.value);
+        }
+        self.parts
+            .iter()
+            .map(|p| {
+                let v = match p.holds {
+                    Holds::Field(Field::Password) => "***".to_string(),
+                    _ => redact_lines(&p.occurrence.value),
+                };
+                format!("{}={v}", p.key)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Whether the file gives this connection a password.
+    pub fn has_password(&self) -> bool {
+        self.conn.password().is_some()
+    }
 }
 
 /// A consumer's configuration as read now.
 #[derive(Debug, Clone)]
 pub struct Reading {
     pub spec: ConsumerSpec,
-    /// The file (env, yaml, text).
+    /// The file (not for command consumers).
     pub path: Option<PathBuf>,
     /// The file's text, or the `get` command's output.
     pub content: String,
@@ -160,63 +214,54 @@ pub async fn read(spec: &ConsumerSpec, base: &Path, servers: &Servers) -> Result
         })?,
         (_, None) => return Err(consumer_error(spec, "`path` is missing")),
     };
-    let occurrences: Vec<Occurrence> = match spec.kind {
-        ConsumerKind::Env | ConsumerKind::Yaml => {
-            let key = spec.key.as_deref().unwrap_or_default();
-            let p = path.as_ref().unwrap().display();
-            let found = if spec.kind == ConsumerKind::Env {
-                locate::env(&content, key)
-            } else {
-                locate::yaml(&content, key)
-            }
-            .map_err(|e| consumer_error(spec, format!("{p}: {e}")))?;
-            match found {
-                Some(o) => vec![o],
-                None => {
-                    return Err(consumer_error(
-                        spec,
-                        format!("{key} is not set in {p}; fix `key` in the plan file"),
-                    ));
-                }
-            }
+    let shown_path = path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let connections: Vec<(Vec<Part>, ConnString)> = match spec.kind {
+        ConsumerKind::Text => locate::text(&content)
+            .into_iter()
+            .filter_map(|occ| {
+                let (conn, holds) = if occ.pgpass {
+                    (pgpass_conn(&occ.value)?, Holds::Pgpass)
+                } else {
+                    let c = ConnString::parse(&occ.value)?;
+                    (c.clone(), Holds::Connection(c))
+                };
+                Some((
+                    vec![Part {
+                        key: String::new(),
+                        occurrence: occ,
+                        holds,
+                    }],
+                    conn,
+                ))
+            })
+            .collect(),
+        ConsumerKind::Command => {
+            let occ = Occurrence {
+                line: 1,
+                start: 0,
+                end: content.len(),
+                value: content.clone(),
+                quoting: locate::Quoting::Bare,
+                pgpass: false,
+            };
+            let conn = parse_connection(spec, &occ, "")?;
+            vec![(
+                vec![Part {
+                    key: String::new(),
+                    occurrence: occ,
+                    holds: Holds::Connection(conn.clone()),
+                }],
+                conn,
+            )]
         }
-        ConsumerKind::Text => locate::text(&content),
-        ConsumerKind::Command => vec![Occurrence {
-            line: 1,
-            start: 0,
-            end: content.len(),
-            value: content.clone(),
-            quoting: locate::Quoting::Bare,
-            pgpass: false,
-        }],
+        _ => vec![keyed(spec, &content, &shown_path)?],
     };
     let mut found = vec![];
     let mut ignored = vec![];
-    for occ in occurrences {
-        let conn = if occ.pgpass {
-            pgpass_conn(&occ.value)
-        } else {
-            ConnString::parse(&occ.value)
-        };
-        let Some(conn) = conn else {
-            if spec.kind == ConsumerKind::Text {
-                continue;
-            }
-            return Err(consumer_error(
-                spec,
-                format!(
-                    "line {}: {:?} is not a PostgreSQL connection (a postgresql:// URL or host=… dbname=…)",
-                    occ.line,
-                    redact_text(&occ.value)
-                ),
-            ));
-        };
-        let located = locate_conn(&conn, occ.pgpass, servers).await;
-        let f = Found {
-            occurrence: occ,
-            conn,
-            located,
-        };
+    for (parts, conn) in connections {
+        let pgpass = matches!(parts[0].holds, Holds::Pgpass);
+        let located = locate_conn(&conn, pgpass, servers).await;
+        let f = Found { parts, conn, located };
         if spec.kind == ConsumerKind::Text && f.located.which == Which::Other {
             ignored.push(f);
         } else {
@@ -224,12 +269,11 @@ pub async fn read(spec: &ConsumerSpec, base: &Path, servers: &Servers) -> Result
         }
     }
     if found.is_empty() {
-        let p = path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
         return Err(consumer_error(
             spec,
             format!(
-                "no connection to the source or the target found in {p} ({} other connection(s) left alone); \
-                 if the file names the source by another host name, add it to [source] aliases",
+                "no connection to the source or the target found in {shown_path} ({} other connection(s) left \
+                 alone); if the file names the source by another host name, add it to [source] aliases",
                 ignored.len()
             ),
         ));
@@ -241,6 +285,105 @@ pub async fn read(spec: &ConsumerSpec, base: &Path, servers: &Servers) -> Result
         found,
         ignored,
     })
+}
+
+/// The value as a connection, or an error naming the key and what was expected.
+fn parse_connection(spec: &ConsumerSpec, occ: &Occurrence, key: &str) -> Result<ConnString> {
+    ConnString::parse(&occ.value).ok_or_else(|| {
+        consumer_error(
+            spec,
+            format!(
+                "line {}: {}{:?} is not a PostgreSQL connection (a postgresql:// or jdbc:postgresql:// URL, \
+                 host=… dbname=…, or Host=…;Database=…); name its parts with `keys` if the file splits them",
+                occ.line,
+                if key.is_empty() { String::new() } else { format!("{key} = ") },
+                redact_text(&occ.value)
+            ),
+        )
+    })
+}
+
+/// The connection a keyed file holds at `key` and/or `keys` (for
+/// pg_service: the service's lines), values decoded where `encoding` says.
+fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Part>, ConnString)> {
+    let leaves = locate::leaves(spec.kind, content).map_err(|e| consumer_error(spec, format!("{shown_path}: {e}")))?;
+    let lookup = |key: &str, fix: &str| -> Result<Option<Occurrence>> {
+        let occ = locate::find(&leaves, key).map_err(|e| consumer_error(spec, format!("{shown_path}: {e}")))?;
+        let Some(mut occ) = occ else {
+            return if fix.is_empty() {
+                Ok(None)
+            } else {
+                Err(consumer_error(
+                    spec,
+                    format!("{key} is not set in {shown_path}; fix {fix} in the plan file"),
+                ))
+            };
+        };
+        if spec.encoding == Some(Encoding::Base64) {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(occ.value.trim())
+                .map_err(|e| consumer_error(spec, format!("line {}: {key} is not base64 ({e})", occ.line)))?;
+            occ.value = String::from_utf8(bytes)
+                .map_err(|_| consumer_error(spec, format!("line {}: {key} does not decode to text", occ.line)))?;
+        }
+        Ok(Some(occ))
+    };
+    let mut parts = vec![];
+    let mut fields = vec![];
+    let mut whole = None;
+    if spec.kind == ConsumerKind::PgService {
+        let service = spec.key.as_deref().unwrap_or_default();
+        for f in Field::ALL {
+            let key = format!("{service}.{}", f.keyword());
+            if let Some(occ) = lookup(&key, "")? {
+                fields.push((f, occ.value.clone()));
+                parts.push(Part {
+                    key: f.keyword().to_string(),
+                    occurrence: occ,
+                    holds: Holds::Field(f),
+                });
+            }
+        }
+        if parts.is_empty() {
+            return Err(consumer_error(
+                spec,
+                format!(
+                    "{shown_path} has no service [{service}] with host, port, dbname, user or password lines; fix \
+                     `key` in the plan file"
+                ),
+            ));
+        }
+    } else {
+        if let Some(key) = &spec.key
+            && let Some(occ) = lookup(key, "`key`")?
+        {
+            let conn = parse_connection(spec, &occ, key)?;
+            whole = Some(conn.clone());
+            parts.push(Part {
+                key: key.clone(),
+                occurrence: occ,
+                holds: Holds::Connection(conn),
+            });
+        }
+        for (name, key) in spec.keys.named() {
+            let f = Field::ALL.into_iter().find(|f| f.keyword() == name).unwrap();
+            let occ = lookup(key, &format!("keys.{name}"))?.unwrap();
+            fields.push((f, occ.value.clone()));
+            parts.push(Part {
+                key: key.to_string(),
+                occurrence: occ,
+                holds: Holds::Field(f),
+            });
+        }
+    }
+    let conn = match whole {
+        Some(w) => w.with_fields(&fields),
+        None => ConnString::from_fields(&fields).ok_or_else(|| {
+            consumer_error(spec, "its keys name neither a host nor a database".to_string())
+        })?,
+    };
+    Ok((parts, conn))
 }
 
 /// host:port:database:user:password as a keyword connection.
@@ -260,6 +403,49 @@ fn pgpass_conn(line: &str) -> Option<ConnString> {
     ))
 }
 
+/// How a probe logs in with a consumer's connection, as the application
+/// would: its own user and password; where the file holds no password, the
+/// plan's password when the user is the plan's target user (and the probe
+/// goes to the target), else whatever this machine offers (PGPASSWORD,
+/// ~/.pgpass, trust). `note` says which, for the reports.
+pub struct Login {
+    pub url: String,
+    pub note: Option<String>,
+}
+
+impl Login {
+    pub fn new(conn: &ConnString, servers: &Servers, to_target: bool) -> Login {
+        if conn.password().is_some() {
+            return Login {
+                url: conn.to_url(),
+                note: None,
+            };
+        }
+        let d = &servers.target_destination;
+        let user = conn.user();
+        if let Some(pw) = &d.password
+            && to_target
+            && user.as_deref() == Some(d.user.as_str())
+        {
+            return Login {
+                url: conn.with_fields(&[(Field::Password, pw.clone())]).to_url(),
+                note: Some(format!(
+                    "the file holds no password: logged in as {} with the plan's password for that user",
+                    d.user
+                )),
+            };
+        }
+        Login {
+            url: conn.to_url(),
+            note: Some(format!(
+                "the file holds no password: logged in as {} with what this machine offers (PGPASSWORD, \
+                 ~/.pgpass or a trust rule)",
+                user.as_deref().unwrap_or("the operating-system user")
+            )),
+        }
+    }
+}
+
 /// Which database a connection points at: the server's identity when it can
 /// be reached from here, its address otherwise.
 pub async fn locate_conn(conn: &ConnString, pgpass: bool, servers: &Servers) -> Located {
@@ -272,29 +458,17 @@ pub async fn locate_conn(conn: &ConnString, pgpass: bool, servers: &Servers) -> 
             Which::Other
         }
     };
-    let url = if pgpass { None } else { Some(conn.to_url()) };
-    let attempt = match url {
-        Some(u) if conn.password().is_some() || conn.user().is_none() => {
-            Some(hooks::probe_sql(&u, None, servers.probe_timeout).await)
-        }
-        // Without a password, a probe would fail on authentication: try
-        // with the plan's password when it is the plan's user on that server.
-        Some(u) => {
-            let which = by_address();
-            let d = &servers.target_destination;
-            if which == Which::Target
-                && conn.user().as_deref() == Some(d.user.as_str())
-                && d.password.is_some()
-            {
-                let with = conn.rewrite(d);
-                let u2 = ConnString::parse(&with).map(|c| c.to_url()).unwrap_or(u);
-                Some(hooks::probe_sql(&u2, None, servers.probe_timeout).await)
-            } else {
-                Some(hooks::probe_sql(&u, None, servers.probe_timeout).await)
-            }
-        }
+    let which_by_address = by_address();
+    let login = (!pgpass).then(|| Login::new(conn, servers, which_by_address == Which::Target));
+    let attempt = match &login {
+        Some(l) => Some(hooks::probe_sql(&l.url, None, servers.probe_timeout).await),
         None => None,
     };
+    let note = login
+        .as_ref()
+        .and_then(|l| l.note.as_ref())
+        .map(|n| format!("; {n}"))
+        .unwrap_or_default();
     match attempt {
         Some(Ok(reached)) => {
             let which = if reached.identity.same_database_any_start(&servers.source.identity) {
@@ -306,7 +480,7 @@ pub async fn locate_conn(conn: &ConnString, pgpass: bool, servers: &Servers) -> 
             };
             Located {
                 which,
-                how: format!("reached {}", reached.identity.place()),
+                how: format!("reached {}{note}", reached.identity.place()),
                 reached: Some(reached.identity),
             }
         }
@@ -352,42 +526,52 @@ impl Reading {
             .map(|f| {
                 format!(
                     "line {}: {} → {} ({})",
-                    f.occurrence.line,
-                    redact_text(&f.occurrence.value),
+                    f.line(),
+                    f.shown(),
                     f.located.which,
                     redact_text(&f.located.how)
                 )
             })
             .chain(self.ignored.iter().map(|f| {
-                format!(
-                    "line {}: {} points elsewhere; left alone",
-                    f.occurrence.line,
-                    redact_text(&f.occurrence.value)
-                )
+                format!("line {}: {} points elsewhere; left alone", f.line(), f.shown())
             }))
             .collect()
     }
 
-    /// The content with every connection to the source pointed at `dest`.
+    /// The content with every connection to the source pointed at `dest`:
+    /// each value in its own form, encoding and quoting.
     pub fn rewritten(&self, dest: &Destination) -> Result<String> {
         let mut replacements = vec![];
         for f in self.found.iter().filter(|f| f.located.which == Which::Source) {
-            let new = if f.occurrence.pgpass {
-                let old_pw = f.conn.password().unwrap_or_default();
-                format!(
-                    "{}:{}:{}:{}:{}",
-                    dest.host,
-                    dest.port,
-                    dest.dbname,
-                    dest.user,
-                    dest.password.as_deref().unwrap_or(&old_pw)
-                )
-            } else {
-                f.conn.rewrite(dest)
-            };
-            let encoded = locate::encode(&f.occurrence, &new)
-                .map_err(|e| consumer_error(&self.spec, format!("line {}: {e}", f.occurrence.line)))?;
-            replacements.push((f.occurrence.clone(), encoded));
+            for p in &f.parts {
+                let occ = &p.occurrence;
+                let new = match &p.holds {
+                    Holds::Pgpass => {
+                        let old_pw = f.conn.password().unwrap_or_default();
+                        format!(
+                            "{}:{}:{}:{}:{}",
+                            dest.host,
+                            dest.port,
+                            dest.dbname,
+                            dest.user,
+                            dest.password.as_deref().unwrap_or(&old_pw)
+                        )
+                    }
+                    Holds::Connection(c) => c.rewrite(dest),
+                    // A password key keeps its value where the target's is
+                    // not known (removing the key would change the file's shape).
+                    Holds::Field(field) => field.value_in(dest).unwrap_or_else(|| occ.value.clone()),
+                };
+                let new = if self.spec.encoding == Some(Encoding::Base64) {
+                    use base64::Engine;
+                    base64::engine::general_purpose::STANDARD.encode(new)
+                } else {
+                    new
+                };
+                let encoded = locate::encode(occ, &new)
+                    .map_err(|e| consumer_error(&self.spec, format!("line {}: {e}", occ.line)))?;
+                replacements.push((occ.clone(), encoded));
+            }
         }
         Ok(locate::splice(&self.content, &replacements))
     }

@@ -4,7 +4,11 @@
 
 use std::sync::LazyLock;
 
+use cutover_core::plan_file::ConsumerKind;
 use regex::Regex;
+
+mod python;
+use python::python_leaves;
 
 /// How the value is written where it was found; a new value is written the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +18,11 @@ pub enum Quoting {
     Single,
     /// YAML single quotes (`''` escapes a quote).
     YamlSingle,
+    /// In this quote, with backslash escapes (a Python or JSON5 string).
+    Escaped(char),
+    /// A `.properties` value: backslashes escaped, and `:` and `=` too where
+    /// the file wrote them so (as `Properties.store` does).
+    Properties { escaped_separators: bool },
     /// Free text: replaced as is (the surrounding script does its own quoting).
     Raw,
 }
@@ -53,6 +62,15 @@ pub fn encode(occ: &Occurrence, value: &str) -> Result<String, String> {
         }
         Quoting::Single => Ok(value.to_string()),
         Quoting::YamlSingle => Ok(value.replace('\'', "''")),
+        Quoting::Escaped(q) => Ok(value.replace('\\', "\\\\").replace(q, &format!("\\{q}"))),
+        Quoting::Properties { escaped_separators } => {
+            let v = value.replace('\\', "\\\\");
+            Ok(if escaped_separators {
+                v.replace(':', "\\:").replace('=', "\\=")
+            } else {
+                v
+            })
+        }
         Quoting::Raw => Ok(value.to_string()),
     }
 }
@@ -72,44 +90,90 @@ pub fn splice(text: &str, replacements: &[(Occurrence, String)]) -> String {
     out
 }
 
-/// The one occurrence found, none, or an error listing the lines of several.
-fn at_most_one(mut found: Vec<Occurrence>, what: &str, fix: &str) -> Result<Option<Occurrence>, String> {
-    if found.len() <= 1 {
-        return Ok(found.pop());
-    }
-    let lines: Vec<String> = found.iter().map(|o| o.line.to_string()).collect();
-    Err(format!(
-        "{what} {} times (lines {}): {fix}",
-        found.len(),
-        lines.join(", ")
-    ))
+// ---------------------------------------------------------------- keyed files
+
+/// One value of a keyed file (env, YAML, JSON, properties, Python settings,
+/// pg_service.conf) and the key path it sits at: `DATABASE_URL`,
+/// `services.backend.environment.DATABASE_URL`, `DATABASES.default.HOST`,
+/// `spring.datasource.url`, `app.host` (service `app`).
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    pub path: String,
+    pub line: usize,
+    /// The value, or why it cannot be repointed where it is (an alias, a
+    /// block scalar, a computed Python expression).
+    pub value: Result<Occurrence, String>,
 }
 
-// ---------------------------------------------------------------- env files
+/// Every value of `text` read as a file of `kind` (not text or command).
+pub fn leaves(kind: ConsumerKind, text: &str) -> Result<Vec<Leaf>, String> {
+    match kind {
+        ConsumerKind::Env => Ok(env_leaves(text)),
+        ConsumerKind::Yaml => yaml_leaves(text),
+        ConsumerKind::Json => json_leaves(text),
+        ConsumerKind::Properties => Ok(properties_leaves(text)),
+        ConsumerKind::Python => Ok(python_leaves(text)),
+        ConsumerKind::PgService => Ok(pg_service_leaves(text)),
+        ConsumerKind::Text | ConsumerKind::Command => Err("not a keyed file".into()),
+    }
+}
+
+/// The one value at `path`, none, or an error naming the lines of several
+/// (tools disagree about which one wins) or why it cannot be repointed.
+pub fn find(leaves: &[Leaf], path: &str) -> Result<Option<Occurrence>, String> {
+    let at: Vec<&Leaf> = leaves.iter().filter(|l| l.path == path).collect();
+    if at.len() > 1 {
+        let lines: Vec<String> = at.iter().map(|l| l.line.to_string()).collect();
+        return Err(format!(
+            "{path} is set {} times (lines {}): keep one",
+            at.len(),
+            lines.join(", ")
+        ));
+    }
+    match at.first() {
+        None => Ok(None),
+        Some(l) => l
+            .value
+            .clone()
+            .map(Some)
+            .map_err(|e| format!("line {}: {path} {e}", l.line)),
+    }
+}
+
+fn leaf(path: String, occurrence: Occurrence) -> Leaf {
+    Leaf {
+        path,
+        line: occurrence.line,
+        value: Ok(occurrence),
+    }
+}
 
 /// `KEY=value` in a dotenv / `--env-file` / EnvironmentFile file. `export`
-/// prefixes, quotes and trailing comments are understood; a key set twice is
-/// an error (tools disagree about which one wins).
+/// prefixes, quotes and trailing comments are understood.
 pub fn env(text: &str, key: &str) -> Result<Option<Occurrence>, String> {
-    let mut found: Vec<Occurrence> = vec![];
+    find(&env_leaves(text), key)
+}
+
+fn env_leaves(text: &str) -> Vec<Leaf> {
+    let mut found = vec![];
     let mut offset = 0;
     for (i, raw) in text.split_inclusive('\n').enumerate() {
         let line_start = offset;
         offset += raw.len();
         let line = raw.trim_end_matches(['\n', '\r']);
-        let trimmed = line.trim_start();
-        let mut rest = trimmed;
+        let mut rest = line.trim_start();
         if let Some(r) = rest.strip_prefix("export ") {
             rest = r.trim_start();
         }
-        let Some(r) = rest.strip_prefix(key) else { continue };
-        let r2 = r.trim_start();
-        let Some(after_eq) = r2.strip_prefix('=') else {
+        let Some((key, after)) = rest.split_once('=') else { continue };
+        let key = key.trim_end();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
             continue;
-        };
-        let value_text = after_eq.trim_start();
+        }
+        let value_text = after.trim_start();
         let value_at = line_start + (line.len() - value_text.len());
-        let (start, end, value, quoting) = match value_text.chars().next() {
+        let path = key.to_string();
+        let occurrence = match value_text.chars().next() {
             Some(q @ ('"' | '\'')) => {
                 let body = &value_text[1..];
                 let close = if q == '"' {
@@ -129,38 +193,48 @@ pub fn env(text: &str, key: &str) -> Result<Option<Occurrence>, String> {
                     body.find('\'')
                 };
                 let Some(close) = close else {
-                    return Err(format!("line {}: the value of {key} has no closing quote", i + 1));
+                    found.push(Leaf {
+                        path,
+                        line: i + 1,
+                        value: Err("has no closing quote".into()),
+                    });
+                    continue;
                 };
                 let inner = &body[..close];
-                let value = if q == '"' {
-                    inner.replace("\\\"", "\"").replace("\\\\", "\\")
+                let (value, quoting) = if q == '"' {
+                    (
+                        inner.replace("\\\"", "\"").replace("\\\\", "\\"),
+                        Quoting::Double,
+                    )
                 } else {
-                    inner.to_string()
+                    (inner.to_string(), Quoting::Single)
                 };
-                let quoting = if q == '"' {
-                    Quoting::Double
-                } else {
-                    Quoting::Single
-                };
-                (value_at + 1, value_at + 1 + close, value, quoting)
+                Occurrence {
+                    line: i + 1,
+                    start: value_at + 1,
+                    end: value_at + 1 + close,
+                    value,
+                    quoting,
+                    pgpass: false,
+                }
             }
             _ => {
                 // Bare: up to a ` #` comment, trailing blanks trimmed.
                 let cut = value_text.find(" #").unwrap_or(value_text.len());
                 let v = value_text[..cut].trim_end();
-                (value_at, value_at + v.len(), v.to_string(), Quoting::Bare)
+                Occurrence {
+                    line: i + 1,
+                    start: value_at,
+                    end: value_at + v.len(),
+                    value: v.to_string(),
+                    quoting: Quoting::Bare,
+                    pgpass: false,
+                }
             }
         };
-        found.push(Occurrence {
-            line: i + 1,
-            start,
-            end,
-            value,
-            quoting,
-            pgpass: false,
-        });
+        found.push(leaf(path, occurrence));
     }
-    at_most_one(found, &format!("{key} is set"), "remove all but one")
+    found
 }
 
 // ---------------------------------------------------------------- YAML
@@ -177,8 +251,11 @@ enum Frame {
 /// The scalar at a dotted key path (`services.backend.environment.DATABASE_URL`),
 /// also in the list form (`environment: ["DATABASE_URL=…"]`).
 pub fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>, String> {
+    find(&yaml_leaves(text)?, path)
+}
+
+fn yaml_leaves(text: &str) -> Result<Vec<Leaf>, String> {
     use saphyr_parser::{Event, Parser, ScalarStyle};
-    let segments: Vec<&str> = path.split('.').collect();
     // Char index -> byte offset (spans are in characters).
     let byte_at: Vec<usize> = text
         .char_indices()
@@ -186,7 +263,7 @@ pub fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>, String> {
         .chain(std::iter::once(text.len()))
         .collect();
     let mut frames: Vec<Frame> = vec![];
-    let mut found: Vec<Occurrence> = vec![];
+    let mut found: Vec<Leaf> = vec![];
     let current_path = |frames: &[Frame]| -> Vec<String> {
         frames
             .iter()
@@ -222,12 +299,14 @@ pub fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>, String> {
                         awaiting_value: true,
                         ..
                     })
-                ) && current_path(&frames) == segments
-                {
-                    return Err(format!(
-                        "line {}: {path} is an alias (*name); set `key` to the path of the anchor's definition",
-                        span.start.line()
-                    ));
+                ) {
+                    found.push(Leaf {
+                        path: current_path(&frames).join("."),
+                        line: span.start.line(),
+                        value: Err(
+                            "is an alias (*name); set the key to the path of the anchor's definition".into(),
+                        ),
+                    });
                 }
                 value_done(&mut frames);
             }
@@ -263,40 +342,48 @@ pub fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>, String> {
                         *awaiting_value = true;
                     }
                     Some(Frame::Map { .. }) => {
-                        if current_path(&frames) == segments {
-                            if block {
-                                return Err(format!(
-                                    "line {}: {path} is a block scalar (| or >); write it on one line",
-                                    span.start.line()
-                                ));
-                            }
-                            found.push(Occurrence {
-                                line: line_of(text, s),
-                                start: s,
-                                end: e,
-                                value: value.to_string(),
-                                quoting,
-                                pgpass: false,
-                            });
-                        }
+                        let path = current_path(&frames).join(".");
+                        let line = line_of(text, s);
+                        found.push(Leaf {
+                            path,
+                            line,
+                            value: if block {
+                                Err("is a block scalar (| or >); write it on one line".into())
+                            } else {
+                                Ok(Occurrence {
+                                    line,
+                                    start: s,
+                                    end: e,
+                                    value: value.to_string(),
+                                    quoting,
+                                    pgpass: false,
+                                })
+                            },
+                        });
                         value_done(&mut frames);
                     }
                     Some(Frame::Seq) => {
-                        let (parent, last) = segments.split_at(segments.len() - 1);
-                        let prefix = format!("{}=", last[0]);
-                        if current_path(&frames) == parent && value.starts_with(&prefix) && !block {
-                            // The raw text of the item holds `KEY=` before the value.
-                            let raw = &text[s..e];
-                            if let Some(at) = raw.find('=') {
-                                found.push(Occurrence {
+                        // The list form: `- KEY=value` (compose's environment).
+                        let raw = &text[s..e];
+                        if let Some((k, v)) = value.split_once('=')
+                            && !block
+                            && !k.is_empty()
+                            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                            && let Some(at) = raw.find('=')
+                        {
+                            let mut path = current_path(&frames);
+                            path.push(k.to_string());
+                            found.push(leaf(
+                                path.join("."),
+                                Occurrence {
                                     line: line_of(text, s),
                                     start: s + at + 1,
                                     end: e,
-                                    value: value[prefix.len()..].to_string(),
+                                    value: v.to_string(),
                                     quoting,
                                     pgpass: false,
-                                });
-                            }
+                                },
+                            ));
                         }
                     }
                     None => {}
@@ -305,7 +392,200 @@ pub fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>, String> {
             _ => {}
         }
     }
-    at_most_one(found, &format!("{path} is found"), "it must be unique")
+    Ok(found)
+}
+
+// ---------------------------------------------------------------- JSON
+
+/// Every string and number of a JSON document (comments and trailing commas
+/// allowed, as in appsettings.json), at its key path (`ConnectionStrings.Default`).
+fn json_leaves(text: &str) -> Result<Vec<Leaf>, String> {
+    use jsonc_parser::ast::{ObjectPropName, Value};
+    let parsed = jsonc_parser::parse_to_ast(text, &Default::default(), &Default::default())
+        .map_err(|e| format!("not valid JSON: {e}"))?;
+    let mut found = vec![];
+    fn walk(text: &str, v: &Value, path: &mut Vec<String>, found: &mut Vec<Leaf>) {
+        match v {
+            Value::Object(o) => {
+                for p in &o.properties {
+                    let name = match &p.name {
+                        ObjectPropName::String(s) => s.value.to_string(),
+                        ObjectPropName::Word(w) => w.value.to_string(),
+                    };
+                    path.push(name);
+                    walk(text, &p.value, path, found);
+                    path.pop();
+                }
+            }
+            Value::Array(a) => {
+                for e in &a.elements {
+                    walk(text, e, path, found);
+                }
+            }
+            Value::StringLit(s) => {
+                let (start, end) = (s.range.start, s.range.end);
+                let q = text[start..].chars().next().unwrap_or('"');
+                found.push(leaf(
+                    path.join("."),
+                    Occurrence {
+                        line: line_of(text, start),
+                        start: start + 1,
+                        end: end - 1,
+                        value: s.value.to_string(),
+                        quoting: if q == '"' { Quoting::Double } else { Quoting::Escaped('\'') },
+                        pgpass: false,
+                    },
+                ));
+            }
+            Value::NumberLit(n) => found.push(leaf(
+                path.join("."),
+                Occurrence {
+                    line: line_of(text, n.range.start),
+                    start: n.range.start,
+                    end: n.range.end,
+                    value: n.value.to_string(),
+                    quoting: Quoting::Bare,
+                    pgpass: false,
+                },
+            )),
+            _ => {}
+        }
+    }
+    if let Some(v) = &parsed.value {
+        walk(text, v, &mut vec![], &mut found);
+    }
+    Ok(found)
+}
+
+// ---------------------------------------------------------------- Java properties
+
+/// `key=value`, `key: value` or `key value` lines of a `.properties` file
+/// (`#`/`!` comments; a value continued over lines is refused).
+fn properties_leaves(text: &str) -> Vec<Leaf> {
+    let mut found = vec![];
+    let mut offset = 0;
+    let mut continued = false;
+    for (i, raw) in text.split_inclusive('\n').enumerate() {
+        let line_start = offset;
+        offset += raw.len();
+        let line = raw.trim_end_matches(['\n', '\r']);
+        let was_continued = continued;
+        continued = line.chars().rev().take_while(|c| *c == '\\').count() % 2 == 1;
+        let body = line.trim_start();
+        if was_continued || body.is_empty() || body.starts_with(['#', '!']) {
+            continue;
+        }
+        let body_at = line_start + (line.len() - body.len());
+        // The key ends at an unescaped '=', ':' or blank.
+        let mut key = String::new();
+        let mut chars = body.char_indices().peekable();
+        let mut key_end = body.len();
+        while let Some((j, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        key.push(n);
+                    }
+                }
+                '=' | ':' | ' ' | '\t' => {
+                    key_end = j;
+                    break;
+                }
+                c => key.push(c),
+            }
+        }
+        let mut rest = body[key_end..].trim_start_matches([' ', '\t']);
+        if let Some(r) = rest.strip_prefix(['=', ':']) {
+            rest = r.trim_start_matches([' ', '\t']);
+        }
+        let start = body_at + (body.len() - rest.len());
+        let line_no = i + 1;
+        if continued {
+            found.push(Leaf {
+                path: key,
+                line: line_no,
+                value: Err("is continued over several lines (a trailing \\); write it on one line".into()),
+            });
+            continue;
+        }
+        let mut value = String::new();
+        let mut cs = rest.chars();
+        while let Some(c) = cs.next() {
+            if c != '\\' {
+                value.push(c);
+                continue;
+            }
+            match cs.next() {
+                Some('t') => value.push('\t'),
+                Some('n') => value.push('\n'),
+                Some('r') => value.push('\r'),
+                Some('f') => value.push('\u{c}'),
+                Some('u') => {
+                    let hex: String = cs.by_ref().take(4).collect();
+                    if let Some(ch) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                        value.push(ch);
+                    }
+                }
+                Some(o) => value.push(o),
+                None => {}
+            }
+        }
+        found.push(leaf(
+            key,
+            Occurrence {
+                line: line_no,
+                start,
+                end: start + rest.len(),
+                value,
+                quoting: Quoting::Properties {
+                    escaped_separators: rest.contains("\\:") || rest.contains("\\="),
+                },
+                pgpass: false,
+            },
+        ));
+    }
+    found
+}
+
+// ---------------------------------------------------------------- pg_service.conf
+
+/// `[service]` sections of a connection service file, each `key=value`
+/// line at `service.key`.
+fn pg_service_leaves(text: &str) -> Vec<Leaf> {
+    let mut found = vec![];
+    let mut section: Option<String> = None;
+    let mut offset = 0;
+    for (i, raw) in text.split_inclusive('\n').enumerate() {
+        let line_start = offset;
+        offset += raw.len();
+        let line = raw.trim_end_matches(['\n', '\r']);
+        let body = line.trim();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = body.strip_prefix('[').and_then(|b| b.strip_suffix(']')) {
+            section = Some(name.trim().to_string());
+            continue;
+        }
+        let (Some(s), Some((key, value))) = (&section, body.split_once('=')) else {
+            continue;
+        };
+        let value = value.trim();
+        let end_in_line = line.trim_end().len();
+        let start = line_start + end_in_line - value.len();
+        found.push(leaf(
+            format!("{s}.{}", key.trim()),
+            Occurrence {
+                line: i + 1,
+                start,
+                end: line_start + end_in_line,
+                value: value.to_string(),
+                quoting: Quoting::Bare,
+                pgpass: false,
+            },
+        ));
+    }
+    found
 }
 
 // ---------------------------------------------------------------- free text

@@ -67,10 +67,15 @@ impl Repoint {
             (ConsumerKind::Command, _) => {
                 format!("through `{}`", redact_text(spec.set.as_deref().unwrap_or("")))
             }
-            (kind, Some(p)) => match &spec.key {
-                Some(k) => format!("{k} in {} ({})", p.display(), format!("{kind:?}").to_lowercase()),
-                None => format!("{} (text)", p.display()),
-            },
+            (ConsumerKind::Text, Some(p)) => format!("{} (text)", p.display()),
+            (kind, Some(p)) => {
+                let keys: Vec<&str> = spec.key.iter().map(String::as_str).chain(spec.keys.named().map(|(_, k)| k)).collect();
+                let kind = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                match kind.as_str() {
+                    "pg_service" => format!("service [{}] in {} (pg_service)", keys.join(", "), p.display()),
+                    _ => format!("{} in {} ({kind})", keys.join(", "), p.display()),
+                }
+            }
             _ => String::new(),
         };
         let mut details = reading.describe_connections();
@@ -83,11 +88,21 @@ impl Repoint {
             Which::Source => {
                 let new = reading.rewritten(&dest)?;
                 details.extend(reading.diff(&new).lines().map(str::to_string));
-                if reading.found.iter().any(|f| f.conn.password().is_some()) && dest.password.is_none() {
+                if reading.found.iter().any(|f| f.has_password()) && dest.password.is_none() {
+                    let split = reading.found.iter().any(|f| {
+                        f.parts
+                            .iter()
+                            .any(|p| matches!(p.holds, consumer::Holds::Field(crate::conn::Field::Password)))
+                    });
                     warnings.push(format!(
                         "consumer {}: its connection carries a password, but the target's is not known to cutover; \
-                         the new connection is written without one (set target_url_env, or a password in [target])",
-                        spec.name
+                         {} (set target_url_env, or a password in [target])",
+                        spec.name,
+                        if split {
+                            "its password key keeps the value it has"
+                        } else {
+                            "the new connection is written without one"
+                        }
                     ));
                 }
                 let mut s = format!("point consumer {} at the target: {place}", spec.name);
@@ -344,9 +359,9 @@ impl Repoint {
     /// A consumer already on the target: only prove its connection works.
     async fn reload_and_probe_readonly(&self, _ctx: &RunContext) -> Result<serde_json::Value> {
         let f = &self.reading.found[0];
-        let url = f.conn.to_url();
+        let login = consumer::Login::new(&f.conn, &self.servers, true);
         match hooks::probe_sql(
-            &url,
+            &login.url,
             self.reading.spec.health_sql.as_deref(),
             Duration::from_secs(5),
         )

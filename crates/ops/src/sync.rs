@@ -15,7 +15,6 @@ use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, ErrorKind, Result};
 use serde_json::json;
 
-use crate::conn::ConnString;
 use crate::consumer::{self, Servers, Which};
 use crate::hooks;
 
@@ -44,25 +43,6 @@ impl VerifySync {
         }
     }
 
-    /// The URL to probe a connection with: the consumer's own, with the plan's
-    /// password when it names the plan's user and carries none.
-    fn probe_url(&self, conn: &ConnString) -> String {
-        let d = &self.servers.target_destination;
-        if conn.password().is_none()
-            && conn.user().as_deref() == Some(d.user.as_str())
-            && d.password.is_some()
-        {
-            let with = crate::conn::Destination {
-                host: conn.host(),
-                port: conn.port(),
-                dbname: conn.dbname().unwrap_or_default(),
-                user: d.user.clone(),
-                password: d.password.clone(),
-            };
-            return crate::repoint::destination_url(&with);
-        }
-        conn.to_url()
-    }
 }
 
 #[async_trait]
@@ -273,10 +253,15 @@ impl VerifySync {
             };
             for f in &reading.found {
                 let t0 = Instant::now();
-                let url = self.probe_url(&f.conn);
-                let probe =
-                    hooks::probe_sentinel(&url, table, token, ctx.journal.schema(), Duration::from_secs(10))
-                        .await;
+                let login = consumer::Login::new(&f.conn, &self.servers, true);
+                let probe = hooks::probe_sentinel(
+                    &login.url,
+                    table,
+                    token,
+                    ctx.journal.schema(),
+                    Duration::from_secs(10),
+                )
+                .await;
                 let mut privileges = None;
                 let seen: Result<(bool, String)> = match probe {
                     Ok(p) => {
@@ -300,8 +285,9 @@ impl VerifySync {
                 let line = match (&seen, &http) {
                     (Ok((true, place)), None | Some(Ok(_))) => {
                         format!(
-                            "consumer {} sees the sentinel through {place} in {millis} ms",
-                            spec.name
+                            "consumer {} sees the sentinel through {place} in {millis} ms{}",
+                            spec.name,
+                            login.note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default()
                         )
                     }
                     (Ok((true, _)), Some(Err(e))) => {
@@ -342,7 +328,8 @@ impl VerifySync {
                 }
                 report.push(json!({
                     "consumer": spec.name,
-                    "line": f.occurrence.line,
+                    "line": f.line(),
+                    "login": login.note,
                     "sees_sentinel": matches!(seen, Ok((true, _))),
                     "reached": seen.as_ref().ok().map(|(_, p)| p.clone()),
                     "points_at": f.located.which,

@@ -55,8 +55,8 @@ pub(crate) fn run(global: &GlobalArgs, _args: DoctorArgs) -> anyhow::Result<Code
                         }
                         rows.push(serde_json::json!({
                             "consumer": spec.name,
-                            "line": f.occurrence.line,
-                            "connection": redact_text(&f.occurrence.value),
+                            "line": f.line(),
+                            "connection": f.shown(),
                             "points_at": f.located.which,
                             "how": redact_text(&f.located.how),
                         }));
