@@ -10,4 +10,5 @@ pub mod hooks;
 pub mod locate;
 pub mod repoint;
 pub mod retire;
+pub mod scan;
 pub mod sync;

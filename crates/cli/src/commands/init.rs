@@ -4,12 +4,12 @@
 //! (its URL, or its host and port) and offers each as a consumer.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 use cutover_core::endpoint::redact_text;
-use cutover_ops::conn::{ConnString, same_host};
-use cutover_ops::locate;
+use cutover_ops::conn::ConnString;
+use cutover_ops::scan::Candidate;
 
 use crate::args::GlobalArgs;
 use crate::exit::{Code, coded};
@@ -95,20 +95,20 @@ pub(crate) fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Code> {
                 "--scan needs the source or target URL (--source/--target, or answer the questions) to know what to look for",
             ));
         }
-        let found = scan(dir, &wanted)?;
+        let (found, skipped) = cutover_ops::scan::scan(dir, &wanted)?;
         let mut blocks = String::new();
-        for (i, c) in found.iter().enumerate() {
+        for c in &found {
             let keep = match ask(&format!(
-                "add {} ({}, {})? [Y/n]",
+                "add {} as consumer {} ({})? [Y/n]",
                 c.path.display(),
-                c.kind,
-                c.reason
+                c.name,
+                redact_text(&c.reason)
             ))? {
                 Some(a) => !a.to_lowercase().starts_with('n'),
                 None => true,
             };
             if keep {
-                blocks.push_str(&c.block(i, &blocks));
+                blocks.push_str(&block(c));
             }
         }
         if let (Some(a), Some(b)) = (text.find(CONSUMER_EXAMPLE_START), text.find(CONSUMER_EXAMPLE_END)) {
@@ -122,7 +122,23 @@ pub(crate) fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Code> {
             };
             text.replace_range(a..b, &replacement);
         }
-        eprintln!("--scan {}: {} consumer(s) found", dir.display(), found.len());
+        for c in &found {
+            eprintln!(
+                "found {}: {} ({})",
+                c.name,
+                c.path.display(),
+                redact_text(&c.reason)
+            );
+        }
+        for sk in &skipped {
+            eprintln!("skipped {}: {}", sk.path.display(), redact_text(&sk.why));
+        }
+        eprintln!(
+            "--scan {}: {} consumer(s) found, {} connection(s) skipped",
+            dir.display(),
+            found.len(),
+            skipped.len()
+        );
     }
     cutover_ops::files::write_private(path, text.as_bytes())?;
     let has_password = [&source, &target]
@@ -145,132 +161,34 @@ fn toml_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// A configuration file that names one of the databases.
-struct Candidate {
-    path: PathBuf,
-    kind: &'static str,
-    key: Option<String>,
-    reason: String,
-}
-
-impl Candidate {
-    fn block(&self, index: usize, so_far: &str) -> String {
-        let stem = self
-            .path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("consumer")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect::<String>();
-        let stem = stem.trim_matches('-');
-        let mut name = if stem.is_empty() {
-            format!("consumer-{}", index + 1)
-        } else {
-            stem.to_string()
-        };
-        if so_far.contains(&format!("name = \"{name}\"")) {
-            name = format!("{name}-{}", index + 1);
-        }
-        let mut b = format!(
-            "[[consumer]]\nname = \"{name}\"\nkind = \"{}\"\npath = {}\n",
-            self.kind,
-            toml_string(&self.path.display().to_string())
-        );
-        if let Some(k) = &self.key {
-            b.push_str(&format!("key = {}\n", toml_string(k)));
-        }
-        b.push_str("# reload = \"...\"       # e.g. docker compose up -d <service>\n\n");
-        b
+/// The `[[consumer]]` block for a scan's candidate.
+fn block(c: &Candidate) -> String {
+    let kind = serde_json::to_value(c.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut b = format!(
+        "# {}\n[[consumer]]\nname = \"{}\"\nkind = \"{kind}\"\npath = {}\n",
+        c.reason,
+        c.name,
+        toml_string(&c.path.display().to_string())
+    );
+    if let Some(k) = &c.key {
+        b.push_str(&format!("key = {}\n", toml_string(k)));
     }
-}
-
-/// Files under `dir` (4 levels, text under 1 MB, no VCS or build folders)
-/// that name one of `wanted` by URL, keyword string or host and port.
-fn scan(dir: &Path, wanted: &[ConnString]) -> anyhow::Result<Vec<Candidate>> {
-    let mut found = vec![];
-    let mut stack = vec![(dir.to_path_buf(), 0)];
-    while let Some((d, depth)) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&d)?.flatten().collect();
-        entries.sort_by_key(|e| e.path());
-        for e in entries {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().to_string();
-            if p.is_dir() {
-                if depth < 4 && !matches!(name.as_str(), ".git" | "node_modules" | "target" | "cutover-run") {
-                    stack.push((p, depth + 1));
-                }
-                continue;
-            }
-            if name.ends_with(".toml") && name.starts_with("cutover") {
-                continue;
-            }
-            let Ok(meta) = e.metadata() else { continue };
-            if meta.len() > 1 << 20 {
-                continue;
-            }
-            let Ok(text) = std::fs::read_to_string(&p) else {
-                continue;
-            };
-            if let Some(c) = candidate(&p, &name, &text, wanted) {
-                found.push(c);
-            }
-        }
+    if !c.keys.is_empty() {
+        let pairs: Vec<String> = c
+            .keys
+            .named()
+            .map(|(field, key)| format!("{field} = {}", toml_string(key)))
+            .collect();
+        b.push_str(&format!("keys = {{ {} }}\n", pairs.join(", ")));
     }
-    found.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(found)
-}
-
-fn names(c: &ConnString, wanted: &[ConnString]) -> bool {
-    wanted
-        .iter()
-        .any(|w| same_host(&c.host(), &w.host()) && c.port() == w.port() && c.dbname() == w.dbname())
-}
-
-fn candidate(path: &Path, name: &str, text: &str, wanted: &[ConnString]) -> Option<Candidate> {
-    // An env file: the variable that holds a matching connection.
-    if name.ends_with(".env") || name.starts_with(".env") || name.ends_with(".conf") && text.contains('=') {
-        for line in text.lines() {
-            let l = line.trim_start().trim_start_matches("export ").trim_start();
-            let Some((key, _)) = l.split_once('=') else {
-                continue;
-            };
-            let key = key.trim();
-            if key.is_empty()
-                || key.starts_with('#')
-                || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
-                continue;
-            }
-            if let Ok(Some(o)) = locate::env(text, key)
-                && let Some(c) = ConnString::parse(&o.value)
-                && names(&c, wanted)
-            {
-                return Some(Candidate {
-                    path: path.to_path_buf(),
-                    kind: "env",
-                    key: Some(key.to_string()),
-                    reason: format!("{key} names {}", c.address()),
-                });
-            }
-        }
+    if c.encoding.is_some() {
+        b.push_str("encoding = \"base64\"\n");
     }
-    // Anything else: a URL, keyword string or .pgpass line naming it.
-    locate::text(text).into_iter().find_map(|o| {
-        let c = ConnString::parse(&o.value)?;
-        names(&c, wanted).then(|| Candidate {
-            path: path.to_path_buf(),
-            kind: "text",
-            key: None,
-            reason: format!("line {} names {}", o.line, c.address()),
-        })
-    })
+    b.push_str("# reload = \"...\"       # e.g. docker compose up -d <service>\n\n");
+    b
 }
 
 #[cfg(test)]

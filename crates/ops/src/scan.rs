@@ -1,0 +1,548 @@
+//! `cutover init --scan`: the configuration files under a folder that name
+//! the source or the target, in every form the consumer readers understand,
+//! each offered as a consumer named after its application; and what was
+//! passed over, with the reason.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use cutover_core::plan_file::{ConsumerKind, Encoding, SplitKeys};
+
+use crate::conn::{ConnString, Field, same_host};
+use crate::locate::{self, Leaf};
+
+/// A connection to one of the databases, found in a file.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// After its application: the compose service, the service file's
+    /// section, or the folder the file belongs to.
+    pub name: String,
+    pub path: PathBuf,
+    pub kind: ConsumerKind,
+    pub key: Option<String>,
+    pub keys: SplitKeys,
+    pub encoding: Option<Encoding>,
+    /// "DB_HOST, DB_PORT, DB_DATABASE name 10.0.0.5:5432/app".
+    pub reason: String,
+}
+
+/// A connection (or what looked like one) the scan did not offer, and why.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+/// Folders never entered.
+const SKIP_DIRS: &[&str] = &[".git", "node_modules", "target", "cutover-run", "__pycache__", ".venv", "vendor"];
+/// Folder names that say where a file sits, not which application it is.
+const GENERIC_DIRS: &[&str] = &[
+    "config", "conf", "configs", "settings", "src", "main", "resources", "etc", "env", "envs",
+    "environments", "deploy", "deployment", "deployments", "k8s", "kubernetes", "manifests", "helm",
+    "secrets", "base", "overlays",
+];
+/// File names that say what kind of file it is, not whose.
+const GENERIC_STEMS: &[&str] = &[
+    "", "env", "application", "appsettings", "settings", "database", "databases", "secret", "secrets",
+    "config", "configuration", "compose", "docker-compose", "values", "pg_service", "pgpass", "local",
+    "default", "dotenv",
+];
+
+/// Files under `dir` (4 levels, text under 1 MiB) naming one of `wanted`.
+pub fn scan(dir: &Path, wanted: &[ConnString]) -> std::io::Result<(Vec<Candidate>, Vec<Skipped>)> {
+    let mut found = vec![];
+    let mut skipped = vec![];
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    let mut files = vec![];
+    while let Some((d, depth)) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d)?.flatten().collect();
+        entries.sort_by_key(|e| e.path());
+        for e in entries {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if p.is_dir() {
+                if depth < 4 && !SKIP_DIRS.contains(&name.as_str()) {
+                    stack.push((p, depth + 1));
+                }
+                continue;
+            }
+            if name.ends_with(".toml") && name.starts_with("cutover") {
+                continue;
+            }
+            if e.metadata().map(|m| m.len() > 1 << 20).unwrap_or(true) {
+                continue;
+            }
+            files.push((p, name));
+        }
+    }
+    files.sort();
+    for (p, name) in files {
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        let (c, s) = file(dir, &p, &name, &text, wanted);
+        found.extend(c);
+        skipped.extend(s);
+    }
+    name_uniquely(&mut found);
+    Ok((found, skipped))
+}
+
+/// Which reader a file gets, by its name.
+pub fn kind_of(name: &str, text: &str) -> ConsumerKind {
+    let lower = name.to_lowercase();
+    if lower == "pg_service.conf" || lower == ".pg_service.conf" {
+        ConsumerKind::PgService
+    } else if lower.ends_with(".yml") || lower.ends_with(".yaml") {
+        ConsumerKind::Yaml
+    } else if lower.ends_with(".json") {
+        ConsumerKind::Json
+    } else if lower.ends_with(".properties") {
+        ConsumerKind::Properties
+    } else if lower.ends_with(".py") {
+        ConsumerKind::Python
+    } else if lower.ends_with(".env")
+        || lower.starts_with(".env")
+        || (lower.ends_with(".conf") && !lower.contains("pgpass") && text.contains('='))
+    {
+        ConsumerKind::Env
+    } else {
+        ConsumerKind::Text
+    }
+}
+
+fn names(c: &ConnString, wanted: &[ConnString]) -> bool {
+    wanted
+        .iter()
+        .any(|w| same_host(&c.host(), &w.host()) && c.port() == w.port() && c.dbname() == w.dbname())
+}
+
+/// The part of a connection a key holds, by its last name (`DB_HOST`,
+/// `host`, `PGPORT`, `spring.datasource.username`), and the prefix that
+/// groups it with its siblings (`DB_`).
+fn field_of(last: &str) -> Option<(String, Field)> {
+    const SUFFIXES: &[(&str, Field)] = &[
+        ("hostname", Field::Host),
+        ("host", Field::Host),
+        ("server", Field::Host),
+        ("port", Field::Port),
+        ("database_name", Field::Dbname),
+        ("database", Field::Dbname),
+        ("dbname", Field::Dbname),
+        ("db_name", Field::Dbname),
+        ("name", Field::Dbname),
+        ("db", Field::Dbname),
+        ("username", Field::User),
+        ("user_name", Field::User),
+        ("userid", Field::User),
+        ("user", Field::User),
+        ("login", Field::User),
+        ("password", Field::Password),
+        ("passwd", Field::Password),
+        ("pass", Field::Password),
+        ("pwd", Field::Password),
+    ];
+    let lower = last.to_lowercase();
+    SUFFIXES.iter().find_map(|(suffix, f)| {
+        let prefix = lower.strip_suffix(suffix)?;
+        let ok = prefix.is_empty() || prefix.ends_with(['_', '-', '.']) || prefix == "pg";
+        // "name" and "db" alone are too common to mean a database without a prefix
+        // that says so (NAME in Django's DATABASES is under a database alias).
+        ok.then(|| (last[..prefix.len()].to_string(), *f))
+    })
+}
+
+/// A key whose value is a whole connection (`DATABASE_URL`, `url`,
+/// `ConnectionStrings.Default`): the prefix that groups it with split keys
+/// (Spring's `spring.datasource.` with its username and password).
+fn url_prefix(last: &str) -> String {
+    let lower = last.to_lowercase();
+    for suffix in ["jdbc-url", "jdbc_url", "jdbcurl", "url", "uri", "dsn"] {
+        if let Some(p) = lower.strip_suffix(suffix) {
+            return last[..p.len()].to_string();
+        }
+    }
+    format!("{last}\u{0}")
+}
+
+fn split_path(path: &str) -> (&str, &str) {
+    match path.rsplit_once('.') {
+        Some((parent, last)) => (parent, last),
+        None => ("", path),
+    }
+}
+
+#[derive(Default)]
+struct Group {
+    whole: Option<(String, ConnString)>,
+    encoding: Option<Encoding>,
+    fields: BTreeMap<Field, Vec<(String, String)>>,
+}
+
+fn file(root: &Path, path: &Path, name: &str, text: &str, wanted: &[ConnString]) -> (Vec<Candidate>, Vec<Skipped>) {
+    let mut kind = kind_of(name, text);
+    let leaves = if kind.is_keyed() {
+        match locate::leaves(kind, text) {
+            Ok(l) => l,
+            Err(_) => {
+                kind = ConsumerKind::Text;
+                vec![]
+            }
+        }
+    } else {
+        vec![]
+    };
+    if kind == ConsumerKind::Text {
+        return text_file(root, path, text, wanted);
+    }
+    let skip = |why: String| Skipped {
+        path: path.to_path_buf(),
+        why,
+    };
+    let mut candidates = vec![];
+    let mut skipped = vec![];
+    // A Kubernetes Secret's `data` holds base64.
+    let secret = kind == ConsumerKind::Yaml
+        && leaves
+            .iter()
+            .any(|l| l.path == "kind" && l.value.as_ref().is_ok_and(|o| o.value == "Secret"));
+    let value_of = |l: &Leaf| -> Option<(String, Option<Encoding>)> {
+        let occ = l.value.as_ref().ok()?;
+        if secret && l.path.starts_with("data.") {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(occ.value.trim()).ok()?;
+            Some((String::from_utf8(bytes).ok()?, Some(Encoding::Base64)))
+        } else {
+            Some((occ.value.clone(), None))
+        }
+    };
+    if kind == ConsumerKind::PgService {
+        let mut services: BTreeMap<String, Vec<(Field, String)>> = BTreeMap::new();
+        for l in &leaves {
+            let (service, key) = split_path(&l.path);
+            if let Some(f) = Field::ALL.into_iter().find(|f| f.keyword() == key)
+                && let Ok(o) = &l.value
+            {
+                services.entry(service.to_string()).or_default().push((f, o.value.clone()));
+            }
+        }
+        for (service, fields) in services {
+            let Some(c) = ConnString::from_fields(&fields) else { continue };
+            if names(&c, wanted) {
+                candidates.push(Candidate {
+                    name: sanitize(&service),
+                    path: path.to_path_buf(),
+                    kind,
+                    key: Some(service.clone()),
+                    keys: SplitKeys::default(),
+                    encoding: None,
+                    reason: format!("service [{service}] names {}", c.address()),
+                });
+            } else {
+                skipped.push(skip(format!(
+                    "service [{service}] names {}, neither the source nor the target",
+                    c.address()
+                )));
+            }
+        }
+        return (candidates, skipped);
+    }
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    for l in &leaves {
+        let (parent, last) = split_path(&l.path);
+        let Some((value, enc)) = value_of(l) else {
+            if let Err(e) = &l.value
+                && (field_of(last).is_some() || url_prefix(last) != format!("{last}\u{0}"))
+            {
+                skipped.push(skip(format!("line {}: {} {e}", l.line, l.path)));
+            }
+            continue;
+        };
+        if let Some(c) = ConnString::parse(&value) {
+            let g = groups.entry(format!("{parent}\u{1}{}", url_prefix(last))).or_default();
+            g.whole = Some((l.path.clone(), c));
+            g.encoding = g.encoding.or(enc);
+        } else if let Some((prefix, f)) = field_of(last) {
+            let g = groups.entry(format!("{parent}\u{1}{prefix}")).or_default();
+            g.fields.entry(f).or_default().push((l.path.clone(), value));
+            g.encoding = g.encoding.or(enc);
+        }
+    }
+    for (_, g) in groups {
+        let one = |f: Field| g.fields.get(&f).filter(|v| v.len() == 1).map(|v| v[0].clone());
+        let (key, keys, conn, shown) = match &g.whole {
+            Some((path, c)) => {
+                // Only the login may be given beside a whole connection.
+                let keys = SplitKeys {
+                    user: one(Field::User).map(|(k, _)| k),
+                    password: one(Field::Password).map(|(k, _)| k),
+                    ..Default::default()
+                };
+                let mut shown = vec![path.clone()];
+                shown.extend(keys.named().map(|(_, k)| k.to_string()));
+                (Some(path.clone()), keys, c.clone(), shown)
+            }
+            None => {
+                let (Some(host), Some(db)) = (one(Field::Host), one(Field::Dbname)) else {
+                    continue;
+                };
+                let mut fields = vec![(Field::Host, host.1.clone()), (Field::Dbname, db.1.clone())];
+                let keys = SplitKeys {
+                    host: Some(host.0),
+                    port: one(Field::Port).map(|(k, v)| {
+                        fields.push((Field::Port, v));
+                        k
+                    }),
+                    dbname: Some(db.0),
+                    user: one(Field::User).map(|(k, v)| {
+                        fields.push((Field::User, v));
+                        k
+                    }),
+                    password: one(Field::Password).map(|(k, _)| k),
+                };
+                let Some(c) = ConnString::from_fields(&fields) else { continue };
+                let shown = keys.named().map(|(_, k)| k.to_string()).collect();
+                (None, keys, c, shown)
+            }
+        };
+        let what = shown.join(", ");
+        if !names(&conn, wanted) {
+            skipped.push(skip(format!(
+                "{what} name{} {}, neither the source nor the target",
+                if shown.len() == 1 { "s" } else { "" },
+                conn.address()
+            )));
+            continue;
+        }
+        let first = key.clone().or_else(|| keys.host.clone()).unwrap_or_default();
+        candidates.push(Candidate {
+            name: app_name(root, path, &first),
+            path: path.to_path_buf(),
+            kind,
+            key,
+            keys,
+            encoding: g.encoding,
+            reason: format!(
+                "{what} name{} {}",
+                if shown.len() == 1 { "s" } else { "" },
+                conn.address()
+            ),
+        });
+    }
+    (candidates, skipped)
+}
+
+/// Scripts, crontabs, `.pgpass`: every connection in the file is one
+/// consumer of kind text (each occurrence naming the source is rewritten).
+fn text_file(root: &Path, path: &Path, text: &str, wanted: &[ConnString]) -> (Vec<Candidate>, Vec<Skipped>) {
+    let mut reasons = vec![];
+    let mut skipped = vec![];
+    for o in locate::text(text) {
+        let c = if o.pgpass {
+            pgpass_address(&o.value)
+        } else {
+            ConnString::parse(&o.value)
+        };
+        let Some(c) = c else { continue };
+        if names(&c, wanted) {
+            reasons.push(format!("line {} names {}", o.line, c.address()));
+        } else {
+            skipped.push(Skipped {
+                path: path.to_path_buf(),
+                why: format!("line {} names {}, neither the source nor the target", o.line, c.address()),
+            });
+        }
+    }
+    if reasons.is_empty() {
+        return (vec![], skipped);
+    }
+    let candidate = Candidate {
+        name: app_name(root, path, ""),
+        path: path.to_path_buf(),
+        kind: ConsumerKind::Text,
+        key: None,
+        keys: SplitKeys::default(),
+        encoding: None,
+        reason: reasons.join("; "),
+    };
+    (vec![candidate], vec![])
+}
+
+fn pgpass_address(line: &str) -> Option<ConnString> {
+    let f: Vec<&str> = line.splitn(5, ':').collect();
+    if f.len() < 5 || f[1] == "*" || f[2] == "*" {
+        return None;
+    }
+    ConnString::from_fields(&[
+        (Field::Host, f[0].to_string()),
+        (Field::Port, f[1].to_string()),
+        (Field::Dbname, f[2].to_string()),
+    ])
+}
+
+/// The application a file belongs to: a compose service's name, the
+/// file's own name where it says whose it is (`backend.env`), else the
+/// nearest folder that is not a generic one (`config`, `src/main/resources`…).
+fn app_name(root: &Path, path: &Path, key: &str) -> String {
+    let segments: Vec<&str> = key.split('.').collect();
+    if segments.len() > 2 && segments[0] == "services" {
+        return sanitize(segments[1]);
+    }
+    let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let stem = file.trim_start_matches('.').split('.').next().unwrap_or_default();
+    if !GENERIC_STEMS.contains(&stem.to_lowercase().as_str()) {
+        return sanitize(stem);
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        let name = d.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !name.is_empty() && !GENERIC_DIRS.contains(&name.to_lowercase().as_str()) {
+            return sanitize(name);
+        }
+        if d == root {
+            break;
+        }
+        dir = d.parent();
+    }
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    sanitize(stem.trim_start_matches('.'))
+}
+
+fn sanitize(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    let s = s.trim_matches('-').to_string();
+    if s.is_empty() { "consumer".into() } else { s }
+}
+
+/// Two consumers of one application get its name and what tells them apart
+/// (the file's name, then a number).
+fn name_uniquely(found: &mut [Candidate]) {
+    let mut taken: Vec<String> = vec![];
+    for i in 0..found.len() {
+        let base = found[i].name.clone();
+        let clash = found.iter().filter(|c| c.name == base).count() > 1;
+        let mut name = base.clone();
+        if clash || taken.contains(&name) {
+            let file = found[i]
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| sanitize(n.trim_start_matches('.')))
+                .unwrap_or_default();
+            let section = found[i]
+                .key
+                .as_deref()
+                .or(found[i].keys.host.as_deref())
+                .and_then(|k| k.split('.').next())
+                .filter(|s| s.len() < 24 && !s.contains('_') && *s != "services")
+                .map(sanitize);
+            name = format!("{base}-{file}");
+            if taken.contains(&name)
+                && let Some(s) = section
+            {
+                name = format!("{base}-{s}");
+            }
+        }
+        let mut n = 2;
+        let stem = name.clone();
+        while taken.contains(&name) {
+            name = format!("{stem}-{n}");
+            n += 1;
+        }
+        taken.push(name.clone());
+        found[i].name = name;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted() -> Vec<ConnString> {
+        vec![ConnString::parse("postgresql://u@db.internal:5433/app").unwrap()]
+    }
+
+    fn scan_files(files: &[(&str, &str)]) -> (Vec<Candidate>, Vec<Skipped>) {
+        let dir = tempfile::tempdir().unwrap();
+        for (p, text) in files {
+            let p = dir.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        scan(dir.path(), &wanted()).unwrap()
+    }
+
+    #[test]
+    fn every_form_is_found_grouped_and_named_after_its_application() {
+        let (found, skipped) = scan_files(&[
+            (
+                "billing/.env",
+                "APP_NAME=Billing\nexport DB_HOST=db.internal\nDB_PORT=\"5433\"\nDB_DATABASE=app\nDB_USERNAME=u\n\
+                 DB_PASSWORD='p'\nREDIS_HOST=cache\n",
+            ),
+            (
+                "shop/config/database.yml",
+                "development:\n  adapter: postgresql\n  host: localhost\n  database: shop_dev\nproduction:\n  \
+                 adapter: postgresql\n  host: db.internal\n  port: 5433\n  database: app\n  username: u\n",
+            ),
+            (
+                "reports/src/main/resources/application.properties",
+                "spring.datasource.url=jdbc:postgresql://db.internal:5433/app\nspring.datasource.username=u\n\
+                 spring.datasource.password=p\n",
+            ),
+            (
+                "ledger/appsettings.json",
+                "{\n  // .NET\n  \"ConnectionStrings\": { \"Default\": \"Host=db.internal;Port=5433;Database=app;Username=u\" }\n}\n",
+            ),
+            (
+                "blog/blog/settings.py",
+                "DATABASES = {\n    'default': {'NAME': 'app', 'HOST': 'db.internal', 'PORT': 5433, 'USER': 'u'},\n}\n",
+            ),
+            (
+                "stack/compose.yml",
+                "services:\n  dashboard:\n    environment:\n      - DATABASE_URL=postgresql://u@db.internal:5433/app\n  \
+                 other:\n    environment:\n      - DATABASE_URL=postgresql://u@elsewhere/app\n",
+            ),
+            (
+                "k8s/worker/secret.yaml",
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: worker-db\ndata:\n  DATABASE_URL: \
+                 cG9zdGdyZXNxbDovL3VAZGIuaW50ZXJuYWw6NTQzMy9hcHA=\n",
+            ),
+            ("etc/pg_service.conf", "[analytics]\nhost=db.internal\nport=5433\ndbname=app\n[other]\nhost=x\ndbname=y\n"),
+            ("cron/.pgpass", "db.internal:5433:app:u:secret\n"),
+        ]);
+        let got: Vec<(String, ConsumerKind, Option<String>, Option<String>)> = found
+            .iter()
+            .map(|c| (c.name.clone(), c.kind, c.key.clone(), c.keys.host.clone()))
+            .collect();
+        let expect = |name: &str, kind, key: Option<&str>, host: Option<&str>| {
+            assert!(
+                got.contains(&(name.to_string(), kind, key.map(str::to_string), host.map(str::to_string))),
+                "{name}: {got:?}"
+            );
+        };
+        expect("billing", ConsumerKind::Env, None, Some("DB_HOST"));
+        expect("shop", ConsumerKind::Yaml, None, Some("production.host"));
+        expect("reports", ConsumerKind::Properties, Some("spring.datasource.url"), None);
+        expect("ledger", ConsumerKind::Json, Some("ConnectionStrings.Default"), None);
+        expect("blog", ConsumerKind::Python, None, Some("DATABASES.default.HOST"));
+        expect("dashboard", ConsumerKind::Yaml, Some("services.dashboard.environment.DATABASE_URL"), None);
+        expect("worker", ConsumerKind::Yaml, Some("data.DATABASE_URL"), None);
+        expect("analytics", ConsumerKind::PgService, Some("analytics"), None);
+        expect("cron", ConsumerKind::Text, None, None);
+        assert_eq!(found.len(), 9, "{got:?}");
+        let billing = found.iter().find(|c| c.name == "billing").unwrap();
+        assert_eq!(billing.keys.password.as_deref(), Some("DB_PASSWORD"));
+        let reports = found.iter().find(|c| c.name == "reports").unwrap();
+        assert_eq!(reports.keys.user.as_deref(), Some("spring.datasource.username"));
+        let worker = found.iter().find(|c| c.name == "worker").unwrap();
+        assert_eq!(worker.encoding, Some(Encoding::Base64));
+        let why: Vec<&str> = skipped.iter().map(|s| s.why.as_str()).collect();
+        assert!(why.iter().any(|w| w.contains("development.host") && w.contains("localhost:5432/shop_dev")), "{why:?}");
+        assert!(why.iter().any(|w| w.contains("elsewhere:5432/app")), "{why:?}");
+        assert!(why.iter().any(|w| w.contains("[other]")), "{why:?}");
+    }
+}
