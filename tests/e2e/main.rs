@@ -6,6 +6,7 @@ mod cli;
 mod consumers;
 mod cutover;
 mod engine;
+mod forms;
 mod kit;
 mod production;
 mod reliability;

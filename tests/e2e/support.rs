@@ -85,9 +85,15 @@ impl Scenario {
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
         let (out, stdout, stderr) = output(&mut self.cutover(args));
         for pw in [self.pair.source.password(), self.pair.target.password()] {
+            let leaked: Vec<String> = stdout
+                .lines()
+                .chain(stderr.lines())
+                .filter(|l| l.contains(pw))
+                .map(|l| l.replace(pw, "<PASSWORD>"))
+                .collect();
             assert!(
-                !stdout.contains(pw) && !stderr.contains(pw),
-                "a password leaked in `cutover {args:?}`"
+                leaked.is_empty(),
+                "a password leaked in `cutover {args:?}`: {leaked:#?}"
             );
         }
         (out.status.code().unwrap_or(-1), stdout, stderr)

@@ -420,7 +420,11 @@ fn validate_consumer(c: &ConsumerSpec) -> std::result::Result<(), String> {
                 ));
             }
         }
-        ConsumerKind::Env | ConsumerKind::Yaml | ConsumerKind::Json | ConsumerKind::Properties | ConsumerKind::Python => {
+        ConsumerKind::Env
+        | ConsumerKind::Yaml
+        | ConsumerKind::Json
+        | ConsumerKind::Properties
+        | ConsumerKind::Python => {
             if c.path.is_none() {
                 return missing("path");
             }
@@ -457,7 +461,12 @@ fn validate_consumer(c: &ConsumerSpec) -> std::result::Result<(), String> {
     if !c.kind.is_keyed() && !c.keys.is_empty() {
         return unused("keys");
     }
-    if c.encoding.is_some() && !matches!(c.kind, ConsumerKind::Env | ConsumerKind::Yaml | ConsumerKind::Json) {
+    if c.encoding.is_some()
+        && !matches!(
+            c.kind,
+            ConsumerKind::Env | ConsumerKind::Yaml | ConsumerKind::Json
+        )
+    {
         return unused("encoding");
     }
     if c.kind != ConsumerKind::Command && (c.get.is_some() || c.set.is_some()) {

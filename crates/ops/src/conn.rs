@@ -43,7 +43,13 @@ pub enum Field {
 }
 
 impl Field {
-    pub const ALL: [Field; 5] = [Field::Host, Field::Port, Field::Dbname, Field::User, Field::Password];
+    pub const ALL: [Field; 5] = [
+        Field::Host,
+        Field::Port,
+        Field::Dbname,
+        Field::User,
+        Field::Password,
+    ];
 
     /// The libpq keyword (and plan-file key) for this part.
     pub fn keyword(self) -> &'static str {
@@ -88,7 +94,11 @@ enum NpgsqlKey {
 
 /// Npgsql's keywords and their aliases (case and spaces do not matter).
 fn npgsql_key(key: &str) -> Option<NpgsqlKey> {
-    let k: String = key.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_lowercase();
+    let k: String = key
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_lowercase();
     Some(match k.as_str() {
         "host" | "server" => NpgsqlKey::Field(Field::Host),
         "port" => NpgsqlKey::Field(Field::Port),
@@ -581,7 +591,11 @@ fn parse_npgsql(text: &str) -> Option<Vec<NpgsqlPair>> {
         // key: up to '='
         let eq = at + text[at..].find('=')?;
         let key = text[at..eq].trim().trim_start_matches(';').trim();
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_') {
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_')
+        {
             return None;
         }
         let mut v = eq + 1;
@@ -617,7 +631,12 @@ fn parse_npgsql(text: &str) -> Option<Vec<NpgsqlPair>> {
             _ => {
                 let end = v + text[v..].find(';').unwrap_or(text.len() - v);
                 let raw = text[v..end].trim_end();
-                (raw.to_string(), (v, v + raw.len()), None, (end + 1).min(text.len()))
+                (
+                    raw.to_string(),
+                    (v, v + raw.len()),
+                    None,
+                    (end + 1).min(text.len()),
+                )
             }
         };
         pairs.push(NpgsqlPair {
@@ -664,7 +683,9 @@ fn rewrite_npgsql(text: &str, pairs: &[NpgsqlPair], to: &Destination) -> String 
     let mut at = 0;
     let mut seen = vec![];
     for p in pairs {
-        let Some(NpgsqlKey::Field(f)) = p.meaning else { continue };
+        let Some(NpgsqlKey::Field(f)) = p.meaning else {
+            continue;
+        };
         seen.push(f);
         match f.value_in(to) {
             Some(v) => {
@@ -694,7 +715,10 @@ fn rewrite_npgsql(text: &str, pairs: &[NpgsqlPair], to: &Destination) -> String 
             if !out.is_empty() && !out.trim_end().ends_with(';') {
                 out.push(';');
             }
-            out.push_str(&format!("{key}={}", quote_npgsql(&f.value_in(to).unwrap_or_default(), None)));
+            out.push_str(&format!(
+                "{key}={}",
+                quote_npgsql(&f.value_in(to).unwrap_or_default(), None)
+            ));
             if text.trim_end().ends_with(';') {
                 out.push(';');
             }
@@ -784,7 +808,10 @@ mod tests {
         let t = "Server=postgres; Port=5432; Database=app; User Id=app; Password=\"o;ld\"; Pooling=true;";
         let c = ConnString::parse(t).unwrap();
         assert_eq!(c.address(), "postgres:5432/app");
-        assert_eq!((c.user().as_deref(), c.password().as_deref()), (Some("app"), Some("o;ld")));
+        assert_eq!(
+            (c.user().as_deref(), c.password().as_deref()),
+            (Some("app"), Some("o;ld"))
+        );
         assert_eq!(
             c.rewrite(&dest(Some("n;w"))),
             "Server=db.example; Port=6432; Database=TovPlay; User Id=raz@tovtech.org; Password=\"n;w\"; Pooling=true;"

@@ -296,7 +296,11 @@ fn parse_connection(spec: &ConsumerSpec, occ: &Occurrence, key: &str) -> Result<
                 "line {}: {}{:?} is not a PostgreSQL connection (a postgresql:// or jdbc:postgresql:// URL, \
                  host=… dbname=…, or Host=…;Database=…); name its parts with `keys` if the file splits them",
                 occ.line,
-                if key.is_empty() { String::new() } else { format!("{key} = ") },
+                if key.is_empty() {
+                    String::new()
+                } else {
+                    format!("{key} = ")
+                },
                 redact_text(&occ.value)
             ),
         )
@@ -306,9 +310,11 @@ fn parse_connection(spec: &ConsumerSpec, occ: &Occurrence, key: &str) -> Result<
 /// The connection a keyed file holds at `key` and/or `keys` (for
 /// pg_service: the service's lines), values decoded where `encoding` says.
 fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Part>, ConnString)> {
-    let leaves = locate::leaves(spec.kind, content).map_err(|e| consumer_error(spec, format!("{shown_path}: {e}")))?;
+    let leaves =
+        locate::leaves(spec.kind, content).map_err(|e| consumer_error(spec, format!("{shown_path}: {e}")))?;
     let lookup = |key: &str, fix: &str| -> Result<Option<Occurrence>> {
-        let occ = locate::find(&leaves, key).map_err(|e| consumer_error(spec, format!("{shown_path}: {e}")))?;
+        let occ =
+            locate::find(&leaves, key).map_err(|e| consumer_error(spec, format!("{shown_path}: {e}")))?;
         let Some(mut occ) = occ else {
             return if fix.is_empty() {
                 Ok(None)
@@ -324,8 +330,9 @@ fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Pa
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(occ.value.trim())
                 .map_err(|e| consumer_error(spec, format!("line {}: {key} is not base64 ({e})", occ.line)))?;
-            occ.value = String::from_utf8(bytes)
-                .map_err(|_| consumer_error(spec, format!("line {}: {key} does not decode to text", occ.line)))?;
+            occ.value = String::from_utf8(bytes).map_err(|_| {
+                consumer_error(spec, format!("line {}: {key} does not decode to text", occ.line))
+            })?;
         }
         Ok(Some(occ))
     };
@@ -379,9 +386,8 @@ fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Pa
     }
     let conn = match whole {
         Some(w) => w.with_fields(&fields),
-        None => ConnString::from_fields(&fields).ok_or_else(|| {
-            consumer_error(spec, "its keys name neither a host nor a database".to_string())
-        })?,
+        None => ConnString::from_fields(&fields)
+            .ok_or_else(|| consumer_error(spec, "its keys name neither a host nor a database".to_string()))?,
     };
     Ok((parts, conn))
 }
@@ -532,21 +538,39 @@ impl Reading {
                     redact_text(&f.located.how)
                 )
             })
-            .chain(self.ignored.iter().map(|f| {
-                format!("line {}: {} points elsewhere; left alone", f.line(), f.shown())
-            }))
+            .chain(
+                self.ignored
+                    .iter()
+                    .map(|f| format!("line {}: {} points elsewhere; left alone", f.line(), f.shown())),
+            )
             .collect()
     }
 
     /// The content with every connection to the source pointed at `dest`:
     /// each value in its own form, encoding and quoting.
     pub fn rewritten(&self, dest: &Destination) -> Result<String> {
+        Ok(locate::splice(
+            &self.content,
+            &self.replacements(Some(dest), false)?,
+        ))
+    }
+
+    /// The values to splice in: pointed at `dest` (the connections to the
+    /// source), or as they are (`None`); `shown`: for people (passwords as
+    /// `***`, base64 decoded), else as the file must hold them.
+    fn replacements(&self, dest: Option<&Destination>, shown: bool) -> Result<Vec<(Occurrence, String)>> {
+        let base64 = self.spec.encoding == Some(Encoding::Base64);
         let mut replacements = vec![];
-        for f in self.found.iter().filter(|f| f.located.which == Which::Source) {
+        for f in &self.found {
+            let repoint = f.located.which == Which::Source;
+            if !(shown || repoint && dest.is_some()) {
+                continue;
+            }
             for p in &f.parts {
                 let occ = &p.occurrence;
-                let new = match &p.holds {
-                    Holds::Pgpass => {
+                let value = match (dest.filter(|_| repoint), &p.holds) {
+                    (None, _) => occ.value.clone(),
+                    (Some(dest), Holds::Pgpass) => {
                         let old_pw = f.conn.password().unwrap_or_default();
                         format!(
                             "{}:{}:{}:{}:{}",
@@ -557,39 +581,52 @@ impl Reading {
                             dest.password.as_deref().unwrap_or(&old_pw)
                         )
                     }
-                    Holds::Connection(c) => c.rewrite(dest),
+                    (Some(dest), Holds::Connection(c)) => c.rewrite(dest),
                     // A password key keeps its value where the target's is
                     // not known (removing the key would change the file's shape).
-                    Holds::Field(field) => field.value_in(dest).unwrap_or_else(|| occ.value.clone()),
+                    (Some(dest), Holds::Field(field)) => {
+                        field.value_in(dest).unwrap_or_else(|| occ.value.clone())
+                    }
                 };
-                let new = if self.spec.encoding == Some(Encoding::Base64) {
-                    use base64::Engine;
-                    base64::engine::general_purpose::STANDARD.encode(new)
+                let written = if shown {
+                    match p.holds {
+                        Holds::Field(Field::Password) => "***".to_string(),
+                        _ => redact_lines(&value),
+                    }
                 } else {
-                    new
+                    let value = if base64 {
+                        use base64::Engine;
+                        base64::engine::general_purpose::STANDARD.encode(value)
+                    } else {
+                        value
+                    };
+                    locate::encode(occ, &value)
+                        .map_err(|e| consumer_error(&self.spec, format!("line {}: {e}", occ.line)))?
                 };
-                let encoded = locate::encode(occ, &new)
-                    .map_err(|e| consumer_error(&self.spec, format!("line {}: {e}", occ.line)))?;
-                replacements.push((occ.clone(), encoded));
+                replacements.push((occ.clone(), written));
             }
         }
-        Ok(locate::splice(&self.content, &replacements))
+        Ok(replacements)
     }
 
-    /// A unified diff between the content and `new`, passwords redacted.
-    pub fn diff(&self, new: &str) -> String {
-        let old = redact_lines(&self.content);
-        let new = redact_lines(new);
+    /// A unified diff of what pointing at `dest` changes, passwords redacted
+    /// (and base64 values shown decoded).
+    pub fn diff(&self, dest: &Destination) -> Result<String> {
+        let old = redact_lines(&locate::splice(&self.content, &self.replacements(None, true)?));
+        let new = redact_lines(&locate::splice(
+            &self.content,
+            &self.replacements(Some(dest), true)?,
+        ));
         let name = self
             .path
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| format!("{} (get command)", self.spec.name));
-        similar::TextDiff::from_lines(&old, &new)
+        Ok(similar::TextDiff::from_lines(&old, &new)
             .unified_diff()
             .context_radius(1)
             .header(&name, &name)
-            .to_string()
+            .to_string())
     }
 }
 

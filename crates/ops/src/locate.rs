@@ -22,7 +22,9 @@ pub enum Quoting {
     Escaped(char),
     /// A `.properties` value: backslashes escaped, and `:` and `=` too where
     /// the file wrote them so (as `Properties.store` does).
-    Properties { escaped_separators: bool },
+    Properties {
+        escaped_separators: bool,
+    },
     /// Free text: replaced as is (the surrounding script does its own quoting).
     Raw,
 }
@@ -165,9 +167,15 @@ fn env_leaves(text: &str) -> Vec<Leaf> {
         if let Some(r) = rest.strip_prefix("export ") {
             rest = r.trim_start();
         }
-        let Some((key, after)) = rest.split_once('=') else { continue };
+        let Some((key, after)) = rest.split_once('=') else {
+            continue;
+        };
         let key = key.trim_end();
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
             continue;
         }
         let value_text = after.trim_start();
@@ -202,10 +210,7 @@ fn env_leaves(text: &str) -> Vec<Leaf> {
                 };
                 let inner = &body[..close];
                 let (value, quoting) = if q == '"' {
-                    (
-                        inner.replace("\\\"", "\"").replace("\\\\", "\\"),
-                        Quoting::Double,
-                    )
+                    (inner.replace("\\\"", "\"").replace("\\\\", "\\"), Quoting::Double)
                 } else {
                     (inner.to_string(), Quoting::Single)
                 };
@@ -432,7 +437,11 @@ fn json_leaves(text: &str) -> Result<Vec<Leaf>, String> {
                         start: start + 1,
                         end: end - 1,
                         value: s.value.to_string(),
-                        quoting: if q == '"' { Quoting::Double } else { Quoting::Escaped('\'') },
+                        quoting: if q == '"' {
+                            Quoting::Double
+                        } else {
+                            Quoting::Escaped('\'')
+                        },
                         pgpass: false,
                     },
                 ));

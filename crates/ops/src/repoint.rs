@@ -69,8 +69,16 @@ impl Repoint {
             }
             (ConsumerKind::Text, Some(p)) => format!("{} (text)", p.display()),
             (kind, Some(p)) => {
-                let keys: Vec<&str> = spec.key.iter().map(String::as_str).chain(spec.keys.named().map(|(_, k)| k)).collect();
-                let kind = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                let keys: Vec<&str> = spec
+                    .key
+                    .iter()
+                    .map(String::as_str)
+                    .chain(spec.keys.named().map(|(_, k)| k))
+                    .collect();
+                let kind = serde_json::to_value(kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
                 match kind.as_str() {
                     "pg_service" => format!("service [{}] in {} (pg_service)", keys.join(", "), p.display()),
                     _ => format!("{} in {} ({kind})", keys.join(", "), p.display()),
@@ -86,8 +94,8 @@ impl Repoint {
                 spec.name
             ),
             Which::Source => {
-                let new = reading.rewritten(&dest)?;
-                details.extend(reading.diff(&new).lines().map(str::to_string));
+                reading.rewritten(&dest)?;
+                details.extend(reading.diff(&dest)?.lines().map(str::to_string));
                 if reading.found.iter().any(|f| f.has_password()) && dest.password.is_none() {
                     let split = reading.found.iter().any(|f| {
                         f.parts

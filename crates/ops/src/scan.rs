@@ -34,18 +34,60 @@ pub struct Skipped {
 }
 
 /// Folders never entered.
-const SKIP_DIRS: &[&str] = &[".git", "node_modules", "target", "cutover-run", "__pycache__", ".venv", "vendor"];
+const SKIP_DIRS: &[&str] = &[
+    ".git",
+    "node_modules",
+    "target",
+    "cutover-run",
+    "__pycache__",
+    ".venv",
+    "vendor",
+];
 /// Folder names that say where a file sits, not which application it is.
 const GENERIC_DIRS: &[&str] = &[
-    "config", "conf", "configs", "settings", "src", "main", "resources", "etc", "env", "envs",
-    "environments", "deploy", "deployment", "deployments", "k8s", "kubernetes", "manifests", "helm",
-    "secrets", "base", "overlays",
+    "config",
+    "conf",
+    "configs",
+    "settings",
+    "src",
+    "main",
+    "resources",
+    "etc",
+    "env",
+    "envs",
+    "environments",
+    "deploy",
+    "deployment",
+    "deployments",
+    "k8s",
+    "kubernetes",
+    "manifests",
+    "helm",
+    "secrets",
+    "base",
+    "overlays",
 ];
 /// File names that say what kind of file it is, not whose.
 const GENERIC_STEMS: &[&str] = &[
-    "", "env", "application", "appsettings", "settings", "database", "databases", "secret", "secrets",
-    "config", "configuration", "compose", "docker-compose", "values", "pg_service", "pgpass", "local",
-    "default", "dotenv",
+    "",
+    "env",
+    "application",
+    "appsettings",
+    "settings",
+    "database",
+    "databases",
+    "secret",
+    "secrets",
+    "config",
+    "configuration",
+    "compose",
+    "docker-compose",
+    "values",
+    "pg_service",
+    "pgpass",
+    "local",
+    "default",
+    "dotenv",
 ];
 
 /// Files under `dir` (4 levels, text under 1 MiB) naming one of `wanted`.
@@ -179,7 +221,13 @@ struct Group {
     fields: BTreeMap<Field, Vec<(String, String)>>,
 }
 
-fn file(root: &Path, path: &Path, name: &str, text: &str, wanted: &[ConnString]) -> (Vec<Candidate>, Vec<Skipped>) {
+fn file(
+    root: &Path,
+    path: &Path,
+    name: &str,
+    text: &str,
+    wanted: &[ConnString],
+) -> (Vec<Candidate>, Vec<Skipped>) {
     let mut kind = kind_of(name, text);
     let leaves = if kind.is_keyed() {
         match locate::leaves(kind, text) {
@@ -210,7 +258,9 @@ fn file(root: &Path, path: &Path, name: &str, text: &str, wanted: &[ConnString])
         let occ = l.value.as_ref().ok()?;
         if secret && l.path.starts_with("data.") {
             use base64::Engine;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(occ.value.trim()).ok()?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(occ.value.trim())
+                .ok()?;
             Some((String::from_utf8(bytes).ok()?, Some(Encoding::Base64)))
         } else {
             Some((occ.value.clone(), None))
@@ -223,11 +273,16 @@ fn file(root: &Path, path: &Path, name: &str, text: &str, wanted: &[ConnString])
             if let Some(f) = Field::ALL.into_iter().find(|f| f.keyword() == key)
                 && let Ok(o) = &l.value
             {
-                services.entry(service.to_string()).or_default().push((f, o.value.clone()));
+                services
+                    .entry(service.to_string())
+                    .or_default()
+                    .push((f, o.value.clone()));
             }
         }
         for (service, fields) in services {
-            let Some(c) = ConnString::from_fields(&fields) else { continue };
+            let Some(c) = ConnString::from_fields(&fields) else {
+                continue;
+            };
             if names(&c, wanted) {
                 candidates.push(Candidate {
                     name: sanitize(&service),
@@ -259,7 +314,9 @@ fn file(root: &Path, path: &Path, name: &str, text: &str, wanted: &[ConnString])
             continue;
         };
         if let Some(c) = ConnString::parse(&value) {
-            let g = groups.entry(format!("{parent}\u{1}{}", url_prefix(last))).or_default();
+            let g = groups
+                .entry(format!("{parent}\u{1}{}", url_prefix(last)))
+                .or_default();
             g.whole = Some((l.path.clone(), c));
             g.encoding = g.encoding.or(enc);
         } else if let Some((prefix, f)) = field_of(last) {
@@ -300,7 +357,9 @@ fn file(root: &Path, path: &Path, name: &str, text: &str, wanted: &[ConnString])
                     }),
                     password: one(Field::Password).map(|(k, _)| k),
                 };
-                let Some(c) = ConnString::from_fields(&fields) else { continue };
+                let Some(c) = ConnString::from_fields(&fields) else {
+                    continue;
+                };
                 let shown = keys.named().map(|(_, k)| k.to_string()).collect();
                 (None, keys, c, shown)
             }
@@ -349,7 +408,11 @@ fn text_file(root: &Path, path: &Path, text: &str, wanted: &[ConnString]) -> (Ve
         } else {
             skipped.push(Skipped {
                 path: path.to_path_buf(),
-                why: format!("line {} names {}, neither the source nor the target", o.line, c.address()),
+                why: format!(
+                    "line {} names {}, neither the source nor the target",
+                    o.line,
+                    c.address()
+                ),
             });
         }
     }
@@ -411,7 +474,13 @@ fn app_name(root: &Path, path: &Path, key: &str) -> String {
 fn sanitize(s: &str) -> String {
     let s: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let s = s.trim_matches('-').to_string();
     if s.is_empty() { "consumer".into() } else { s }
@@ -511,7 +580,10 @@ mod tests {
                 "apiVersion: v1\nkind: Secret\nmetadata:\n  name: worker-db\ndata:\n  DATABASE_URL: \
                  cG9zdGdyZXNxbDovL3VAZGIuaW50ZXJuYWw6NTQzMy9hcHA=\n",
             ),
-            ("etc/pg_service.conf", "[analytics]\nhost=db.internal\nport=5433\ndbname=app\n[other]\nhost=x\ndbname=y\n"),
+            (
+                "etc/pg_service.conf",
+                "[analytics]\nhost=db.internal\nport=5433\ndbname=app\n[other]\nhost=x\ndbname=y\n",
+            ),
             ("cron/.pgpass", "db.internal:5433:app:u:secret\n"),
         ]);
         let got: Vec<(String, ConsumerKind, Option<String>, Option<String>)> = found
@@ -520,16 +592,36 @@ mod tests {
             .collect();
         let expect = |name: &str, kind, key: Option<&str>, host: Option<&str>| {
             assert!(
-                got.contains(&(name.to_string(), kind, key.map(str::to_string), host.map(str::to_string))),
+                got.contains(&(
+                    name.to_string(),
+                    kind,
+                    key.map(str::to_string),
+                    host.map(str::to_string)
+                )),
                 "{name}: {got:?}"
             );
         };
         expect("billing", ConsumerKind::Env, None, Some("DB_HOST"));
         expect("shop", ConsumerKind::Yaml, None, Some("production.host"));
-        expect("reports", ConsumerKind::Properties, Some("spring.datasource.url"), None);
-        expect("ledger", ConsumerKind::Json, Some("ConnectionStrings.Default"), None);
+        expect(
+            "reports",
+            ConsumerKind::Properties,
+            Some("spring.datasource.url"),
+            None,
+        );
+        expect(
+            "ledger",
+            ConsumerKind::Json,
+            Some("ConnectionStrings.Default"),
+            None,
+        );
         expect("blog", ConsumerKind::Python, None, Some("DATABASES.default.HOST"));
-        expect("dashboard", ConsumerKind::Yaml, Some("services.dashboard.environment.DATABASE_URL"), None);
+        expect(
+            "dashboard",
+            ConsumerKind::Yaml,
+            Some("services.dashboard.environment.DATABASE_URL"),
+            None,
+        );
         expect("worker", ConsumerKind::Yaml, Some("data.DATABASE_URL"), None);
         expect("analytics", ConsumerKind::PgService, Some("analytics"), None);
         expect("cron", ConsumerKind::Text, None, None);
@@ -541,7 +633,11 @@ mod tests {
         let worker = found.iter().find(|c| c.name == "worker").unwrap();
         assert_eq!(worker.encoding, Some(Encoding::Base64));
         let why: Vec<&str> = skipped.iter().map(|s| s.why.as_str()).collect();
-        assert!(why.iter().any(|w| w.contains("development.host") && w.contains("localhost:5432/shop_dev")), "{why:?}");
+        assert!(
+            why.iter()
+                .any(|w| w.contains("development.host") && w.contains("localhost:5432/shop_dev")),
+            "{why:?}"
+        );
         assert!(why.iter().any(|w| w.contains("elsewhere:5432/app")), "{why:?}");
         assert!(why.iter().any(|w| w.contains("[other]")), "{why:?}");
     }

@@ -42,7 +42,6 @@ impl VerifySync {
             servers,
         }
     }
-
 }
 
 #[async_trait]
