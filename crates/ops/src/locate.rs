@@ -707,6 +707,40 @@ mod tests {
     }
 
     #[test]
+    fn json_properties_and_service_files_give_values_at_their_paths() {
+        let t = "{\n  // c\n  \"ConnectionStrings\": { \"Default\": \"Host=h;Password=a\\\"b\", \"Port\": 5432, },\n}\n";
+        let l = leaves(ConsumerKind::Json, t).unwrap();
+        let o = find(&l, "ConnectionStrings.Default").unwrap().unwrap();
+        assert_eq!(
+            (o.value.as_str(), o.quoting, o.line),
+            ("Host=h;Password=a\"b", Quoting::Double, 3)
+        );
+        assert_eq!(&t[o.start..o.end], "Host=h;Password=a\\\"b");
+        assert_eq!(find(&l, "ConnectionStrings.Port").unwrap().unwrap().value, "5432");
+
+        let t = "# c\r\nspring.datasource.url = jdbc\\:postgresql\\://h/d\r\nspring.datasource.username: app\r\nlong=a\\\r\n  b\r\n";
+        let l = leaves(ConsumerKind::Properties, t).unwrap();
+        let o = find(&l, "spring.datasource.url").unwrap().unwrap();
+        assert_eq!(o.value, "jdbc:postgresql://h/d");
+        assert_eq!(
+            encode(&o, "jdbc:postgresql://x/y").unwrap(),
+            "jdbc\\:postgresql\\://x/y"
+        );
+        assert_eq!(
+            find(&l, "spring.datasource.username").unwrap().unwrap().value,
+            "app"
+        );
+        assert!(find(&l, "long").unwrap_err().contains("several lines"));
+
+        let t = "[a]\nhost = h1\ndbname=d\n\n[b]\nhost=h2\n";
+        let l = leaves(ConsumerKind::PgService, t).unwrap();
+        let o = find(&l, "a.host").unwrap().unwrap();
+        assert_eq!((&t[o.start..o.end], o.line), ("h1", 2));
+        assert_eq!(find(&l, "b.host").unwrap().unwrap().value, "h2");
+        assert!(find(&l, "b.dbname").unwrap().is_none());
+    }
+
+    #[test]
     fn text_finds_urls_keywords_and_pgpass_lines() {
         let t = "pg_dump \"postgresql://u:p@db:5432/app\" > x\npsql 'host=db port=5432 dbname=app' -c 1\ndb:5432:app:u:secret\nport=5 alone\n";
         let found = text(t);
