@@ -137,7 +137,7 @@ impl Found {
     /// The connection as the file writes it, passwords redacted.
     pub fn shown(&self) -> String {
         if let [p] = self.parts.as_slice()
-            && p.key.is_empty()
+            && !matches!(p.holds, Holds::Field(_))
         {
             return redact_lines(&p.occurrence.value);
         }
@@ -393,7 +393,7 @@ fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Pa
 }
 
 /// host:port:database:user:password as a keyword connection.
-fn pgpass_conn(line: &str) -> Option<ConnString> {
+pub fn pgpass_conn(line: &str) -> Option<ConnString> {
     let f: Vec<&str> = line.splitn(5, ':').collect();
     if f.len() < 5 || f[1] == "*" || f[2] == "*" {
         return None;

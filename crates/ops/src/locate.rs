@@ -127,7 +127,7 @@ pub fn find(leaves: &[Leaf], path: &str) -> Result<Option<Occurrence>, String> {
     if at.len() > 1 {
         let lines: Vec<String> = at.iter().map(|l| l.line.to_string()).collect();
         return Err(format!(
-            "{path} is set {} times (lines {}): keep one",
+            "{path} is set {} times (lines {}): remove all but one",
             at.len(),
             lines.join(", ")
         ));

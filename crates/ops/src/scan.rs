@@ -398,7 +398,7 @@ fn text_file(root: &Path, path: &Path, text: &str, wanted: &[ConnString]) -> (Ve
     let mut skipped = vec![];
     for o in locate::text(text) {
         let c = if o.pgpass {
-            pgpass_address(&o.value)
+            crate::consumer::pgpass_conn(&o.value)
         } else {
             ConnString::parse(&o.value)
         };
@@ -429,18 +429,6 @@ fn text_file(root: &Path, path: &Path, text: &str, wanted: &[ConnString]) -> (Ve
         reason: reasons.join("; "),
     };
     (vec![candidate], vec![])
-}
-
-fn pgpass_address(line: &str) -> Option<ConnString> {
-    let f: Vec<&str> = line.splitn(5, ':').collect();
-    if f.len() < 5 || f[1] == "*" || f[2] == "*" {
-        return None;
-    }
-    ConnString::from_fields(&[
-        (Field::Host, f[0].to_string()),
-        (Field::Port, f[1].to_string()),
-        (Field::Dbname, f[2].to_string()),
-    ])
 }
 
 /// The application a file belongs to: a compose service's name, the
