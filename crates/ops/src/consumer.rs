@@ -241,7 +241,8 @@ pub async fn read(spec: &ConsumerSpec, base: &Path, servers: &Servers) -> Result
                 start: 0,
                 end: content.len(),
                 value: content.clone(),
-                quoting: locate::Quoting::Bare,
+                // The whole value goes to the set command as $CUTOVER_VALUE.
+                quoting: locate::Quoting::Raw,
                 pgpass: false,
             };
             let conn = parse_connection(spec, &occ, "")?;
