@@ -453,7 +453,7 @@ impl ConnString {
                 }
                 out.to_string()
             }
-            Form::Npgsql(..) => {
+            Form::Npgsql(..) | Form::Keywords(_) => {
                 let mut url = Url::parse("postgresql://localhost/").unwrap();
                 let _ = url.set_host(Some(&self.host()));
                 let _ = url.set_port(Some(self.port()));
@@ -464,28 +464,20 @@ impl ConnString {
                 if let Some(p) = self.password() {
                     let _ = url.set_password(Some(&encode(&p)));
                 }
-                if let Some(m) = self.query_param("sslmode") {
-                    url.query_pairs_mut().append_pair("sslmode", &m);
-                }
-                url.to_string()
-            }
-            Form::Keywords(pairs) => {
-                let mut url = Url::parse("postgresql://localhost/").unwrap();
-                let _ = url.set_host(Some(&self.host()));
-                let _ = url.set_port(Some(self.port()));
-                url.set_path(&format!("/{}", encode(&self.dbname().unwrap_or_default())));
-                if let Some(u) = self.user() {
-                    let _ = url.set_username(&encode(&u));
-                }
-                if let Some(p) = self.password() {
-                    let _ = url.set_password(Some(&encode(&p)));
-                }
-                for (k, v) in pairs {
+                let params: Vec<(String, String)> = match &self.form {
+                    Form::Keywords(pairs) => pairs.clone(),
+                    _ => self
+                        .query_param("sslmode")
+                        .map(|m| ("sslmode".into(), m))
+                        .into_iter()
+                        .collect(),
+                };
+                for (k, v) in params {
                     if matches!(
                         k.as_str(),
                         "sslmode" | "sslrootcert" | "sslcert" | "sslkey" | "application_name" | "options"
                     ) {
-                        url.query_pairs_mut().append_pair(k, v);
+                        url.query_pairs_mut().append_pair(&k, &v);
                     }
                 }
                 url.to_string()
