@@ -103,6 +103,18 @@ fn read_all(root: &Path, files: &[(&str, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Asserts that doctor places every application on `which` ("source", "target").
+fn assert_all_on(s: &Scenario, which: &str) {
+    let placed = placements(s);
+    for name in NAMES {
+        assert_eq!(
+            placed.get(*name),
+            Some(&vec![which.to_string()]),
+            "{name}: {placed:?}"
+        );
+    }
+}
+
 /// doctor's placement of each consumer: name -> the databases its connections point at.
 fn placements(s: &Scenario) -> BTreeMap<String, Vec<String>> {
     let (out, stdout, stderr) = output(&mut s.cutover(&["doctor", "--output", "json"]));
@@ -185,14 +197,7 @@ fn every_configuration_form_is_scanned_repointed_and_restored() {
     assert!(!plan.contains("legacy"), "{plan}");
 
     // doctor: every application on the source.
-    let placed = placements(&s);
-    for name in NAMES {
-        assert_eq!(
-            placed.get(*name),
-            Some(&vec!["source".to_string()]),
-            "{name}: {placed:?}"
-        );
-    }
+    assert_all_on(&s, "source");
 
     // plan: a diff per consumer, passwords redacted.
     let (code, stdout, stderr) = s.run(&["plan"]);
@@ -242,14 +247,7 @@ fn every_configuration_form_is_scanned_repointed_and_restored() {
         "DATABASE_URL=postgresql://old@legacy-db.internal:5432/app\n"
     );
 
-    let placed = placements(&s);
-    for name in NAMES {
-        assert_eq!(
-            placed.get(*name),
-            Some(&vec!["target".to_string()]),
-            "{name}: {placed:?}"
-        );
-    }
+    assert_all_on(&s, "target");
 
     let (code, stdout, stderr) = s.run(&["rollback", "--yes"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
@@ -257,12 +255,5 @@ fn every_configuration_form_is_scanned_repointed_and_restored() {
     for ((path, got), (_, want)) in now.iter().zip(&before) {
         assert_eq!(got, want, "{path} not restored byte for byte");
     }
-    let placed = placements(&s);
-    for name in NAMES {
-        assert_eq!(
-            placed.get(*name),
-            Some(&vec!["source".to_string()]),
-            "{name}: {placed:?}"
-        );
-    }
+    assert_all_on(&s, "source");
 }

@@ -150,7 +150,7 @@ pub struct ConsumerSpec {
     /// Unique name; the stage is `repoint:<name>`.
     pub name: String,
     pub kind: ConsumerKind,
-    /// The file (env, yaml, text); relative to the plan file's folder.
+    /// The file (every kind but command); relative to the plan file's folder.
     pub path: Option<PathBuf>,
     /// Where the whole connection is: env and properties: the key; yaml,
     /// json and python: the dotted key path; pg_service: the service's name.

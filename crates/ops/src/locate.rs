@@ -152,7 +152,8 @@ fn leaf(path: String, occurrence: Occurrence) -> Leaf {
 
 /// `KEY=value` in a dotenv / `--env-file` / EnvironmentFile file. `export`
 /// prefixes, quotes and trailing comments are understood.
-pub fn env(text: &str, key: &str) -> Result<Option<Occurrence>, String> {
+#[cfg(test)]
+fn env(text: &str, key: &str) -> Result<Option<Occurrence>, String> {
     find(&env_leaves(text), key)
 }
 
@@ -255,7 +256,8 @@ enum Frame {
 
 /// The scalar at a dotted key path (`services.backend.environment.DATABASE_URL`),
 /// also in the list form (`environment: ["DATABASE_URL=…"]`).
-pub fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>, String> {
+#[cfg(test)]
+fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>, String> {
     find(&yaml_leaves(text)?, path)
 }
 
