@@ -208,7 +208,6 @@ impl Bench {
                 .await
                 .unwrap();
             RunContext {
-                plan: loaded.clone(),
                 source: pool.clone(),
                 target: pool,
                 journal,
@@ -257,7 +256,7 @@ impl Bench {
             .block_on(self.ctx.journal.stage_states(self.ctx.run_id))
             .unwrap()
             .into_iter()
-            .map(|(k, v)| (k, v.event))
+            .map(|(k, v)| (k, v.event.to_string()))
             .collect()
     }
 
@@ -267,6 +266,7 @@ impl Bench {
             .unwrap()
             .unwrap()
             .status
+            .to_string()
     }
 
     fn effects(&self) -> Vec<(String, String)> {

@@ -11,8 +11,9 @@
 //! | 6    | not implemented in this version (reserved) |
 //! | 130  | interrupted (Ctrl-C); the journal records where it stopped |
 
-use std::fmt;
 use std::process::ExitCode;
+
+use cutover_core::ErrorKind;
 
 /// A process exit code with a meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,52 +35,52 @@ impl From<Code> for ExitCode {
     }
 }
 
-/// An error that carries its exit code; anything else exits with [`Code::Failure`].
-#[derive(Debug)]
-pub struct CodedError {
-    pub code: Code,
-    pub message: String,
-}
-
-impl fmt::Display for CodedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+/// The one table from an error's kind to its exit code.
+impl From<ErrorKind> for Code {
+    fn from(kind: ErrorKind) -> Code {
+        match kind {
+            ErrorKind::Failure => Code::Failure,
+            ErrorKind::BadInput => Code::BadInput,
+            ErrorKind::Differences => Code::Differences,
+            ErrorKind::Locked => Code::Locked,
+            ErrorKind::Refused => Code::Refused,
+            ErrorKind::NotImplemented => Code::NotImplemented,
+            ErrorKind::Interrupted => Code::Interrupted,
+        }
     }
 }
 
-impl std::error::Error for CodedError {}
-
-/// Builds an error with a given exit code.
-pub fn coded(code: Code, message: impl Into<String>) -> anyhow::Error {
-    CodedError {
-        code,
-        message: message.into(),
-    }
-    .into()
+/// An error of a given kind (and so exit code) raised by a command itself.
+pub fn coded(kind: ErrorKind, message: impl Into<String>) -> anyhow::Error {
+    cutover_core::Error::new(kind, message).into()
 }
 
+/// The exit code of the first cutover error in the chain; anything else
+/// (a file that cannot be read, ...) is a failure.
 pub(crate) fn code_for(err: &anyhow::Error) -> Code {
-    use cutover_core::ErrorKind;
-    for e in err.chain() {
-        if let Some(c) = e.downcast_ref::<CodedError>() {
-            return c.code;
-        }
-        if let Some(c) = e.downcast_ref::<cutover_core::Error>() {
-            return match c.kind {
-                ErrorKind::Failure => Code::Failure,
-                ErrorKind::BadInput => Code::BadInput,
-                ErrorKind::Differences => Code::Differences,
-                ErrorKind::Locked => Code::Locked,
-                ErrorKind::Refused => Code::Refused,
-                ErrorKind::NotImplemented => Code::NotImplemented,
-                ErrorKind::Interrupted => Code::Interrupted,
-            };
-        }
-    }
-    Code::Failure
+    err.chain()
+        .find_map(|e| e.downcast_ref::<cutover_core::Error>())
+        .map(|e| e.kind.into())
+        .unwrap_or(Code::Failure)
 }
 
-/// The whole error chain on one line: "outer: cause: root cause".
+/// The error on one line, "outer: cause: root cause", then its hint on a
+/// line of its own. A cutover error's message already says what its cause
+/// said (the database's message, redacted), so the chain stops there.
 pub(crate) fn render(err: &anyhow::Error) -> String {
-    format!("{err:#}")
+    let mut parts = vec![];
+    let mut hint = None;
+    for e in err.chain() {
+        if let Some(c) = e.downcast_ref::<cutover_core::Error>() {
+            parts.push(c.message.clone());
+            hint = c.hint.clone();
+            break;
+        }
+        parts.push(e.to_string());
+    }
+    let mut out = parts.join(": ");
+    if let Some(h) = hint {
+        out.push_str(&format!("\n  hint: {h}"));
+    }
+    out
 }

@@ -7,24 +7,21 @@
 
 use std::time::Duration;
 
-use cutover_core::endpoint::{Endpoint, Role};
-use cutover_core::journal::Journal;
-use cutover_core::plan_file::{ConsumerKind, DecommissionDriver, LoadedPlan};
+use cutover_core::plan_file::{DecommissionDriver, LoadedPlan};
 use cutover_core::stage::{Plan, Stage};
 use cutover_core::{Error, Result};
-use cutover_ops::conn::Destination;
-use cutover_ops::consumer::{self, Reading, Servers, Side, Which};
+use cutover_ops::consumer::{self, preflight, servers};
+use cutover_ops::decommission::{Decommission, Source, connect};
 use cutover_ops::repoint::Repoint;
-use cutover_ops::retire::{self, Decommission};
 use cutover_ops::sync::VerifySync;
-use cutover_ops::{files, hooks};
 use cutover_pg::Databases;
 use cutover_pg::backup::BackupTarget;
 use cutover_pg::clear::ClearTarget;
-use cutover_pg::copy::{Copy, default_jobs};
-use cutover_pg::discover::Discover;
+use cutover_pg::copy::{Copy, CopySettings, default_jobs};
+use cutover_pg::discover::{Discover, DiscoverSettings};
 use cutover_pg::freeze::{FreezeSource, other_sessions};
 use cutover_pg::inventory::{Comparison, Inventory, compare};
+use cutover_pg::security::RoleMap;
 use cutover_pg::verify::VerifyData;
 
 /// Switches from the command line that change the plan.
@@ -41,88 +38,6 @@ pub struct Switches {
 pub struct Planned {
     pub plan: Plan,
     pub dbs: Databases,
-}
-
-/// Connects both databases; when the source cannot be reached because this
-/// plan's run retired it, goes on with a lazy source connection so that
-/// `status`, `rollback` and a resume still work.
-pub async fn connect(loaded: &LoadedPlan, max: u32) -> Result<(Databases, Source)> {
-    let err = match Databases::connect(loaded, max).await {
-        Ok(d) => return Ok((d, Source::Live)),
-        Err(e) => e,
-    };
-    let opts = &loaded.file.options;
-    let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
-    let Ok(pool) = cutover_pg::connect::pool(
-        &target,
-        opts.connect_timeout,
-        opts.statement_timeout,
-        opts.lock_timeout,
-        max,
-    )
-    .await
-    else {
-        return Err(err);
-    };
-    let Some(journal) = Journal::open_existing(&pool, &opts.journal_schema).await? else {
-        return Err(err);
-    };
-    let Some(run) = journal.latest_run().await? else {
-        return Err(err);
-    };
-    let retired = journal
-        .stage_states(run.id)
-        .await?
-        .get(retire::NAME)
-        .is_some_and(|s| s.event != "undone");
-    if !retired {
-        return Err(err);
-    }
-    let destroyed: Option<serde_json::Value> = sqlx::query_scalar(&format!(
-        "SELECT detail FROM {} WHERE run_id = $1 AND stage = $2 AND item = 'retire'",
-        journal.table("item_progress")
-    ))
-    .bind(run.id)
-    .bind(retire::NAME)
-    .fetch_optional(&pool)
-    .await?
-    .flatten();
-    let destroyed = destroyed.is_some_and(|d| d["destroyed"].as_bool() == Some(true));
-    let dbs = Databases::with_retired_source(loaded, pool, run.source_identity, max).await?;
-    Ok((
-        dbs,
-        if destroyed {
-            Source::Destroyed
-        } else {
-            Source::Retired
-        },
-    ))
-}
-
-/// The source as this plan finds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Live,
-    /// Retired by this plan's run (quarantined or stopped): can be brought back.
-    Retired,
-    /// Destroyed by this plan's run: its final dump is the way back.
-    Destroyed,
-}
-
-/// The two databases as consumers may name them.
-pub fn servers(loaded: &LoadedPlan, dbs: &Databases) -> Result<Servers> {
-    Ok(Servers {
-        source: Side::new(dbs.source_identity.clone(), &dbs.source, &loaded.file.source)?,
-        target: Side::new(dbs.target_identity.clone(), &dbs.target, &loaded.file.target)?,
-        target_destination: Destination {
-            host: dbs.target.host.clone(),
-            port: dbs.target.port,
-            dbname: dbs.target.dbname.clone(),
-            user: dbs.target.user.clone(),
-            password: dbs.target.password().map(str::to_string),
-        },
-        probe_timeout: Duration::from_secs(loaded.file.options.connect_timeout.min(5)),
-    })
 }
 
 /// Inspects both databases and every consumer (read-only) and builds the stages in their safe order.
@@ -346,10 +261,25 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     }
 
     let run_dir = loaded.run_dir();
-    let mut discover = Discover::new(&source, &target, &comparison, allow_ahead);
+    let options = &loaded.file.options;
+    let role_map = RoleMap(loaded.file.roles.map.clone());
+    let mut discover = Discover::new(
+        &source,
+        &target,
+        &comparison,
+        allow_ahead,
+        DiscoverSettings {
+            source: dbs.source.clone(),
+            target: dbs.target.clone(),
+            rehearse_schema: options.rehearse_schema,
+            role_map: role_map.clone(),
+        },
+    );
     discover.description.details.push(journal_note(schema));
-    let mut stages: Vec<Box<dyn Stage>> =
-        vec![Box::new(discover), Box::new(BackupTarget::new(&target, &run_dir))];
+    let mut stages: Vec<Box<dyn Stage>> = vec![
+        Box::new(discover),
+        Box::new(BackupTarget::new(&target, &run_dir, dbs.target.clone())),
+    ];
     // Roles first: creating them changes no data, and a failure must come
     // before the source is frozen or the target cleared.
     if let Some(stage) = create_roles {
@@ -357,21 +287,29 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     }
     stages.extend::<Vec<Box<dyn Stage>>>(vec![
         Box::new(FreezeSource::new(freeze, &dbs.source.dbname, sessions.clone())),
-        Box::new(ClearTarget::new(&target, &comparison.destroyed)),
+        Box::new(ClearTarget::new(
+            &target,
+            &comparison.destroyed,
+            dbs.target.clone(),
+        )),
     ]);
     let mut copy = Copy::new(
         &source,
         &target,
-        jobs,
-        loaded.file.options.split_bytes,
-        loaded.file.options.analyze_bytes,
+        CopySettings::new(options, dbs.source.clone(), dbs.target.clone(), role_map.clone()),
     );
     if let Some(note) = security_note {
         copy.description.details.insert(0, note);
     }
     stages.extend([
         Box::new(copy) as Box<dyn Stage>,
-        Box::new(VerifyData::new(&source, jobs)),
+        Box::new(VerifyData::new(
+            &source,
+            jobs,
+            options.split_bytes,
+            options.row_hash,
+            role_map.clone(),
+        )),
     ]);
     for reading in &readings {
         let dest = consumer::destination(&reading.spec, &servers)?;
@@ -384,6 +322,7 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
             loaded.file.consumers.clone(),
             base.clone(),
             servers.clone(),
+            role_map,
         )));
     }
     if let Some(d) = &loaded.file.decommission
@@ -426,6 +365,7 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
             switches.force,
             base,
             &sessions,
+            Duration::from_secs(options.connect_timeout),
         );
         warnings.extend(stage.describe().warnings.iter().cloned());
         stages.push(Box::new(stage));
@@ -480,34 +420,4 @@ async fn operator_notes(dbs: &Databases) -> Result<Vec<String>> {
         ));
     }
     Ok(notes)
-}
-
-/// Reads and checks every consumer; the first problem stops everything.
-async fn preflight(loaded: &LoadedPlan, servers: &Servers) -> Result<Vec<Reading>> {
-    let base = consumer::base_dir(&loaded.path);
-    let mut readings = vec![];
-    for spec in &loaded.file.consumers {
-        let reading = consumer::read(spec, &base, servers).await?;
-        let fail = |msg: String| Err(Error::bad_input(format!("consumer {}: {msg}", spec.name)));
-        if reading.points_at() == Which::Source
-            && spec.kind != ConsumerKind::Command
-            && let Some(path) = &reading.path
-            && let Err(e) = files::check_writable(path)
-        {
-            return fail(format!("{e}; cutover must replace the file to repoint it"));
-        }
-        for (what, cmd) in [("reload", &spec.reload), ("get", &spec.get), ("set", &spec.set)] {
-            if let Some(cmd) = cmd
-                && !hooks::command_exists(cmd, &base)
-            {
-                return fail(format!(
-                    "its {what} command `{}` cannot be found; fix `{what}` in the plan file",
-                    cmd.split_whitespace().next().unwrap_or_default()
-                ));
-            }
-        }
-        consumer::destination(spec, servers)?;
-        readings.push(reading);
-    }
-    Ok(readings)
 }

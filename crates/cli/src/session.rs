@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cutover_core::endpoint::{Endpoint, Role};
 use cutover_core::event::{Event, EventSink};
-use cutover_core::journal::{Journal, RunLock};
+use cutover_core::journal::{Journal, RunLock, RunStatus};
 use cutover_core::plan_file::LoadedPlan;
 use cutover_core::stage::{CancelFlag, RunContext};
 use cutover_core::{Error, ErrorKind, Result};
@@ -38,13 +38,16 @@ pub async fn finished_run(loaded: &LoadedPlan) -> Result<Option<cutover_core::jo
     let pool =
         cutover_pg::connect::pool(&target, o.connect_timeout, o.statement_timeout, o.lock_timeout, 1).await?;
     let run = match Journal::open_existing(&pool, &o.journal_schema).await? {
-        Some(journal) => journal.latest_run().await?.filter(|r| r.status == "done"),
+        Some(journal) => journal
+            .latest_run()
+            .await?
+            .filter(|r| r.status == RunStatus::Done),
         // Archived (`cutover archive-journal`): still finished.
         None => crate::commands::archive::read_archive(loaded)
             .map_err(|e| Error::failure(format!("{e:#}")))?
             .and_then(|a| a.runs.into_iter().next())
             .map(|r| r.run)
-            .filter(|r| r.status == "done"),
+            .filter(|r| r.status == RunStatus::Done),
     };
     pool.close().await;
     Ok(run)
@@ -78,16 +81,16 @@ pub async fn open(
             (run.id, true)
         }
         (Mode::Run { restart }, Some(run))
-            if !restart && !matches!(run.status.as_str(), "rolled_back" | "abandoned") =>
+            if !restart && !matches!(run.status, RunStatus::RolledBack | RunStatus::Abandoned) =>
         {
             refuse_drift(loaded, &planned, &run)?;
             (run.id, true)
         }
         (Mode::Run { .. }, previous) => {
             if let Some(run) = previous
-                && !matches!(run.status.as_str(), "rolled_back" | "abandoned" | "done")
+                && !run.status.is_closed()
             {
-                journal.set_run_status(run.id, "abandoned").await?;
+                journal.set_run_status(run.id, RunStatus::Abandoned).await?;
             }
             let id = journal
                 .create_run(
@@ -105,7 +108,6 @@ pub async fn open(
         resumed,
     });
     let ctx = RunContext {
-        plan: loaded.clone(),
         source: planned.dbs.source_pool.clone(),
         target: planned.dbs.target_pool.clone(),
         journal,

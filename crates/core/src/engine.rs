@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
-use crate::journal::StageState;
+use crate::journal::{RunStatus, StageEvent, StageState};
 use crate::stage::{Check, Plan, RunContext, Undo};
 
 /// Which part of the plan to run.
@@ -18,13 +18,56 @@ pub struct Selection {
     pub only: Option<String>,
 }
 
-/// What `run` decided for one stage before starting.
+/// What `run` decides for one stage from the journal, before starting.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Decision {
-    /// Done in the journal: verify its check, then skip or redo.
-    DoneBefore,
+pub enum Decision {
     /// Never started, interrupted, failed or undone: run it.
     Run,
+    /// Done, and a later stage has started on its result (the copy fills
+    /// what clear emptied): its own check no longer applies, and redoing it
+    /// would destroy later work. Skipped.
+    Built,
+    /// Done, nothing after it started: skipped if its check holds, else run
+    /// again.
+    Check,
+}
+
+/// The decision for each stage of `names[first..=last]`, from the latest
+/// state of every stage in the journal (`names` is the whole plan, in order).
+pub fn decide(
+    names: &[String],
+    first: usize,
+    last: usize,
+    states: &std::collections::BTreeMap<String, StageState>,
+) -> Vec<Decision> {
+    (first..=last)
+        .map(|i| match states.get(&names[i]) {
+            Some(st) if st.is_done() => {
+                let later_started = names[i + 1..]
+                    .iter()
+                    .any(|n| states.get(n).is_some_and(|st| st.event != StageEvent::Undone));
+                if later_started {
+                    Decision::Built
+                } else {
+                    Decision::Check
+                }
+            }
+            _ => Decision::Run,
+        })
+        .collect()
+}
+
+/// The stages `rollback` undoes: every one this run touched and did not
+/// undo yet, last first.
+pub fn to_undo(names: &[String], states: &std::collections::BTreeMap<String, StageState>) -> Vec<usize> {
+    (0..names.len())
+        .rev()
+        .filter(|&i| {
+            states
+                .get(&names[i])
+                .is_some_and(|s| s.event != StageEvent::Undone)
+        })
+        .collect()
 }
 
 /// Runs the selected stages. `confirm` is asked once, before anything runs,
@@ -45,13 +88,8 @@ pub async fn run(
         (None, None) => (0, plan.stages.len().saturating_sub(1)),
     };
     let states = ctx.journal.stage_states(ctx.run_id).await?;
-    let decisions: Vec<Decision> = plan.stages[first..=last]
-        .iter()
-        .map(|s| match states.get(&s.name()) {
-            Some(st) if st.is_done() => Decision::DoneBefore,
-            _ => Decision::Run,
-        })
-        .collect();
+    let names: Vec<String> = plan.stages.iter().map(|s| s.name()).collect();
+    let decisions = decide(&names, first, last, &states);
     let destructive: Vec<String> = plan.stages[first..=last]
         .iter()
         .zip(&decisions)
@@ -61,32 +99,26 @@ pub async fn run(
     if !destructive.is_empty() {
         confirm(&destructive)?;
     }
-    ctx.journal.set_run_status(ctx.run_id, "running").await?;
+    ctx.journal.set_run_status(ctx.run_id, RunStatus::Running).await?;
 
     for (offset, stage) in plan.stages[first..=last].iter().enumerate() {
-        let index = first + offset;
         let name = stage.name();
         if let Err(e) = ctx.cancel.check() {
-            ctx.journal.set_run_status(ctx.run_id, "interrupted").await?;
+            ctx.journal
+                .set_run_status(ctx.run_id, RunStatus::Interrupted)
+                .await?;
             return Err(e);
         }
-        if decisions[offset] == Decision::DoneBefore {
-            // A later stage that started has built on this one's result (the
-            // copy fills what clear emptied): its own check then no longer
-            // applies, and redoing it would destroy later work.
-            let later_started = plan.stages[index + 1..].iter().any(|s| {
-                states
-                    .get(&s.name())
-                    .is_some_and(|st: &StageState| st.event != "undone")
-            });
-            if later_started {
+        match decisions[offset] {
+            Decision::Run => {}
+            Decision::Built => {
                 ctx.emit(Event::StageSkipped {
                     stage: name,
                     reason: "done; later stages build on it".into(),
                 });
                 continue;
             }
-            match stage.check(ctx).await {
+            Decision::Check => match stage.check(ctx).await {
                 Ok(Check::Holds) => {
                     ctx.emit(Event::StageSkipped {
                         stage: name,
@@ -100,7 +132,7 @@ pub async fn run(
                     ),
                 }),
                 Err(e) => return Err(e.context(format!("checking stage {name}"))),
-            }
+            },
         }
         run_stage(ctx, stage.as_ref()).await?;
     }
@@ -110,11 +142,15 @@ pub async fn run(
         .stages
         .iter()
         .all(|s| states.get(&s.name()).is_some_and(|st| st.is_done()));
-    let status = if all_done { "done" } else { "paused" };
+    let status = if all_done {
+        RunStatus::Done
+    } else {
+        RunStatus::Paused
+    };
     ctx.journal.set_run_status(ctx.run_id, status).await?;
     ctx.emit(Event::RunFinished {
         run_id: ctx.run_id.to_string(),
-        status: status.into(),
+        status: status.to_string(),
         seconds: started.elapsed().as_secs_f64(),
     });
     Ok(())
@@ -134,7 +170,7 @@ async fn run_stage(ctx: &RunContext, stage: &dyn crate::stage::Stage) -> Result<
     let name = stage.name();
     let t0 = Instant::now();
     ctx.journal
-        .record(ctx.run_id, &name, "started", None, None)
+        .record(ctx.run_id, &name, StageEvent::Started, None, None)
         .await?;
     ctx.emit(Event::StageStarted { stage: name.clone() });
     crash_point(&format!("before:{name}"));
@@ -145,7 +181,7 @@ async fn run_stage(ctx: &RunContext, stage: &dyn crate::stage::Stage) -> Result<
     match outcome {
         Ok(artefacts) => {
             ctx.journal
-                .record(ctx.run_id, &name, "done", None, Some(&artefacts))
+                .record(ctx.run_id, &name, StageEvent::Done, None, Some(&artefacts))
                 .await?;
             ctx.emit(Event::StageDone {
                 stage: name,
@@ -160,14 +196,14 @@ async fn run_stage(ctx: &RunContext, stage: &dyn crate::stage::Stage) -> Result<
         }
         Err(e) => {
             let status = if e.kind == ErrorKind::Interrupted {
-                "interrupted"
+                RunStatus::Interrupted
             } else {
-                "failed"
+                RunStatus::Failed
             };
             // Best effort: the failure itself is what the operator must see.
             let _ = ctx
                 .journal
-                .record(ctx.run_id, &name, "failed", Some(&e.to_string()), None)
+                .record(ctx.run_id, &name, StageEvent::Failed, Some(&e.to_string()), None)
                 .await;
             let _ = ctx.journal.set_run_status(ctx.run_id, status).await;
             ctx.emit(Event::StageFailed {
@@ -195,16 +231,10 @@ async fn run_stage(ctx: &RunContext, stage: &dyn crate::stage::Stage) -> Result<
 /// irreversible stage unless `force`.
 pub async fn rollback(plan: &Plan, ctx: &RunContext, force: bool) -> Result<()> {
     let states = ctx.journal.stage_states(ctx.run_id).await?;
-    let touched = |name: &str| {
-        states
-            .get(name)
-            .is_some_and(|s| !matches!(s.event.as_str(), "undone"))
-    };
-    for stage in plan.stages.iter().rev() {
+    let names: Vec<String> = plan.stages.iter().map(|s| s.name()).collect();
+    for i in to_undo(&names, &states) {
+        let stage = &plan.stages[i];
         let name = stage.name();
-        if !touched(&name) {
-            continue;
-        }
         ctx.cancel.check()?;
         match stage.undo_kind() {
             Undo::Irreversible(why) if !force => {
@@ -223,13 +253,13 @@ pub async fn rollback(plan: &Plan, ctx: &RunContext, force: bool) -> Result<()> 
         }
         let t0 = Instant::now();
         ctx.journal
-            .record(ctx.run_id, &name, "undo_started", None, None)
+            .record(ctx.run_id, &name, StageEvent::UndoStarted, None, None)
             .await?;
         ctx.emit(Event::UndoStarted { stage: name.clone() });
         match stage.undo(ctx).await {
             Ok(summary) => {
                 ctx.journal
-                    .record(ctx.run_id, &name, "undone", None, None)
+                    .record(ctx.run_id, &name, StageEvent::Undone, None, None)
                     .await?;
                 ctx.emit(Event::StageUndone {
                     stage: name,
@@ -240,7 +270,7 @@ pub async fn rollback(plan: &Plan, ctx: &RunContext, force: bool) -> Result<()> 
             Err(e) => {
                 let _ = ctx
                     .journal
-                    .record(ctx.run_id, &name, "undo_failed", Some(&e.message), None)
+                    .record(ctx.run_id, &name, StageEvent::UndoFailed, Some(&e.message), None)
                     .await;
                 ctx.emit(Event::StageFailed {
                     stage: name.clone(),
@@ -250,6 +280,110 @@ pub async fn rollback(plan: &Plan, ctx: &RunContext, force: bool) -> Result<()> 
             }
         }
     }
-    ctx.journal.set_run_status(ctx.run_id, "rolled_back").await?;
+    ctx.journal
+        .set_run_status(ctx.run_id, RunStatus::RolledBack)
+        .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn states(list: &[(&str, StageEvent)]) -> BTreeMap<String, StageState> {
+        list.iter()
+            .map(|(stage, event)| {
+                (
+                    stage.to_string(),
+                    StageState {
+                        stage: stage.to_string(),
+                        event: *event,
+                        first_started_at: None,
+                        last_started_at: None,
+                        at: chrono::Utc::now(),
+                        error: None,
+                        artefacts: None,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    const PLAN: &[&str] = &["discover", "backup-target", "clear-target", "copy", "verify-data"];
+
+    #[test]
+    fn a_new_run_runs_every_stage() {
+        let d = decide(&names(PLAN), 0, 4, &BTreeMap::new());
+        assert_eq!(d, vec![Decision::Run; 5]);
+    }
+
+    #[test]
+    fn a_resume_skips_what_later_stages_built_on_and_checks_the_last_done() {
+        use StageEvent::*;
+        // Killed during the copy: clear must not run again (the copy fills
+        // what it emptied), the copy resumes.
+        let s = states(&[
+            ("discover", Done),
+            ("backup-target", Done),
+            ("clear-target", Done),
+            ("copy", Started),
+        ]);
+        assert_eq!(
+            decide(&names(PLAN), 0, 4, &s),
+            vec![
+                Decision::Built,
+                Decision::Built,
+                Decision::Built,
+                Decision::Run,
+                Decision::Run
+            ]
+        );
+        // Stopped after the copy (--until copy): the copy's check decides.
+        let s = states(&[
+            ("discover", Done),
+            ("backup-target", Done),
+            ("clear-target", Done),
+            ("copy", Done),
+        ]);
+        let d = decide(&names(PLAN), 0, 4, &s);
+        assert_eq!(d[3], Decision::Check);
+        assert_eq!(d[2], Decision::Built);
+    }
+
+    #[test]
+    fn failed_and_undone_stages_run_again_and_an_undone_later_stage_does_not_protect() {
+        use StageEvent::*;
+        let s = states(&[
+            ("discover", Done),
+            ("backup-target", Failed),
+            ("clear-target", Undone),
+            ("copy", Undone),
+        ]);
+        // discover: backup-target started (and failed) after it: built on.
+        assert_eq!(
+            decide(&names(PLAN), 0, 3, &s),
+            vec![Decision::Built, Decision::Run, Decision::Run, Decision::Run]
+        );
+        // Only clear and copy undone after them: discover alone is checked.
+        let s = states(&[("discover", Done), ("clear-target", Undone), ("copy", Undone)]);
+        assert_eq!(decide(&names(PLAN), 0, 0, &s), vec![Decision::Check]);
+    }
+
+    #[test]
+    fn rollback_undoes_touched_stages_last_first_and_skips_undone_ones() {
+        use StageEvent::*;
+        let s = states(&[
+            ("discover", Done),
+            ("backup-target", Done),
+            ("clear-target", Undone),
+            ("copy", Failed),
+        ]);
+        assert_eq!(to_undo(&names(PLAN), &s), vec![3, 1, 0]);
+        assert!(to_undo(&names(PLAN), &BTreeMap::new()).is_empty());
+    }
 }

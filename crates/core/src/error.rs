@@ -32,6 +32,9 @@ pub struct Error {
     pub sqlstate: Option<String>,
     /// What to do about it, rendered on its own line.
     pub hint: Option<String>,
+    /// The error this one comes from (a database error, an I/O error), for
+    /// `source()`; the message already says what it said.
+    pub cause: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -43,6 +46,7 @@ impl Error {
             message: message.into(),
             sqlstate: None,
             hint: None,
+            cause: None,
         }
     }
     /// Sets what to do about it (shown on its own line).
@@ -82,7 +86,13 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Error {
@@ -95,6 +105,7 @@ impl From<sqlx::Error> for Error {
         {
             err.hint = Some(hint.to_string());
         }
+        err.cause = Some(std::sync::Arc::new(e));
         err
     }
 }
@@ -128,7 +139,11 @@ impl From<sqlx::migrate::MigrateError> for Error {
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Error {
-        Error::failure(e.to_string())
+        let message = e.to_string();
+        Error {
+            cause: Some(std::sync::Arc::new(e)),
+            ..Error::failure(message)
+        }
     }
 }
 

@@ -21,13 +21,262 @@ pub struct Journal {
 }
 
 /// A work item of a stage, as recorded in `item_progress`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Item<'a> {
     pub stage: &'a str,
-    pub item: &'a str,
+    pub item: &'a ItemKey,
     pub rows: Option<i64>,
     pub bytes: Option<i64>,
     pub detail: Option<&'a serde_json::Value>,
+}
+
+impl<'a> Item<'a> {
+    /// An item with nothing recorded beside it.
+    pub fn new(stage: &'a str, item: &'a ItemKey) -> Item<'a> {
+        Item {
+            stage,
+            item,
+            rows: None,
+            bytes: None,
+            detail: None,
+        }
+    }
+}
+
+/// What happened to a stage: the `event` of a `stage_events` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageEvent {
+    /// Recorded before the stage's first effect.
+    Started,
+    /// Recorded after its last effect, with its artefacts.
+    Done,
+    Failed,
+    UndoStarted,
+    Undone,
+    UndoFailed,
+}
+
+/// Where a run stands: the `status` of a `runs` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    /// Stopped after the stage `--until` or `--only` named: resumable.
+    Paused,
+    /// Every stage done.
+    Done,
+    Failed,
+    Interrupted,
+    RolledBack,
+    /// Set aside by `cutover run --restart`.
+    Abandoned,
+}
+
+/// Both enums are stored as their snake_case names (the migration's CHECK
+/// constraints list the same words).
+macro_rules! journal_words {
+    ($ty:ident, $what:literal, $($variant:ident = $text:literal),+ $(,)?) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text),+
+                }
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<$ty> {
+                match s {
+                    $($text => Ok($ty::$variant),)+
+                    other => Err(Error::failure(format!(
+                        concat!("the journal holds an unknown ", $what, " {:?}: it was written by a newer cutover"),
+                        other
+                    ))),
+                }
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+journal_words!(
+    StageEvent,
+    "stage event",
+    Started = "started",
+    Done = "done",
+    Failed = "failed",
+    UndoStarted = "undo_started",
+    Undone = "undone",
+    UndoFailed = "undo_failed"
+);
+journal_words!(
+    RunStatus,
+    "run status",
+    Running = "running",
+    Paused = "paused",
+    Done = "done",
+    Failed = "failed",
+    Interrupted = "interrupted",
+    RolledBack = "rolled_back",
+    Abandoned = "abandoned"
+);
+
+impl RunStatus {
+    /// A run that is over: finished, rolled back or set aside. A new
+    /// `cutover run` starts a new one rather than resuming it.
+    pub fn is_closed(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Done | RunStatus::RolledBack | RunStatus::Abandoned
+        )
+    }
+}
+
+/// A work item inside a stage: the `item` of an `item_progress` row. Its text
+/// form (`table:public.orders`, `table:public.orders#2/8`,
+/// `early:public.orders.orders_pkey`, ...) is what the journal stores; the
+/// migration's CHECK constraint admits exactly these forms.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ItemKey {
+    /// discover: the schema rehearsal in a scratch database passed.
+    SchemaRehearsal,
+    /// backup-target: the proven backup (detail: path and checksum).
+    Backup,
+    /// create-roles: one role created (its name).
+    Role(String),
+    /// copy: the schema's pre-data section restored.
+    PreData,
+    /// copy: a whole table loaded (`schema.name`).
+    Table(String),
+    /// copy: one block range of a large table (1-based index of count).
+    Range { table: String, index: u32, count: u32 },
+    /// copy: an index or key built during the data phase
+    /// (`schema.table.name`).
+    Early(String),
+    /// copy: ANALYZE of a table (`schema.name`).
+    Analyze(String),
+    /// copy: the final post-data restore began.
+    PostDataStarted,
+    /// copy: the final post-data restore finished.
+    PostData,
+    /// copy: every sequence set.
+    Sequences,
+    /// copy: small large objects, a batch from one oid to another.
+    LargeObjects { first: u32, last: u32 },
+    /// copy: one large object moved in slices.
+    LargeObject(u32),
+    /// copy: the source's database-level privileges and settings carried.
+    DatabaseSettings,
+    /// repoint: the consumer's file or setting written.
+    Written,
+    /// verify-sync: the sentinel's grants to the consumers' roles (detail:
+    /// the roles, to take them back).
+    SentinelGrants,
+    /// decommission-source: the source retired (detail: how).
+    Retire,
+}
+
+impl ItemKey {
+    /// The item of a whole table.
+    pub fn table(schema: &str, name: &str) -> ItemKey {
+        ItemKey::Table(format!("{schema}.{name}"))
+    }
+    pub fn analyze(schema: &str, name: &str) -> ItemKey {
+        ItemKey::Analyze(format!("{schema}.{name}"))
+    }
+    pub fn early(schema: &str, table: &str, name: &str) -> ItemKey {
+        ItemKey::Early(format!("{schema}.{table}.{name}"))
+    }
+    /// The table a `Table` or `Range` item is about.
+    pub fn table_name(&self) -> Option<&str> {
+        match self {
+            ItemKey::Table(t) | ItemKey::Range { table: t, .. } => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ItemKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ItemKey::SchemaRehearsal => f.write_str("schema-rehearsal"),
+            ItemKey::Backup => f.write_str("backup"),
+            ItemKey::Role(r) => write!(f, "role:{r}"),
+            ItemKey::PreData => f.write_str("pre-data"),
+            ItemKey::Table(t) => write!(f, "table:{t}"),
+            ItemKey::Range { table, index, count } => write!(f, "table:{table}#{index}/{count}"),
+            ItemKey::Early(e) => write!(f, "early:{e}"),
+            ItemKey::Analyze(t) => write!(f, "analyze:{t}"),
+            ItemKey::PostDataStarted => f.write_str("post-data-started"),
+            ItemKey::PostData => f.write_str("post-data"),
+            ItemKey::Sequences => f.write_str("sequences"),
+            ItemKey::LargeObjects { first, last } => write!(f, "large-objects:{first}-{last}"),
+            ItemKey::LargeObject(oid) => write!(f, "large-object:{oid}"),
+            ItemKey::DatabaseSettings => f.write_str("database-settings"),
+            ItemKey::Written => f.write_str("written"),
+            ItemKey::SentinelGrants => f.write_str("sentinel-grants"),
+            ItemKey::Retire => f.write_str("retire"),
+        }
+    }
+}
+
+impl std::str::FromStr for ItemKey {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ItemKey> {
+        let unknown = || {
+            Error::failure(format!(
+                "the journal holds an unknown item {s:?}: it was written by a newer cutover"
+            ))
+        };
+        let fixed = match s {
+            "schema-rehearsal" => Some(ItemKey::SchemaRehearsal),
+            "backup" => Some(ItemKey::Backup),
+            "pre-data" => Some(ItemKey::PreData),
+            "post-data-started" => Some(ItemKey::PostDataStarted),
+            "post-data" => Some(ItemKey::PostData),
+            "sequences" => Some(ItemKey::Sequences),
+            "database-settings" => Some(ItemKey::DatabaseSettings),
+            "written" => Some(ItemKey::Written),
+            "sentinel-grants" => Some(ItemKey::SentinelGrants),
+            "retire" => Some(ItemKey::Retire),
+            _ => None,
+        };
+        if let Some(k) = fixed {
+            return Ok(k);
+        }
+        let (kind, rest) = s.split_once(':').ok_or_else(unknown)?;
+        Ok(match kind {
+            "role" => ItemKey::Role(rest.into()),
+            "early" => ItemKey::Early(rest.into()),
+            "analyze" => ItemKey::Analyze(rest.into()),
+            "large-object" => ItemKey::LargeObject(rest.parse().map_err(|_| unknown())?),
+            "large-objects" => {
+                let (a, b) = rest.split_once('-').ok_or_else(unknown)?;
+                ItemKey::LargeObjects {
+                    first: a.parse().map_err(|_| unknown())?,
+                    last: b.parse().map_err(|_| unknown())?,
+                }
+            }
+            "table" => {
+                let range = rest.rsplit_once('#').and_then(|(table, r)| {
+                    let (i, n) = r.split_once('/')?;
+                    Some(ItemKey::Range {
+                        table: table.into(),
+                        index: i.parse().ok()?,
+                        count: n.parse().ok()?,
+                    })
+                });
+                range.unwrap_or_else(|| ItemKey::Table(rest.into()))
+            }
+            _ => return Err(unknown()),
+        })
+    }
 }
 
 /// One row of `runs`.
@@ -40,7 +289,7 @@ pub struct RunRecord {
     pub target_identity: ServerIdentity,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub status: String,
+    pub status: RunStatus,
     pub operator_user: String,
     pub operator_host: String,
 }
@@ -49,8 +298,8 @@ pub struct RunRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageState {
     pub stage: String,
-    /// The last event: started, done, failed, undo_started, undone, undo_failed.
-    pub event: String,
+    /// The last event.
+    pub event: StageEvent,
     pub first_started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub last_started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub at: chrono::DateTime<chrono::Utc>,
@@ -60,7 +309,7 @@ pub struct StageState {
 
 impl StageState {
     pub fn is_done(&self) -> bool {
-        self.event == "done"
+        self.event == StageEvent::Done
     }
     /// One line for tables: the error, else the artefacts' summary.
     pub fn detail(&self) -> String {
@@ -137,7 +386,7 @@ impl Journal {
     }
 
     /// A journal table, schema-qualified.
-    pub fn table(&self, name: &str) -> String {
+    fn table(&self, name: &str) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(name))
     }
 
@@ -171,7 +420,7 @@ impl Journal {
                         .map_err(|e| Error::failure(format!("journal: bad target identity: {e}")))?,
                     started_at: r.get(5),
                     finished_at: r.get(6),
-                    status: r.get(7),
+                    status: r.get::<String, _>(7).parse()?,
                     operator_user: r.get(8),
                     operator_host: r.get(9),
                 })
@@ -190,7 +439,7 @@ impl Journal {
         let (user, host) = operator();
         sqlx::query(&format!(
             "INSERT INTO {} (id, plan_path, plan_fingerprint, source_identity, target_identity, status, \
-             operator_user, operator_host, operator_pid) VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8)",
+             operator_user, operator_host, operator_pid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             self.table("runs")
         ))
         .bind(id)
@@ -198,6 +447,7 @@ impl Journal {
         .bind(fingerprint)
         .bind(serde_json::to_value(source).unwrap())
         .bind(serde_json::to_value(target).unwrap())
+        .bind(RunStatus::Running.as_str())
         .bind(user)
         .bind(host)
         .bind(std::process::id() as i32)
@@ -206,7 +456,7 @@ impl Journal {
         Ok(id)
     }
 
-    pub async fn set_run_status(&self, run_id: Uuid, status: &str) -> Result<()> {
+    pub async fn set_run_status(&self, run_id: Uuid, status: RunStatus) -> Result<()> {
         let (user, host) = operator();
         sqlx::query(&format!(
             "UPDATE {} SET status = $2, operator_user = $3, operator_host = $4, operator_pid = $5, \
@@ -214,7 +464,7 @@ impl Journal {
             self.table("runs")
         ))
         .bind(run_id)
-        .bind(status)
+        .bind(status.as_str())
         .bind(user)
         .bind(host)
         .bind(std::process::id() as i32)
@@ -228,7 +478,7 @@ impl Journal {
         &self,
         run_id: Uuid,
         stage: &str,
-        event: &str,
+        event: StageEvent,
         error: Option<&str>,
         artefacts: Option<&serde_json::Value>,
     ) -> Result<()> {
@@ -244,7 +494,7 @@ impl Journal {
         conn: &mut PgConnection,
         run_id: Uuid,
         stage: &str,
-        event: &str,
+        event: StageEvent,
         error: Option<&str>,
         artefacts: Option<&serde_json::Value>,
     ) -> Result<()> {
@@ -254,7 +504,7 @@ impl Journal {
         ))
         .bind(run_id)
         .bind(stage)
-        .bind(event)
+        .bind(event.as_str())
         .bind(error.map(crate::endpoint::redact_text))
         .bind(artefacts)
         .execute(conn)
@@ -277,25 +527,24 @@ impl Journal {
         .bind(run_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(|r| {
                 let s = StageState {
                     stage: r.get(0),
-                    event: r.get(1),
+                    event: r.get::<String, _>(1).parse()?,
                     at: r.get(2),
                     error: r.get(3),
                     artefacts: r.get(4),
                     first_started_at: r.get(5),
                     last_started_at: r.get(6),
                 };
-                (s.stage.clone(), s)
+                Ok((s.stage.clone(), s))
             })
-            .collect())
+            .collect()
     }
 
     /// Items of a stage already done in this run.
-    pub async fn items_done(&self, run_id: Uuid, stage: &str) -> Result<BTreeSet<String>> {
+    pub async fn items_done(&self, run_id: Uuid, stage: &str) -> Result<BTreeSet<ItemKey>> {
         let rows: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT item FROM {} WHERE run_id = $1 AND stage = $2 AND state = 'done'",
             self.table("item_progress")
@@ -304,7 +553,7 @@ impl Journal {
         .bind(stage)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().collect())
+        rows.iter().map(|r| r.parse()).collect()
     }
 
     /// Marks an item done on its own connection (for effects outside the target's transactions).
@@ -324,7 +573,7 @@ impl Journal {
         ))
         .bind(run_id)
         .bind(item.stage)
-        .bind(item.item)
+        .bind(item.item.to_string())
         .bind(item.rows)
         .bind(item.bytes)
         .bind(item.detail)
@@ -338,7 +587,7 @@ impl Journal {
         &self,
         run_id: Uuid,
         stage: &str,
-        item: &str,
+        item: &ItemKey,
     ) -> Result<Option<serde_json::Value>> {
         let row: Option<Option<serde_json::Value>> = sqlx::query_scalar(&format!(
             "SELECT detail FROM {} WHERE run_id = $1 AND stage = $2 AND item = $3",
@@ -346,21 +595,35 @@ impl Journal {
         ))
         .bind(run_id)
         .bind(stage)
-        .bind(item)
+        .bind(item.to_string())
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|d| d.unwrap_or(serde_json::Value::Null)))
     }
 
+    /// The rows recorded with one item, if the item is there with rows.
+    pub async fn item_rows(&self, run_id: Uuid, stage: &str, item: &ItemKey) -> Result<Option<i64>> {
+        let row: Option<Option<i64>> = sqlx::query_scalar(&format!(
+            "SELECT rows FROM {} WHERE run_id = $1 AND stage = $2 AND item = $3",
+            self.table("item_progress")
+        ))
+        .bind(run_id)
+        .bind(stage)
+        .bind(item.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.flatten())
+    }
+
     /// Removes one item (its effect was taken back).
-    pub async fn remove_item(&self, run_id: Uuid, stage: &str, item: &str) -> Result<()> {
+    pub async fn remove_item(&self, run_id: Uuid, stage: &str, item: &ItemKey) -> Result<()> {
         sqlx::query(&format!(
             "DELETE FROM {} WHERE run_id = $1 AND stage = $2 AND item = $3",
             self.table("item_progress")
         ))
         .bind(run_id)
         .bind(stage)
-        .bind(item)
+        .bind(item.to_string())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -379,6 +642,67 @@ impl Journal {
         Ok(())
     }
 
+    /// Forgets the block ranges of one table recorded as done (the table is
+    /// started over, so none of its rows is kept).
+    pub async fn remove_ranges(&self, run_id: Uuid, stage: &str, table: &str) -> Result<()> {
+        let prefix = format!("{}#", ItemKey::Table(table.into()));
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE run_id = $1 AND stage = $2 AND left(item, length($3)) = $3",
+            self.table("item_progress")
+        ))
+        .bind(run_id)
+        .bind(stage)
+        .bind(&prefix)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The sentinel table, schema-qualified (verify-sync grants the
+    /// consumers' roles SELECT on it and reads it through them).
+    pub fn sentinel_table(&self) -> String {
+        self.table("sentinels")
+    }
+
+    /// Writes this run's sentinel token, replacing one an interrupted
+    /// attempt left.
+    pub async fn put_sentinel(&self, run_id: Uuid, token: &str) -> Result<()> {
+        self.delete_sentinels(run_id).await?;
+        sqlx::query(&format!(
+            "INSERT INTO {} (token, run_id) VALUES ($1, $2)",
+            self.table("sentinels")
+        ))
+        .bind(token)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes one sentinel (the proof read it).
+    pub async fn delete_sentinel(&self, token: &str) -> Result<()> {
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE token = $1",
+            self.table("sentinels")
+        ))
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes this run's sentinels.
+    pub async fn delete_sentinels(&self, run_id: Uuid) -> Result<()> {
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE run_id = $1",
+            self.table("sentinels")
+        ))
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Drops the journal's schema (its runs, stage events, items and
     /// sentinels) from the target database, after `cutover archive-journal`
     /// wrote it to the run directory.
@@ -391,6 +715,7 @@ impl Journal {
 
     /// All items of a run (for status and the report).
     pub async fn items(&self, run_id: Uuid) -> Result<Vec<(String, String, String, Option<i64>)>> {
+        // Kept as text: the archive writes the journal as it is.
         let rows = sqlx::query(&format!(
             "SELECT stage, item, state, rows FROM {} WHERE run_id = $1 ORDER BY stage, item",
             self.table("item_progress")
@@ -469,5 +794,105 @@ impl RunLock {
                  process (the lock is freed when it exits)"
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_item_key_reads_back_as_written() {
+        let keys = [
+            ItemKey::SchemaRehearsal,
+            ItemKey::Backup,
+            ItemKey::Role("app_rw".into()),
+            ItemKey::PreData,
+            ItemKey::table("public", "orders"),
+            ItemKey::Range {
+                table: "sales.order#lines".into(),
+                index: 2,
+                count: 8,
+            },
+            ItemKey::early("public", "orders", "orders_pkey"),
+            ItemKey::analyze("public", "orders"),
+            ItemKey::PostDataStarted,
+            ItemKey::PostData,
+            ItemKey::Sequences,
+            ItemKey::LargeObjects {
+                first: 16390,
+                last: 17389,
+            },
+            ItemKey::LargeObject(16389),
+            ItemKey::DatabaseSettings,
+            ItemKey::Written,
+            ItemKey::SentinelGrants,
+            ItemKey::Retire,
+        ];
+        for k in keys {
+            let text = k.to_string();
+            assert_eq!(text.parse::<ItemKey>().unwrap(), k, "{text}");
+        }
+        // The forms earlier versions wrote.
+        assert_eq!(ItemKey::table("public", "t").to_string(), "table:public.t");
+        assert_eq!(
+            "table:public.t#2/8".parse::<ItemKey>().unwrap(),
+            ItemKey::Range {
+                table: "public.t".into(),
+                index: 2,
+                count: 8
+            }
+        );
+        // A table whose name has a '#' that is not a range.
+        assert_eq!(
+            "table:public.a#b".parse::<ItemKey>().unwrap(),
+            ItemKey::Table("public.a#b".into())
+        );
+        let err = "copied:x".parse::<ItemKey>().unwrap_err();
+        assert!(
+            err.message.contains("unknown item \"copied:x\""),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn stage_events_and_run_statuses_are_their_snake_case_names() {
+        for e in StageEvent::ALL {
+            assert_eq!(e.as_str().parse::<StageEvent>().unwrap(), *e);
+            assert_eq!(serde_json::to_value(e).unwrap(), e.as_str());
+        }
+        for s in RunStatus::ALL {
+            assert_eq!(s.as_str().parse::<RunStatus>().unwrap(), *s);
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(RunStatus::RolledBack.as_str(), "rolled_back");
+        assert!("finished".parse::<RunStatus>().is_err());
+    }
+
+    /// The migration's CHECK constraints list the same words as the enums.
+    #[test]
+    fn the_migration_admits_exactly_the_enums_words() {
+        let sql = include_str!("../../../migrations/20261203000001_journal_words.sql");
+        for s in RunStatus::ALL {
+            assert!(sql.contains(&format!("'{}'", s.as_str())), "{s}");
+        }
+        for e in StageEvent::ALL {
+            assert!(sql.contains(&format!("'{}'", e.as_str())), "{e}");
+        }
+        for fixed in [
+            ItemKey::SchemaRehearsal,
+            ItemKey::Backup,
+            ItemKey::PreData,
+            ItemKey::PostDataStarted,
+            ItemKey::PostData,
+            ItemKey::Sequences,
+            ItemKey::DatabaseSettings,
+            ItemKey::Written,
+            ItemKey::SentinelGrants,
+            ItemKey::Retire,
+        ] {
+            assert!(sql.contains(&format!("'{fixed}'")), "{fixed}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! and the engine that runs, resumes and rolls back stages. No terminal here:
 //! stages report through [`event::Event`]s that a front end renders.
 
+pub mod artefacts;
 pub mod endpoint;
 pub mod engine;
 pub mod error;

@@ -15,7 +15,6 @@ use uuid::Uuid;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, EventSink};
 use crate::journal::Journal;
-use crate::plan_file::LoadedPlan;
 
 /// What a stage will do, computed from live read-only inspection.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -49,9 +48,9 @@ pub enum Check {
     Fails(String),
 }
 
-/// Everything a running stage may use.
+/// Everything a running stage may use. What a stage needs from the plan
+/// file was resolved into the stage when the plan was built.
 pub struct RunContext {
-    pub plan: LoadedPlan,
     pub source: PgPool,
     pub target: PgPool,
     pub journal: Journal,

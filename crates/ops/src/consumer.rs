@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use cutover_core::endpoint::{Endpoint, redact_text};
 use cutover_core::identity::ServerIdentity;
-use cutover_core::plan_file::{ConsumerKind, ConsumerSpec, Encoding, EndpointSpec};
+use cutover_core::plan_file::{ConsumerKind, ConsumerSpec, Encoding, EndpointSpec, LoadedPlan};
 use cutover_core::{Error, Result};
 use serde::Serialize;
 
 use crate::conn::{ConnString, Destination, Field, same_host};
-use crate::hooks;
 use crate::locate::{self, Occurrence};
+use crate::{files, hooks};
 
 /// One of the two databases, as consumers may write it.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ pub struct Servers {
     pub probe_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Which {
     Source,
@@ -674,6 +674,52 @@ pub fn destination(spec: &ConsumerSpec, servers: &Servers) -> Result<Destination
             .unwrap_or_else(|| servers.target_destination.user.clone()),
         password: c.password(),
     })
+}
+
+/// The two databases as consumers may name them.
+pub fn servers(loaded: &LoadedPlan, dbs: &cutover_pg::Databases) -> Result<Servers> {
+    Ok(Servers {
+        source: Side::new(dbs.source_identity.clone(), &dbs.source, &loaded.file.source)?,
+        target: Side::new(dbs.target_identity.clone(), &dbs.target, &loaded.file.target)?,
+        target_destination: Destination {
+            host: dbs.target.host.clone(),
+            port: dbs.target.port,
+            dbname: dbs.target.dbname.clone(),
+            user: dbs.target.user.clone(),
+            password: dbs.target.password().map(str::to_string),
+        },
+        probe_timeout: Duration::from_secs(loaded.file.options.connect_timeout.min(5)),
+    })
+}
+
+/// Reads and checks every consumer; the first problem stops everything.
+pub async fn preflight(loaded: &LoadedPlan, servers: &Servers) -> Result<Vec<Reading>> {
+    let base = base_dir(&loaded.path);
+    let mut readings = vec![];
+    for spec in &loaded.file.consumers {
+        let reading = read(spec, &base, servers).await?;
+        let fail = |msg: String| Err(Error::bad_input(format!("consumer {}: {msg}", spec.name)));
+        if reading.points_at() == Which::Source
+            && spec.kind != ConsumerKind::Command
+            && let Some(path) = &reading.path
+            && let Err(e) = files::check_writable(path)
+        {
+            return fail(format!("{e}; cutover must replace the file to repoint it"));
+        }
+        for (what, cmd) in [("reload", &spec.reload), ("get", &spec.get), ("set", &spec.set)] {
+            if let Some(cmd) = cmd
+                && !hooks::command_exists(cmd, &base)
+            {
+                return fail(format!(
+                    "its {what} command `{}` cannot be found; fix `{what}` in the plan file",
+                    cmd.split_whitespace().next().unwrap_or_default()
+                ));
+            }
+        }
+        destination(spec, servers)?;
+        readings.push(reading);
+    }
+    Ok(readings)
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@
 
 pub mod conn;
 pub mod consumer;
+pub mod decommission;
 pub mod files;
 pub mod hooks;
 pub mod locate;
 pub mod repoint;
-pub mod retire;
 pub mod scan;
 pub mod sync;

@@ -8,17 +8,52 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cutover_core::artefacts::Artefacts;
 use cutover_core::endpoint::redact_text;
 use cutover_core::event::Event;
-use cutover_core::journal::Item;
+use cutover_core::journal::{Item, ItemKey};
 use cutover_core::plan_file::ConsumerKind;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::conn::Destination;
 use crate::consumer::{self, Reading, Servers, Which};
 use crate::{files, hooks};
+
+/// repoint:<consumer>: where the consumer pointed and how its new
+/// connection answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepointResult {
+    pub summary: String,
+    /// Where it pointed before the stage.
+    pub before: Which,
+    /// Whether the stage wrote its configuration.
+    pub changed: bool,
+    /// The configuration's backup and its checksum (when written).
+    pub backup: Option<String>,
+    pub backup_sha256: Option<String>,
+    pub probe: Probe,
+}
+
+cutover_core::artefacts!(RepointResult);
+
+/// The consumer's connection, probed after the change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Probe {
+    /// The server and database it reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub millis: Option<u64>,
+    /// The health URL's answer time, when the plan gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_millis: Option<u64>,
+    /// Why the connection could not be probed (a consumer already on the target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<String>,
+}
 
 pub struct Repoint {
     reading: Reading,
@@ -175,7 +210,7 @@ impl Repoint {
     }
 
     /// Reload, then the health probes through the new connection.
-    async fn reload_and_probe(&self, ctx: &RunContext) -> Result<serde_json::Value> {
+    async fn reload_and_probe(&self, ctx: &RunContext) -> Result<Probe> {
         let spec = &self.reading.spec;
         if let Some(reload) = &spec.reload {
             hooks::run_command("the reload command", reload, &self.base, &[], self.timeout()).await?;
@@ -216,7 +251,12 @@ impl Repoint {
                     .unwrap_or_default()
             ),
         });
-        Ok(json!({ "reached": reached.identity.place(), "millis": reached.millis, "http_millis": http_ms }))
+        Ok(Probe {
+            reached: Some(reached.identity.place()),
+            millis: Some(reached.millis),
+            http_millis: http_ms,
+            unverified: None,
+        })
     }
 }
 
@@ -239,12 +279,15 @@ impl Stage for Repoint {
         match now.points_at() {
             Which::Target if !backup.exists() => {
                 let probe = self.reload_and_probe_readonly(ctx).await?;
-                return Ok(json!({
-                    "summary": format!("{} already pointed at the target; nothing written", spec.name),
-                    "before": Which::Target,
-                    "changed": false,
-                    "probe": probe,
-                }));
+                return Ok(RepointResult {
+                    summary: format!("{} already pointed at the target; nothing written", spec.name),
+                    before: Which::Target,
+                    changed: false,
+                    backup: None,
+                    backup_sha256: None,
+                    probe,
+                }
+                .to_value());
             }
             // Written by an earlier attempt of this run: finish reload and health.
             Which::Target => {}
@@ -257,10 +300,8 @@ impl Stage for Repoint {
                     .item_done(
                         ctx.run_id,
                         &Item {
-                            stage: &self.name(),
-                            item: "written",
                             rows: Some(writes),
-                            ..Default::default()
+                            ..Item::new(&self.name(), &ItemKey::Written)
                         },
                     )
                     .await?;
@@ -277,14 +318,15 @@ impl Stage for Repoint {
         }
         let probe = self.reload_and_probe(ctx).await?;
         let bytes = std::fs::read(&backup)?;
-        Ok(json!({
-            "summary": format!("{} now points at the target", spec.name),
-            "before": Which::Source,
-            "changed": true,
-            "backup": backup.display().to_string(),
-            "backup_sha256": files::sha256(&bytes),
-            "probe": probe,
-        }))
+        Ok(RepointResult {
+            summary: format!("{} now points at the target", spec.name),
+            before: Which::Source,
+            changed: true,
+            backup: Some(backup.display().to_string()),
+            backup_sha256: Some(files::sha256(&bytes)),
+            probe,
+        }
+        .to_value())
     }
 
     async fn check(&self, _ctx: &RunContext) -> Result<Check> {
@@ -325,11 +367,8 @@ impl Stage for Repoint {
         }
         let at_repoint = ctx
             .journal
-            .items(ctx.run_id)
-            .await?
-            .into_iter()
-            .find(|(stage, item, ..)| *stage == name && item == "written")
-            .and_then(|(.., rows)| rows);
+            .item_rows(ctx.run_id, &name, &ItemKey::Written)
+            .await?;
         if let Some(before) = at_repoint {
             let since = target_writes(ctx).await? - before;
             if since > 0 {
@@ -365,7 +404,7 @@ impl Stage for Repoint {
 
 impl Repoint {
     /// A consumer already on the target: only prove its connection works.
-    async fn reload_and_probe_readonly(&self, _ctx: &RunContext) -> Result<serde_json::Value> {
+    async fn reload_and_probe_readonly(&self, _ctx: &RunContext) -> Result<Probe> {
         let f = &self.reading.found[0];
         let login = consumer::Login::new(&f.conn, &self.servers, true);
         match hooks::probe_sql(
@@ -375,8 +414,15 @@ impl Repoint {
         )
         .await
         {
-            Ok(r) => Ok(json!({ "reached": r.identity.place(), "millis": r.millis })),
-            Err(e) => Ok(json!({ "unverified": redact_text(&e.message) })),
+            Ok(r) => Ok(Probe {
+                reached: Some(r.identity.place()),
+                millis: Some(r.millis),
+                ..Probe::default()
+            }),
+            Err(e) => Ok(Probe {
+                unverified: Some(redact_text(&e.message)),
+                ..Probe::default()
+            }),
         }
     }
 }

@@ -8,17 +8,53 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use cutover_core::artefacts::Artefacts;
 use cutover_core::endpoint::redact_text;
 use cutover_core::event::Event;
+use cutover_core::journal::{Item, ItemKey};
 use cutover_core::plan_file::ConsumerSpec;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, ErrorKind, Result};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::consumer::{self, Servers, Which};
 use crate::hooks;
 
+/// verify-sync: what each consumer's own connection saw.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncResult {
+    pub summary: String,
+    pub consumers: Vec<ConsumerProof>,
+    /// Sessions still connected to the source.
+    pub source_sessions: Vec<String>,
+}
+
+cutover_core::artefacts!(SyncResult);
+
+/// One consumer connection's proof.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsumerProof {
+    pub consumer: String,
+    /// The line of its file where its connection is written.
+    pub line: usize,
+    /// How the probe logged in, when the file holds no password.
+    pub login: Option<String>,
+    pub sees_sentinel: bool,
+    /// The server and database its connection reached.
+    pub reached: Option<String>,
+    pub points_at: Which,
+    pub millis: u64,
+    /// Whether its health URL answered as expected (when it has one).
+    pub http: Option<bool>,
+    /// Its role's privileges on the target against the source's.
+    pub privileges: Option<String>,
+    pub privileges_as_on_source: Option<bool>,
+}
+
 pub struct VerifySync {
+    role_map: cutover_pg::security::RoleMap,
     consumers: Vec<ConsumerSpec>,
     base: PathBuf,
     servers: Servers,
@@ -26,7 +62,13 @@ pub struct VerifySync {
 }
 
 impl VerifySync {
-    pub fn new(consumers: Vec<ConsumerSpec>, base: PathBuf, servers: Servers) -> VerifySync {
+    /// `role_map`: the plan's `[roles] map` (privilege parity is compared through it).
+    pub fn new(
+        consumers: Vec<ConsumerSpec>,
+        base: PathBuf,
+        servers: Servers,
+        role_map: cutover_pg::security::RoleMap,
+    ) -> VerifySync {
         let names: Vec<&str> = consumers.iter().map(|c| c.name.as_str()).collect();
         VerifySync {
             description: Description {
@@ -37,6 +79,7 @@ impl VerifySync {
                 ),
                 ..Default::default()
             },
+            role_map,
             consumers,
             base,
             servers,
@@ -58,27 +101,16 @@ impl Stage for VerifySync {
 
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
         let token = uuid::Uuid::new_v4().to_string();
-        let table = ctx.journal.table("sentinels");
+        let table = ctx.journal.sentinel_table();
         // Consumers connect as their own roles: those roles may read the
         // sentinel for the proof only. Grants an interrupted attempt left
         // are taken back first; these are journaled before they are made.
         revoke_sentinel_grants(ctx).await?;
         self.grant_sentinel(ctx, &table).await?;
         // A sentinel an interrupted attempt left behind goes first.
-        sqlx::query(&format!("DELETE FROM {table} WHERE run_id = $1"))
-            .bind(ctx.run_id)
-            .execute(&ctx.target)
-            .await?;
-        sqlx::query(&format!("INSERT INTO {table} (token, run_id) VALUES ($1, $2)"))
-            .bind(&token)
-            .bind(ctx.run_id)
-            .execute(&ctx.target)
-            .await?;
+        ctx.journal.put_sentinel(ctx.run_id, &token).await?;
         let result = self.probe_all(ctx, &table, &token).await;
-        sqlx::query(&format!("DELETE FROM {table} WHERE token = $1"))
-            .bind(&token)
-            .execute(&ctx.target)
-            .await?;
+        ctx.journal.delete_sentinel(&token).await?;
         revoke_sentinel_grants(ctx).await?;
         let (report, misses) = result?;
         let sessions = cutover_pg::freeze::other_sessions(&ctx.source)
@@ -99,12 +131,16 @@ impl Stage for VerifySync {
                 ),
             ));
         }
-        Ok(json!({
-            "summary": format!("{} consumer connection(s) saw the sentinel; {} session(s) still on the source",
-                report.len(), sessions.len()),
-            "consumers": report,
-            "source_sessions": sessions,
-        }))
+        Ok(SyncResult {
+            summary: format!(
+                "{} consumer connection(s) saw the sentinel; {} session(s) still on the source",
+                report.len(),
+                sessions.len()
+            ),
+            consumers: report,
+            source_sessions: sessions,
+        }
+        .to_value())
     }
 
     async fn check(&self, _ctx: &RunContext) -> Result<Check> {
@@ -114,31 +150,23 @@ impl Stage for VerifySync {
     async fn undo(&self, ctx: &RunContext) -> Result<String> {
         revoke_sentinel_grants(ctx).await?;
         // A sentinel left by an attempt that was killed mid-way.
-        sqlx::query(&format!(
-            "DELETE FROM {} WHERE run_id = $1",
-            ctx.journal.table("sentinels")
-        ))
-        .bind(ctx.run_id)
-        .execute(&ctx.target)
-        .await?;
+        ctx.journal.delete_sentinels(ctx.run_id).await?;
         Ok("nothing else to undo (the sentinel is deleted when the check ends)".into())
     }
 }
-
-const GRANTS_ITEM: &str = "sentinel-grants";
 
 /// Takes back the proof's grants recorded in the journal (by this attempt or
 /// one that was killed before it could).
 async fn revoke_sentinel_grants(ctx: &RunContext) -> Result<()> {
     let Some(detail) = ctx
         .journal
-        .item_detail(ctx.run_id, "verify-sync", GRANTS_ITEM)
+        .item_detail(ctx.run_id, "verify-sync", &ItemKey::SentinelGrants)
         .await?
     else {
         return Ok(());
     };
     let schema = cutover_core::journal::quote_ident(ctx.journal.schema());
-    let table = ctx.journal.table("sentinels");
+    let table = ctx.journal.sentinel_table();
     for (key, sql) in [
         ("usage", format!("REVOKE USAGE ON SCHEMA {schema} FROM")),
         ("select", format!("REVOKE SELECT ON {table} FROM")),
@@ -158,7 +186,7 @@ async fn revoke_sentinel_grants(ctx: &RunContext) -> Result<()> {
         }
     }
     ctx.journal
-        .remove_item(ctx.run_id, "verify-sync", GRANTS_ITEM)
+        .remove_item(ctx.run_id, "verify-sync", &ItemKey::SentinelGrants)
         .await
 }
 
@@ -206,11 +234,9 @@ impl VerifySync {
         ctx.journal
             .item_done(
                 ctx.run_id,
-                &cutover_core::journal::Item {
-                    stage: "verify-sync",
-                    item: GRANTS_ITEM,
+                &Item {
                     detail: Some(&detail),
-                    ..Default::default()
+                    ..Item::new("verify-sync", &ItemKey::SentinelGrants)
                 },
             )
             .await?;
@@ -239,7 +265,7 @@ impl VerifySync {
         ctx: &RunContext,
         table: &str,
         token: &str,
-    ) -> Result<(Vec<serde_json::Value>, Vec<String>)> {
+    ) -> Result<(Vec<ConsumerProof>, Vec<String>)> {
         let mut report = vec![];
         let mut misses = vec![];
         for spec in &self.consumers {
@@ -325,18 +351,18 @@ impl VerifySync {
                 if let Some(p) = &parity {
                     ctx.emit(Event::Info { message: p.clone() });
                 }
-                report.push(json!({
-                    "consumer": spec.name,
-                    "line": f.line(),
-                    "login": login.note,
-                    "sees_sentinel": matches!(seen, Ok((true, _))),
-                    "reached": seen.as_ref().ok().map(|(_, p)| p.clone()),
-                    "points_at": f.located.which,
-                    "millis": millis,
-                    "http": http.map(|h| h.is_ok()),
-                    "privileges": parity,
-                    "privileges_as_on_source": privileges.as_ref().map(|(_, p)| p.is_ok()),
-                }));
+                report.push(ConsumerProof {
+                    consumer: spec.name.clone(),
+                    line: f.line(),
+                    login: login.note.clone(),
+                    sees_sentinel: matches!(seen, Ok((true, _))),
+                    reached: seen.as_ref().ok().map(|(_, p)| p.clone()),
+                    points_at: f.located.which,
+                    millis,
+                    http: http.map(|h| h.is_ok()),
+                    privileges: parity,
+                    privileges_as_on_source: privileges.as_ref().map(|(_, p)| p.is_ok()),
+                });
                 if f.located.which == Which::Source {
                     misses.push(format!("consumer {} still points at the source", spec.name));
                 }
@@ -353,7 +379,7 @@ impl VerifySync {
         probe: &hooks::SentinelProbe,
     ) -> Result<(String, std::result::Result<String, String>)> {
         let mut conn = ctx.source.acquire().await?;
-        let map = cutover_pg::security::RoleMap(ctx.plan.file.roles.map.clone());
+        let map = &self.role_map;
         let source_role = map.source(&probe.role).to_string();
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
             .bind(&source_role)

@@ -8,26 +8,29 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use cutover_core::endpoint::{Endpoint, Role};
-use cutover_core::journal::Item;
+use cutover_core::artefacts::Artefacts;
+use cutover_core::endpoint::Endpoint;
+use cutover_core::journal::{Item, ItemKey};
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::clear::drop_application_objects;
 use crate::inventory::{Inventory, quote_ident};
-use crate::tools;
+use crate::{target_objects, tools};
 
 pub const STAGE: &str = "backup-target";
 
 pub struct BackupTarget {
     pub description: Description,
+    /// The target database, as the plan resolved it.
+    target: Endpoint,
 }
 
 impl BackupTarget {
-    pub fn new(target: &Inventory, run_dir: &Path) -> BackupTarget {
+    pub fn new(target: &Inventory, run_dir: &Path, endpoint: Endpoint) -> BackupTarget {
         BackupTarget {
+            target: endpoint,
             description: Description {
                 summary: format!(
                     "pg_dump the target ({} tables, {} rows, {} on disk) into {}, then prove it by restoring \
@@ -45,33 +48,57 @@ impl BackupTarget {
     }
 }
 
-/// The journal's record of a proven backup.
-#[derive(Debug, Clone)]
+/// The journal's record of a proven backup (the detail of its item).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BackupRecord {
     pub path: PathBuf,
     pub sha256: String,
+    pub bytes: u64,
+    /// How it was proven.
+    pub proof: String,
 }
 
-fn target_endpoint(ctx: &RunContext) -> Result<Endpoint> {
-    Endpoint::resolve(Role::Target, &ctx.plan.file.target)
+/// backup-target: the proven backup, and how to restore it by hand.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackupResult {
+    pub summary: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub bytes: u64,
+    pub proof: String,
+    /// The command that restores it into an empty database.
+    pub restore: String,
+}
+
+cutover_core::artefacts!(BackupResult);
+
+impl BackupResult {
+    fn new(summary: String, rec: BackupRecord) -> BackupResult {
+        BackupResult {
+            summary,
+            restore: format!(
+                "pg_restore --single-transaction --exit-on-error --dbname=<target url> {}",
+                rec.path.display()
+            ),
+            path: rec.path,
+            sha256: rec.sha256,
+            bytes: rec.bytes,
+            proof: rec.proof,
+        }
+    }
 }
 
 /// The proven backup recorded for this run, checked against its file.
 pub async fn recorded(ctx: &RunContext) -> Result<Option<BackupRecord>> {
-    let row: Option<serde_json::Value> = sqlx::query_scalar(&format!(
-        "SELECT detail FROM {} WHERE run_id = $1 AND stage = $2 AND item = 'backup' AND state = 'done'",
-        ctx.journal.table("item_progress")
-    ))
-    .bind(ctx.run_id)
-    .bind(STAGE)
-    .fetch_optional(ctx.journal.pool())
-    .await?;
-    Ok(row.and_then(|d| {
-        Some(BackupRecord {
-            path: PathBuf::from(d.get("path")?.as_str()?),
-            sha256: d.get("sha256")?.as_str()?.to_string(),
-        })
-    }))
+    let row = ctx
+        .journal
+        .item_detail(ctx.run_id, STAGE, &ItemKey::Backup)
+        .await?;
+    Ok(row
+        .and_then(|d| serde_json::from_value::<BackupRecord>(d).ok())
+        .filter(|r| !r.sha256.is_empty()))
 }
 
 /// Fails unless a proven backup exists and its file still matches its checksum.
@@ -124,10 +151,9 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 /// Restores the recorded backup into the target (after dropping what is there).
-pub async fn restore(ctx: &RunContext) -> Result<PathBuf> {
+pub async fn restore(ctx: &RunContext, target: &Endpoint) -> Result<PathBuf> {
     let rec = require_proven(ctx).await?;
-    let target = target_endpoint(ctx)?;
-    drop_application_objects(&ctx.target, ctx.journal.schema()).await?;
+    target_objects::drop_application_objects(&ctx.target, ctx.journal.schema()).await?;
     let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
         .fetch_one(&ctx.target)
         .await?;
@@ -140,7 +166,7 @@ pub async fn restore(ctx: &RunContext) -> Result<PathBuf> {
     ];
     tools::restore(
         &pg_restore,
-        &target,
+        target,
         (version / 10000) as u32,
         &args,
         &[],
@@ -167,12 +193,10 @@ impl Stage for BackupTarget {
         if let Some(rec) = recorded(ctx).await?
             && verify_file(&rec).is_ok()
         {
-            return Ok(
-                json!({ "summary": format!("reused the proven backup {}", rec.path.display()),
-                              "path": rec.path, "sha256": rec.sha256 }),
-            );
+            let summary = format!("reused the proven backup {}", rec.path.display());
+            return Ok(BackupResult::new(summary, rec).to_value());
         }
-        let target = target_endpoint(ctx)?;
+        let target = &self.target;
         let journal_schema = ctx.journal.schema().to_string();
         let inventory = Inventory::read(&ctx.target, &journal_schema, true).await?;
         let (pg_dump, _) = tools::for_backup(inventory.identity.version_num).await?;
@@ -206,7 +230,7 @@ impl Stage for BackupTarget {
                 .mode(0o600)
                 .open(&partial)?,
         );
-        let mut cmd = tools::command(&pg_dump, &target);
+        let mut cmd = tools::command(&pg_dump, target);
         // Owners and grants included: a rollback gives the target's own
         // applications back what they could do.
         cmd.args(["--format=custom"])
@@ -223,7 +247,7 @@ impl Stage for BackupTarget {
         }
         let sha256 = sha256_file(&path)?;
         let bytes = std::fs::metadata(&path)?.len();
-        let proof = match prove(ctx, &target, &path, &inventory).await {
+        let proof = match prove(ctx, target, &path, &inventory).await {
             Ok(p) => p,
             Err(e) => {
                 // An unproven backup must not be mistaken for a good one later.
@@ -231,20 +255,27 @@ impl Stage for BackupTarget {
                 return Err(e);
             }
         };
-        let detail = json!({ "path": path, "sha256": sha256, "bytes": bytes, "proof": proof });
+        let rec = BackupRecord {
+            path: path.clone(),
+            sha256: sha256.clone(),
+            bytes,
+            proof: proof.clone(),
+        };
+        let detail = serde_json::to_value(&rec).expect("a backup record serialises");
         let item = Item {
-            stage: STAGE,
-            item: "backup",
             bytes: Some(bytes as i64),
             detail: Some(&detail),
-            ..Default::default()
+            ..Item::new(STAGE, &ItemKey::Backup)
         };
         ctx.journal.item_done(ctx.run_id, &item).await?;
-        Ok(json!({
-            "summary": format!("{} ({}, sha256 {}…), {}", path.display(), cutover_core::units::bytes(bytes as i64), &sha256[..12], proof),
-            "path": path, "sha256": sha256, "bytes": bytes, "proof": proof,
-            "restore": format!("pg_restore --single-transaction --exit-on-error --dbname=<target url> {}", path.display()),
-        }))
+        let summary = format!(
+            "{} ({}, sha256 {}…), {}",
+            path.display(),
+            cutover_core::units::bytes(bytes as i64),
+            &sha256[..12],
+            proof
+        );
+        Ok(BackupResult::new(summary, rec).to_value())
     }
 
     async fn check(&self, ctx: &RunContext) -> Result<Check> {

@@ -1,12 +1,17 @@
 //! discover: inspect both databases, refuse the same database twice, and run
 //! the direction check (the target must not look like the live database).
 
+use cutover_core::endpoint::Endpoint;
+use cutover_core::journal::ItemKey;
+
+use crate::security::RoleMap;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use cutover_core::artefacts::Artefacts;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use cutover_core::endpoint::redact_text;
 
@@ -16,14 +21,75 @@ use crate::tools;
 pub struct Discover {
     pub description: Description,
     allow_target_ahead: bool,
+    settings: DiscoverSettings,
     /// The inspection the plan was built from, and when it was taken.
     planned: (Inventory, Inventory, Comparison, Instant),
 }
+
+/// discover: both databases as they were found, and how they compare.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiscoverResult {
+    pub summary: String,
+    /// The schema rehearsal's outcome.
+    pub rehearsal: String,
+    /// Whose inspection this is (the plan's or the stage's own).
+    pub inspection: String,
+    pub source: SideFacts,
+    pub target: SideFacts,
+    pub comparison: Comparison,
+}
+
+/// One database as discover found it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SideFacts {
+    pub tables: usize,
+    pub rows: i64,
+    pub place: String,
+    /// (table, rows) of every table.
+    pub table_rows: Vec<(String, i64)>,
+    /// Tables whose rows are the statistics' estimate.
+    pub rows_estimated: Vec<String>,
+}
+
+impl SideFacts {
+    fn of(inv: &Inventory) -> SideFacts {
+        SideFacts {
+            tables: inv.tables.len(),
+            rows: inv.total_rows(),
+            place: inv.identity.place(),
+            table_rows: inv.storage_tables().map(|t| (t.display(), t.rows)).collect(),
+            rows_estimated: inv
+                .storage_tables()
+                .filter(|t| t.rows_estimated)
+                .map(|t| t.display())
+                .collect(),
+        }
+    }
+
+    /// Rows of one table, if it was there.
+    pub fn rows_of(&self, table: &str) -> Option<i64> {
+        self.table_rows.iter().find(|(t, _)| t == table).map(|(_, n)| *n)
+    }
+}
+
+cutover_core::artefacts!(DiscoverResult);
 
 /// How old the plan's own inspection may be for discover to record it rather
 /// than count every row again (the same invocation, no wait for a
 /// confirmation in between). Counting a large database takes seconds.
 const REUSE_WITHIN: Duration = Duration::from_secs(10);
+
+/// What discover takes from the plan, resolved when the plan is built.
+#[derive(Debug, Clone)]
+pub struct DiscoverSettings {
+    pub source: Endpoint,
+    pub target: Endpoint,
+    /// options.rehearse_schema
+    pub rehearse_schema: bool,
+    pub role_map: RoleMap,
+}
 
 impl Discover {
     pub fn new(
@@ -31,6 +97,7 @@ impl Discover {
         target: &Inventory,
         cmp: &Comparison,
         allow_target_ahead: bool,
+        settings: DiscoverSettings,
     ) -> Discover {
         let mut details = vec![summary("source", source), summary("target", target)];
         if !cmp.only_source.is_empty() {
@@ -60,6 +127,7 @@ impl Discover {
                 destructive: false,
             },
             allow_target_ahead,
+            settings,
             planned: (source.clone(), target.clone(), cmp.clone(), Instant::now()),
         }
     }
@@ -83,12 +151,17 @@ fn summary(label: &str, inv: &Inventory) -> String {
 /// cannot recreate (a tablespace or an extension it lacks, a newer server's
 /// syntax) is refused here, naming it, while the target is untouched.
 /// Without CREATEDB it says so and leaves the check to the copy.
-async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) -> Result<String> {
-    if !ctx.plan.file.options.rehearse_schema {
+async fn rehearse(
+    ctx: &RunContext,
+    settings: &DiscoverSettings,
+    source_version: i32,
+    target_version: i32,
+) -> Result<String> {
+    if !settings.rehearse_schema {
         return Ok("not rehearsed (options.rehearse_schema = false)".into());
     }
     let done = ctx.journal.items_done(ctx.run_id, "discover").await?;
-    if done.contains("schema-rehearsal") {
+    if done.contains(&ItemKey::SchemaRehearsal) {
         return Ok(
             "the source's schema restored on the target server (an earlier attempt of this run)".into(),
         );
@@ -146,18 +219,17 @@ async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) ->
             ))
         })?;
         let archive = dir.join("schema.dump");
-        let (source_ep, target_ep) = crate::copy::endpoints(ctx)?;
-        let mut cmd = tools::command(&pg_dump, &source_ep);
+        let mut cmd = tools::command(&pg_dump, &settings.source);
         cmd.args(["--format=custom", "--schema-only"])
             .arg(format!("--exclude-schema={}", quote_ident(&journal_schema)))
             .arg(format!("--file={}", archive.display()));
         tools::run(cmd, "pg_dump --schema-only of the source").await?;
-        let scratch_ep = target_ep.with_database(&scratch);
+        let scratch_ep = settings.target.with_database(&scratch);
         // Roles create-roles has yet to make: their owners, grants and
         // policies cannot be rehearsed before it runs (discover checked the
         // roles themselves).
-        let map = crate::copy::role_map(ctx);
-        let sec = crate::security::Security::read(&ctx.source, &journal_schema).await?.mapped(&map);
+        let map = &settings.role_map;
+        let sec = crate::security::Security::read(&ctx.source, &journal_schema).await?.mapped(map);
         let on_target = crate::security::roles_of(&ctx.target).await?;
         let roles_pending = sec.roles.iter().any(|r| !on_target.contains(r));
         let mut args = vec!["--exit-on-error".to_string()];
@@ -171,7 +243,7 @@ async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) ->
                 .map(|l| format!("{l}\n"))
                 .collect();
             let list_file = dir.join("schema.list");
-            crate::early_indexes::write_private(&list_file, &kept)?;
+            tools::write_private(&list_file, &kept)?;
             args.extend(["--no-owner".to_string(), "--no-privileges".into(), format!("--use-list={}", list_file.display())]);
         }
         args.push(archive.display().to_string());
@@ -181,7 +253,7 @@ async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) ->
             (target_version / 10000) as u32,
             &args,
             &[],
-            &map,
+            map,
             "pg_restore of the source's schema into a scratch database",
         )
         .await;
@@ -216,11 +288,7 @@ async fn rehearse(ctx: &RunContext, source_version: i32, target_version: i32) ->
     ctx.journal
         .item_done(
             ctx.run_id,
-            &cutover_core::journal::Item {
-                stage: "discover",
-                item: "schema-rehearsal",
-                ..Default::default()
-            },
+            &cutover_core::journal::Item::new("discover", &ItemKey::SchemaRehearsal),
         )
         .await?;
     Ok(summary)
@@ -280,21 +348,33 @@ impl Stage for Discover {
         if !cmp.target_ahead.is_empty() && !self.allow_target_ahead {
             return Err(target_ahead_error(&cmp.target_ahead));
         }
-        let rehearsal = rehearse(ctx, source.identity.version_num, target.identity.version_num).await?;
-        Ok(json!({
-            "rehearsal": rehearsal,
-            "summary": format!("source {} tables / {} rows, target {} tables / {} rows",
-                source.tables.len(), source.rows_text(), target.tables.len(), target.rows_text()),
-            "inspection": if fresh { "the plan's, taken moments before" } else { "taken by this stage" },
-            "source": { "tables": source.tables.len(), "rows": source.total_rows(),
-                        "place": source.identity.place(),
-                        "table_rows": source.storage_tables().map(|t| (t.display(), t.rows)).collect::<Vec<_>>(),
-                        "rows_estimated": source.storage_tables().filter(|t| t.rows_estimated).map(|t| t.display()).collect::<Vec<_>>() },
-            "target": { "tables": target.tables.len(), "rows": target.total_rows(),
-                        "place": target.identity.place(),
-                        "table_rows": target.storage_tables().map(|t| (t.display(), t.rows)).collect::<Vec<_>>() },
-            "comparison": cmp,
-        }))
+        let rehearsal = rehearse(
+            ctx,
+            &self.settings,
+            source.identity.version_num,
+            target.identity.version_num,
+        )
+        .await?;
+        let result = DiscoverResult {
+            summary: format!(
+                "source {} tables / {} rows, target {} tables / {} rows",
+                source.tables.len(),
+                source.rows_text(),
+                target.tables.len(),
+                target.rows_text()
+            ),
+            rehearsal,
+            inspection: if fresh {
+                "the plan's, taken moments before"
+            } else {
+                "taken by this stage"
+            }
+            .into(),
+            source: SideFacts::of(&source),
+            target: SideFacts::of(&target),
+            comparison: cmp,
+        };
+        Ok(result.to_value())
     }
     async fn check(&self, _ctx: &RunContext) -> Result<Check> {
         Ok(Check::Holds)

@@ -4,12 +4,22 @@
 //! nothing and the plan warns that writes after the copy's snapshot are lost.
 
 use async_trait::async_trait;
+use cutover_core::artefacts::Artefacts;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
-use serde_json::json;
 use sqlx::PgPool;
 
 use crate::inventory::quote_ident;
+
+/// freeze-source: what the freeze did.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct FreezeResult {
+    pub summary: String,
+    pub sessions_ended: usize,
+}
+
+cutover_core::artefacts!(FreezeResult);
 
 pub struct FreezeSource {
     pub description: Description,
@@ -167,7 +177,11 @@ impl Stage for FreezeSource {
     }
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
         if !self.enabled {
-            return Ok(json!({ "summary": "not frozen (freeze_source = false)" }));
+            return Ok(FreezeResult {
+                summary: "not frozen (freeze_source = false)".into(),
+                sessions_ended: 0,
+            }
+            .to_value());
         }
         let operator: String = sqlx::query_scalar("SELECT current_user::text")
             .fetch_one(&ctx.source)
@@ -206,9 +220,11 @@ impl Stage for FreezeSource {
                  pg_signal_backend to the source user, or stop those applications yourself and run again"
             ))
         })?;
-        Ok(
-            json!({ "summary": format!("source read-only, {} sessions ended", ended.len()), "sessions_ended": ended.len() }),
-        )
+        Ok(FreezeResult {
+            summary: format!("source read-only, {} sessions ended", ended.len()),
+            sessions_ended: ended.len(),
+        }
+        .to_value())
     }
     async fn check(&self, ctx: &RunContext) -> Result<Check> {
         if !self.enabled || is_frozen(&ctx.source).await? {

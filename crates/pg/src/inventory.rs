@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cutover_core::Result;
 use cutover_core::identity::ServerIdentity;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
 
 /// Schemas never treated as application data.
@@ -358,7 +358,7 @@ async fn count_rows(pool: &PgPool, tables: &mut [TableInfo], which: &[usize]) ->
 }
 
 /// How the source and the target differ, and what clearing the target destroys.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Comparison {
     pub only_source: Vec<String>,
     pub only_target: Vec<String>,

@@ -7,11 +7,11 @@ pub mod clear;
 pub mod connect;
 pub mod copy;
 pub mod discover;
-pub mod early_indexes;
 pub mod freeze;
 pub mod inventory;
 pub mod roles;
 pub mod security;
+pub mod target_objects;
 pub mod tools;
 pub mod verify;
 

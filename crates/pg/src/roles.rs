@@ -4,15 +4,25 @@
 //! them; passwords only with `copy_passwords = true`. Undo drops them.
 
 use async_trait::async_trait;
-use cutover_core::journal::Item;
+use cutover_core::artefacts::Artefacts;
+use cutover_core::journal::{Item, ItemKey};
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
-use serde_json::json;
 use sqlx::PgPool;
 
 use crate::inventory::{quote_ident, quote_literal};
 
 const STAGE: &str = "create-roles";
+
+/// create-roles: the roles it created.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct RolesResult {
+    pub summary: String,
+    pub created: Vec<String>,
+}
+
+cutover_core::artefacts!(RolesResult);
 
 pub struct CreateRoles {
     pub description: Description,
@@ -163,17 +173,9 @@ impl Stage for CreateRoles {
                     a.rolname
                 ))
             })?;
-            let item = format!("role:{}", a.rolname);
+            let item = ItemKey::Role(a.rolname.clone());
             ctx.journal
-                .item_done_in(
-                    &mut tx,
-                    ctx.run_id,
-                    &Item {
-                        stage: STAGE,
-                        item: &item,
-                        ..Default::default()
-                    },
-                )
+                .item_done_in(&mut tx, ctx.run_id, &Item::new(STAGE, &item))
                 .await?;
             tx.commit().await?;
             created.push(a.rolname.clone());
@@ -205,11 +207,15 @@ impl Stage for CreateRoles {
                 memberships += 1;
             }
         }
-        Ok(json!({
-            "summary": format!("{} role(s) created ({}), {memberships} membership(s) as on the source",
-                created.len(), created.join(", ")),
-            "created": created,
-        }))
+        Ok(RolesResult {
+            summary: format!(
+                "{} role(s) created ({}), {memberships} membership(s) as on the source",
+                created.len(),
+                created.join(", ")
+            ),
+            created,
+        }
+        .to_value())
     }
     async fn check(&self, ctx: &RunContext) -> Result<Check> {
         let present = existing(&ctx.target, &self.roles).await?;
@@ -227,7 +233,7 @@ impl Stage for CreateRoles {
         let done = ctx.journal.items_done(ctx.run_id, STAGE).await?;
         let mut dropped = vec![];
         for item in done.iter().rev() {
-            let Some(role) = item.strip_prefix("role:") else {
+            let ItemKey::Role(role) = item else {
                 continue;
             };
             sqlx::query(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)))

@@ -11,12 +11,12 @@ use cutover_core::plan_file::RowHashChoice;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, ErrorKind, Result};
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::inventory::{Inventory, TableInfo, quote_ident};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableVerdict {
     pub table: String,
     pub source_rows: i64,
@@ -29,7 +29,7 @@ pub struct TableVerdict {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VerifyReport {
     /// How every row was hashed (the same on both servers).
     pub row_hash: RowHash,
@@ -95,7 +95,7 @@ impl VerifyReport {
 }
 
 /// How every row is hashed. Both servers always use the same method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RowHash {
     /// `hash_record_extended` over each value's own hash function where that
@@ -563,10 +563,22 @@ fn sequence_position(last_value: Option<i64>, is_called: bool) -> String {
     }
 }
 
+/// verify-data: what was compared (everything matched, or the stage failed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyResult {
+    pub summary: String,
+    pub report: VerifyReport,
+}
+
+cutover_core::artefacts!(VerifyResult);
+
 /// The verify-data stage: fails when anything differs.
 pub struct VerifyData {
     pub description: Description,
     jobs: usize,
+    split_bytes: u64,
+    row_hash: RowHashChoice,
+    role_map: crate::security::RoleMap,
 }
 
 impl VerifyData {
@@ -577,15 +589,25 @@ impl VerifyData {
             &ctx.target,
             ctx.journal.schema(),
             self.jobs,
-            ctx.plan.file.options.split_bytes,
-            ctx.plan.file.options.row_hash,
-            &crate::copy::role_map(ctx),
+            self.split_bytes,
+            self.row_hash,
+            &self.role_map,
         )
         .await
     }
 
-    pub fn new(source: &Inventory, jobs: usize) -> VerifyData {
+    /// `split_bytes`, `row_hash`: the plan's options; `role_map`: its `[roles] map`.
+    pub fn new(
+        source: &Inventory,
+        jobs: usize,
+        split_bytes: u64,
+        row_hash: RowHashChoice,
+        role_map: crate::security::RoleMap,
+    ) -> VerifyData {
         VerifyData {
+            split_bytes,
+            row_hash,
+            role_map,
             description: Description {
                 summary: format!(
                     "compare every table on both servers (exact row count and content hash; {} tables, {} rows), \
@@ -627,11 +649,16 @@ impl Stage for VerifyData {
             ));
         }
         let rows: i64 = report.tables.iter().map(|t| t.source_rows).sum();
-        Ok(serde_json::json!({
-            "summary": format!("{} tables, {rows} rows, {} sequences and {} large objects identical",
-                report.tables.len(), report.sequences_compared, report.large_objects.0),
-            "report": report,
-        }))
+        let result = VerifyResult {
+            summary: format!(
+                "{} tables, {rows} rows, {} sequences and {} large objects identical",
+                report.tables.len(),
+                report.sequences_compared,
+                report.large_objects.0
+            ),
+            report,
+        };
+        Ok(cutover_core::artefacts::Artefacts::to_value(&result))
     }
     async fn check(&self, ctx: &RunContext) -> Result<Check> {
         let report = self.compare(ctx).await?;

@@ -47,7 +47,7 @@ pub fn read_archive(loaded: &LoadedPlan) -> anyhow::Result<Option<Archive>> {
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| {
             coded(
-                Code::Failure,
+                cutover_core::ErrorKind::Failure,
                 format!("{} cannot be read ({e}): it is damaged", path.display()),
             )
         })?)),
@@ -63,16 +63,16 @@ pub(crate) fn run(global: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<Code
         let pool = cutover_pg::connect::pool(&target, opts.connect_timeout, 0, opts.lock_timeout, 2).await?;
         let Some(journal) = Journal::open_existing(&pool, &opts.journal_schema).await? else {
             return Err(coded(
-                Code::BadInput,
+                cutover_core::ErrorKind::BadInput,
                 format!("the target {target} has no journal (schema {}): nothing to archive", opts.journal_schema),
             ));
         };
         let runs = journal.all_runs().await?;
         if let Some(latest) = runs.first()
-            && !matches!(latest.status.as_str(), "done" | "rolled_back" | "abandoned")
+            && !latest.status.is_closed()
         {
             return Err(coded(
-                Code::Refused,
+                cutover_core::ErrorKind::Refused,
                 format!(
                     "run {} is {}: archiving its journal would lose its resume and rollback; finish it (`cutover \
                      run`) or roll it back first",
@@ -82,7 +82,7 @@ pub(crate) fn run(global: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<Code
         }
         if !args.yes {
             return Err(coded(
-                Code::Refused,
+                cutover_core::ErrorKind::Refused,
                 "archiving the journal removes what `cutover rollback` reads: pass --yes once no rollback is needed",
             ));
         }

@@ -13,7 +13,6 @@ use cutover_pg::inventory::Inventory;
 
 use crate::args::{GlobalArgs, Output};
 use crate::exit::{Code, coded};
-use crate::planner;
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {}
@@ -22,7 +21,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: DoctorArgs) -> anyhow::Result<Code
     let loaded = LoadedPlan::load(&global.plan)?;
     if loaded.file.consumers.is_empty() {
         return Err(coded(
-            Code::BadInput,
+            cutover_core::ErrorKind::BadInput,
             format!(
                 "{} has no [[consumer]] entries: list the applications that connect to the databases (see \
                  docs/consumers.md)",
@@ -31,8 +30,8 @@ pub(crate) fn run(global: &GlobalArgs, _args: DoctorArgs) -> anyhow::Result<Code
         ));
     }
     super::runtime()?.block_on(async {
-        let (dbs, _) = planner::connect(&loaded, 2).await?;
-        let servers = planner::servers(&loaded, &dbs)?;
+        let (dbs, _) = cutover_ops::decommission::connect(&loaded, 2).await?;
+        let servers = cutover_ops::consumer::servers(&loaded, &dbs)?;
         let schema = &loaded.file.options.journal_schema;
         let base = consumer::base_dir(&loaded.path);
         // database label -> consumers

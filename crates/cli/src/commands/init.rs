@@ -41,7 +41,7 @@ pub(crate) fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Code> {
     let path = &global.plan;
     if path.exists() && !args.force {
         return Err(coded(
-            Code::BadInput,
+            cutover_core::ErrorKind::BadInput,
             format!(
                 "{} already exists; nothing was written (pass --force to overwrite it)",
                 path.display()
@@ -73,7 +73,7 @@ pub(crate) fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Code> {
         if let Some(u) = url {
             if ConnString::parse(u).is_none() {
                 return Err(coded(
-                    Code::BadInput,
+                    cutover_core::ErrorKind::BadInput,
                     format!(
                         "{} is not a postgresql:// URL; nothing was written",
                         redact_text(u)
@@ -91,7 +91,7 @@ pub(crate) fn run(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Code> {
             .collect();
         if wanted.is_empty() {
             return Err(coded(
-                Code::BadInput,
+                cutover_core::ErrorKind::BadInput,
                 "--scan needs the source or target URL (--source/--target, or answer the questions) to know what to look for",
             ));
         }

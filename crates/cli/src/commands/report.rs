@@ -10,12 +10,18 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::Args;
+use cutover_core::artefacts::Artefacts;
 use cutover_core::endpoint::{Endpoint, Role, redact_text};
-use cutover_core::journal::{Journal, RunRecord, StageState};
+use cutover_core::journal::{Journal, RunRecord, StageEvent, StageState};
 use cutover_core::plan_file::LoadedPlan;
+use cutover_ops::consumer::Which;
+use cutover_ops::decommission::{DecommissionResult, Retirement};
+use cutover_ops::repoint::RepointResult;
+use cutover_ops::sync::SyncResult;
+use cutover_pg::backup::BackupResult;
+use cutover_pg::discover::DiscoverResult;
 use cutover_pg::inventory::Inventory;
-use cutover_pg::verify::RowHash;
-use serde_json::Value;
+use cutover_pg::verify::VerifyResult;
 
 use crate::args::GlobalArgs;
 use crate::exit::{Code, coded};
@@ -56,7 +62,7 @@ async fn build(loaded: &LoadedPlan) -> anyhow::Result<String> {
     let pool = cutover_pg::connect::pool(&target, opts.connect_timeout, 0, opts.lock_timeout, 2).await?;
     let no_run = || {
         coded(
-            Code::BadInput,
+            cutover_core::ErrorKind::BadInput,
             format!(
                 "the target {target} has no run of a cutover in its journal yet: run `cutover run` first"
             ),
@@ -88,21 +94,14 @@ async fn build(loaded: &LoadedPlan) -> anyhow::Result<String> {
     Ok(redact_text(&render(&facts)))
 }
 
-fn artefacts<'a>(facts: &'a Facts, stage: &str) -> Option<&'a Value> {
+/// A done stage's artefacts, as the stage wrote them.
+fn artefacts<T: Artefacts>(facts: &Facts, stage: &str) -> Option<T> {
     facts
         .stages
         .iter()
-        .find(|s| s.stage == stage && s.event == "done")
+        .find(|s| s.stage == stage && s.event == StageEvent::Done)
         .and_then(|s| s.artefacts.as_ref())
-}
-
-/// Rows of a table in a discover snapshot (`table_rows`: [[name, rows], …]).
-fn rows_of(side: &Value, table: &str) -> Option<i64> {
-    side["table_rows"]
-        .as_array()?
-        .iter()
-        .find(|p| p[0].as_str() == Some(table))
-        .and_then(|p| p[1].as_i64())
+        .and_then(|v| T::from_value(v).ok())
 }
 
 fn render(f: &Facts) -> String {
@@ -131,24 +130,29 @@ fn render(f: &Facts) -> String {
     let mut after_consumers: Vec<String> = vec![];
     for s in &f.stages {
         if let Some(name) = s.stage.strip_prefix("repoint:")
-            && s.event == "done"
+            && s.event == StageEvent::Done
         {
-            let side = match s.artefacts.as_ref().and_then(|a| a["before"].as_str()) {
-                Some("source") => "source",
+            let repointed = s
+                .artefacts
+                .as_ref()
+                .and_then(|a| RepointResult::from_value(a).ok());
+            let side = match repointed.map(|r| r.before) {
+                Some(Which::Source) => "source",
                 _ => "target",
             };
             before.entry(side).or_default().push(name.to_string());
             after_consumers.push(name.to_string());
         }
     }
-    let discover = artefacts(f, "discover");
+    let discover: Option<DiscoverResult> = artefacts(f, "discover");
     let describe = |side: &str| -> String {
-        let Some(d) = discover else { return String::new() };
-        let s = &d[side];
-        let users = rows_of(s, "users")
+        let Some(d) = &discover else { return String::new() };
+        let s = if side == "source" { &d.source } else { &d.target };
+        let users = s
+            .rows_of("users")
             .map(|n| format!(", {n} users"))
             .unwrap_or_default();
-        format!("{} tables, {} rows{users}", s["tables"], s["rows"])
+        format!("{} tables, {} rows{users}", s.tables, s.rows)
     };
     let after_users = f
         .after
@@ -162,7 +166,7 @@ fn render(f: &Facts) -> String {
         f.after.tables.len(),
         f.after.total_rows()
     );
-    let retired = artefacts(f, cutover_ops::retire::NAME);
+    let retired: Option<DecommissionResult> = artefacts(f, cutover_ops::decommission::NAME);
 
     let _ = writeln!(w, "## Before\n");
     let _ = writeln!(w, "```");
@@ -213,15 +217,23 @@ fn render(f: &Facts) -> String {
             after_consumers.join(", ")
         }
     );
-    let source_after = match retired {
-        Some(r) if r["destroyed"].as_bool() == Some(true) => "destroyed (final dump kept)".to_string(),
-        Some(r) if r["retired_as"].is_string() => {
-            format!("quarantined as {}", r["retired_as"].as_str().unwrap_or(""))
-        }
-        Some(r) if r["container"].is_string() => {
-            format!("container {} stopped", r["container"].as_str().unwrap_or(""))
-        }
-        Some(_) => "retired".to_string(),
+    let source_after = match retired.as_ref().map(|r| (r, &r.retirement)) {
+        Some((_, Some(r))) if r.destroyed => "destroyed (final dump kept)".to_string(),
+        Some((
+            _,
+            Some(Retirement {
+                retired_as: Some(name),
+                ..
+            }),
+        )) => format!("quarantined as {name}"),
+        Some((
+            _,
+            Some(Retirement {
+                container: Some(c), ..
+            }),
+        )) => format!("container {c} stopped"),
+        Some((_, Some(r))) if !r.final_dump.path.is_empty() => "retired".to_string(),
+        Some((r, _)) => r.summary.clone(),
         None => "left as it was (no decommission in the plan)".to_string(),
     };
     let _ = writeln!(w, "SOURCE {}: {source_after}", f.source);
@@ -234,22 +246,22 @@ fn render(f: &Facts) -> String {
     let _ = writeln!(w, "```\n");
 
     // Side by side.
-    if let Some(d) = discover {
+    if let Some(d) = &discover {
         let _ = writeln!(w, "## Side by side\n");
         let _ = writeln!(w, "| | source before | target before | target after |");
         let _ = writeln!(w, "| --- | ---: | ---: | ---: |");
         let _ = writeln!(
             w,
             "| tables | {} | {} | {} |",
-            d["source"]["tables"],
-            d["target"]["tables"],
+            d.source.tables,
+            d.target.tables,
             f.after.tables.len()
         );
         let _ = writeln!(
             w,
             "| rows | {} | {} | {} |",
-            d["source"]["rows"],
-            d["target"]["rows"],
+            d.source.rows,
+            d.target.rows,
             f.after.total_rows()
         );
         let consumers_on = |side: &str| before.get(side).map(|v| v.len()).unwrap_or(0);
@@ -260,17 +272,12 @@ fn render(f: &Facts) -> String {
             consumers_on("target"),
             after_consumers.len()
         );
-        let mut main: Vec<(String, i64)> = d["source"]["table_rows"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_i64()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut main: Vec<(String, i64)> = d.source.table_rows.clone();
         main.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
         for (table, n) in main.iter().take(8) {
-            let tgt = rows_of(&d["target"], table)
+            let tgt = d
+                .target
+                .rows_of(table)
                 .map(|x| x.to_string())
                 .unwrap_or_else(|| "—".into());
             let now = f
@@ -279,9 +286,7 @@ fn render(f: &Facts) -> String {
                 .find(|t| &t.display() == table)
                 .map(|t| t.rows.to_string())
                 .unwrap_or_else(|| "—".into());
-            let estimated = d["source"]["rows_estimated"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(table.as_str())));
+            let estimated = d.source.rows_estimated.contains(table);
             let n = if estimated {
                 format!("about {n}")
             } else {
@@ -314,62 +319,53 @@ fn render(f: &Facts) -> String {
 
     // Proof.
     let _ = writeln!(w, "## Verification\n");
-    match artefacts(f, "verify-data") {
+    match artefacts::<VerifyResult>(f, "verify-data") {
         Some(v) => {
-            let hash = match v["report"]["row_hash"].as_str() {
-                Some("native") => RowHash::Native.describe(),
-                _ => RowHash::Text.describe(),
-            };
+            let hash = v.report.row_hash.describe();
             let _ = writeln!(
                 w,
                 "Every table compared by exact row count and {hash}, on both servers:\n"
             );
             let _ = writeln!(w, "| table | source rows | target rows | content hash | result |");
             let _ = writeln!(w, "| --- | ---: | ---: | --- | --- |");
-            for t in v["report"]["tables"].as_array().into_iter().flatten() {
+            for t in &v.report.tables {
                 let _ = writeln!(
                     w,
                     "| {} | {} | {} | `{}` | {} |",
-                    t["table"].as_str().unwrap_or_default(),
-                    t["source_rows"],
-                    t["target_rows"],
-                    t["source_hash"].as_str().unwrap_or_default(),
-                    if t["matches"].as_bool() == Some(true) {
-                        "identical"
-                    } else {
-                        "DIFFERS"
-                    }
+                    t.table,
+                    t.source_rows,
+                    t.target_rows
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "null".into()),
+                    t.source_hash,
+                    if t.matches { "identical" } else { "DIFFERS" }
                 );
             }
             let _ = writeln!(
                 w,
                 "\nSequences compared: {}; large objects: {}.\n",
-                v["report"]["sequences_compared"], v["report"]["large_objects"][0]
+                v.report.sequences_compared, v.report.large_objects.0
             );
         }
         None => {
             let _ = writeln!(w, "verify-data has not passed in this run.\n");
         }
     }
-    if let Some(sync) = artefacts(f, "verify-sync") {
+    if let Some(sync) = artefacts::<SyncResult>(f, "verify-sync") {
         let _ = writeln!(
             w,
             "A sentinel row was written on the target and read through each consumer's connection:\n"
         );
         let _ = writeln!(w, "| consumer | sees the sentinel | reached | ms |");
         let _ = writeln!(w, "| --- | --- | --- | ---: |");
-        for c in sync["consumers"].as_array().into_iter().flatten() {
+        for c in &sync.consumers {
             let _ = writeln!(
                 w,
                 "| {} | {} | {} | {} |",
-                c["consumer"].as_str().unwrap_or_default(),
-                if c["sees_sentinel"].as_bool() == Some(true) {
-                    "yes"
-                } else {
-                    "NO"
-                },
-                c["reached"].as_str().unwrap_or("—"),
-                c["millis"]
+                c.consumer,
+                if c.sees_sentinel { "yes" } else { "NO" },
+                c.reached.as_deref().unwrap_or("—"),
+                c.millis
             );
         }
         let _ = writeln!(w);
@@ -377,16 +373,16 @@ fn render(f: &Facts) -> String {
 
     // Backup.
     let _ = writeln!(w, "## Backup of the target before it was cleared\n");
-    match artefacts(f, "backup-target") {
+    match artefacts::<BackupResult>(f, "backup-target") {
         Some(b) => {
             let _ = writeln!(
                 w,
                 "`{}` ({} bytes, sha256 `{}`), {}.\n\nTo restore it by hand into an empty database:\n\n```sh\n{}\n```\n\n`cutover rollback` does this for you.\n",
-                b["path"].as_str().unwrap_or_default(),
-                b["bytes"],
-                b["sha256"].as_str().unwrap_or_default(),
-                b["proof"].as_str().unwrap_or_default(),
-                b["restore"].as_str().unwrap_or_default()
+                b.path.display(),
+                b.bytes,
+                b.sha256,
+                b.proof,
+                b.restore
             );
         }
         None => {
@@ -398,18 +394,19 @@ fn render(f: &Facts) -> String {
     let _ = writeln!(w, "## The source\n");
     match retired {
         Some(r) => {
-            let _ = writeln!(w, "{}.", r["summary"].as_str().unwrap_or("retired"));
-            if let Some(dump) = r["final_dump"]["path"].as_str() {
+            let _ = writeln!(w, "{}.", r.summary);
+            let retirement = r.retirement.unwrap_or_default();
+            if !retirement.final_dump.path.is_empty() {
                 let _ = writeln!(
                     w,
-                    "Its final dump: `{dump}` (sha256 `{}`).",
-                    r["final_dump"]["sha256"].as_str().unwrap_or_default()
+                    "Its final dump: `{}` (sha256 `{}`).",
+                    retirement.final_dump.path, retirement.final_dump.sha256
                 );
             }
             let _ = writeln!(
                 w,
                 "{}\n",
-                if r["destroyed"].as_bool() == Some(true) {
+                if retirement.destroyed {
                     "It was destroyed: this cannot be undone; restore the final dump to bring it back."
                 } else {
                     "Undo: `cutover rollback` brings it back."

@@ -79,7 +79,7 @@ pub(crate) fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<Code> {
         };
         engine::run(s.plan(), &s.ctx, &selection, &confirm).await?;
         if let Some(run) = s.ctx.journal.latest_run().await?
-            && run.status == "done"
+            && run.status == cutover_core::journal::RunStatus::Done
         {
             s.ctx.events.emit(cutover_core::event::Event::Info {
                 message: planner::journal_note(s.ctx.journal.schema()),

@@ -16,10 +16,10 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
     let loaded = LoadedPlan::load(&global.plan)?;
     super::runtime()?.block_on(async {
         let jobs = default_jobs(loaded.file.options.jobs);
-        let (dbs, source) = crate::planner::connect(&loaded, jobs as u32 * 2 + 2).await?;
-        if source != crate::planner::Source::Live {
+        let (dbs, source) = cutover_ops::decommission::connect(&loaded, jobs as u32 * 2 + 2).await?;
+        if source != cutover_ops::decommission::Source::Live {
             return Err(crate::exit::coded(
-                Code::BadInput,
+                cutover_core::ErrorKind::BadInput,
                 "the source was retired by this plan's run (decommission-source), after verify-data proved the \
                  copy: that proof is in `cutover status` and `cutover report`. `cutover rollback` brings the source \
                  back",

@@ -18,6 +18,8 @@ use std::path::Path;
 use cutover_core::{Error, Result};
 use sqlx::PgPool;
 
+use cutover_core::journal::ItemKey;
+
 use crate::inventory::Inventory;
 use crate::tools;
 
@@ -66,14 +68,14 @@ pub fn parse_list(text: &str) -> Vec<TocEntry> {
 pub struct EarlyEntry {
     pub toc: TocEntry,
     /// Its journal item: `early:<schema>.<table>.<name>`.
-    pub item: String,
+    pub item: ItemKey,
     pub schema: String,
     /// The table it belongs to (a foreign key: the referencing table).
     pub table: String,
     pub name: String,
     /// The `table:` items it waits for: its table, and for a foreign key
     /// also the referenced table.
-    pub tables: Vec<String>,
+    pub tables: Vec<ItemKey>,
     pub foreign_key: bool,
     /// Bytes of its table on the source: larger tables' entries go first.
     pub weight: i64,
@@ -83,10 +85,6 @@ pub struct EarlyEntry {
     /// their object. They are created with it (the final restore, which
     /// does not select the object, would skip them).
     pub dependents: Vec<TocEntry>,
-}
-
-fn table_item(schema: &str, name: &str) -> String {
-    format!("table:{schema}.{name}")
 }
 
 /// The entries that can be built during the copy: the indexes and primary
@@ -137,7 +135,7 @@ pub async fn plan(
     )
     .fetch_all(source)
     .await
-    .map_err(crate::copy::on_source)?;
+    .map_err(super::on_source)?;
     let owner: HashMap<(u32, u32), Owner> = owners
         .into_iter()
         .map(|o| ((o.0 as u32, o.1 as u32), o))
@@ -168,7 +166,7 @@ pub async fn plan(
         };
         let key = (schema.clone(), table.clone());
         let foreign_key = e.kind == "FK CONSTRAINT";
-        let mut tables = vec![table_item(schema, table)];
+        let mut tables = vec![ItemKey::table(schema, table)];
         if foreign_key {
             let (Some(rs), Some(rt)) = (ref_schema, ref_table) else {
                 continue;
@@ -177,7 +175,7 @@ pub async fn plan(
                 continue;
             }
             if (rs, rt) != (schema, table) {
-                tables.push(table_item(rs, rt));
+                tables.push(ItemKey::table(rs, rt));
             }
         } else if ref_table.is_some() || !keyed.contains(&key) {
             // Not a key of an early table (or a foreign key's OID under a
@@ -186,7 +184,7 @@ pub async fn plan(
         }
         early.push(EarlyEntry {
             toc: e.clone(),
-            item: format!("early:{schema}.{table}.{name}"),
+            item: ItemKey::early(schema, table, name),
             schema: schema.clone(),
             table: table.clone(),
             name: name.clone(),
@@ -218,7 +216,7 @@ pub async fn script(
         list.push_str(&d.line);
         list.push('\n');
     }
-    write_private(list_file, &list)?;
+    tools::write_private(list_file, &list)?;
     let mut cmd = tools::offline(pg_restore);
     cmd.args(["--no-owner", "--no-privileges", "--file=-"])
         .arg(format!("--use-list={}", list_file.display()))
@@ -259,21 +257,6 @@ pub async fn script(
     Ok(sql)
 }
 
-/// Writes a file only its owner may read (lists name the schema's objects).
-pub fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::failure(format!("cannot write {}: {e}", path.display())))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| Error::failure(format!("cannot write {}: {e}", path.display())))
-}
-
 /// The archive list without `skip`'s entries (what the final restore runs).
 pub fn remaining_list(list: &str, skip: &HashSet<String>) -> String {
     list.lines()
@@ -298,11 +281,11 @@ pub enum Next<W> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
     /// Its `table:` item.
-    pub table: String,
+    pub table: ItemKey,
     /// The table's qualified name.
     pub qualified: String,
     /// Its journal item: `analyze:<schema>.<table>`.
-    pub item: String,
+    pub item: ItemKey,
 }
 
 /// The copy's work queue: copies first (as given: largest first), then the
@@ -315,17 +298,17 @@ pub struct Analysis {
 /// the end of the copy; no foreign key starts on a table being analyzed.
 #[derive(Debug)]
 pub struct Schedule<W> {
-    copies: VecDeque<(String, W)>,
+    copies: VecDeque<(ItemKey, W)>,
     /// `table:` item → copies of it not finished.
-    copies_left: HashMap<String, usize>,
+    copies_left: HashMap<ItemKey, usize>,
     /// `table:` item → its index and key entries not built.
-    keys_left: HashMap<String, usize>,
+    keys_left: HashMap<ItemKey, usize>,
     waiting: Vec<EarlyEntry>,
     /// Tables of foreign keys being built.
-    fk_busy: HashSet<String>,
+    fk_busy: HashSet<ItemKey>,
     analyses: Vec<Analysis>,
     /// Tables being analyzed.
-    analyzing: HashSet<String>,
+    analyzing: HashSet<ItemKey>,
     running: usize,
     aborted: bool,
 }
@@ -333,21 +316,21 @@ pub struct Schedule<W> {
 impl<W> Schedule<W> {
     /// `copies`: (table item, work) in the order to run them; `entries`: the
     /// early entries not yet done (done ones are left out by the caller).
-    pub fn new(copies: Vec<(String, W)>, entries: Vec<EarlyEntry>) -> Schedule<W> {
+    pub fn new(copies: Vec<(ItemKey, W)>, entries: Vec<EarlyEntry>) -> Schedule<W> {
         Schedule::with_analyses(copies, entries, vec![])
     }
 
     /// As `new`, with `ANALYZE`s (in the order given: larger tables first).
     pub fn with_analyses(
-        copies: Vec<(String, W)>,
+        copies: Vec<(ItemKey, W)>,
         entries: Vec<EarlyEntry>,
         analyses: Vec<Analysis>,
     ) -> Schedule<W> {
-        let mut copies_left: HashMap<String, usize> = HashMap::new();
+        let mut copies_left: HashMap<ItemKey, usize> = HashMap::new();
         for (t, _) in &copies {
             *copies_left.entry(t.clone()).or_default() += 1;
         }
-        let mut keys_left: HashMap<String, usize> = HashMap::new();
+        let mut keys_left: HashMap<ItemKey, usize> = HashMap::new();
         for e in entries.iter().filter(|e| !e.foreign_key) {
             *keys_left.entry(e.tables[0].clone()).or_default() += 1;
         }
@@ -367,8 +350,8 @@ impl<W> Schedule<W> {
     }
 
     fn ready(&self, e: &EarlyEntry) -> bool {
-        let copied = |t: &String| self.copies_left.get(t).is_none_or(|n| *n == 0);
-        let keyed = |t: &String| self.keys_left.get(t).is_none_or(|n| *n == 0);
+        let copied = |t: &ItemKey| self.copies_left.get(t).is_none_or(|n| *n == 0);
+        let keyed = |t: &ItemKey| self.keys_left.get(t).is_none_or(|n| *n == 0);
         if !e.foreign_key {
             return copied(&e.tables[0]);
         }
@@ -414,7 +397,7 @@ impl<W> Schedule<W> {
         }
     }
 
-    pub fn copied(&mut self, table_item: &str) {
+    pub fn copied(&mut self, table_item: &ItemKey) {
         if let Some(n) = self.copies_left.get_mut(table_item) {
             *n = n.saturating_sub(1);
         }
@@ -493,11 +476,11 @@ mod tests {
                 oid: 0,
                 kind: if foreign_key { "FK CONSTRAINT" } else { "INDEX" }.into(),
             },
-            item: format!("early:{name}"),
+            item: ItemKey::Early(name.to_string()),
             schema: "public".into(),
             table: tables[0].into(),
             name: name.into(),
-            tables: tables.iter().map(|t| format!("table:public.{t}")).collect(),
+            tables: tables.iter().map(|t| ItemKey::table("public", t)).collect(),
             foreign_key,
             weight,
             rows: 0,
@@ -517,7 +500,7 @@ mod tests {
 
     #[test]
     fn entries_wait_for_their_tables_and_foreign_keys_for_both_keys() {
-        let t = |n: &str| format!("table:public.{n}");
+        let t = |n: &str| ItemKey::table("public", n);
         // big is copied as two ranges; small once.
         let copies = vec![(t("big"), 1), (t("big"), 2), (t("small"), 3)];
         let entries = vec![
@@ -572,7 +555,7 @@ mod tests {
 
     #[test]
     fn an_abort_starts_nothing_more_and_nobody_waits() {
-        let t = |n: &str| format!("table:public.{n}");
+        let t = |n: &str| ItemKey::table("public", n);
         let mut s = Schedule::new(
             vec![(t("a"), 1), (t("b"), 2)],
             vec![entry("a_pkey", &["a"], false, 1)],
@@ -585,11 +568,11 @@ mod tests {
 
     #[test]
     fn an_analyze_comes_after_its_tables_keys_and_foreign_keys() {
-        let t = |n: &str| format!("table:public.{n}");
+        let t = |n: &str| ItemKey::table("public", n);
         let analysis = |n: &str| Analysis {
             table: t(n),
             qualified: format!("public.{n}"),
-            item: format!("analyze:public.{n}"),
+            item: ItemKey::analyze("public", n),
         };
         let mut s = Schedule::with_analyses(
             vec![(t("big"), 1), (t("ref"), 2)],
@@ -635,11 +618,11 @@ mod tests {
 
     #[test]
     fn no_foreign_key_starts_on_a_table_being_analyzed() {
-        let t = |n: &str| format!("table:public.{n}");
+        let t = |n: &str| ItemKey::table("public", n);
         let a = Analysis {
             table: t("a"),
             qualified: "public.a".into(),
-            item: "analyze:public.a".into(),
+            item: ItemKey::analyze("public", "a"),
         };
         let mut s: Schedule<()> = Schedule::with_analyses(vec![], vec![], vec![a.clone()]);
         assert_eq!(name(&s.take()), "analyze table:public.a");

@@ -13,27 +13,128 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cutover_core::artefacts::Artefacts;
 use cutover_core::endpoint::Endpoint;
-use cutover_core::journal::{Item, quote_ident};
+use cutover_core::endpoint::Role;
+use cutover_core::journal::{Item, ItemKey, Journal, StageEvent, quote_ident};
+use cutover_core::plan_file::LoadedPlan;
 use cutover_core::plan_file::{DecommissionDriver, DecommissionSpec};
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
-use serde_json::json;
-use sqlx::Row;
+use cutover_pg::Databases;
+use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::hooks;
 
 pub const NAME: &str = "decommission-source";
 
+/// Connects both databases; when the source cannot be reached because this
+/// plan's run retired it, goes on with a lazy source connection so that
+/// `status`, `rollback` and a resume still work.
+pub async fn connect(loaded: &LoadedPlan, max: u32) -> Result<(Databases, Source)> {
+    let err = match Databases::connect(loaded, max).await {
+        Ok(d) => return Ok((d, Source::Live)),
+        Err(e) => e,
+    };
+    let opts = &loaded.file.options;
+    let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
+    let Ok(pool) = cutover_pg::connect::pool(
+        &target,
+        opts.connect_timeout,
+        opts.statement_timeout,
+        opts.lock_timeout,
+        max,
+    )
+    .await
+    else {
+        return Err(err);
+    };
+    let Some(journal) = Journal::open_existing(&pool, &opts.journal_schema).await? else {
+        return Err(err);
+    };
+    let Some(run) = journal.latest_run().await? else {
+        return Err(err);
+    };
+    let retired = journal
+        .stage_states(run.id)
+        .await?
+        .get(NAME)
+        .is_some_and(|s| s.event != StageEvent::Undone);
+    if !retired {
+        return Err(err);
+    }
+    let destroyed = journal.item_detail(run.id, NAME, &ItemKey::Retire).await?;
+    let destroyed = destroyed
+        .and_then(|d| serde_json::from_value::<Retirement>(d).ok())
+        .is_some_and(|r| r.destroyed);
+    let dbs = Databases::with_retired_source(loaded, pool, run.source_identity, max).await?;
+    Ok((
+        dbs,
+        if destroyed {
+            Source::Destroyed
+        } else {
+            Source::Retired
+        },
+    ))
+}
+
+/// The source as this plan finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Live,
+    /// Retired by this plan's run (quarantined or stopped): can be brought back.
+    Retired,
+    /// Destroyed by this plan's run: its final dump is the way back.
+    Destroyed,
+}
+
+/// What the retirement does, journaled before it is done (the detail of its
+/// item): its undo and its check read it back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Retirement {
+    /// driver postgres: the database, its new name, and whether PUBLIC had CONNECT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired_as: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_connect: Option<bool>,
+    /// driver docker: the container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub destroyed: bool,
+    pub final_dump: FinalDump,
+}
+
+/// The source's final dump, taken before it is retired.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FinalDump {
+    pub path: String,
+    pub sha256: String,
+}
+
+/// decommission-source: what became of the source.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DecommissionResult {
+    pub summary: String,
+    /// None: nothing was retired (driver none, or already retired).
+    #[serde(flatten)]
+    pub retirement: Option<Retirement>,
+}
+
+cutover_core::artefacts!(DecommissionResult);
+
 /// Journals what the retirement did (before it is done, so that its undo
 /// and its check know what to look for).
-async fn record_retire(ctx: &RunContext, detail: &serde_json::Value) -> Result<()> {
+async fn record_retire(ctx: &RunContext, retirement: &Retirement) -> Result<()> {
+    let detail = serde_json::to_value(retirement).expect("a retirement serialises");
     let item = Item {
-        stage: NAME,
-        item: "retire",
-        detail: Some(detail),
-        ..Default::default()
+        detail: Some(&detail),
+        ..Item::new(NAME, &ItemKey::Retire)
     };
     ctx.journal.item_done(ctx.run_id, &item).await
 }
@@ -44,6 +145,8 @@ pub struct Decommission {
     destroy: bool,
     force_clients: bool,
     base: PathBuf,
+    /// options.connect_timeout
+    connect_timeout: Duration,
     description: Description,
 }
 
@@ -56,6 +159,7 @@ impl Decommission {
         force_clients: bool,
         base: PathBuf,
         sessions: &[String],
+        connect_timeout: Duration,
     ) -> Decommission {
         let destroy = spec.destroy && destroy_flag;
         let db = &source.dbname;
@@ -120,6 +224,7 @@ impl Decommission {
             destroy,
             force_clients,
             base,
+            connect_timeout,
         }
     }
 
@@ -128,8 +233,8 @@ impl Decommission {
     }
 
     /// A one-connection pool on the source server's maintenance database.
-    async fn maintenance(&self, ctx: &RunContext) -> Result<PgPool> {
-        let timeout = Duration::from_secs(ctx.plan.file.options.connect_timeout);
+    async fn maintenance(&self) -> Result<PgPool> {
+        let timeout = self.connect_timeout;
         let mut last = None;
         for db in ["postgres", "template1"] {
             let opts = self.source.with_database(db).connect_options(timeout)?;
@@ -151,16 +256,19 @@ impl Decommission {
         )))
     }
 
-    async fn recorded(&self, ctx: &RunContext) -> Result<Option<serde_json::Value>> {
-        let row = sqlx::query(&format!(
-            "SELECT detail FROM {} WHERE run_id = $1 AND stage = $2 AND item = 'retire'",
-            ctx.journal.table("item_progress")
-        ))
-        .bind(ctx.run_id)
-        .bind(NAME)
-        .fetch_optional(ctx.journal.pool())
-        .await?;
-        Ok(row.and_then(|r| r.get::<Option<serde_json::Value>, _>(0)))
+    async fn recorded(&self, ctx: &RunContext) -> Result<Option<Retirement>> {
+        let detail = ctx
+            .journal
+            .item_detail(ctx.run_id, NAME, &ItemKey::Retire)
+            .await?;
+        detail
+            .filter(|d| !d.is_null())
+            .map(|d| {
+                serde_json::from_value(d).map_err(|e| {
+                    Error::failure(format!("the journal's record of the retirement is damaged ({e})"))
+                })
+            })
+            .transpose()
     }
 
     async fn docker(&self, args: &[&str]) -> Result<String> {
@@ -168,13 +276,14 @@ impl Decommission {
         hooks::run_command("docker", &cmd, &self.base, &[], self.timeout()).await
     }
 
-    async fn final_dump(&self, ctx: &RunContext) -> Result<serde_json::Value> {
+    async fn final_dump(&self, ctx: &RunContext) -> Result<FinalDump> {
         let dir = ctx.run_dir.join("final");
         let path = dir.join(format!("source-{}.dump", self.source.dbname));
         if path.exists() {
-            return Ok(
-                json!({ "path": path.display().to_string(), "sha256": cutover_pg::backup::sha256_file(&path)? }),
-            );
+            return Ok(FinalDump {
+                path: path.display().to_string(),
+                sha256: cutover_pg::backup::sha256_file(&path)?,
+            });
         }
         let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
             .fetch_one(&ctx.source)
@@ -188,7 +297,10 @@ impl Decommission {
             .arg(format!("--file={}", partial.display()));
         cutover_pg::tools::run(cmd, "the final pg_dump of the source").await?;
         std::fs::rename(&partial, &path)?;
-        Ok(json!({ "path": path.display().to_string(), "sha256": cutover_pg::backup::sha256_file(&path)? }))
+        Ok(FinalDump {
+            path: path.display().to_string(),
+            sha256: cutover_pg::backup::sha256_file(&path)?,
+        })
     }
 
     async fn source_reachable(&self, ctx: &RunContext) -> bool {
@@ -223,7 +335,11 @@ impl Stage for Decommission {
 
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
         if let Check::Holds = self.check(ctx).await? {
-            return Ok(json!({ "summary": "the source was already retired" }));
+            return Ok(DecommissionResult {
+                summary: "the source was already retired".into(),
+                retirement: None,
+            }
+            .to_value());
         }
         // Invariant: nothing destructive touches the source before the data
         // and the sync are proven, in this run.
@@ -248,15 +364,21 @@ impl Stage for Decommission {
         let db = self.source.dbname.clone();
         let detail = match self.spec.driver {
             DecommissionDriver::Postgres => {
-                let maint = self.maintenance(ctx).await?;
+                let maint = self.maintenance().await?;
                 let had_public: bool =
                     sqlx::query_scalar("SELECT has_database_privilege('public', $1, 'CONNECT')")
                         .bind(&db)
                         .fetch_one(&maint)
                         .await?;
                 let retired = format!("{db}_retired_{}", chrono::Utc::now().format("%Y%m%d"));
-                let detail = json!({ "database": db, "retired_as": retired, "public_connect": had_public,
-                                     "destroyed": self.destroy, "final_dump": dump });
+                let detail = Retirement {
+                    database: Some(db.clone()),
+                    retired_as: Some(retired.clone()),
+                    public_connect: Some(had_public),
+                    destroyed: self.destroy,
+                    final_dump: dump,
+                    ..Retirement::default()
+                };
                 record_retire(ctx, &detail).await?;
                 ctx.source.close().await;
                 let q = quote_ident(&db);
@@ -279,7 +401,12 @@ impl Stage for Decommission {
             }
             DecommissionDriver::Docker => {
                 let container = self.spec.container.clone().unwrap_or_default();
-                let detail = json!({ "container": container, "destroyed": self.destroy, "final_dump": dump });
+                let detail = Retirement {
+                    container: Some(container.clone()),
+                    destroyed: self.destroy,
+                    final_dump: dump,
+                    ..Retirement::default()
+                };
                 record_retire(ctx, &detail).await?;
                 ctx.source.close().await;
                 self.docker(&["stop", &container]).await?;
@@ -294,7 +421,11 @@ impl Stage for Decommission {
                 detail
             }
             DecommissionDriver::Command => {
-                let detail = json!({ "destroyed": self.destroy, "final_dump": dump });
+                let detail = Retirement {
+                    destroyed: self.destroy,
+                    final_dump: dump,
+                    ..Retirement::default()
+                };
                 ctx.source.close().await;
                 let cmd = if self.destroy {
                     &self.spec.destroy_command
@@ -312,18 +443,27 @@ impl Stage for Decommission {
                 record_retire(ctx, &detail).await?;
                 detail
             }
-            DecommissionDriver::None => return Ok(json!({ "summary": "the source is left alone" })),
+            DecommissionDriver::None => {
+                return Ok(DecommissionResult {
+                    summary: "the source is left alone".into(),
+                    retirement: None,
+                }
+                .to_value());
+            }
         };
-        let mut artefacts = detail;
-        artefacts["summary"] = json!(if self.destroy {
+        let summary = if self.destroy {
             format!(
-                "source {db} destroyed; its final dump is {}",
-                artefacts["final_dump"]["path"]
+                "source {db} destroyed; its final dump is {:?}",
+                detail.final_dump.path
             )
         } else {
             format!("source {db} retired")
-        });
-        Ok(artefacts)
+        };
+        Ok(DecommissionResult {
+            summary,
+            retirement: Some(detail),
+        }
+        .to_value())
     }
 
     async fn check(&self, ctx: &RunContext) -> Result<Check> {
@@ -332,12 +472,12 @@ impl Stage for Decommission {
         };
         match self.spec.driver {
             DecommissionDriver::Postgres => {
-                let maint = self.maintenance(ctx).await?;
+                let maint = self.maintenance().await?;
                 let names: Vec<String> = sqlx::query_scalar(
                     "SELECT datname::text FROM pg_database WHERE datname = $1 OR datname = $2",
                 )
                 .bind(&self.source.dbname)
-                .bind(detail["retired_as"].as_str().unwrap_or_default())
+                .bind(detail.retired_as.as_deref().unwrap_or_default())
                 .fetch_all(&maint)
                 .await?;
                 Ok(if names.contains(&self.source.dbname) {
@@ -373,7 +513,7 @@ impl Stage for Decommission {
         let Some(detail) = self.recorded(ctx).await? else {
             return Ok("the source was not retired by this run; nothing to undo".into());
         };
-        if detail["destroyed"].as_bool() == Some(true) {
+        if detail.destroyed {
             return Err(Error::refused(
                 "the source was destroyed; restore it from the final dump by hand",
             ));
@@ -381,8 +521,8 @@ impl Stage for Decommission {
         let db = &self.source.dbname;
         match self.spec.driver {
             DecommissionDriver::Postgres => {
-                let maint = self.maintenance(ctx).await?;
-                let retired = detail["retired_as"].as_str().unwrap_or_default().to_string();
+                let maint = self.maintenance().await?;
+                let retired = detail.retired_as.clone().unwrap_or_default();
                 let exists = |name: String| {
                     sqlx::query_scalar::<_, bool>(
                         "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
@@ -402,7 +542,7 @@ impl Stage for Decommission {
                 }
                 let q = quote_ident(db);
                 let mut sql = format!("ALTER DATABASE {q} ALLOW_CONNECTIONS true");
-                if detail["public_connect"].as_bool() != Some(false) {
+                if detail.public_connect != Some(false) {
                     sql.push_str(&format!("; GRANT CONNECT ON DATABASE {q} TO PUBLIC"));
                 }
                 sqlx::raw_sql(&sql).execute(&maint).await?;
@@ -432,14 +572,7 @@ impl Stage for Decommission {
         })
         .await
         .map_err(|e| e.context("the source did not come back"))?;
-        sqlx::query(&format!(
-            "DELETE FROM {} WHERE run_id = $1 AND stage = $2",
-            ctx.journal.table("item_progress")
-        ))
-        .bind(ctx.run_id)
-        .bind(NAME)
-        .execute(ctx.journal.pool())
-        .await?;
+        ctx.journal.clear_items(ctx.run_id, NAME).await?;
         Ok(format!("source {db} is back in service"))
     }
 }
