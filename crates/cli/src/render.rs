@@ -88,7 +88,12 @@ fn line(event: &Event) -> Option<String> {
             summary,
         } => format!("✓ {stage} ({seconds:.1} s): {summary}"),
         Event::StageSkipped { stage, reason } => format!("· {stage}: skipped, {reason}"),
-        Event::StageFailed { stage, error } => format!("✗ {stage}: {error}"),
+        Event::StageFailed {
+            stage, error, hint, ..
+        } => match hint {
+            Some(h) => format!("✗ {stage}: {error}\n  hint: {h}"),
+            None => format!("✗ {stage}: {error}"),
+        },
         Event::UndoStarted { stage } => format!("← undoing {stage}"),
         Event::StageUndone {
             stage,

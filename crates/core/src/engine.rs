@@ -208,7 +208,9 @@ async fn run_stage(ctx: &RunContext, stage: &dyn crate::stage::Stage) -> Result<
             let _ = ctx.journal.set_run_status(ctx.run_id, status).await;
             ctx.emit(Event::StageFailed {
                 stage: name.clone(),
-                error: e.to_string(),
+                error: e.message.clone(),
+                sqlstate: e.sqlstate.clone(),
+                hint: e.hint.clone(),
             });
             let e = e.context(format!("stage {name} failed"));
             Err(if e.kind == ErrorKind::Failure {
@@ -275,6 +277,8 @@ pub async fn rollback(plan: &Plan, ctx: &RunContext, force: bool) -> Result<()> 
                 ctx.emit(Event::StageFailed {
                     stage: name.clone(),
                     error: e.message.clone(),
+                    sqlstate: e.sqlstate.clone(),
+                    hint: e.hint.clone(),
                 });
                 return Err(e.context(format!("undoing stage {name} failed")));
             }

@@ -32,7 +32,14 @@ pub enum Event {
     },
     StageFailed {
         stage: String,
+        /// What failed (without the hint).
         error: String,
+        /// The server's SQLSTATE, when a database error caused it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sqlstate: Option<String>,
+        /// What to do about it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hint: Option<String>,
     },
     UndoStarted {
         stage: String,

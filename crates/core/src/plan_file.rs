@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanFile {
     /// The database whose data wins.
@@ -144,28 +144,55 @@ impl Default for Options {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// `[[consumer]]` as the plan file writes it: the options of every kind.
+/// Checked and turned into a [`ConsumerSpec`] when the plan is read.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConsumerSpec {
+struct RawConsumer {
     /// Unique name; the stage is `repoint:<name>`.
-    pub name: String,
-    pub kind: ConsumerKind,
+    name: String,
+    kind: ConsumerKind,
     /// The file (every kind but command); relative to the plan file's folder.
-    pub path: Option<PathBuf>,
+    path: Option<PathBuf>,
     /// Where the whole connection is: env and properties: the key; yaml,
     /// json and python: the dotted key path; pg_service: the service's name.
-    pub key: Option<String>,
+    key: Option<String>,
     /// A connection split over several keys of the file, changed together
     /// (Laravel's DB_HOST, DB_PORT…; Rails' `production.host`…; beside
     /// `key`: Spring's `spring.datasource.username` next to its URL).
-    #[serde(default, skip_serializing_if = "SplitKeys::is_empty")]
-    pub keys: SplitKeys,
+    #[serde(default)]
+    keys: SplitKeys,
     /// How the file stores the values: `base64` (a Kubernetes Secret's `data`).
-    pub encoding: Option<Encoding>,
+    encoding: Option<Encoding>,
     /// command: prints the consumer's connection on stdout.
-    pub get: Option<String>,
+    get: Option<String>,
     /// command: stores the connection given in `$CUTOVER_VALUE`.
-    pub set: Option<String>,
+    set: Option<String>,
+    /// Name of an environment variable holding the exact connection this
+    /// consumer gets on the target (its own user and password); default:
+    /// the consumer's connection with the target's host, port, database and user.
+    target_url_env: Option<String>,
+    /// Run after the change (and after an undo), e.g. `docker compose up -d backend`.
+    reload: Option<String>,
+    /// SQL run through the consumer's new connection after the reload.
+    health_sql: Option<String>,
+    /// HTTP GET after the reload; must answer `health_expect`.
+    health_url: Option<String>,
+    /// An HTTP status (`200`, the default) or a text the body must contain.
+    health_expect: Option<String>,
+    /// Seconds the reload and the health probes may take (default 60).
+    timeout: Option<u64>,
+}
+
+/// An application that connects to a database: where its connection is
+/// written (by kind), how to reload it and how to check it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawConsumer")]
+pub struct ConsumerSpec {
+    /// Unique name; the stage is `repoint:<name>`.
+    pub name: String,
+    /// Where its connection is written.
+    pub config: ConsumerConfig,
     /// Name of an environment variable holding the exact connection this
     /// consumer gets on the target (its own user and password); default:
     /// the consumer's connection with the target's host, port, database and user.
@@ -180,6 +207,121 @@ pub struct ConsumerSpec {
     pub health_expect: Option<String>,
     /// Seconds the reload and the health probes may take (default 60).
     pub timeout: Option<u64>,
+}
+
+/// Where a consumer's connection is written: one variant per kind of
+/// configuration, with what that kind needs (paths relative to the plan
+/// file's folder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumerConfig {
+    /// A file of keys (env, yaml, json, properties, python): `key` holds the
+    /// whole connection, `keys` its parts (Laravel's DB_HOST, DB_PORT…;
+    /// Rails' `production.host`…; beside `key`, Spring's
+    /// `spring.datasource.username` next to its URL); at least one of them.
+    Keyed {
+        kind: KeyedKind,
+        path: PathBuf,
+        key: Option<String>,
+        keys: SplitKeys,
+        /// How the file stores the values: `base64` (a Kubernetes Secret's `data`).
+        encoding: Option<Encoding>,
+    },
+    /// A service of a connection service file (`pg_service.conf`).
+    PgService { path: PathBuf, service: String },
+    /// Every PostgreSQL connection in a text file (and `.pgpass` lines).
+    Text { path: PathBuf },
+    /// `get` prints the connection on stdout; `set` stores the one given
+    /// in `$CUTOVER_VALUE`.
+    Command { get: String, set: String },
+}
+
+/// The kinds of files of keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyedKind {
+    Env,
+    Yaml,
+    Json,
+    Properties,
+    Python,
+}
+
+impl ConsumerConfig {
+    pub fn kind(&self) -> ConsumerKind {
+        match self {
+            ConsumerConfig::Keyed { kind, .. } => match kind {
+                KeyedKind::Env => ConsumerKind::Env,
+                KeyedKind::Yaml => ConsumerKind::Yaml,
+                KeyedKind::Json => ConsumerKind::Json,
+                KeyedKind::Properties => ConsumerKind::Properties,
+                KeyedKind::Python => ConsumerKind::Python,
+            },
+            ConsumerConfig::PgService { .. } => ConsumerKind::PgService,
+            ConsumerConfig::Text { .. } => ConsumerKind::Text,
+            ConsumerConfig::Command { .. } => ConsumerKind::Command,
+        }
+    }
+
+    /// The file, for every kind but command.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConsumerConfig::Keyed { path, .. }
+            | ConsumerConfig::PgService { path, .. }
+            | ConsumerConfig::Text { path } => Some(path),
+            ConsumerConfig::Command { .. } => None,
+        }
+    }
+}
+
+impl ConsumerSpec {
+    pub fn kind(&self) -> ConsumerKind {
+        self.config.kind()
+    }
+}
+
+impl TryFrom<RawConsumer> for ConsumerSpec {
+    type Error = String;
+    fn try_from(c: RawConsumer) -> std::result::Result<ConsumerSpec, String> {
+        validate_consumer(&c)?;
+        let path = || c.path.clone().expect("validated: the kind has a path");
+        let config = match c.kind {
+            ConsumerKind::Env
+            | ConsumerKind::Yaml
+            | ConsumerKind::Json
+            | ConsumerKind::Properties
+            | ConsumerKind::Python => ConsumerConfig::Keyed {
+                kind: match c.kind {
+                    ConsumerKind::Env => KeyedKind::Env,
+                    ConsumerKind::Yaml => KeyedKind::Yaml,
+                    ConsumerKind::Json => KeyedKind::Json,
+                    ConsumerKind::Properties => KeyedKind::Properties,
+                    _ => KeyedKind::Python,
+                },
+                path: path(),
+                key: c.key.clone(),
+                keys: c.keys.clone(),
+                encoding: c.encoding,
+            },
+            ConsumerKind::PgService => ConsumerConfig::PgService {
+                path: path(),
+                service: c.key.clone().expect("validated: pg_service has a key"),
+            },
+            ConsumerKind::Text => ConsumerConfig::Text { path: path() },
+            ConsumerKind::Command => ConsumerConfig::Command {
+                get: c.get.clone().expect("validated: command has get"),
+                set: c.set.clone().expect("validated: command has set"),
+            },
+        };
+        Ok(ConsumerSpec {
+            name: c.name,
+            config,
+            target_url_env: c.target_url_env,
+            reload: c.reload,
+            health_sql: c.health_sql,
+            health_url: c.health_url,
+            health_expect: c.health_expect,
+            timeout: c.timeout,
+        })
+    }
 }
 
 /// The keys that each hold one part of a split connection.
@@ -352,7 +494,6 @@ fn validate(file: &PlanFile) -> std::result::Result<(), String> {
                 c.name
             ));
         }
-        validate_consumer(c)?;
     }
     if let Some(d) = &file.decommission {
         let need = |what: &str, v: &Option<String>| match v {
@@ -382,7 +523,7 @@ fn validate(file: &PlanFile) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn validate_consumer(c: &ConsumerSpec) -> std::result::Result<(), String> {
+fn validate_consumer(c: &RawConsumer) -> std::result::Result<(), String> {
     let name = &c.name;
     if name.is_empty()
         || !name
@@ -542,5 +683,61 @@ mod tests {
         assert!(err.contains("needs `key`"), "{err}");
         let err = parse(&format!("{MINIMAL}[decommission]\ndriver = \"docker\"\n")).unwrap_err();
         assert!(err.contains("needs `container`"), "{err}");
+    }
+
+    #[test]
+    fn each_kind_of_consumer_reads_as_its_variant() {
+        let plan = parse(&format!(
+            "{MINIMAL}\
+             [[consumer]]\nname = \"laravel\"\nkind = \"env\"\npath = \".env\"\nkeys = {{ host = \"DB_HOST\", dbname = \"DB_DATABASE\" }}\n\
+             [[consumer]]\nname = \"secret\"\nkind = \"yaml\"\npath = \"s.yaml\"\nkey = \"data.URL\"\nencoding = \"base64\"\n\
+             [[consumer]]\nname = \"svc\"\nkind = \"pg_service\"\npath = \"pg_service.conf\"\nkey = \"analytics\"\n\
+             [[consumer]]\nname = \"cron\"\nkind = \"text\"\npath = \"crontab\"\n\
+             [[consumer]]\nname = \"vault\"\nkind = \"command\"\nget = \"vault read\"\nset = \"vault write\"\nreload = \"true\"\n"
+        ))
+        .unwrap();
+        let c = &plan.consumers;
+        assert!(matches!(
+            &c[0].config,
+            ConsumerConfig::Keyed { kind: KeyedKind::Env, key: None, keys, encoding: None, .. }
+                if keys.host.as_deref() == Some("DB_HOST")
+        ));
+        assert!(matches!(
+            &c[1].config,
+            ConsumerConfig::Keyed { kind: KeyedKind::Yaml, key: Some(k), encoding: Some(Encoding::Base64), .. }
+                if k == "data.URL"
+        ));
+        assert_eq!(
+            c[2].config,
+            ConsumerConfig::PgService {
+                path: "pg_service.conf".into(),
+                service: "analytics".into()
+            }
+        );
+        assert_eq!(
+            c[3].config,
+            ConsumerConfig::Text {
+                path: "crontab".into()
+            }
+        );
+        assert_eq!(
+            c[4].config,
+            ConsumerConfig::Command {
+                get: "vault read".into(),
+                set: "vault write".into()
+            }
+        );
+        assert_eq!(c[4].reload.as_deref(), Some("true"));
+        assert_eq!(c[4].config.path(), None);
+        assert_eq!(c[3].kind(), ConsumerKind::Text);
+        // An option of another kind is refused, naming the consumer and its line.
+        let err = parse(&format!(
+            "{MINIMAL}[[consumer]]\nname = \"cron\"\nkind = \"text\"\npath = \"crontab\"\nget = \"x\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("line 5") && err.contains("`get/set` does not apply to kind = \"text\""),
+            "{err}"
+        );
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use cutover_core::endpoint::{Endpoint, redact_text};
 use cutover_core::identity::ServerIdentity;
-use cutover_core::plan_file::{ConsumerKind, ConsumerSpec, Encoding, EndpointSpec, LoadedPlan};
+use cutover_core::plan_file::{
+    ConsumerConfig, ConsumerKind, ConsumerSpec, Encoding, EndpointSpec, LoadedPlan, SplitKeys,
+};
 use cutover_core::{Error, Result};
 use serde::Serialize;
 
@@ -188,18 +190,21 @@ fn consumer_error(spec: &ConsumerSpec, msg: impl std::fmt::Display) -> Error {
 
 /// The consumer's file, resolved against the plan file's folder.
 pub fn file_path(spec: &ConsumerSpec, base: &Path) -> Option<PathBuf> {
-    spec.path
-        .as_ref()
-        .map(|p| if p.is_absolute() { p.clone() } else { base.join(p) })
+    spec.config.path().map(|p| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    })
 }
 
 /// Reads the consumer's configuration and locates every connection in it.
 pub async fn read(spec: &ConsumerSpec, base: &Path, servers: &Servers) -> Result<Reading> {
     let path = file_path(spec, base);
     let timeout = Duration::from_secs(spec.timeout.unwrap_or(60));
-    let content = match (&spec.kind, &path) {
-        (ConsumerKind::Command, _) => {
-            let get = spec.get.as_deref().unwrap_or_default();
+    let content = match (&spec.config, &path) {
+        (ConsumerConfig::Command { get, .. }, _) => {
             hooks::run_command("the get command", get, base, &[], timeout)
                 .await
                 .map_err(|e| consumer_error(spec, e.message))?
@@ -215,8 +220,8 @@ pub async fn read(spec: &ConsumerSpec, base: &Path, servers: &Servers) -> Result
         (_, None) => return Err(consumer_error(spec, "`path` is missing")),
     };
     let shown_path = path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-    let connections: Vec<(Vec<Part>, ConnString)> = match spec.kind {
-        ConsumerKind::Text => locate::text(&content)
+    let connections: Vec<(Vec<Part>, ConnString)> = match &spec.config {
+        ConsumerConfig::Text { .. } => locate::text(&content)
             .into_iter()
             .filter_map(|occ| {
                 let (conn, holds) = if occ.pgpass {
@@ -235,7 +240,7 @@ pub async fn read(spec: &ConsumerSpec, base: &Path, servers: &Servers) -> Result
                 ))
             })
             .collect(),
-        ConsumerKind::Command => {
+        ConsumerConfig::Command { .. } => {
             let occ = Occurrence {
                 line: 1,
                 start: 0,
@@ -255,7 +260,9 @@ pub async fn read(spec: &ConsumerSpec, base: &Path, servers: &Servers) -> Result
                 conn,
             )]
         }
-        _ => vec![keyed(spec, &content, &shown_path)?],
+        ConsumerConfig::Keyed { .. } | ConsumerConfig::PgService { .. } => {
+            vec![keyed(spec, &content, &shown_path)?]
+        }
     };
     let mut found = vec![];
     let mut ignored = vec![];
@@ -263,7 +270,7 @@ pub async fn read(spec: &ConsumerSpec, base: &Path, servers: &Servers) -> Result
         let pgpass = matches!(parts[0].holds, Holds::Pgpass);
         let located = locate_conn(&conn, pgpass, servers).await;
         let f = Found { parts, conn, located };
-        if spec.kind == ConsumerKind::Text && f.located.which == Which::Other {
+        if spec.kind() == ConsumerKind::Text && f.located.which == Which::Other {
             ignored.push(f);
         } else {
             found.push(f);
@@ -311,8 +318,16 @@ fn parse_connection(spec: &ConsumerSpec, occ: &Occurrence, key: &str) -> Result<
 /// The connection a keyed file holds at `key` and/or `keys` (for
 /// pg_service: the service's lines), values decoded where `encoding` says.
 fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Part>, ConnString)> {
-    let leaves =
-        locate::leaves(spec.kind, content).map_err(|e| consumer_error(spec, format!("{shown_path}: {e}")))?;
+    let leaves = locate::leaves(spec.kind(), content)
+        .map_err(|e| consumer_error(spec, format!("{shown_path}: {e}")))?;
+    let no_keys = SplitKeys::default();
+    let (key, keys, encoding) = match &spec.config {
+        ConsumerConfig::Keyed {
+            key, keys, encoding, ..
+        } => (key.as_ref(), keys, *encoding),
+        ConsumerConfig::PgService { service, .. } => (Some(service), &no_keys, None),
+        ConsumerConfig::Text { .. } | ConsumerConfig::Command { .. } => (None, &no_keys, None),
+    };
     let lookup = |key: &str, fix: &str| -> Result<Option<Occurrence>> {
         let occ =
             locate::find(&leaves, key).map_err(|e| consumer_error(spec, format!("{shown_path}: {e}")))?;
@@ -326,7 +341,7 @@ fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Pa
                 ))
             };
         };
-        if spec.encoding == Some(Encoding::Base64) {
+        if encoding == Some(Encoding::Base64) {
             use base64::Engine;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(occ.value.trim())
@@ -340,8 +355,7 @@ fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Pa
     let mut parts = vec![];
     let mut fields = vec![];
     let mut whole = None;
-    if spec.kind == ConsumerKind::PgService {
-        let service = spec.key.as_deref().unwrap_or_default();
+    if let ConsumerConfig::PgService { service, .. } = &spec.config {
         for f in Field::ALL {
             let key = format!("{service}.{}", f.keyword());
             if let Some(occ) = lookup(&key, "")? {
@@ -363,7 +377,7 @@ fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Pa
             ));
         }
     } else {
-        if let Some(key) = &spec.key
+        if let Some(key) = key
             && let Some(occ) = lookup(key, "`key`")?
         {
             let conn = parse_connection(spec, &occ, key)?;
@@ -374,7 +388,7 @@ fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Pa
                 holds: Holds::Connection(conn),
             });
         }
-        for (name, key) in spec.keys.named() {
+        for (name, key) in keys.named() {
             let f = Field::ALL.into_iter().find(|f| f.keyword() == name).unwrap();
             let occ = lookup(key, &format!("keys.{name}"))?.unwrap();
             fields.push((f, occ.value.clone()));
@@ -560,7 +574,13 @@ impl Reading {
     /// source), or as they are (`None`); `shown`: for people (passwords as
     /// `***`, base64 decoded), else as the file must hold them.
     fn replacements(&self, dest: Option<&Destination>, shown: bool) -> Result<Vec<(Occurrence, String)>> {
-        let base64 = self.spec.encoding == Some(Encoding::Base64);
+        let base64 = matches!(
+            self.spec.config,
+            ConsumerConfig::Keyed {
+                encoding: Some(Encoding::Base64),
+                ..
+            }
+        );
         let mut replacements = vec![];
         for f in &self.found {
             let repoint = f.located.which == Which::Source;
@@ -700,13 +720,17 @@ pub async fn preflight(loaded: &LoadedPlan, servers: &Servers) -> Result<Vec<Rea
         let reading = read(spec, &base, servers).await?;
         let fail = |msg: String| Err(Error::bad_input(format!("consumer {}: {msg}", spec.name)));
         if reading.points_at() == Which::Source
-            && spec.kind != ConsumerKind::Command
+            && spec.kind() != ConsumerKind::Command
             && let Some(path) = &reading.path
             && let Err(e) = files::check_writable(path)
         {
             return fail(format!("{e}; cutover must replace the file to repoint it"));
         }
-        for (what, cmd) in [("reload", &spec.reload), ("get", &spec.get), ("set", &spec.set)] {
+        let (get, set) = match &spec.config {
+            ConsumerConfig::Command { get, set } => (Some(get.clone()), Some(set.clone())),
+            _ => (None, None),
+        };
+        for (what, cmd) in [("reload", &spec.reload), ("get", &get), ("set", &set)] {
             if let Some(cmd) = cmd
                 && !hooks::command_exists(cmd, &base)
             {

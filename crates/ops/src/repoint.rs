@@ -12,7 +12,7 @@ use cutover_core::artefacts::Artefacts;
 use cutover_core::endpoint::redact_text;
 use cutover_core::event::Event;
 use cutover_core::journal::{Item, ItemKey};
-use cutover_core::plan_file::ConsumerKind;
+use cutover_core::plan_file::ConsumerConfig;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -98,28 +98,29 @@ impl Repoint {
     /// Builds the stage from the consumer as read at plan time.
     pub fn new(reading: Reading, dest: Destination, base: PathBuf, servers: Servers) -> Result<Repoint> {
         let spec = &reading.spec;
-        let place = match (&spec.kind, &reading.path) {
-            (ConsumerKind::Command, _) => {
-                format!("through `{}`", redact_text(spec.set.as_deref().unwrap_or("")))
+        let file = reading
+            .path
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""))
+            .display();
+        let place = match &spec.config {
+            ConsumerConfig::Command { set, .. } => format!("through `{}`", redact_text(set)),
+            ConsumerConfig::Text { .. } => format!("{file} (text)"),
+            ConsumerConfig::PgService { service, .. } => {
+                format!("service [{service}] in {file} (pg_service)")
             }
-            (ConsumerKind::Text, Some(p)) => format!("{} (text)", p.display()),
-            (kind, Some(p)) => {
-                let keys: Vec<&str> = spec
-                    .key
+            ConsumerConfig::Keyed { key, keys, .. } => {
+                let keys: Vec<&str> = key
                     .iter()
                     .map(String::as_str)
-                    .chain(spec.keys.named().map(|(_, k)| k))
+                    .chain(keys.named().map(|(_, k)| k))
                     .collect();
-                let kind = serde_json::to_value(kind)
+                let kind = serde_json::to_value(spec.kind())
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_default();
-                match kind.as_str() {
-                    "pg_service" => format!("service [{}] in {} (pg_service)", keys.join(", "), p.display()),
-                    _ => format!("{} in {} ({kind})", keys.join(", "), p.display()),
-                }
+                format!("{} in {file} ({kind})", keys.join(", "))
             }
-            _ => String::new(),
         };
         let mut details = reading.describe_connections();
         let mut warnings = vec![];
@@ -191,19 +192,16 @@ impl Repoint {
     /// Writes `content` where the consumer keeps its connection.
     async fn store(&self, content: &str) -> Result<()> {
         let spec = &self.reading.spec;
-        match (&spec.kind, &self.reading.path) {
-            (ConsumerKind::Command, _) => {
-                let set = spec.set.as_deref().unwrap_or_default();
-                hooks::run_command(
-                    "the set command",
-                    set,
-                    &self.base,
-                    &[("CUTOVER_VALUE", content)],
-                    self.timeout(),
-                )
-                .await
-                .map(|_| ())
-            }
+        match (&spec.config, &self.reading.path) {
+            (ConsumerConfig::Command { set, .. }, _) => hooks::run_command(
+                "the set command",
+                set,
+                &self.base,
+                &[("CUTOVER_VALUE", content)],
+                self.timeout(),
+            )
+            .await
+            .map(|_| ()),
             (_, Some(path)) => files::replace_atomically(path, content.as_bytes()),
             _ => Err(Error::failure("consumer has no path")),
         }
