@@ -237,49 +237,9 @@ fn completions_are_generated() {
 #[test]
 fn a_terminal_keeps_every_stage_result_on_screen() {
     let s = crate::support::Scenario::seed();
-    let socket = format!("cutover-e2e-{}", std::process::id());
-    let script = s.dir.path().join("run.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ncd '{}'\n'{}' --plan '{}' run --yes\necho \"EXIT:$?\"\nsleep 120\n",
-            s.dir.path().display(),
-            env!("CARGO_BIN_EXE_cutover"),
-            s.plan_path().display()
-        ),
-    )
-    .unwrap();
-    let tmux = |args: &[&str]| {
-        std::process::Command::new("tmux")
-            .args(["-L", &socket])
-            .args(args)
-            .output()
-            .expect("tmux is needed for this test (Debian: apt-get install tmux)")
-    };
-    let started = tmux(&[
-        "new-session",
-        "-d",
-        "-x",
-        "220",
-        "-y",
-        "60",
-        &format!("sh '{}'", script.display()),
-    ]);
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    let mut screen = String::new();
-    for _ in 0..600 {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let out = tmux(&["capture-pane", "-p", "-J", "-S", "-1000"]);
-        screen = String::from_utf8_lossy(&out.stdout).into_owned();
-        if screen.contains("EXIT:") {
-            break;
-        }
-    }
-    let _ = tmux(&["kill-server"]);
+    let term = Terminal::start(&s, "run --yes");
+    let screen = term.wait_for("EXIT:");
+    drop(term);
     assert!(screen.contains("EXIT:0"), "{screen}");
     for expected in [
         "✓ discover",
@@ -301,4 +261,150 @@ fn a_terminal_keeps_every_stage_result_on_screen() {
     for pw in [s.pair.source.password(), s.pair.target.password()] {
         assert!(!screen.contains(pw), "a password is on the screen");
     }
+}
+
+/// A cutover command in a real pseudo-terminal (tmux), as an operator runs
+/// it; `EXIT:<code>` is printed when it ends.
+struct Terminal {
+    socket: String,
+}
+
+impl Terminal {
+    fn start(s: &crate::support::Scenario, args: &str) -> Terminal {
+        let socket = format!("cutover-e2e-{}-{}", std::process::id(), args.len());
+        let script = s.dir.path().join("run.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ncd '{}'\n'{}' --plan '{}' {args}\necho \"EXIT:$?\"\nsleep 120\n",
+                s.dir.path().display(),
+                env!("CARGO_BIN_EXE_cutover"),
+                s.plan_path().display()
+            ),
+        )
+        .unwrap();
+        let t = Terminal { socket };
+        let started = t.tmux(&[
+            "new-session",
+            "-d",
+            "-x",
+            "220",
+            "-y",
+            "60",
+            &format!("sh '{}'", script.display()),
+        ]);
+        assert!(
+            started.status.success(),
+            "{}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux is needed for this test (Debian: apt-get install tmux)")
+    }
+
+    /// The screen once it shows `text` (at most 60 s).
+    fn wait_for(&self, text: &str) -> String {
+        let mut screen = String::new();
+        for _ in 0..600 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let out = self.tmux(&["capture-pane", "-p", "-J", "-S", "-1000"]);
+            screen = String::from_utf8_lossy(&out.stdout).into_owned();
+            if screen.contains(text) {
+                return screen;
+            }
+        }
+        panic!("{text:?} never showed:\n{screen}");
+    }
+
+    fn type_line(&self, line: &str) {
+        self.tmux(&["send-keys", "-l", line]);
+        self.tmux(&["send-keys", "Enter"]);
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}
+
+/// The source's tables change while the operator reads the confirmation
+/// prompt: the copy takes them as they are, and says which differ from the
+/// plan it was given (a JSON warning and the copy's recorded artefacts).
+#[test]
+fn the_copy_names_the_tables_that_changed_since_the_plan() {
+    let s = crate::support::Scenario::seed();
+    let events = s.dir.path().join("events.jsonl");
+    let term = Terminal::start(
+        &s,
+        &format!("run --until verify-data --output json > '{}'", events.display()),
+    );
+    let screen = term.wait_for("to go on: ");
+    let db = screen
+        .split("Type the target database's name (")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .expect("the prompt names the target database")
+        .to_string();
+    s.pair
+        .source
+        .sql(
+            "app",
+            "ALTER TABLE users ADD COLUMN nickname text; CREATE TABLE added (id int PRIMARY KEY)",
+        )
+        .unwrap();
+    term.type_line(&db);
+    let screen = term.wait_for("EXIT:");
+    drop(term);
+    assert!(screen.contains("EXIT:0"), "{screen}");
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let warning = events
+        .iter()
+        .filter(|e| e["event"] == "warning")
+        .filter_map(|e| e["message"].as_str())
+        .find(|m| m.contains("changed since the plan was built"))
+        .unwrap_or_else(|| panic!("no warning about the plan: {events:#?}"));
+    assert!(warning.contains("users: its columns changed"), "{warning}");
+    assert!(
+        warning.contains("added: on the source now, not in the plan"),
+        "{warning}"
+    );
+    // Taken as it is now: the new table and column are on the target, and verified.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "stage_done" && e["stage"] == "verify-data"),
+        "{events:#?}"
+    );
+    assert_eq!(
+        s.pair.target.sql("app", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'nickname'").unwrap(),
+        "1"
+    );
+    // The copy's artefacts in the journal name the same tables.
+    let (code, stdout, _) = s.run(&["status", "--output", "json"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let copy = status["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["stage"] == "copy")
+        .unwrap();
+    let differs = &copy["artefacts"]["differs_from_plan"];
+    assert_eq!(differs.as_array().map(Vec::len), Some(2), "{copy:#}");
+    assert_ne!(
+        copy["artefacts"]["planned_fingerprint"],
+        copy["artefacts"]["copied_fingerprint"]
+    );
 }

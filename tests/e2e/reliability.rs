@@ -450,11 +450,19 @@ fn large_pair() -> PgPair {
     }
 }
 
+/// Whether a stage_failed event's error says `what`.
+fn failed_on(event: &serde_json::Value, what: &str) -> bool {
+    event["error"].as_str().is_some_and(|e| e.contains(what))
+}
+
 /// Starts `run`, waits until the copy streams data, then runs `fault`.
-fn fault_during_copy(s: &crate::support::Scenario, fault: impl FnOnce()) -> (i32, String) {
+/// Returns the exit code, the stage_failed event and stderr.
+fn fault_during_copy(s: &crate::support::Scenario, fault: impl FnOnce()) -> (i32, serde_json::Value, String) {
+    // Events go to a file: a pipe nobody reads while the run goes on could fill.
+    let events = s.dir.path().join("fault-events.jsonl");
     let child = s
-        .cutover(&["run", "--yes"])
-        .stdout(std::process::Stdio::null())
+        .cutover(&["run", "--yes", "--output", "json"])
+        .stdout(std::fs::File::create(&events).unwrap())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -490,8 +498,14 @@ fn fault_during_copy(s: &crate::support::Scenario, fault: impl FnOnce()) -> (i32
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = child.wait_with_output().unwrap();
+    let stdout = std::fs::read_to_string(&events).unwrap();
+    let failed = crate::support::events(&stdout)
+        .into_iter()
+        .find(|e| e["event"] == "stage_failed")
+        .unwrap_or(serde_json::Value::Null);
     (
         out.status.code().unwrap_or(-1),
+        failed,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
@@ -501,17 +515,14 @@ fn target_crashed_and_restarted_mid_copy_fails_clearly_and_the_rerun_converges()
     let s = crate::support::Scenario::with(large_pair(), "");
     let expected = s.source_digest();
     // A crash and restart of the target server (immediate shutdown, recovery).
-    let (code, stderr) = fault_during_copy(&s, || {
+    let (code, failed, stderr) = fault_during_copy(&s, || {
         s.pair.target.kill().unwrap();
         s.pair.target.restart().unwrap();
     });
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("stage copy failed")
-            && stderr.contains("writing to the target")
-            && stderr.contains("run the same command again"),
-        "{stderr}"
-    );
+    assert_eq!(failed["stage"], "copy", "{failed}");
+    assert!(failed_on(&failed, "writing to the target"), "{failed}");
+    assert!(stderr.contains("run the same command again"), "{stderr}");
     let (code, _, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(s.target_digest(), expected);
@@ -521,12 +532,10 @@ fn target_crashed_and_restarted_mid_copy_fails_clearly_and_the_rerun_converges()
 fn source_killed_mid_copy_fails_clearly_and_the_rerun_converges() {
     let s = crate::support::Scenario::with(large_pair(), "");
     let expected = s.source_digest();
-    let (code, stderr) = fault_during_copy(&s, || s.pair.source.kill().unwrap());
+    let (code, failed, stderr) = fault_during_copy(&s, || s.pair.source.kill().unwrap());
     assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("stage copy failed") && stderr.contains("reading from the source"),
-        "{stderr}"
-    );
+    assert_eq!(failed["stage"], "copy", "{failed}");
+    assert!(failed_on(&failed, "reading from the source"), "{failed}");
     // While it is down, a run names the source and what to check.
     let (code, _, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 1, "{stderr}");
@@ -555,12 +564,13 @@ fn target_paused_mid_copy_fails_after_the_stall_timeout() {
     );
     let expected = s.source_digest();
     let started = std::time::Instant::now();
-    let (code, stderr) = fault_during_copy(&s, || s.pair.target.pause().unwrap());
+    let (code, failed, stderr) = fault_during_copy(&s, || s.pair.target.pause().unwrap());
     s.pair.target.unpause().unwrap();
     assert_eq!(code, 1, "{stderr}");
+    assert_eq!(failed["stage"], "copy", "{failed}");
     assert!(
-        stderr.contains("the target sent or took no data for 3 s") && stderr.contains("paused"),
-        "{stderr}"
+        failed_on(&failed, "the target sent or took no data for 3 s") && failed_on(&failed, "paused"),
+        "{failed}"
     );
     assert!(
         started.elapsed() < Duration::from_secs(60),
@@ -585,15 +595,16 @@ fn network_cut_mid_copy_fails_clearly_and_the_rerun_converges() {
         "\n[options]\nstall_timeout = 3\nconnect_timeout = 5\n",
     );
     let expected = s.source_digest();
-    let (code, stderr) = fault_during_copy(&s, || s.pair.target.disconnect_network().unwrap());
+    let (code, failed, stderr) = fault_during_copy(&s, || s.pair.target.disconnect_network().unwrap());
     s.pair.target.reconnect_network().unwrap();
     assert_eq!(code, 1, "{stderr}");
     // Through docker's port proxy the cut shows as a reset connection or as
     // silence (then the stall timeout fires): either way the target is named.
+    assert_eq!(failed["stage"], "copy", "{failed}");
     assert!(
-        stderr.contains("the target sent or took no data for 3 s")
-            || stderr.contains("writing to the target"),
-        "{stderr}"
+        failed_on(&failed, "the target sent or took no data for 3 s")
+            || failed_on(&failed, "writing to the target"),
+        "{failed}"
     );
     assert!(stderr.contains("run the same command again"), "{stderr}");
     let (code, _, stderr) = s.run(&["run", "--yes"]);

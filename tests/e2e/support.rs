@@ -200,3 +200,12 @@ impl Drop for ConsumerApp {
         }
     }
 }
+
+/// The JSON events of a command run with `--output json` (one per line).
+pub fn events(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}")))
+        .collect()
+}

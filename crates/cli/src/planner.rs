@@ -7,10 +7,11 @@
 
 use std::time::Duration;
 
+use cutover_core::endpoint::Endpoint;
 use cutover_core::plan_file::{DecommissionDriver, LoadedPlan};
 use cutover_core::stage::{Plan, Stage};
 use cutover_core::{Error, Result};
-use cutover_ops::consumer::{self, preflight, servers};
+use cutover_ops::consumer::{self, Servers, preflight, servers};
 use cutover_ops::decommission::{Decommission, Source, connect};
 use cutover_ops::repoint::Repoint;
 use cutover_ops::sync::VerifySync;
@@ -21,6 +22,7 @@ use cutover_pg::copy::{Copy, CopySettings, default_jobs};
 use cutover_pg::discover::{Discover, DiscoverSettings};
 use cutover_pg::freeze::{FreezeSource, other_sessions};
 use cutover_pg::inventory::{Comparison, Inventory, compare};
+use cutover_pg::roles::CreateRoles;
 use cutover_pg::security::RoleMap;
 use cutover_pg::verify::VerifyData;
 
@@ -260,75 +262,181 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         security_note = Some(sec.summary());
     }
 
-    let run_dir = loaded.run_dir();
+    let mut repoints = vec![];
+    for reading in &readings {
+        let dest = consumer::destination(&reading.spec, &servers)?;
+        repoints.push(Repoint::new(
+            reading.clone(),
+            dest,
+            base.clone(),
+            servers.clone(),
+        )?);
+    }
+    if let Some(d) = &loaded.file.decommission
+        && d.driver == DecommissionDriver::Postgres
+        && !retired
+        && !repoints.is_empty()
+    {
+        // Quarantine renames the database: CREATEDB (or a superuser).
+        // Refused here, not half-way after connections were disallowed.
+        let (sup, createdb): (bool, bool) =
+            sqlx::query_as("SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user")
+                .fetch_one(&dbs.source_pool)
+                .await?;
+        if !sup && !createdb {
+            return Err(Error::refused(format!(
+                "[decommission] driver = \"postgres\" quarantines the source by renaming its database, and the \
+                 source user {} may not (renaming a database needs CREATEDB); nothing was changed",
+                dbs.source.user
+            ))
+            .with_hint(format!(
+                "ALTER ROLE {} CREATEDB (as a superuser or a role with CREATEROLE), or use driver = \"command\" \
+                 with your provider's tooling, or driver = \"none\"",
+                dbs.source.user
+            )));
+        }
+    }
+    let stages = assemble(Parts {
+        loaded,
+        source: &source,
+        target: &target,
+        comparison: &comparison,
+        source_endpoint: dbs.source.clone(),
+        target_endpoint: dbs.target.clone(),
+        allow_ahead,
+        jobs,
+        sessions,
+        create_roles,
+        security_note,
+        repoints,
+        servers,
+        // What was done decides what undo can do, whatever the flags now.
+        destroy: switches.destroy || state == Source::Destroyed,
+        force: switches.force,
+    })?;
+    for s in &stages {
+        let name = s.name();
+        if name.starts_with("repoint:") || name == cutover_ops::decommission::NAME {
+            warnings.extend(s.describe().warnings.iter().cloned());
+        }
+    }
+    Ok(Planned {
+        plan: Plan { stages, warnings },
+        dbs,
+    })
+}
+
+/// What the stages are made of once the databases are inspected and the
+/// consumers read: the stage objects get their settings from here, resolved
+/// once, and never read the plan file again.
+pub struct Parts<'a> {
+    pub loaded: &'a LoadedPlan,
+    pub source: &'a Inventory,
+    pub target: &'a Inventory,
+    pub comparison: &'a Comparison,
+    pub source_endpoint: Endpoint,
+    pub target_endpoint: Endpoint,
+    pub allow_ahead: bool,
+    /// Tables copied (and verified) at once.
+    pub jobs: usize,
+    /// Other sessions on the source (freeze and decommission name them).
+    pub sessions: Vec<String>,
+    pub create_roles: Option<CreateRoles>,
+    /// Owners and privileges the copy keeps, for its description.
+    pub security_note: Option<String>,
+    /// One per consumer, in the plan file's order.
+    pub repoints: Vec<Repoint>,
+    pub servers: Servers,
+    /// Destroy the source (`--destroy` with `destroy = true`, or already destroyed).
+    pub destroy: bool,
+    /// `--force`: decommission while clients remain.
+    pub force: bool,
+}
+
+/// The stages in their safe order: discover, the proven backup, the roles
+/// (before anything destructive), freeze, clear, copy, verify-data, each
+/// repoint, verify-sync, decommission.
+pub fn assemble(p: Parts<'_>) -> Result<Vec<Box<dyn Stage>>> {
+    let loaded = p.loaded;
     let options = &loaded.file.options;
     let role_map = RoleMap(loaded.file.roles.map.clone());
+    let base = consumer::base_dir(&loaded.path);
     let mut discover = Discover::new(
-        &source,
-        &target,
-        &comparison,
-        allow_ahead,
+        p.source,
+        p.target,
+        p.comparison,
+        p.allow_ahead,
         DiscoverSettings {
-            source: dbs.source.clone(),
-            target: dbs.target.clone(),
+            source: p.source_endpoint.clone(),
+            target: p.target_endpoint.clone(),
             rehearse_schema: options.rehearse_schema,
             role_map: role_map.clone(),
         },
     );
-    discover.description.details.push(journal_note(schema));
+    discover
+        .description
+        .details
+        .push(journal_note(&options.journal_schema));
     let mut stages: Vec<Box<dyn Stage>> = vec![
         Box::new(discover),
-        Box::new(BackupTarget::new(&target, &run_dir, dbs.target.clone())),
+        Box::new(BackupTarget::new(
+            p.target,
+            &loaded.run_dir(),
+            p.target_endpoint.clone(),
+        )),
     ];
     // Roles first: creating them changes no data, and a failure must come
     // before the source is frozen or the target cleared.
-    if let Some(stage) = create_roles {
+    if let Some(stage) = p.create_roles {
         stages.push(Box::new(stage));
     }
-    stages.extend::<Vec<Box<dyn Stage>>>(vec![
-        Box::new(FreezeSource::new(freeze, &dbs.source.dbname, sessions.clone())),
-        Box::new(ClearTarget::new(
-            &target,
-            &comparison.destroyed,
-            dbs.target.clone(),
-        )),
-    ]);
+    stages.push(Box::new(FreezeSource::new(
+        options.freeze_source,
+        &p.source_endpoint.dbname,
+        p.sessions.clone(),
+    )));
+    stages.push(Box::new(ClearTarget::new(
+        p.target,
+        &p.comparison.destroyed,
+        p.target_endpoint.clone(),
+    )));
     let mut copy = Copy::new(
-        &source,
-        &target,
-        CopySettings::new(options, dbs.source.clone(), dbs.target.clone(), role_map.clone()),
+        p.source,
+        p.target,
+        CopySettings::new(
+            options,
+            p.source_endpoint.clone(),
+            p.target_endpoint.clone(),
+            role_map.clone(),
+        ),
     );
-    if let Some(note) = security_note {
+    if let Some(note) = p.security_note {
         copy.description.details.insert(0, note);
     }
-    stages.extend([
-        Box::new(copy) as Box<dyn Stage>,
-        Box::new(VerifyData::new(
-            &source,
-            jobs,
-            options.split_bytes,
-            options.row_hash,
-            role_map.clone(),
-        )),
-    ]);
-    for reading in &readings {
-        let dest = consumer::destination(&reading.spec, &servers)?;
-        let stage = Repoint::new(reading.clone(), dest, base.clone(), servers.clone())?;
-        warnings.extend(stage.describe().warnings.iter().cloned());
+    stages.push(Box::new(copy));
+    stages.push(Box::new(VerifyData::new(
+        p.source,
+        p.jobs,
+        options.split_bytes,
+        options.row_hash,
+        role_map.clone(),
+    )));
+    let consumers = !p.repoints.is_empty();
+    for stage in p.repoints {
         stages.push(Box::new(stage));
     }
-    if !readings.is_empty() {
+    if consumers {
         stages.push(Box::new(VerifySync::new(
             loaded.file.consumers.clone(),
             base.clone(),
-            servers.clone(),
+            p.servers,
             role_map,
         )));
     }
     if let Some(d) = &loaded.file.decommission
         && d.driver != DecommissionDriver::None
     {
-        if readings.is_empty() {
+        if !consumers {
             return Err(Error::bad_input(format!(
                 "{}: [decommission] needs the [[consumer]] entries: the source is retired only after the sync \
                  through every consumer is proven (verify-sync). List the applications that connect to the \
@@ -336,44 +444,17 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
                 loaded.path.display()
             )));
         }
-        // What was done decides what undo can do, whatever the flags now.
-        let destroy = switches.destroy || state == Source::Destroyed;
-        if d.driver == DecommissionDriver::Postgres && !retired {
-            // Quarantine renames the database: CREATEDB (or a superuser).
-            // Refused here, not half-way after connections were disallowed.
-            let (sup, createdb): (bool, bool) =
-                sqlx::query_as("SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user")
-                    .fetch_one(&dbs.source_pool)
-                    .await?;
-            if !sup && !createdb {
-                return Err(Error::refused(format!(
-                    "[decommission] driver = \"postgres\" quarantines the source by renaming its database, and the \
-                     source user {} may not (renaming a database needs CREATEDB); nothing was changed",
-                    dbs.source.user
-                ))
-                .with_hint(format!(
-                    "ALTER ROLE {} CREATEDB (as a superuser or a role with CREATEROLE), or use driver = \"command\" \
-                     with your provider's tooling, or driver = \"none\"",
-                    dbs.source.user
-                )));
-            }
-        }
-        let stage = Decommission::new(
+        stages.push(Box::new(Decommission::new(
             d.clone(),
-            dbs.source.clone(),
-            destroy,
-            switches.force,
+            p.source_endpoint,
+            p.destroy,
+            p.force,
             base,
-            &sessions,
+            &p.sessions,
             Duration::from_secs(options.connect_timeout),
-        );
-        warnings.extend(stage.describe().warnings.iter().cloned());
-        stages.push(Box::new(stage));
+        )));
     }
-    Ok(Planned {
-        plan: Plan { stages, warnings },
-        dbs,
-    })
+    Ok(stages)
 }
 
 /// Where the journal lives and how it goes away (plan and the run's end).
@@ -420,4 +501,163 @@ async fn operator_notes(dbs: &Databases) -> Result<Vec<String>> {
         ));
     }
     Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_core::endpoint::Role;
+    use cutover_core::identity::ServerIdentity;
+    use cutover_core::plan_file::{EndpointSpec, parse};
+    use cutover_ops::conn::Destination;
+    use cutover_ops::consumer::Side;
+
+    const PLAN: &str = "[source]\nurl = \"postgresql://ops@src.internal:5433/app\"\n\
+                        [target]\nurl = \"postgresql://ops@tgt.internal/app\"\n";
+
+    fn identity(database: &str) -> ServerIdentity {
+        ServerIdentity {
+            system_identifier: "1".into(),
+            started_at: "t".into(),
+            database: database.into(),
+            database_oid: 1,
+            server_addr: String::new(),
+            server_port: 5432,
+            version: "15.18".into(),
+            version_num: 150018,
+        }
+    }
+
+    fn endpoint(role: Role, url: &str) -> Endpoint {
+        Endpoint::resolve(
+            role,
+            &EndpointSpec {
+                url: Some(url.into()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    /// The stages of `plan` (the text after [source] and [target]) for two
+    /// empty databases and no consumer.
+    fn stages(extra: &str) -> Result<Vec<Box<dyn Stage>>> {
+        let loaded = LoadedPlan {
+            path: "/plans/cutover.toml".into(),
+            file: parse(&format!("{PLAN}{extra}")).unwrap(),
+            fingerprint: String::new(),
+        };
+        let source = Inventory::empty(identity("app"));
+        let target = Inventory::empty(identity("app"));
+        let (s, t) = (
+            endpoint(Role::Source, "postgresql://ops@src.internal:5433/app"),
+            endpoint(Role::Target, "postgresql://ops@tgt.internal/app"),
+        );
+        let spec = EndpointSpec::default();
+        let servers = Servers {
+            source: Side::new(identity("app"), &s, &spec).unwrap(),
+            target: Side::new(identity("app"), &t, &spec).unwrap(),
+            target_destination: Destination {
+                host: t.host.clone(),
+                port: t.port,
+                dbname: t.dbname.clone(),
+                user: t.user.clone(),
+                password: None,
+            },
+            probe_timeout: Duration::from_secs(1),
+        };
+        assemble(Parts {
+            loaded: &loaded,
+            source: &source,
+            target: &target,
+            comparison: &Comparison::default(),
+            source_endpoint: s,
+            target_endpoint: t,
+            allow_ahead: false,
+            jobs: default_jobs(loaded.file.options.jobs),
+            sessions: vec!["10.0.0.9 app (app_rw)".into()],
+            create_roles: None,
+            security_note: Some("owners and privileges kept".into()),
+            repoints: vec![],
+            servers,
+            destroy: false,
+            force: false,
+        })
+    }
+
+    fn names(stages: &[Box<dyn Stage>]) -> Vec<String> {
+        stages.iter().map(|s| s.name()).collect()
+    }
+
+    #[test]
+    fn the_stages_come_in_their_safe_order_with_the_destructive_ones_marked() {
+        let stages = stages("").unwrap();
+        assert_eq!(
+            names(&stages),
+            [
+                "discover",
+                "backup-target",
+                "freeze-source",
+                "clear-target",
+                "copy",
+                "verify-data"
+            ]
+        );
+        let destructive: Vec<String> = stages
+            .iter()
+            .filter(|s| s.describe().destructive)
+            .map(|s| s.name())
+            .collect();
+        assert_eq!(destructive, ["freeze-source", "clear-target", "copy"]);
+        // The journal's note goes to discover, the security note to the copy.
+        assert!(
+            stages[0]
+                .describe()
+                .details
+                .last()
+                .unwrap()
+                .contains("schema cutover")
+        );
+        assert_eq!(stages[4].describe().details[0], "owners and privileges kept");
+    }
+
+    #[test]
+    fn the_plans_options_are_resolved_into_the_stages() {
+        let stages =
+            stages("[options]\njobs = 3\nfreeze_source = false\njournal_schema = \"cutover_log\"\n").unwrap();
+        let copy = stages[4].describe();
+        assert!(copy.summary.contains("3 tables at a time"), "{}", copy.summary);
+        let freeze = stages[2].describe();
+        assert!(!freeze.destructive);
+        assert!(
+            freeze.summary.starts_with("freezing is off"),
+            "{}",
+            freeze.summary
+        );
+        assert!(
+            stages[0]
+                .describe()
+                .details
+                .last()
+                .unwrap()
+                .contains("schema cutover_log")
+        );
+    }
+
+    #[test]
+    fn decommission_without_consumers_is_refused_naming_the_plan() {
+        let err = stages("[decommission]\ndriver = \"docker\"\ncontainer = \"old-db\"\n")
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind, cutover_core::ErrorKind::BadInput);
+        assert!(
+            err.message
+                .starts_with("/plans/cutover.toml: [decommission] needs the [[consumer]] entries"),
+            "{}",
+            err.message
+        );
+        // driver = "none" retires nothing, so it needs no consumer.
+        let stages = stages("[decommission]\ndriver = \"none\"\n").unwrap();
+        assert_eq!(stages.len(), 6);
+    }
 }
