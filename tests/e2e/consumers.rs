@@ -148,10 +148,9 @@ fn seed_consumers_doctor_repoint_sync_quarantine_and_rollback() {
     let (code, stdout, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     for name in ["production", "secrets", "staging", "dashboard", "backups"] {
-        assert!(
-            stderr.contains(&format!("consumer {name} sees the sentinel")),
-            "{name}:\n{stderr}"
-        );
+        let proof = s.sync_proof(name);
+        assert_eq!(proof["sees_sentinel"], true, "{proof}");
+        assert_eq!(proof["points_at"], "target", "{proof}");
     }
 
     // Only the connection changed, in each file's own form.

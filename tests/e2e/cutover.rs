@@ -55,9 +55,9 @@ fn seed_cutover_plan_run_verify_rerun_rollback() {
     let (code, _, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
     // The target had tables: its backup is proven by a restore that counts them.
-    assert!(
-        stderr.contains("proven by a restore into a scratch database: 13 tables, 6 rows match"),
-        "{stderr}"
+    assert_eq!(
+        s.artefacts("backup-target")["proof"],
+        "proven by a restore into a scratch database: 13 tables, 6 rows match"
     );
     // The target now holds exactly the source's data (independent digest).
     assert_eq!(s.target_digest(), source_before);
@@ -218,9 +218,12 @@ fn tricky_schema_copies_exactly_and_verify_localises_a_change() {
     let (code, _, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
     // An empty target: its backup is read back whole, no scratch database.
+    let proof = s.artefacts("backup-target")["proof"].clone();
     assert!(
-        stderr.contains("the target holds no tables: proven by reading the whole archive back"),
-        "{stderr}"
+        proof.as_str().is_some_and(
+            |p| p.starts_with("the target holds no tables: proven by reading the whole archive back")
+        ),
+        "{proof}"
     );
     assert_eq!(s.target_digest(), s.source_digest());
     assert_eq!(

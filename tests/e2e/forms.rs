@@ -219,22 +219,19 @@ fn every_configuration_form_is_scanned_repointed_and_restored() {
     let (code, stdout, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     for name in NAMES {
-        assert!(
-            stderr.contains(&format!("consumer {name} sees the sentinel")),
-            "{name}:\n{stderr}"
-        );
+        let proof = s.sync_proof(name);
+        assert_eq!(proof["sees_sentinel"], true, "{proof}");
+        assert_eq!(proof["points_at"], "target", "{proof}");
     }
     // The service file holds no password: the proof says how it logged in.
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("consumer reports sees the sentinel"))
-        .unwrap();
+    let proof = s.sync_proof("reports");
+    let login = proof["login"].as_str().unwrap_or_default();
     assert!(
-        line.contains(&format!(
+        login.starts_with(&format!(
             "the file holds no password: logged in as {} with the plan's password",
             tgt.user()
         )),
-        "{line}"
+        "{proof}"
     );
     // Each file is exactly what the application would have written for the
     // target: only the port and password changed, in each form's syntax.

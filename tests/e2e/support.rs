@@ -82,6 +82,32 @@ impl Scenario {
 
     /// Runs cutover and returns (exit code, stdout, stderr), asserting that
     /// neither password appears in the output.
+    /// A stage's artefacts in the latest run, as `status --output json`
+    /// shows them (what the stage recorded in the journal).
+    pub fn artefacts(&self, stage: &str) -> serde_json::Value {
+        let (code, stdout, stderr) = self.run(&["status", "--output", "json"]);
+        assert_eq!(code, 0, "{stderr}");
+        let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        status["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == stage)
+            .unwrap_or_else(|| panic!("no stage {stage} in {stdout}"))["artefacts"]
+            .clone()
+    }
+
+    /// verify-sync's proof for one consumer.
+    pub fn sync_proof(&self, consumer: &str) -> serde_json::Value {
+        self.artefacts("verify-sync")["consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["consumer"] == consumer)
+            .unwrap_or_else(|| panic!("verify-sync did not probe {consumer}"))
+            .clone()
+    }
+
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
         let (out, stdout, stderr) = output(&mut self.cutover(args));
         for pw in [self.pair.source.password(), self.pair.target.password()] {

@@ -186,11 +186,7 @@ async fn run_stage(ctx: &RunContext, stage: &dyn crate::stage::Stage) -> Result<
             ctx.emit(Event::StageDone {
                 stage: name,
                 seconds: t0.elapsed().as_secs_f64(),
-                summary: artefacts
-                    .get("summary")
-                    .and_then(|s| s.as_str())
-                    .unwrap_or_default()
-                    .to_string(),
+                summary: crate::journal::summary_of(&artefacts),
             });
             Ok(())
         }

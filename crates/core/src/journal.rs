@@ -315,13 +315,7 @@ impl StageState {
     pub fn detail(&self) -> String {
         self.error
             .clone()
-            .or_else(|| {
-                self.artefacts
-                    .as_ref()
-                    .and_then(|a| a.get("summary"))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-            })
+            .or_else(|| self.artefacts.as_ref().map(summary_of))
             .unwrap_or_default()
     }
 
@@ -330,6 +324,14 @@ impl StageState {
         self.last_started_at
             .map(|s| (self.at - s).num_milliseconds() as f64 / 1000.0)
     }
+}
+
+/// The summary every stage's artefacts carry.
+pub fn summary_of(artefacts: &serde_json::Value) -> String {
+    use crate::artefacts::{Artefacts, Summary};
+    Summary::from_value(artefacts)
+        .map(|s| s.summary)
+        .unwrap_or_default()
 }
 
 pub fn quote_ident(s: &str) -> String {

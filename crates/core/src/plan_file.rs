@@ -182,6 +182,12 @@ struct RawConsumer {
     health_expect: Option<String>,
     /// Seconds the reload and the health probes may take (default 60).
     timeout: Option<u64>,
+    /// pgbouncer: the admin console (`postgresql://admin@host:6432/pgbouncer`).
+    admin_url: Option<String>,
+    /// pgbouncer: an environment variable holding the admin console's URL.
+    admin_url_env: Option<String>,
+    /// pgbouncer: seconds `PAUSE` may take before it is abandoned (default 10).
+    pause_timeout: Option<u64>,
 }
 
 /// An application that connects to a database: where its connection is
@@ -233,6 +239,36 @@ pub enum ConsumerConfig {
     /// `get` prints the connection on stdout; `set` stores the one given
     /// in `$CUTOVER_VALUE`.
     Command { get: String, set: String },
+    /// A `[databases]` entry of a PgBouncer configuration, switched through
+    /// its admin console: `PAUSE`, rewrite, `RELOAD`, `RESUME`.
+    Pgbouncer {
+        path: PathBuf,
+        /// The entry's name (what the applications ask PgBouncer for).
+        database: String,
+        admin: AdminConsole,
+        /// Seconds `PAUSE` may take before it is abandoned.
+        pause_timeout: u64,
+    },
+}
+
+/// Where PgBouncer's admin console is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminConsole {
+    Url(String),
+    /// An environment variable holding the URL.
+    Env(String),
+}
+
+impl AdminConsole {
+    /// The console's URL, or a message naming what is missing.
+    pub fn url(&self) -> std::result::Result<String, String> {
+        match self {
+            AdminConsole::Url(u) => Ok(u.clone()),
+            AdminConsole::Env(var) => std::env::var(var).map_err(|_| {
+                format!("admin_url_env names {var}, which is not set in this environment; export it")
+            }),
+        }
+    }
 }
 
 /// The kinds of files of keys.
@@ -256,6 +292,7 @@ impl ConsumerConfig {
                 KeyedKind::Python => ConsumerKind::Python,
             },
             ConsumerConfig::PgService { .. } => ConsumerKind::PgService,
+            ConsumerConfig::Pgbouncer { .. } => ConsumerKind::Pgbouncer,
             ConsumerConfig::Text { .. } => ConsumerKind::Text,
             ConsumerConfig::Command { .. } => ConsumerKind::Command,
         }
@@ -266,6 +303,7 @@ impl ConsumerConfig {
         match self {
             ConsumerConfig::Keyed { path, .. }
             | ConsumerConfig::PgService { path, .. }
+            | ConsumerConfig::Pgbouncer { path, .. }
             | ConsumerConfig::Text { path } => Some(path),
             ConsumerConfig::Command { .. } => None,
         }
@@ -306,6 +344,16 @@ impl TryFrom<RawConsumer> for ConsumerSpec {
                 service: c.key.clone().expect("validated: pg_service has a key"),
             },
             ConsumerKind::Text => ConsumerConfig::Text { path: path() },
+            ConsumerKind::Pgbouncer => ConsumerConfig::Pgbouncer {
+                path: path(),
+                database: c.key.clone().expect("validated: pgbouncer has a key"),
+                admin: match (&c.admin_url, &c.admin_url_env) {
+                    (Some(u), _) => AdminConsole::Url(u.clone()),
+                    (None, Some(v)) => AdminConsole::Env(v.clone()),
+                    (None, None) => unreachable!("validated: pgbouncer has an admin console"),
+                },
+                pause_timeout: c.pause_timeout.unwrap_or(10),
+            },
             ConsumerKind::Command => ConsumerConfig::Command {
                 get: c.get.clone().expect("validated: command has get"),
                 set: c.set.clone().expect("validated: command has set"),
@@ -375,6 +423,9 @@ pub enum ConsumerKind {
     Python,
     /// A connection service file (`pg_service.conf`): `key` names the service.
     PgService,
+    /// PgBouncer's configuration (`pgbouncer.ini`): `key` names the
+    /// `[databases]` entry; switched through the admin console.
+    Pgbouncer,
     Text,
     Command,
 }
@@ -590,6 +641,33 @@ fn validate_consumer(c: &RawConsumer) -> std::result::Result<(), String> {
                 return unused("key");
             }
         }
+        ConsumerKind::Pgbouncer => {
+            if c.path.is_none() {
+                return missing("path");
+            }
+            if c.key.is_none() {
+                return missing("key");
+            }
+            match (&c.admin_url, &c.admin_url_env) {
+                (None, None) => {
+                    return Err(format!(
+                        "[[consumer]] {name:?} (kind = \"pgbouncer\") needs `admin_url` or `admin_url_env`: the \
+                         entry is switched through PgBouncer's admin console (PAUSE, RELOAD, RESUME)"
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "[[consumer]] {name:?}: give `admin_url` or `admin_url_env`, not both"
+                    ));
+                }
+                _ => {}
+            }
+            if c.pause_timeout == Some(0) {
+                return Err(format!(
+                    "[[consumer]] {name:?}: pause_timeout must be at least 1 second"
+                ));
+            }
+        }
         ConsumerKind::Command => {
             if c.get.is_none() {
                 return missing("get");
@@ -599,7 +677,7 @@ fn validate_consumer(c: &RawConsumer) -> std::result::Result<(), String> {
             }
         }
     }
-    if !c.kind.is_keyed() && !c.keys.is_empty() {
+    if (!c.kind.is_keyed() || c.kind == ConsumerKind::Pgbouncer) && !c.keys.is_empty() {
         return unused("keys");
     }
     if c.encoding.is_some()
@@ -612,6 +690,11 @@ fn validate_consumer(c: &RawConsumer) -> std::result::Result<(), String> {
     }
     if c.kind != ConsumerKind::Command && (c.get.is_some() || c.set.is_some()) {
         return unused("get/set");
+    }
+    if c.kind != ConsumerKind::Pgbouncer
+        && (c.admin_url.is_some() || c.admin_url_env.is_some() || c.pause_timeout.is_some())
+    {
+        return unused("admin_url/admin_url_env/pause_timeout");
     }
     if c.health_expect.is_some() && c.health_url.is_none() {
         return Err(format!("[[consumer]] {name:?}: health_expect needs health_url"));

@@ -136,6 +136,22 @@ const LIBPQ_KEYWORDS: &[&str] = &[
     "keepalives",
 ];
 
+/// Keys PgBouncer's `[databases]` entries may carry beside libpq's: kept in
+/// the text, never passed to a connection.
+const PGBOUNCER_KEYWORDS: &[&str] = &[
+    "pool_size",
+    "min_pool_size",
+    "reserve_pool",
+    "max_db_connections",
+    "pool_mode",
+    "auth_user",
+    "auth_dbname",
+    "client_encoding",
+    "datestyle",
+    "timezone",
+    "connect_query",
+];
+
 impl ConnString {
     /// Parses a URL or a keyword string; `None` when it is neither.
     pub fn parse(text: &str) -> Option<ConnString> {
@@ -543,7 +559,9 @@ fn parse_keywords(text: &str) -> Option<Vec<(String, String)>> {
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
         }
-        if chars.next() != Some('=') || !LIBPQ_KEYWORDS.contains(&key.as_str()) {
+        if chars.next() != Some('=')
+            || !(LIBPQ_KEYWORDS.contains(&key.as_str()) || PGBOUNCER_KEYWORDS.contains(&key.as_str()))
+        {
             return None;
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
@@ -570,7 +588,11 @@ fn parse_keywords(text: &str) -> Option<Vec<(String, String)>> {
         }
         pairs.push((key, value));
     }
-    (!pairs.is_empty()).then_some(pairs)
+    // A connection names at least one of libpq's own keys.
+    pairs
+        .iter()
+        .any(|(k, _)| LIBPQ_KEYWORDS.contains(&k.as_str()))
+        .then_some(pairs)
 }
 
 /// `Key=value;Key="quoted; value";…` as DbConnectionStringBuilder reads it;

@@ -260,7 +260,9 @@ pub async fn read(spec: &ConsumerSpec, base: &Path, servers: &Servers) -> Result
                 conn,
             )]
         }
-        ConsumerConfig::Keyed { .. } | ConsumerConfig::PgService { .. } => {
+        ConsumerConfig::Keyed { .. }
+        | ConsumerConfig::PgService { .. }
+        | ConsumerConfig::Pgbouncer { .. } => {
             vec![keyed(spec, &content, &shown_path)?]
         }
     };
@@ -324,8 +326,10 @@ fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Pa
     let (key, keys, encoding) = match &spec.config {
         ConsumerConfig::Keyed {
             key, keys, encoding, ..
-        } => (key.as_ref(), keys, *encoding),
-        ConsumerConfig::PgService { service, .. } => (Some(service), &no_keys, None),
+        } => (key.clone(), keys, *encoding),
+        ConsumerConfig::PgService { service, .. } => (Some(service.clone()), &no_keys, None),
+        // The `[databases]` entry holds the whole connection.
+        ConsumerConfig::Pgbouncer { database, .. } => (Some(format!("databases.{database}")), &no_keys, None),
         ConsumerConfig::Text { .. } | ConsumerConfig::Command { .. } => (None, &no_keys, None),
     };
     let lookup = |key: &str, fix: &str| -> Result<Option<Occurrence>> {
@@ -377,7 +381,7 @@ fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Pa
             ));
         }
     } else {
-        if let Some(key) = key
+        if let Some(key) = &key
             && let Some(occ) = lookup(key, "`key`")?
         {
             let conn = parse_connection(spec, &occ, key)?;
@@ -737,6 +741,22 @@ pub async fn preflight(loaded: &LoadedPlan, servers: &Servers) -> Result<Vec<Rea
                 return fail(format!(
                     "its {what} command `{}` cannot be found; fix `{what}` in the plan file",
                     cmd.split_whitespace().next().unwrap_or_default()
+                ));
+            }
+        }
+        if let ConsumerConfig::Pgbouncer { database, admin, .. } = &spec.config {
+            // The console must answer and know the entry before anything changes.
+            let console =
+                crate::pgbouncer::Console::new(&admin.url().map_err(|e| consumer_error(spec, e))?).await?;
+            if console
+                .entry(database)
+                .await
+                .map_err(|e| e.context(format!("consumer {}", spec.name)))?
+                .is_none()
+            {
+                return fail(format!(
+                    "PgBouncer's admin console lists no database {database:?} (SHOW DATABASES); fix `key`, or \
+                     RELOAD PgBouncer if its file was changed by hand"
                 ));
             }
         }

@@ -9,6 +9,7 @@ pub mod decommission;
 pub mod files;
 pub mod hooks;
 pub mod locate;
+pub mod pgbouncer;
 pub mod repoint;
 pub mod scan;
 pub mod sync;

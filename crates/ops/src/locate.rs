@@ -115,7 +115,10 @@ pub fn leaves(kind: ConsumerKind, text: &str) -> Result<Vec<Leaf>, String> {
         ConsumerKind::Json => json_leaves(text),
         ConsumerKind::Properties => Ok(properties_leaves(text)),
         ConsumerKind::Python => Ok(python_leaves(text)),
-        ConsumerKind::PgService => Ok(pg_service_leaves(text)),
+        // pgbouncer.ini: `[databases]` entries are `name = connection`.
+        ConsumerKind::PgService => Ok(ini_leaves(text, Quoting::Bare)),
+        // The rest of the line is the value: a connection string with blanks.
+        ConsumerKind::Pgbouncer => Ok(ini_leaves(text, Quoting::Raw)),
         ConsumerKind::Text | ConsumerKind::Command => Err("not a keyed file".into()),
     }
 }
@@ -562,7 +565,7 @@ fn properties_leaves(text: &str) -> Vec<Leaf> {
 
 /// `[service]` sections of a connection service file, each `key=value`
 /// line at `service.key`.
-fn pg_service_leaves(text: &str) -> Vec<Leaf> {
+fn ini_leaves(text: &str, quoting: Quoting) -> Vec<Leaf> {
     let mut found = vec![];
     let mut section: Option<String> = None;
     let mut offset = 0;
@@ -571,7 +574,7 @@ fn pg_service_leaves(text: &str) -> Vec<Leaf> {
         offset += raw.len();
         let line = raw.trim_end_matches(['\n', '\r']);
         let body = line.trim();
-        if body.is_empty() || body.starts_with('#') {
+        if body.is_empty() || body.starts_with(['#', ';']) {
             continue;
         }
         if let Some(name) = body.strip_prefix('[').and_then(|b| b.strip_suffix(']')) {
@@ -591,7 +594,7 @@ fn pg_service_leaves(text: &str) -> Vec<Leaf> {
                 start,
                 end: line_start + end_in_line,
                 value: value.to_string(),
-                quoting: Quoting::Bare,
+                quoting,
                 pgpass: false,
             },
         ));

@@ -12,7 +12,7 @@ use cutover_core::artefacts::Artefacts;
 use cutover_core::endpoint::redact_text;
 use cutover_core::event::Event;
 use cutover_core::journal::{Item, ItemKey};
-use cutover_core::plan_file::ConsumerConfig;
+use cutover_core::plan_file::{ConsumerConfig, ConsumerKind};
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,9 @@ pub struct RepointResult {
     pub backup: Option<String>,
     pub backup_sha256: Option<String>,
     pub probe: Probe,
+    /// PgBouncer: how long its database was paused for the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_millis: Option<u64>,
 }
 
 cutover_core::artefacts!(RepointResult);
@@ -108,6 +111,9 @@ impl Repoint {
             ConsumerConfig::Text { .. } => format!("{file} (text)"),
             ConsumerConfig::PgService { service, .. } => {
                 format!("service [{service}] in {file} (pg_service)")
+            }
+            ConsumerConfig::Pgbouncer { database, .. } => {
+                format!("[databases] {database} in {file} (pgbouncer)")
             }
             ConsumerConfig::Keyed { key, keys, .. } => {
                 let keys: Vec<&str> = key
@@ -189,9 +195,40 @@ impl Repoint {
         Duration::from_secs(self.reading.spec.timeout.unwrap_or(60))
     }
 
-    /// Writes `content` where the consumer keeps its connection.
-    async fn store(&self, content: &str) -> Result<()> {
+    /// Writes `content` where the consumer keeps its connection; for a
+    /// PgBouncer entry, between `PAUSE` and `RELOAD`/`RESUME` (returns how
+    /// long the pause lasted).
+    async fn store(&self, content: &str) -> Result<Option<Duration>> {
         let spec = &self.reading.spec;
+        if let (
+            ConsumerConfig::Pgbouncer {
+                database,
+                admin,
+                pause_timeout,
+                ..
+            },
+            Some(path),
+        ) = (&spec.config, &self.reading.path)
+        {
+            let console = crate::pgbouncer::Console::new(&admin.url().map_err(Error::bad_input)?).await?;
+            let wanted = pgbouncer_entry(content, database);
+            let paused = console
+                .switch(
+                    database,
+                    Duration::from_secs(*pause_timeout),
+                    || files::replace_atomically(path, content.as_bytes()),
+                    |e| {
+                        wanted.as_ref().is_none_or(|c| {
+                            e.host == c.host()
+                                && e.port == c.port()
+                                && c.dbname().is_none_or(|d| d == e.database)
+                        })
+                    },
+                )
+                .await
+                .map_err(|e| e.context(format!("consumer {}", spec.name)))?;
+            return Ok(Some(paused));
+        }
         match (&spec.config, &self.reading.path) {
             (ConsumerConfig::Command { set, .. }, _) => hooks::run_command(
                 "the set command",
@@ -201,8 +238,8 @@ impl Repoint {
                 self.timeout(),
             )
             .await
-            .map(|_| ()),
-            (_, Some(path)) => files::replace_atomically(path, content.as_bytes()),
+            .map(|_| None),
+            (_, Some(path)) => files::replace_atomically(path, content.as_bytes()).map(|_| None),
             _ => Err(Error::failure("consumer has no path")),
         }
     }
@@ -274,6 +311,7 @@ impl Stage for Repoint {
         let spec = &self.reading.spec;
         let backup = self.backup_path(ctx);
         let now = consumer::read(spec, &self.base, &self.servers).await?;
+        let mut paused = None;
         match now.points_at() {
             Which::Target if !backup.exists() => {
                 let probe = self.reload_and_probe_readonly(ctx).await?;
@@ -284,11 +322,17 @@ impl Stage for Repoint {
                     backup: None,
                     backup_sha256: None,
                     probe,
+                    pause_millis: None,
                 }
                 .to_value());
             }
-            // Written by an earlier attempt of this run: finish reload and health.
-            Which::Target => {}
+            // Written by an earlier attempt of this run: finish reload and
+            // health (PgBouncer: load the file, which may not have happened).
+            Which::Target => {
+                if spec.kind() == ConsumerKind::Pgbouncer {
+                    paused = self.store(&now.content).await?;
+                }
+            }
             Which::Source => {
                 if !backup.exists() {
                     files::write_private(&backup, now.content.as_bytes())?;
@@ -304,7 +348,7 @@ impl Stage for Repoint {
                     )
                     .await?;
                 let new = now.rewritten(&consumer::destination(spec, &self.servers)?)?;
-                self.store(&new).await?;
+                paused = self.store(&new).await?;
             }
             Which::Other => {
                 return Err(Error::failure(format!(
@@ -323,6 +367,7 @@ impl Stage for Repoint {
             backup: Some(backup.display().to_string()),
             backup_sha256: Some(files::sha256(&bytes)),
             probe,
+            pause_millis: paused.map(|d| d.as_millis() as u64),
         }
         .to_value())
     }
@@ -344,16 +389,15 @@ impl Stage for Repoint {
             .stage_states(ctx.run_id)
             .await?
             .get(&name)
-            .and_then(|st| st.artefacts.clone());
-        let recorded_sha = recorded
-            .as_ref()
-            .and_then(|a| a["backup_sha256"].as_str().map(str::to_string));
+            .and_then(|st| st.artefacts.as_ref())
+            .and_then(|a| RepointResult::from_value(a).ok());
+        let recorded_sha = recorded.as_ref().and_then(|a| a.backup_sha256.clone());
         if !backup.exists() {
-            if let Some(a) = &recorded
-                && a["changed"].as_bool() == Some(true)
-            {
+            if recorded.as_ref().is_some_and(|a| a.changed) {
                 return Err(Error::failure(format!(
-                    "the journal records a backup of {} at {}, but it is missing (was the run started on another                      machine, or the run directory moved?); put it back, or restore the consumer's configuration by                      hand and re-run with --force",
+                    "the journal records a backup of {} at {}, but it is missing (was the run started on another \
+                     machine, or the run directory moved?); put it back, or restore the consumer's configuration by \
+                     hand and re-run with --force",
                     spec.name,
                     backup.display()
                 )));
@@ -385,7 +429,8 @@ impl Stage for Repoint {
             && files::sha256(&bytes) != sha
         {
             return Err(Error::failure(format!(
-                "the backup {} does not match the sha256 the journal recorded: it was changed since; nothing was                  restored",
+                "the backup {} does not match the sha256 the journal recorded: it was changed since; nothing was \
+                 restored",
                 backup.display()
             )));
         }
@@ -423,4 +468,11 @@ impl Repoint {
             }),
         }
     }
+}
+
+/// The connection a PgBouncer file's `[databases]` entry `name` holds.
+fn pgbouncer_entry(content: &str, name: &str) -> Option<crate::conn::ConnString> {
+    let leaves = crate::locate::leaves(ConsumerKind::Pgbouncer, content).ok()?;
+    let occ = crate::locate::find(&leaves, &format!("databases.{name}")).ok()??;
+    crate::conn::ConnString::parse(&occ.value)
 }

@@ -13,12 +13,14 @@ mod binaries;
 mod docker;
 mod fixtures;
 mod local;
+mod pgbouncer;
 mod psql;
 mod server;
 mod tls;
 
 pub use binaries::{bindir_major, pg_bindir, pg_bindir_for};
 pub use fixtures::Fixture;
+pub use pgbouncer::{ADMIN_USER, CLIENT_USER, PgBouncer, pgbouncer_bin};
 pub use psql::{TableDigest, digest_database};
 pub use server::{Backend, PgPair, PgServer, ServerOptions};
 pub use tls::{ServerCert, TestCa};

@@ -236,7 +236,7 @@ impl Drop for LocalServer {
 
 /// The uid and gid to run the server as: `None` when not root, the `postgres`
 /// user's when root.
-fn server_owner() -> Result<Option<(u32, u32)>> {
+pub(crate) fn server_owner() -> Result<Option<(u32, u32)>> {
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
     }
@@ -257,7 +257,7 @@ fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {
         .with_context(|| format!("failed to chown {}", path.display()))
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("failed to find a free port")?;
     Ok(listener.local_addr()?.port())
 }
