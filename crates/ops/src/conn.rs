@@ -796,6 +796,19 @@ mod tests {
     }
 
     #[test]
+    fn pgbouncer_entries_keep_their_own_keys_and_the_probe_drops_them() {
+        let c = ConnString::parse("host=10.0.0.5 port=5432 dbname=app pool_size=20 pool_mode=transaction")
+            .unwrap();
+        assert_eq!(
+            c.rewrite(&dest(None)),
+            "host=db.example port=6432 dbname=TovPlay pool_size=20 pool_mode=transaction"
+        );
+        assert!(!c.to_url().contains("pool"), "{}", c.to_url());
+        // PgBouncer's keys alone name no database.
+        assert!(ConnString::parse("pool_size=20").is_none());
+    }
+
+    #[test]
     fn jdbc_urls_keep_their_form_and_never_get_userinfo() {
         let c =
             ConnString::parse("jdbc:postgresql://postgres:5432/app?user=app&password=old&ssl=false").unwrap();

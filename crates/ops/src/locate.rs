@@ -743,6 +743,14 @@ mod tests {
         assert_eq!((&t[o.start..o.end], o.line), ("h1", 2));
         assert_eq!(find(&l, "b.host").unwrap().unwrap().value, "h2");
         assert!(find(&l, "b.dbname").unwrap().is_none());
+
+        // pgbouncer.ini: ';' comments, the rest of the line is the value.
+        let t = ";; deployed\n[databases]\napp = host=h port=5432 dbname=app pool_size=5\n[pgbouncer]\nlisten_port = 6432\n";
+        let l = leaves(ConsumerKind::Pgbouncer, t).unwrap();
+        let o = find(&l, "databases.app").unwrap().unwrap();
+        assert_eq!(o.value, "host=h port=5432 dbname=app pool_size=5");
+        assert_eq!(o.quoting, Quoting::Raw);
+        assert_eq!(o.line, 3);
     }
 
     #[test]
