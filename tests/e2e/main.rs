@@ -8,6 +8,7 @@ mod cutover;
 mod engine;
 mod forms;
 mod kit;
+mod online;
 mod pgbouncer;
 mod production;
 mod reliability;

@@ -69,6 +69,9 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
             .map_err(|e| e.context(format!("inspecting the source {} ({privileges})", dbs.source)))
     };
     let (target, source) = tokio::try_join!(read_target, read_source)?;
+    if loaded.file.options.mode == cutover_core::plan_file::Mode::Online {
+        return Err(online_refused(&dbs, schema, retired).await);
+    }
     let mut warnings = vec![];
     let (source, comparison) = if let Some(mut source) = source {
         // Exact where the two are compared (row differences, the direction
@@ -455,6 +458,29 @@ pub fn assemble(p: Parts<'_>) -> Result<Vec<Box<dyn Stage>>> {
         )));
     }
     Ok(stages)
+}
+
+/// `mode = "online"`: what the servers need for it, then a refusal (its
+/// stages are not in this version). Nothing was changed.
+async fn online_refused(dbs: &Databases, schema: &str, retired: bool) -> Error {
+    let findings = if retired {
+        vec!["the source was retired by this plan's run".to_string()]
+    } else {
+        match cutover_pg::online::readiness(&dbs.source_pool, &dbs.target_pool, schema).await {
+            Ok(r) => r.lines(),
+            Err(e) => vec![format!("the servers could not be read for it: {}", e.message)],
+        }
+    };
+    Error::new(
+        cutover_core::ErrorKind::NotImplemented,
+        format!(
+            "options.mode = \"online\": the online cutover (logical replication, a write pause of seconds, \
+             reverse replication) is not in this version; nothing was changed. What the servers need for it, \
+             read now:\n  - {}",
+            findings.join("\n  - ")
+        ),
+    )
+    .with_hint("remove options.mode (or set it to \"offline\") to cut over with the source read-only during the copy")
 }
 
 /// Where the journal lives and how it goes away (plan and the run's end).

@@ -108,10 +108,23 @@ pub struct Options {
     /// both servers are PostgreSQL 14 or later) or `text` (every row's text
     /// form, any version; slower).
     pub row_hash: RowHashChoice,
+    /// `offline` (the source read-only for the whole copy) or `online`
+    /// (logical replication; not in this version: the plan reports what the
+    /// servers need for it and refuses).
+    pub mode: Mode,
     /// discover restores the source's schema into a scratch database on the
     /// target server before anything destructive (false: the copy finds a
     /// schema the target cannot recreate only after clear-target).
     pub rehearse_schema: bool,
+}
+
+/// `options.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Offline,
+    Online,
 }
 
 /// `options.row_hash`.
@@ -138,6 +151,7 @@ impl Default for Options {
             build_memory_mb: 1024,
             stall_timeout: 300,
             row_hash: RowHashChoice::Auto,
+            mode: Mode::Offline,
             analyze_bytes: 8 << 20,
             rehearse_schema: true,
         }

@@ -9,6 +9,7 @@ pub mod copy;
 pub mod discover;
 pub mod freeze;
 pub mod inventory;
+pub mod online;
 pub mod roles;
 pub mod security;
 pub mod target_objects;

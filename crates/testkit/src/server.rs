@@ -57,6 +57,8 @@ pub struct ServerOptions {
     pub tls: Option<crate::ServerCert>,
     /// The language of the server's messages (`de_DE.UTF-8`).
     pub lc_messages: Option<String>,
+    /// `wal_level = logical`, as logical replication needs.
+    pub logical: bool,
 }
 
 /// The superuser the kit creates on every server.

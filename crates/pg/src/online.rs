@@ -1,0 +1,191 @@
+//! Online readiness: what PostgreSQL's logical replication needs from both
+//! servers before an online cutover can start (`mode = "online"`), read
+//! without changing anything. Each problem is named with its fix.
+//!
+//! The online mode's stages (replicate, switch) are not in this version:
+//! the planner reports these findings and refuses the mode, so that an
+//! operator preparing one learns what to change on the servers first.
+
+use cutover_core::Result;
+use sqlx::PgPool;
+
+/// One thing that stops an online cutover, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub what: String,
+    pub fix: String,
+}
+
+/// What replication would need and what it would not carry.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    pub problems: Vec<Problem>,
+    /// What replication does not carry, which the switch would copy itself.
+    pub notes: Vec<String>,
+}
+
+/// Transactions holding an xid longer than this delay creating a slot.
+const OLD_TRANSACTION_SECS: i64 = 60;
+
+/// Reads both servers' settings, roles and tables.
+pub async fn readiness(source: &PgPool, target: &PgPool, journal_schema: &str) -> Result<Readiness> {
+    let mut r = Readiness::default();
+    for (side, pool) in [("source", source), ("target", target)] {
+        let wal_level: String = sqlx::query_scalar("SELECT current_setting('wal_level')")
+            .fetch_one(pool)
+            .await?;
+        if wal_level != "logical" {
+            r.problems.push(Problem {
+                what: format!(
+                    "the {side} has wal_level = {wal_level}{}",
+                    if side == "target" {
+                        " (the reverse stream, which keeps the source current for a rollback, starts there)"
+                    } else {
+                        ""
+                    }
+                ),
+                fix: format!("ALTER SYSTEM SET wal_level = logical on the {side}, then restart it"),
+            });
+        }
+        let (slots, used_slots, senders, used_senders): (i32, i64, i32, i64) = sqlx::query_as(
+            "SELECT current_setting('max_replication_slots')::int, (SELECT count(*) FROM pg_replication_slots), \
+                    current_setting('max_wal_senders')::int, (SELECT count(*) FROM pg_stat_replication)",
+        )
+        .fetch_one(pool)
+        .await?;
+        if i64::from(slots) <= used_slots {
+            r.problems.push(Problem {
+                what: format!("the {side} has no free replication slot ({used_slots} of {slots} in use)"),
+                fix: format!("raise max_replication_slots on the {side} (restart), or drop an unused slot"),
+            });
+        }
+        if i64::from(senders) <= used_senders {
+            r.problems.push(Problem {
+                what: format!("the {side} has no free WAL sender ({used_senders} of {senders} in use)"),
+                fix: format!("raise max_wal_senders on the {side} (restart)"),
+            });
+        }
+    }
+    // The slot is created over a replication connection by the source's
+    // user; on PostgreSQL 15 only a superuser may CREATE SUBSCRIPTION.
+    let (s_super, s_repl): (bool, bool) =
+        sqlx::query_as("SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(source)
+            .await?;
+    if !s_super && !s_repl {
+        r.problems.push(Problem {
+            what: "the source user may not open a replication connection (neither REPLICATION nor superuser)".into(),
+            fix: "ALTER ROLE <source user> REPLICATION on the source (and a pg_hba.conf line for replication)".into(),
+        });
+    }
+    let (t_super, t_version): (bool, i32) = sqlx::query_as(
+        "SELECT rolsuper, current_setting('server_version_num')::int FROM pg_roles WHERE rolname = current_user",
+    )
+    .fetch_one(target)
+    .await?;
+    if !t_super && t_version < 160000 {
+        r.problems.push(Problem {
+            what: "the target user is not a superuser, and on PostgreSQL 15 only a superuser may CREATE SUBSCRIPTION"
+                .into(),
+            fix: "run the online cutover as a superuser of the target (16 and later: a member of \
+                  pg_create_subscription)"
+                .into(),
+        });
+    }
+    // A published table without a key makes the source refuse the
+    // applications' UPDATE and DELETE on it.
+    let keyless: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND NOT c.relispartition \
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname NOT LIKE 'pg\\_%' \
+           AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+                (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))) \
+         ORDER BY 1",
+    )
+    .bind(journal_schema)
+    .fetch_all(source)
+    .await?;
+    if !keyless.is_empty() {
+        r.problems.push(Problem {
+            what: format!(
+                "{} table(s) have neither a primary key nor a replica identity: once published, the source \
+                 refuses UPDATE and DELETE on them: {}",
+                keyless.len(),
+                keyless.join(", ")
+            ),
+            fix: "add a primary key, or ALTER TABLE … REPLICA IDENTITY USING INDEX <unique index>; \
+                  REPLICA IDENTITY FULL also works, at the cost of every UPDATE and DELETE logging the whole row"
+                .into(),
+        });
+    }
+    let old: Vec<(i32, String, i64)> = sqlx::query_as(
+        "SELECT pid, coalesce(nullif(application_name, ''), usename::text, 'a session'), \
+                extract(epoch FROM clock_timestamp() - xact_start)::bigint \
+         FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+           AND xact_start < clock_timestamp() - make_interval(secs => $1) ORDER BY xact_start",
+    )
+    .bind(OLD_TRANSACTION_SECS as f64)
+    .fetch_all(source)
+    .await?;
+    if !old.is_empty() {
+        r.problems.push(Problem {
+            what: format!(
+                "{} transaction(s) on the source have been open for over {OLD_TRANSACTION_SECS} s; creating the \
+                 replication slot waits for them: {}",
+                old.len(),
+                old.iter()
+                    .map(|(pid, who, secs)| format!("pid {pid} ({who}, {secs} s)"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            fix: "let them finish, or end them (pg_terminate_backend)".into(),
+        });
+    }
+    // What the stream does not carry: copied at the switch instead.
+    let (los, unlogged, matviews, sequences): (i64, Vec<String>, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_largeobject_metadata), \
+                coalesce((SELECT array_agg(format('%I.%I', n.nspname, c.relname) ORDER BY n.nspname, c.relname) FROM pg_class c \
+                  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') \
+                  AND c.relpersistence = 'u' AND n.nspname <> $1), '{}'), \
+                (SELECT count(*) FROM pg_matviews), \
+                (SELECT count(*) FROM pg_sequences WHERE schemaname <> $1)",
+    )
+    .bind(journal_schema)
+    .fetch_one(source)
+    .await?;
+    if los > 0 {
+        r.notes.push(format!(
+            "{los} large object(s): not replicated; written after the copy, they would be copied at the switch"
+        ));
+    }
+    if !unlogged.is_empty() {
+        r.notes.push(format!(
+            "unlogged table(s) {}: not replicated; their rows written after the copy would not reach the target",
+            unlogged.join(", ")
+        ));
+    }
+    if matviews > 0 {
+        r.notes.push(format!(
+            "{matviews} materialized view(s): their data is not replicated; refresh them on the target after the switch"
+        ));
+    }
+    if sequences > 0 {
+        r.notes.push(format!(
+            "{sequences} sequence(s): not replicated; set from the source at the switch"
+        ));
+    }
+    r.notes
+        .push("DDL is not replicated: no schema change on the source between the copy and the switch".into());
+    Ok(r)
+}
+
+impl Readiness {
+    /// The findings as lines: each problem with its fix, then the notes.
+    pub fn lines(&self) -> Vec<String> {
+        self.problems
+            .iter()
+            .map(|p| format!("{}; fix: {}", p.what, p.fix))
+            .chain(self.notes.iter().map(|n| format!("note: {n}")))
+            .collect()
+    }
+}
