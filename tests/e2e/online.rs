@@ -6,9 +6,11 @@ use cutover_testkit::{PgPair, PgServer, ServerOptions};
 
 use crate::support::Scenario;
 
-fn pair(logical: bool) -> PgPair {
+/// Two servers (`wal_level` given, else the kit's `logical`) with a table
+/// of each kind: keyed, keyless, keyed by a replica-identity index.
+fn pair(wal_level: Option<&str>) -> PgPair {
     let opts = ServerOptions {
-        logical,
+        wal_level: wal_level.map(str::to_string),
         ..Default::default()
     };
     let (source, target) = std::thread::scope(|s| {
@@ -35,7 +37,7 @@ const ONLINE: &str = "\n[options]\nmode = \"online\"\n";
 
 #[test]
 fn online_mode_is_refused_with_what_the_servers_need_and_nothing_changes() {
-    let s = Scenario::with(pair(false), ONLINE);
+    let s = Scenario::with(pair(Some("replica")), ONLINE);
     let (code, _, stderr) = s.run(&["plan"]);
     assert_eq!(code, 6, "{stderr}");
     for expected in [
@@ -50,7 +52,10 @@ fn online_mode_is_refused_with_what_the_servers_need_and_nothing_changes() {
         assert!(stderr.contains(expected), "{expected:?} missing:\n{stderr}");
     }
     // Keyed tables, by primary key or by a replica-identity index, are fine.
-    assert!(!stderr.contains("with_key") && !stderr.contains("by_index"), "{stderr}");
+    assert!(
+        !stderr.contains("with_key") && !stderr.contains("by_index"),
+        "{stderr}"
+    );
     // run refuses the same way before anything: not even the journal.
     let target_before = s.target_digest();
     let (code, _, stderr) = s.run(&["run", "--yes"]);
@@ -59,7 +64,10 @@ fn online_mode_is_refused_with_what_the_servers_need_and_nothing_changes() {
     assert_eq!(
         s.pair
             .target
-            .sql("app", "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover'")
+            .sql(
+                "app",
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover'"
+            )
             .unwrap(),
         "0"
     );
@@ -67,13 +75,16 @@ fn online_mode_is_refused_with_what_the_servers_need_and_nothing_changes() {
 
 #[test]
 fn with_logical_servers_only_what_is_left_is_named() {
-    let s = Scenario::with(pair(true), ONLINE);
+    let s = Scenario::with(pair(None), ONLINE);
     s.pair
         .source
         .sql("app", "ALTER TABLE no_key REPLICA IDENTITY FULL")
         .unwrap();
     let (code, _, stderr) = s.run(&["plan"]);
     assert_eq!(code, 6, "{stderr}");
-    assert!(!stderr.contains("wal_level") && !stderr.contains("replica identity:"), "{stderr}");
+    assert!(
+        !stderr.contains("wal_level") && !stderr.contains("replica identity:"),
+        "{stderr}"
+    );
     assert!(stderr.contains("note: DDL is not replicated"), "{stderr}");
 }

@@ -74,8 +74,11 @@ pub async fn readiness(source: &PgPool, target: &PgPool, journal_schema: &str) -
             .await?;
     if !s_super && !s_repl {
         r.problems.push(Problem {
-            what: "the source user may not open a replication connection (neither REPLICATION nor superuser)".into(),
-            fix: "ALTER ROLE <source user> REPLICATION on the source (and a pg_hba.conf line for replication)".into(),
+            what: "the source user may not open a replication connection (neither REPLICATION nor superuser)"
+                .into(),
+            fix:
+                "ALTER ROLE <source user> REPLICATION on the source (and a pg_hba.conf line for replication)"
+                    .into(),
         });
     }
     let (t_super, t_version): (bool, i32) = sqlx::query_as(

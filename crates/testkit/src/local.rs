@@ -114,8 +114,8 @@ impl LocalServer {
         if let Some(lc) = &opts.lc_messages {
             extra.push_str(&format!("lc_messages = '{lc}'\n"));
         }
-        if opts.logical {
-            extra.push_str("wal_level = logical\n");
+        if let Some(level) = &opts.wal_level {
+            extra.push_str(&format!("wal_level = {level}\n"));
         }
         // A free port can be taken by someone else between our probe and the
         // server's bind: try a few.

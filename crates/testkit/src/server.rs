@@ -57,8 +57,9 @@ pub struct ServerOptions {
     pub tls: Option<crate::ServerCert>,
     /// The language of the server's messages (`de_DE.UTF-8`).
     pub lc_messages: Option<String>,
-    /// `wal_level = logical`, as logical replication needs.
-    pub logical: bool,
+    /// Another `wal_level` than the kit's `logical` (`replica`: a server
+    /// not set up for logical replication, as many are).
+    pub wal_level: Option<String>,
 }
 
 /// The superuser the kit creates on every server.
