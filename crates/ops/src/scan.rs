@@ -135,6 +135,8 @@ pub fn kind_of(name: &str, text: &str) -> ConsumerKind {
     let lower = name.to_lowercase();
     if lower == "pg_service.conf" || lower == ".pg_service.conf" {
         ConsumerKind::PgService
+    } else if lower == "pgbouncer.ini" {
+        ConsumerKind::Pgbouncer
     } else if lower.ends_with(".yml") || lower.ends_with(".yaml") {
         ConsumerKind::Yaml
     } else if lower.ends_with(".json") {
@@ -296,6 +298,37 @@ fn file(
             } else {
                 skipped.push(skip(format!(
                     "service [{service}] names {}, neither the source nor the target",
+                    c.address()
+                )));
+            }
+        }
+        return (candidates, skipped);
+    }
+    if kind == ConsumerKind::Pgbouncer {
+        // Each [databases] entry that names one of the two databases.
+        for l in &leaves {
+            let Some((section, entry)) = l.path.split_once('.') else {
+                continue;
+            };
+            let (Ok(o), "databases") = (&l.value, section) else {
+                continue;
+            };
+            let Some(c) = ConnString::parse(&o.value) else {
+                continue;
+            };
+            if names(&c, wanted) {
+                candidates.push(Candidate {
+                    name: sanitize(&format!("pgbouncer-{entry}")),
+                    path: path.to_path_buf(),
+                    kind,
+                    key: Some(entry.to_string()),
+                    keys: SplitKeys::default(),
+                    encoding: None,
+                    reason: format!("PgBouncer's [databases] {entry} names {}", c.address()),
+                });
+            } else {
+                skipped.push(skip(format!(
+                    "PgBouncer's [databases] {entry} names {}, neither the source nor the target",
                     c.address()
                 )));
             }
@@ -573,6 +606,11 @@ mod tests {
                 "[analytics]\nhost=db.internal\nport=5433\ndbname=app\n[other]\nhost=x\ndbname=y\n",
             ),
             ("cron/.pgpass", "db.internal:5433:app:u:secret\n"),
+            (
+                "bouncer/pgbouncer.ini",
+                ";; pgbouncer\n[databases]\napp = host=db.internal port=5433 dbname=app pool_size=5\n\
+                 other = host=elsewhere dbname=legacy\n[pgbouncer]\nlisten_port = 6432\n",
+            ),
         ]);
         let got: Vec<(String, ConsumerKind, Option<String>, Option<String>)> = found
             .iter()
@@ -613,7 +651,8 @@ mod tests {
         expect("worker", ConsumerKind::Yaml, Some("data.DATABASE_URL"), None);
         expect("analytics", ConsumerKind::PgService, Some("analytics"), None);
         expect("cron", ConsumerKind::Text, None, None);
-        assert_eq!(found.len(), 9, "{got:?}");
+        expect("pgbouncer-app", ConsumerKind::Pgbouncer, Some("app"), None);
+        assert_eq!(found.len(), 10, "{got:?}");
         let billing = found.iter().find(|c| c.name == "billing").unwrap();
         assert_eq!(billing.keys.password.as_deref(), Some("DB_PASSWORD"));
         let reports = found.iter().find(|c| c.name == "reports").unwrap();
@@ -624,6 +663,11 @@ mod tests {
         assert!(
             why.iter()
                 .any(|w| w.contains("development.host") && w.contains("localhost:5432/shop_dev")),
+            "{why:?}"
+        );
+        assert!(
+            why.iter()
+                .any(|w| w.contains("[databases] other names elsewhere:5432/legacy")),
             "{why:?}"
         );
         assert!(why.iter().any(|w| w.contains("elsewhere:5432/app")), "{why:?}");

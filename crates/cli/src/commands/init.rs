@@ -187,6 +187,13 @@ fn block(c: &Candidate) -> String {
     if c.encoding.is_some() {
         b.push_str("encoding = \"base64\"\n");
     }
+    if c.kind == cutover_core::plan_file::ConsumerKind::Pgbouncer {
+        b.push_str(
+            "# switched through PgBouncer's admin console (PAUSE, RELOAD, RESUME): export its URL,\n\
+             # postgresql://<an admin_users user>:<password>@<host>:<port>/pgbouncer\n\
+             admin_url_env = \"PGBOUNCER_ADMIN_URL\"\n",
+        );
+    }
     b.push_str("# reload = \"...\"       # e.g. docker compose up -d <service>\n\n");
     b
 }
