@@ -31,7 +31,12 @@ fn plan(bouncer: &PgBouncer, pause_timeout: u64) -> String {
 
 fn cutover(s: &Scenario, bouncer: &PgBouncer, args: &[&str]) -> (i32, String, String) {
     let (out, stdout, stderr) = output(s.cutover(args).env("BOUNCER_ADMIN_URL", bouncer.admin_url()));
-    for pw in [s.pair.source.password(), s.pair.target.password()] {
+    // The servers' passwords and the admin console's (given in the environment).
+    for pw in [
+        s.pair.source.password(),
+        s.pair.target.password(),
+        bouncer.admin_password(),
+    ] {
         assert!(
             !stdout.contains(pw) && !stderr.contains(pw),
             "a password leaked in `cutover {args:?}`"

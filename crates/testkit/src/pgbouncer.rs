@@ -135,6 +135,10 @@ impl PgBouncer {
         )
     }
 
+    pub fn admin_password(&self) -> &str {
+        &self.admin_password
+    }
+
     pub fn client_password(&self) -> &str {
         &self.client_password
     }
