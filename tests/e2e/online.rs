@@ -1,10 +1,16 @@
-//! `options.mode = "online"` is not in this version: the plan says so,
-//! lists what the servers need for it (each with its fix), and changes
-//! nothing.
+//! `options.mode = "online"`: servers that are not ready are refused with
+//! what each needs (nothing changed); ready ones cut over while an
+//! application keeps writing through a real PgBouncer, with a pause, not
+//! errors; a rollback after the switch brings every write made on the
+//! target back to the source; nothing of the replication is left behind.
 
-use cutover_testkit::{PgPair, PgServer, ServerOptions};
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::support::Scenario;
+use cutover_testkit::{PgBouncer, PgPair, PgServer, ServerOptions};
+
+use crate::support::{Scenario, output};
 
 /// Two servers (`wal_level` given, else the kit's `logical`) with a table
 /// of each kind: keyed, keyless, keyed by a replica-identity index.
@@ -39,15 +45,15 @@ const ONLINE: &str = "\n[options]\nmode = \"online\"\n";
 fn online_mode_is_refused_with_what_the_servers_need_and_nothing_changes() {
     let s = Scenario::with(pair(Some("replica")), ONLINE);
     let (code, _, stderr) = s.run(&["plan"]);
-    assert_eq!(code, 6, "{stderr}");
+    assert_eq!(code, 5, "{stderr}");
     for expected in [
-        "is not in this version; nothing was changed",
+        "the servers are not ready for logical replication; nothing was changed",
         "the source has wal_level = replica; fix: ALTER SYSTEM SET wal_level = logical on the source",
         "the target has wal_level = replica",
         "have neither a primary key nor a replica identity",
         "public.no_key",
         "note: DDL is not replicated",
-        "hint: remove options.mode",
+        "hint: or remove options.mode",
     ] {
         assert!(stderr.contains(expected), "{expected:?} missing:\n{stderr}");
     }
@@ -59,7 +65,7 @@ fn online_mode_is_refused_with_what_the_servers_need_and_nothing_changes() {
     // run refuses the same way before anything: not even the journal.
     let target_before = s.target_digest();
     let (code, _, stderr) = s.run(&["run", "--yes"]);
-    assert_eq!(code, 6, "{stderr}");
+    assert_eq!(code, 5, "{stderr}");
     assert_eq!(s.target_digest(), target_before);
     assert_eq!(
         s.pair
@@ -80,11 +86,453 @@ fn with_logical_servers_only_what_is_left_is_named() {
         .source
         .sql("app", "ALTER TABLE no_key REPLICA IDENTITY FULL")
         .unwrap();
+    // Ready servers: the plan is the online one (with what replication
+    // does not carry as a warning); without consumers it says it needs them.
     let (code, _, stderr) = s.run(&["plan"]);
-    assert_eq!(code, 6, "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
     assert!(
-        !stderr.contains("wal_level") && !stderr.contains("replica identity:"),
+        stderr.contains("options.mode = \"online\" needs the [[consumer]] entries"),
         "{stderr}"
     );
-    assert!(stderr.contains("note: DDL is not replicated"), "{stderr}");
+    assert!(!stderr.contains("wal_level"), "{stderr}");
+}
+
+/// The seed's servers with what an online cutover meets in production: an
+/// application role (`app_rw`, its grants on the source) and a table the
+/// application keeps writing to.
+fn online_pair() -> PgPair {
+    let pair = PgPair::seed().unwrap();
+    for server in [&pair.source, &pair.target] {
+        server
+            .sql("postgres", "CREATE ROLE app_rw LOGIN PASSWORD 'app-rw-secret-9'")
+            .unwrap();
+    }
+    pair.source
+        .sql(
+            "app",
+            "CREATE TABLE online_writes (id bigserial PRIMARY KEY, port int NOT NULL, at timestamptz DEFAULT now()); \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_rw; \
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app_rw",
+        )
+        .unwrap();
+    pair
+}
+
+/// The PgBouncer entry as a deployment writes it (the server login in it).
+fn entry(server: &PgServer) -> String {
+    format!(
+        "host=127.0.0.1 port={} dbname=app user={} password={} pool_size=5",
+        server.port(),
+        server.user(),
+        server.password()
+    )
+}
+
+/// An online plan: the PgBouncer entry and an env file whose application
+/// logs in as app_rw.
+fn online_plan(bouncer: &PgBouncer, extra: &str) -> String {
+    format!(
+        "\n[options]\nmode = \"online\"\n[options.online]\nmax_pause = 5\n{extra}\n\
+         [[consumer]]\nname = \"bouncer\"\nkind = \"pgbouncer\"\npath = \"{}\"\nkey = \"app\"\n\
+         admin_url_env = \"BOUNCER_ADMIN_URL\"\npause_timeout = 5\n\
+         [[consumer]]\nname = \"worker\"\nkind = \"env\"\npath = \"worker.env\"\nkey = \"DATABASE_URL\"\n\
+         target_url_env = \"WORKER_TARGET_URL\"\n",
+        bouncer.ini().display()
+    )
+}
+
+fn setup(extra: &str) -> (Scenario, PgBouncer) {
+    let pair = online_pair();
+    let bouncer = PgBouncer::start(&[("app", entry(&pair.source))], "transaction").unwrap();
+    let port = pair.source.port();
+    let s = Scenario::with(pair, &online_plan(&bouncer, extra));
+    std::fs::write(
+        s.dir.path().join("worker.env"),
+        format!("DATABASE_URL=postgresql://app_rw:app-rw-secret-9@127.0.0.1:{port}/app\n"),
+    )
+    .unwrap();
+    (s, bouncer)
+}
+
+fn cutover(s: &Scenario, bouncer: &PgBouncer, args: &[&str]) -> (i32, String, String) {
+    cutover_with(s, bouncer, args, &[])
+}
+
+fn cutover_with(
+    s: &Scenario,
+    bouncer: &PgBouncer,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut cmd = s.cutover(args);
+    cmd.env("BOUNCER_ADMIN_URL", bouncer.admin_url()).env(
+        "WORKER_TARGET_URL",
+        format!("postgresql://app_rw:app-rw-secret-9@127.0.0.1:{}/app", s.pair.target.port()),
+    );
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let (out, stdout, stderr) = output(&mut cmd);
+    for pw in [
+        s.pair.source.password(),
+        s.pair.target.password(),
+        bouncer.admin_password(),
+        "app-rw-secret-9",
+    ] {
+        assert!(
+            !stdout.contains(pw) && !stderr.contains(pw),
+            "a password leaked in `cutover {args:?}`"
+        );
+    }
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// An application writing through PgBouncer on one connection, fifty times
+/// a second; each committed insert prints its id and the server's port
+/// (psql's `\watch` stops at the first error).
+struct Writer {
+    child: Child,
+    _stdin: std::process::ChildStdin,
+}
+
+impl Writer {
+    fn start(bouncer: &PgBouncer) -> Writer {
+        let psql = cutover_testkit::pg_bindir().unwrap().join("psql");
+        let mut child = Command::new(psql)
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .arg(bouncer.url("app"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(
+                b"INSERT INTO online_writes (port) VALUES (inet_server_port()) RETURNING 'w ' || id || ' ' || port\n\\watch 0.02\n",
+            )
+            .unwrap();
+        Writer { child, _stdin: stdin }
+    }
+
+    /// Stops it: the ids it committed, the ports in order (deduplicated),
+    /// its errors.
+    fn stop(mut self) -> (Vec<i64>, Vec<u16>, String) {
+        let ended = self.child.try_wait().unwrap();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (mut out, mut err) = (String::new(), String::new());
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(
+            ended.is_none(),
+            "the application's connection ended ({ended:?}): {err}"
+        );
+        let (mut ids, mut ports) = (vec![], vec![]);
+        for l in out.lines() {
+            let mut w = l.split(' ');
+            if w.next() != Some("w") {
+                continue;
+            }
+            ids.push(w.next().unwrap().parse::<i64>().unwrap());
+            let p: u16 = w.next().unwrap().parse().unwrap();
+            if ports.last() != Some(&p) {
+                ports.push(p);
+            }
+        }
+        (ids, ports, err)
+    }
+}
+
+/// cutover's slots, publications and subscriptions on a server.
+fn replication_objects(server: &PgServer) -> String {
+    server
+        .sql(
+            "app",
+            "SELECT (SELECT count(*) FROM pg_replication_slots) || ' slots, ' || \
+                    (SELECT count(*) FROM pg_publication) || ' publications, ' || \
+                    (SELECT count(*) FROM pg_subscription) || ' subscriptions'",
+        )
+        .unwrap()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !f() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What app_rw may do on a server, through its own login.
+fn app_rw_insert(server: &PgServer) -> Result<String, String> {
+    let psql = cutover_testkit::pg_bindir().unwrap().join("psql");
+    let out = Command::new(psql)
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg("INSERT INTO online_writes (port) VALUES (inet_server_port()) RETURNING id")
+        .arg(format!(
+            "postgresql://app_rw:app-rw-secret-9@127.0.0.1:{}/app",
+            server.port()
+        ))
+        .env("LC_MESSAGES", "C")
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn an_online_cutover_pauses_the_writers_for_seconds_and_loses_nothing() {
+    let (s, bouncer) = setup("");
+    let (src, tgt) = (s.pair.source.port(), s.pair.target.port());
+    let writer = Writer::start(&bouncer);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["plan"]);
+    assert_eq!(code, 0, "{stderr}");
+    for stage in [
+        "replicate",
+        "switch",
+        "repoint:bouncer",
+        "repoint:worker",
+        "resume",
+        "verify-sync",
+        "end-replication",
+    ] {
+        assert!(stdout.contains(stage), "{stage} missing:\n{stdout}");
+    }
+    assert!(!stdout.contains("freeze-source"), "{stdout}");
+
+    // A first attempt killed while it copies under the slot's snapshot.
+    let (code, _, _) = cutover_with(
+        &s,
+        &bouncer,
+        &["run", "--yes"],
+        &[("CUTOVER_CRASH_AT", "replicate:copying")],
+    );
+    assert_ne!(code, 0);
+    // The rollback window stays open: stop before end-replication.
+    let (code, stdout, stderr) = cutover(
+        &s,
+        &bouncer,
+        &["run", "--yes", "--until", "verify-sync", "--output", "json"],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}\n{}", bouncer.log());
+    assert!(stdout.contains("its snapshot is gone"), "{stdout}");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The switch's pause is journaled; the data was verified under the snapshot.
+    let switch = s.artefacts("switch");
+    let resume = s.artefacts("resume");
+    let pause = resume["pause_millis"].as_u64().unwrap();
+    assert!(pause > 0 && pause < 10_000, "{resume}");
+    assert!(switch["pause_started"].as_str().unwrap() == resume["pause_started"].as_str().unwrap());
+    let replicate = s.artefacts("replicate");
+    assert!(replicate["verify"]["report"]["ok"] == true, "{replicate}");
+    // The worker's file points at the target; app_rw may not write on the
+    // source any more (the fence), and may on the target.
+    let env = std::fs::read_to_string(s.dir.path().join("worker.env")).unwrap();
+    assert!(env.contains(&format!(":{tgt}/app")), "{env}");
+    let refused = app_rw_insert(&s.pair.source).unwrap_err();
+    assert!(refused.contains("read-only transaction"), "{refused}");
+    let on_target: i64 = app_rw_insert(&s.pair.target).unwrap().parse().unwrap();
+
+    // Writes on the target come back to the source (the rollback window).
+    std::thread::sleep(Duration::from_millis(500));
+    let (ids, ports, errors) = writer.stop();
+    assert_eq!(ports, [src, tgt], "{errors}");
+    assert!(errors.is_empty(), "{errors}");
+    let count = |server: &PgServer| -> i64 {
+        server
+            .sql("app", "SELECT count(*) FROM online_writes")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(count(&s.pair.target), ids.len() as i64 + 1);
+    wait_for("the reverse stream", || {
+        count(&s.pair.source) == ids.len() as i64 + 1
+    });
+    let max = s
+        .pair
+        .target
+        .sql("app", "SELECT max(id) FROM online_writes")
+        .unwrap();
+    assert_eq!(
+        max.parse::<i64>().unwrap(),
+        on_target.max(*ids.iter().max().unwrap())
+    );
+    // No id twice: the sequence was carried inside the pause.
+    let mut sorted = ids.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), ids.len());
+    assert_eq!(
+        s.pair.target.digest("app", &["cutover"]).unwrap(),
+        s.pair.source.digest("app", &["cutover"]).unwrap()
+    );
+
+    // Closing the window leaves nothing of the replication behind.
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    for server in [&s.pair.source, &s.pair.target] {
+        assert_eq!(
+            replication_objects(server),
+            "0 slots, 0 publications, 0 subscriptions"
+        );
+    }
+    assert_eq!(
+        s.pair
+            .source
+            .sql(
+                "app",
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover'"
+            )
+            .unwrap(),
+        "0"
+    );
+}
+
+#[test]
+fn a_rollback_after_the_switch_brings_every_write_back_to_the_source() {
+    let (s, bouncer) = setup("");
+    let (src, tgt) = (s.pair.source.port(), s.pair.target.port());
+    let before = std::fs::read(bouncer.ini()).unwrap();
+    let writer = Writer::start(&bouncer);
+    std::thread::sleep(Duration::from_millis(300));
+    // Killed inside the pause: the next run resumes the applications on
+    // the source, then switches.
+    let (code, _, _) = cutover_with(
+        &s,
+        &bouncer,
+        &["run", "--yes", "--until", "verify-sync"],
+        &[("CUTOVER_CRASH_AT", "switch:paused")],
+    );
+    assert_ne!(code, 0);
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--until", "verify-sync"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}\n{}", bouncer.log());
+    // The applications write on the target for a while.
+    std::thread::sleep(Duration::from_millis(1000));
+    app_rw_insert(&s.pair.target).unwrap();
+
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["rollback", "--yes"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}\n{}", bouncer.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let (ids, ports, errors) = writer.stop();
+    assert_eq!(ports, [src, tgt, src], "{errors}");
+    assert!(errors.is_empty(), "{errors}");
+    // Every write, made on either side, is on the source.
+    let on_source: i64 = s
+        .pair
+        .source
+        .sql("app", "SELECT count(*) FROM online_writes")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(on_source, ids.len() as i64 + 1);
+    let missing = s.pair.source.sql("app", &format!(
+        "SELECT count(*) FROM unnest('{{{}}}'::bigint[]) i WHERE NOT EXISTS (SELECT 1 FROM online_writes w WHERE w.id = i)",
+        ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    )).unwrap();
+    assert_eq!(missing, "0");
+    // The configurations are back, the fence lifted, nothing left behind.
+    assert_eq!(std::fs::read(bouncer.ini()).unwrap(), before);
+    let env = std::fs::read_to_string(s.dir.path().join("worker.env")).unwrap();
+    assert!(env.contains(&format!(":{src}/app")), "{env}");
+    app_rw_insert(&s.pair.source).unwrap();
+    for server in [&s.pair.source, &s.pair.target] {
+        assert_eq!(
+            replication_objects(server),
+            "0 slots, 0 publications, 0 subscriptions"
+        );
+        assert_eq!(
+            server.sql("postgres", "SELECT count(*) FROM pg_db_role_setting WHERE 'default_transaction_read_only=on' = ANY (setconfig)").unwrap(),
+            "0"
+        );
+    }
+}
+
+#[test]
+fn an_apply_error_is_reported_with_its_fix_while_the_applications_stay_on_the_source() {
+    let (s, bouncer) = setup("");
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--until", "replicate"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // A row written on the target since the copy collides with the source's.
+    s.pair
+        .target
+        .sql("app", "INSERT INTO online_writes (id, port) VALUES (1000000, 0)")
+        .unwrap();
+    s.pair
+        .source
+        .sql("app", "INSERT INTO online_writes (id, port) VALUES (1000000, 1)")
+        .unwrap();
+    wait_for("the subscription to stop on the conflict", || {
+        s.pair
+            .target
+            .sql("app", "SELECT subenabled FROM pg_subscription")
+            .unwrap()
+            == "f"
+    });
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--output", "json"]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let failed = crate::support::events(&stdout)
+        .into_iter()
+        .find(|e| e["event"] == "stage_failed")
+        .unwrap();
+    assert_eq!(failed["stage"], "replicate", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("the target refused a change replicated from the source"),
+        "{error}"
+    );
+    assert!(
+        failed["hint"]
+            .as_str()
+            .unwrap()
+            .contains("delete or correct that row on the target"),
+        "{failed}"
+    );
+    // The applications still write to the source.
+    app_rw_insert(&s.pair.source).unwrap();
+    let shown = bouncer.admin("SHOW DATABASES").unwrap();
+    assert!(
+        shown.contains(&format!("app|127.0.0.1|{}|app|", s.pair.source.port())),
+        "{shown}"
+    );
+    // Fixed on the target, the next run goes on where the stream stopped.
+    s.pair
+        .target
+        .sql("app", "DELETE FROM online_writes WHERE id = 1000000")
+        .unwrap();
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(
+        s.pair
+            .target
+            .sql("app", "SELECT port FROM online_writes WHERE id = 1000000")
+            .unwrap(),
+        "1"
+    );
+    for server in [&s.pair.source, &s.pair.target] {
+        assert_eq!(
+            replication_objects(server),
+            "0 slots, 0 publications, 0 subscriptions"
+        );
+    }
 }

@@ -8,12 +8,13 @@
 use std::time::Duration;
 
 use cutover_core::endpoint::Endpoint;
-use cutover_core::plan_file::{DecommissionDriver, LoadedPlan};
+use cutover_core::plan_file::{ConsumerConfig, DecommissionDriver, LoadedPlan, Mode};
 use cutover_core::stage::{Plan, Stage};
 use cutover_core::{Error, Result};
-use cutover_ops::consumer::{self, Servers, preflight, servers};
+use cutover_ops::consumer::{self, Servers, Which, preflight, servers};
 use cutover_ops::decommission::{Decommission, Source, connect};
 use cutover_ops::repoint::Repoint;
+use cutover_ops::switch::{Applications, Bouncer, EndReplication, Online, Resume, Switch};
 use cutover_ops::sync::VerifySync;
 use cutover_pg::Databases;
 use cutover_pg::backup::BackupTarget;
@@ -22,6 +23,7 @@ use cutover_pg::copy::{Copy, CopySettings, default_jobs};
 use cutover_pg::discover::{Discover, DiscoverSettings};
 use cutover_pg::freeze::{FreezeSource, other_sessions};
 use cutover_pg::inventory::{Comparison, Inventory, compare};
+use cutover_pg::replicate::Replicate;
 use cutover_pg::roles::CreateRoles;
 use cutover_pg::security::RoleMap;
 use cutover_pg::verify::VerifyData;
@@ -69,10 +71,15 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
             .map_err(|e| e.context(format!("inspecting the source {} ({privileges})", dbs.source)))
     };
     let (target, source) = tokio::try_join!(read_target, read_source)?;
-    if loaded.file.options.mode == cutover_core::plan_file::Mode::Online {
-        return Err(online_refused(&dbs, schema, retired).await);
-    }
+    let online = loaded.file.options.mode == Mode::Online;
     let mut warnings = vec![];
+    if online && !retired {
+        let r = cutover_pg::online::readiness(&dbs.source_pool, &dbs.target_pool, schema).await?;
+        if !r.problems.is_empty() {
+            return Err(online_refused(&r));
+        }
+        warnings.extend(r.notes);
+    }
     let (source, comparison) = if let Some(mut source) = source {
         // Exact where the two are compared (row differences, the direction
         // check); a table only the source has is copied and counted by the
@@ -123,7 +130,7 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     } else {
         other_sessions(&dbs.source_pool).await?
     };
-    if freeze && !retired {
+    if freeze && !retired && !online {
         let operator = &dbs.source.user;
         if let Some(e) =
             cutover_pg::freeze::unendable(&cutover_pg::freeze::sessions(&dbs.source_pool).await?, operator)
@@ -135,13 +142,18 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     if !comparison.target_ahead.is_empty() && !allow_ahead {
         warnings.push(cutover_pg::discover::target_ahead_error(&comparison.target_ahead).message);
     }
-    if !freeze {
+    if !freeze && !online {
         warnings
             .push("freeze_source = false: writes to the source after the copy's snapshot are lost".into());
     }
     let servers = servers(loaded, &dbs)?;
     let base = consumer::base_dir(&loaded.path);
     let readings = preflight(loaded, &servers).await?;
+    let applications = if online {
+        Some(applications(loaded, &readings, &dbs.source.user)?)
+    } else {
+        None
+    };
     // Roles are cluster objects: every one the source's objects name must
     // exist on the target (or be created) before anything changes.
     let mut create_roles = None;
@@ -316,6 +328,7 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         // What was done decides what undo can do, whatever the flags now.
         destroy: switches.destroy || state == Source::Destroyed,
         force: switches.force,
+        applications,
     })?;
     for s in &stages {
         let name = s.name();
@@ -354,6 +367,8 @@ pub struct Parts<'a> {
     pub destroy: bool,
     /// `--force`: decommission while clients remain.
     pub force: bool,
+    /// The online mode: how the switch pauses the applications.
+    pub applications: Option<Applications>,
 }
 
 /// The stages in their safe order: discover, the proven backup, the roles
@@ -393,11 +408,13 @@ pub fn assemble(p: Parts<'_>) -> Result<Vec<Box<dyn Stage>>> {
     if let Some(stage) = p.create_roles {
         stages.push(Box::new(stage));
     }
-    stages.push(Box::new(FreezeSource::new(
-        options.freeze_source,
-        &p.source_endpoint.dbname,
-        p.sessions.clone(),
-    )));
+    if p.applications.is_none() {
+        stages.push(Box::new(FreezeSource::new(
+            options.freeze_source,
+            &p.source_endpoint.dbname,
+            p.sessions.clone(),
+        )));
+    }
     stages.push(Box::new(ClearTarget::new(
         p.target,
         &p.comparison.destroyed,
@@ -416,17 +433,39 @@ pub fn assemble(p: Parts<'_>) -> Result<Vec<Box<dyn Stage>>> {
     if let Some(note) = p.security_note {
         copy.description.details.insert(0, note);
     }
-    stages.push(Box::new(copy));
-    stages.push(Box::new(VerifyData::new(
+    let verify = VerifyData::new(
         p.source,
         p.jobs,
         options.split_bytes,
         options.row_hash,
         role_map.clone(),
-    )));
+    );
+    let online = p.applications.map(|apps| Online {
+        apps,
+        options: options.online.clone(),
+        target: p.target_endpoint.clone(),
+    });
+    if let Some(online) = &online {
+        stages.push(Box::new(Replicate::new(
+            copy,
+            verify.without_sequences(),
+            p.source,
+            p.source_endpoint.clone(),
+            options.online.clone(),
+            options.connect_timeout,
+            p.jobs,
+        )));
+        stages.push(Box::new(Switch::new(online.clone())));
+    } else {
+        stages.push(Box::new(copy));
+        stages.push(Box::new(verify));
+    }
     let consumers = !p.repoints.is_empty();
     for stage in p.repoints {
         stages.push(Box::new(stage));
+    }
+    if let Some(online) = &online {
+        stages.push(Box::new(Resume::new(online.clone())));
     }
     if consumers {
         stages.push(Box::new(VerifySync::new(
@@ -435,6 +474,9 @@ pub fn assemble(p: Parts<'_>) -> Result<Vec<Box<dyn Stage>>> {
             p.servers,
             role_map,
         )));
+    }
+    if online.is_some() {
+        stages.push(Box::new(EndReplication::default()));
     }
     if let Some(d) = &loaded.file.decommission
         && d.driver != DecommissionDriver::None
@@ -447,7 +489,7 @@ pub fn assemble(p: Parts<'_>) -> Result<Vec<Box<dyn Stage>>> {
                 loaded.path.display()
             )));
         }
-        stages.push(Box::new(Decommission::new(
+        let decommission = Decommission::new(
             d.clone(),
             p.source_endpoint,
             p.destroy,
@@ -455,32 +497,75 @@ pub fn assemble(p: Parts<'_>) -> Result<Vec<Box<dyn Stage>>> {
             base,
             &p.sessions,
             Duration::from_secs(options.connect_timeout),
-        )));
+        );
+        stages.push(Box::new(if online.is_some() {
+            decommission.online()
+        } else {
+            decommission
+        }));
     }
     Ok(stages)
 }
 
-/// `mode = "online"`: what the servers need for it, then a refusal (its
-/// stages are not in this version). Nothing was changed.
-async fn online_refused(dbs: &Databases, schema: &str, retired: bool) -> Error {
-    let findings = if retired {
-        vec!["the source was retired by this plan's run".to_string()]
-    } else {
-        match cutover_pg::online::readiness(&dbs.source_pool, &dbs.target_pool, schema).await {
-            Ok(r) => r.lines(),
-            Err(e) => vec![format!("the servers could not be read for it: {}", e.message)],
+/// `mode = "online"` while the servers are not ready for it: every
+/// problem with its fix. Nothing was changed.
+fn online_refused(r: &cutover_pg::online::Readiness) -> Error {
+    Error::refused(format!(
+        "options.mode = \"online\": the servers are not ready for logical replication; nothing was changed. \
+         Fix these, then run again:\n  - {}",
+        r.lines().join("\n  - ")
+    ))
+    .with_hint("or remove options.mode (\"offline\": the source read-only during the copy)")
+}
+
+/// How the online switch pauses each consumer: a PgBouncer entry through
+/// its console, any other by fencing the role it logs in as on the source.
+fn applications(loaded: &LoadedPlan, readings: &[consumer::Reading], operator: &str) -> Result<Applications> {
+    if readings.is_empty() {
+        return Err(Error::bad_input(format!(
+            "{}: options.mode = \"online\" needs the [[consumer]] entries: the switch pauses the applications \
+             and moves them to the target inside a pause of seconds, so it must know them",
+            loaded.path.display()
+        )));
+    }
+    let mut apps = Applications::default();
+    for r in readings {
+        if let ConsumerConfig::Pgbouncer {
+            database,
+            admin,
+            pause_timeout,
+            ..
+        } = &r.spec.config
+        {
+            apps.bouncers.push(Bouncer {
+                consumer: r.spec.name.clone(),
+                admin: admin.clone(),
+                entry: database.clone(),
+                pause_timeout: Duration::from_secs(*pause_timeout),
+            });
+            continue;
         }
-    };
-    Error::new(
-        cutover_core::ErrorKind::NotImplemented,
-        format!(
-            "options.mode = \"online\": the online cutover (logical replication, a write pause of seconds, \
-             reverse replication) is not in this version; nothing was changed. What the servers need for it, \
-             read now:\n  - {}",
-            findings.join("\n  - ")
-        ),
-    )
-    .with_hint("remove options.mode (or set it to \"offline\") to cut over with the source read-only during the copy")
+        for f in &r.found {
+            let Some(user) = f.conn.user() else { continue };
+            if user == operator && f.located.which != Which::Source {
+                // Pointed at the target already with cutover's own user: not
+                // fenced there (a rollback's pause ends its sessions anyway).
+                continue;
+            }
+            if user == operator {
+                return Err(Error::bad_input(format!(
+                    "consumer {} logs in as {user}, the user cutover replicates with: the online switch pauses an \
+                     application by making its role read-only on the source, which would stop cutover too",
+                    r.spec.name
+                ))
+                .with_hint("give the application its own login role (or put it behind PgBouncer), or use the offline mode"));
+            }
+            if !apps.roles.contains(&user) {
+                apps.roles.push(user);
+            }
+        }
+    }
+    Ok(apps)
 }
 
 /// Where the journal lives and how it goes away (plan and the run's end).
@@ -608,6 +693,7 @@ mod tests {
             servers,
             destroy: false,
             force: false,
+            applications: None,
         })
     }
 

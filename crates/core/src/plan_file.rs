@@ -109,9 +109,10 @@ pub struct Options {
     /// form, any version; slower).
     pub row_hash: RowHashChoice,
     /// `offline` (the source read-only for the whole copy) or `online`
-    /// (logical replication; not in this version: the plan reports what the
-    /// servers need for it and refuses).
+    /// (logical replication: the applications pause only for the switch).
     pub mode: Mode,
+    /// `[options.online]`: the online mode's limits.
+    pub online: OnlineOptions,
     /// discover restores the source's schema into a scratch database on the
     /// target server before anything destructive (false: the copy finds a
     /// schema the target cannot recreate only after clear-target).
@@ -125,6 +126,40 @@ pub enum Mode {
     #[default]
     Offline,
     Online,
+}
+
+/// `[options.online]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnlineOptions {
+    /// replicate is done once the target trails the source by less than
+    /// this (bytes of WAL); the switch waits for the rest inside its pause.
+    pub max_lag: u64,
+    /// Seconds replicate waits for the target to come within `max_lag`
+    /// before it stops (resumable; the applications keep running).
+    pub lag_timeout: u64,
+    /// Seconds the applications may stay paused while the target catches
+    /// up at the switch; past it they resume on the source and the run
+    /// stops, resumable.
+    pub max_pause: f64,
+    /// `host:port` at which the target server reaches the source (its
+    /// subscription connects there); default: the source's host and port.
+    pub source_address: Option<String>,
+    /// `host:port` at which the source server reaches the target (the
+    /// reverse subscription); default: the target's host and port.
+    pub target_address: Option<String>,
+}
+
+impl Default for OnlineOptions {
+    fn default() -> OnlineOptions {
+        OnlineOptions {
+            max_lag: 16 << 20,
+            lag_timeout: 3600,
+            max_pause: 5.0,
+            source_address: None,
+            target_address: None,
+        }
+    }
 }
 
 /// `options.row_hash`.
@@ -152,6 +187,7 @@ impl Default for Options {
             stall_timeout: 300,
             row_hash: RowHashChoice::Auto,
             mode: Mode::Offline,
+            online: OnlineOptions::default(),
             analyze_bytes: 8 << 20,
             rehearse_schema: true,
         }

@@ -148,6 +148,8 @@ pub struct Decommission {
     /// options.connect_timeout
     connect_timeout: Duration,
     description: Description,
+    /// The stages that prove the data and the sync (done in this run first).
+    proofs: [&'static str; 2],
 }
 
 impl Decommission {
@@ -225,7 +227,15 @@ impl Decommission {
             force_clients,
             base,
             connect_timeout,
+            proofs: ["verify-data", "verify-sync"],
         }
+    }
+
+    /// The online mode proves the data inside replicate (under the slot's snapshot).
+    pub fn online(mut self) -> Decommission {
+        self.proofs = [cutover_pg::replicate::NAME, "verify-sync"];
+        self.description.summary = self.description.summary.replace("verify-data", "replicate");
+        self
     }
 
     fn timeout(&self) -> Duration {
@@ -344,7 +354,7 @@ impl Stage for Decommission {
         // Invariant: nothing destructive touches the source before the data
         // and the sync are proven, in this run.
         let states = ctx.journal.stage_states(ctx.run_id).await?;
-        for needed in ["verify-data", "verify-sync"] {
+        for needed in self.proofs {
             if !states.get(needed).is_some_and(|s| s.is_done()) {
                 return Err(Error::refused(format!(
                     "{NAME} needs {needed} to have passed in this run first; run the whole plan (`cutover run`)"

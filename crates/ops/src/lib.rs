@@ -12,4 +12,5 @@ pub mod locate;
 pub mod pgbouncer;
 pub mod repoint;
 pub mod scan;
+pub mod switch;
 pub mod sync;

@@ -143,15 +143,18 @@ impl Console {
         change: impl FnOnce() -> Result<()>,
         check: impl Fn(&Entry) -> bool,
     ) -> Result<Duration> {
-        if self.entry(name).await?.is_none() {
+        let Some(before) = self.entry(name).await? else {
             return Err(Error::failure(format!(
                 "{} has no database {name:?} (SHOW DATABASES); fix `key` in the plan file, or RELOAD PgBouncer \
                  if its file was changed by hand",
                 self.where_()
             )));
-        }
+        };
         let started = Instant::now();
-        self.pause(name, pause_timeout).await?;
+        // Already paused by the online mode's switch: it holds until RESUME.
+        if !before.paused {
+            self.pause(name, pause_timeout).await?;
+        }
         let changed = async {
             change()?;
             self.run("RELOAD", COMMAND_TIMEOUT).await?;
@@ -190,7 +193,7 @@ impl Console {
 
     /// `PAUSE name`, waiting at most `timeout`; when it does not finish,
     /// its connection is closed and `RESUME` sent from another.
-    async fn pause(&self, name: &str, timeout: Duration) -> Result<()> {
+    pub async fn pause(&self, name: &str, timeout: Duration) -> Result<()> {
         let sql = format!("PAUSE {}", quote(name));
         let child = self
             .command(&sql)
@@ -229,7 +232,7 @@ impl Console {
         }
     }
 
-    async fn resume(&self, name: &str) -> Result<()> {
+    pub async fn resume(&self, name: &str) -> Result<()> {
         match self
             .run(&format!("RESUME {}", quote(name)), COMMAND_TIMEOUT)
             .await

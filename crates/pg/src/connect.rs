@@ -420,3 +420,40 @@ fn certificate_error(e: &sqlx::Error) -> Option<rustls::CertificateError> {
     }
     None
 }
+
+/// A pool of read-only sessions of `endpoint` that all see exported
+/// snapshot `snapshot`: each session opens a repeatable-read transaction
+/// importing it when it connects and keeps it open (the pool never commits
+/// it), so every query through the pool reads the same state. For reading
+/// the source as a replication slot's start saw it (the online mode's
+/// verify) while the exporting connection stays open.
+pub async fn snapshot_pool(
+    endpoint: &Endpoint,
+    connect_timeout: u64,
+    max_connections: u32,
+    snapshot: &str,
+) -> Result<PgPool> {
+    let setup = format!(
+        "{SESSION_SETTINGS}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        crate::inventory::quote_literal(snapshot)
+    );
+    let options = endpoint.connect_options(Duration::from_secs(connect_timeout))?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(connect_timeout.max(1)))
+        .after_connect(move |conn, _| {
+            let setup = setup.clone();
+            Box::pin(async move {
+                conn.execute(sqlx::raw_sql(&setup)).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(|e| {
+            Error::from(e).context(format!(
+                "reading the {} under the replication slot's snapshot",
+                endpoint.role
+            ))
+        })
+}

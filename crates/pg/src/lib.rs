@@ -10,6 +10,8 @@ pub mod discover;
 pub mod freeze;
 pub mod inventory;
 pub mod online;
+pub mod replicate;
+pub mod replication;
 pub mod roles;
 pub mod security;
 pub mod target_objects;

@@ -2,9 +2,8 @@
 //! servers before an online cutover can start (`mode = "online"`), read
 //! without changing anything. Each problem is named with its fix.
 //!
-//! The online mode's stages (replicate, switch) are not in this version:
-//! the planner reports these findings and refuses the mode, so that an
-//! operator preparing one learns what to change on the servers first.
+//! The planner refuses the online mode while any problem remains, listing
+//! them all, so that an operator learns at once what to change first.
 
 use cutover_core::Result;
 use sqlx::PgPool;
@@ -81,19 +80,27 @@ pub async fn readiness(source: &PgPool, target: &PgPool, journal_schema: &str) -
                     .into(),
         });
     }
-    let (t_super, t_version): (bool, i32) = sqlx::query_as(
-        "SELECT rolsuper, current_setting('server_version_num')::int FROM pg_roles WHERE rolname = current_user",
-    )
-    .fetch_one(target)
-    .await?;
-    if !t_super && t_version < 160000 {
-        r.problems.push(Problem {
-            what: "the target user is not a superuser, and on PostgreSQL 15 only a superuser may CREATE SUBSCRIPTION"
-                .into(),
-            fix: "run the online cutover as a superuser of the target (16 and later: a member of \
-                  pg_create_subscription)"
-                .into(),
-        });
+    // On PostgreSQL 15 only a superuser may CREATE SUBSCRIPTION: the
+    // forward one is created on the target, the reverse one on the source.
+    for (side, pool) in [("target", target), ("source", source)] {
+        let (is_super, version): (bool, i32) = sqlx::query_as(
+            "SELECT rolsuper, current_setting('server_version_num')::int FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(pool)
+        .await?;
+        if !is_super && version < 160000 {
+            r.problems.push(Problem {
+                what: format!(
+                    "the {side} user is not a superuser, and before PostgreSQL 16 only a superuser may CREATE \
+                     SUBSCRIPTION (the {} stream's subscription is created on the {side})",
+                    if side == "target" { "forward" } else { "reverse" }
+                ),
+                fix: format!(
+                    "run the online cutover as a superuser of the {side} (16 and later: a member of \
+                     pg_create_subscription)"
+                ),
+            });
+        }
     }
     // A published table without a key makes the source refuse the
     // applications' UPDATE and DELETE on it.
@@ -157,15 +164,24 @@ pub async fn readiness(source: &PgPool, target: &PgPool, journal_schema: &str) -
     .fetch_one(source)
     .await?;
     if los > 0 {
-        r.notes.push(format!(
-            "{los} large object(s): not replicated; written after the copy, they would be copied at the switch"
-        ));
+        r.problems.push(Problem {
+            what: format!(
+                "{los} large object(s): logical replication does not carry them, and this version's online mode \
+                 does not copy them at the switch"
+            ),
+            fix: "use the offline mode (options.mode = \"offline\"), or move the large objects into bytea columns"
+                .into(),
+        });
     }
     if !unlogged.is_empty() {
-        r.notes.push(format!(
-            "unlogged table(s) {}: not replicated; their rows written after the copy would not reach the target",
-            unlogged.join(", ")
-        ));
+        r.problems.push(Problem {
+            what: format!(
+                "unlogged table(s) {}: logical replication does not carry them, so their rows written after the \
+                 copy would not reach the target",
+                unlogged.join(", ")
+            ),
+            fix: "ALTER TABLE … SET LOGGED on the source, or use the offline mode".into(),
+        });
     }
     if matviews > 0 {
         r.notes.push(format!(

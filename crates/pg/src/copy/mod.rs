@@ -48,7 +48,7 @@ use sha2::Digest;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
 
-use crate::inventory::Inventory;
+use crate::inventory::{Inventory, quote_literal};
 use crate::security::RoleMap;
 use crate::{target_objects, tools};
 use analyze::gets_analyze;
@@ -287,9 +287,12 @@ pub(crate) struct Pass<'a> {
 impl<'a> Pass<'a> {
     /// STEP 1: reads the source, the journal and the tools, and exports the
     /// snapshot (held by the returned connection until [`Pass::end`]).
+    /// `external`: a snapshot exported elsewhere (the online mode's slot),
+    /// imported instead of exporting one.
     async fn begin(
         ctx: &'a RunContext,
         settings: &'a CopySettings,
+        external: Option<&str>,
     ) -> Result<(Pass<'a>, PoolConnection<Postgres>)> {
         let journal_schema = ctx.journal.schema().to_string();
         let done = ctx.journal.items_done(ctx.run_id, STAGE).await?;
@@ -307,10 +310,19 @@ impl<'a> Pass<'a> {
             .execute(&mut *conn)
             .await
             .map_err(on_source)?;
-        let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(on_source)?;
+        let snapshot: String = match external {
+            Some(name) => {
+                sqlx::query(&format!("SET TRANSACTION SNAPSHOT {}", quote_literal(name)))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(on_source)?;
+                name.to_string()
+            }
+            None => sqlx::query_scalar("SELECT pg_export_snapshot()")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(on_source)?,
+        };
         let pass = Pass {
             ctx,
             settings,
@@ -350,9 +362,25 @@ impl Stage for Copy {
     }
 
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
+        self.copy(ctx, None).await
+    }
+
+    async fn check(&self, ctx: &RunContext) -> Result<Check> {
+        self.rows_match(ctx).await
+    }
+
+    async fn undo(&self, ctx: &RunContext) -> Result<String> {
+        self.drop_copied(ctx).await
+    }
+}
+
+impl Copy {
+    /// The copy's steps, under its own exported snapshot or under
+    /// `snapshot` (exported by a replication slot's creation).
+    pub async fn copy(&self, ctx: &RunContext, snapshot: Option<&str>) -> Result<serde_json::Value> {
         let started = Instant::now();
         // 1. The source now, under one snapshot; compared with the plan.
-        let (pass, mut snapshot) = Pass::begin(ctx, &self.settings).await?;
+        let (pass, mut snapshot) = Pass::begin(ctx, &self.settings, snapshot).await?;
         let now = work_of(&pass.source);
         let differs_from_plan = differences(&self.planned, &now);
         if !differs_from_plan.is_empty() {
@@ -437,7 +465,8 @@ impl Stage for Copy {
         Ok(result.to_value())
     }
 
-    async fn check(&self, ctx: &RunContext) -> Result<Check> {
+    /// Every table of the source is on the target with as many rows.
+    pub async fn rows_match(&self, ctx: &RunContext) -> Result<Check> {
         let schema = ctx.journal.schema();
         let (source, target) = tokio::try_join!(
             Inventory::read(&ctx.source, schema, true),
@@ -465,7 +494,8 @@ impl Stage for Copy {
         Ok(Check::Holds)
     }
 
-    async fn undo(&self, ctx: &RunContext) -> Result<String> {
+    /// Drops what the copy created on the target and forgets its items.
+    pub async fn drop_copied(&self, ctx: &RunContext) -> Result<String> {
         target_objects::drop_application_objects(&ctx.target, ctx.journal.schema()).await?;
         let restored =
             database_settings::restore(ctx, &self.settings.target.dbname, &ctx.run_dir.join("copy")).await?;

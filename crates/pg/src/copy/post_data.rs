@@ -41,6 +41,15 @@ pub(super) async fn restore(pass: &Pass<'_>, early: &Early) -> Result<()> {
             .iter()
             .flat_map(|e| std::iter::once(&e.toc).chain(&e.dependents))
             .map(|t| t.line.clone())
+            // The online mode's own publication (pg_dump keeps it): never
+            // recreated on the target.
+            .chain(
+                early
+                    .list
+                    .lines()
+                    .filter(|l| cutover_publication(l))
+                    .map(str::to_string),
+            )
             .collect();
         let list_file = pass.dir.join("post-data.list");
         tools::write_private(&list_file, &super::schedule::remaining_list(&early.list, &skip))?;
@@ -94,4 +103,12 @@ async fn present(pass: &Pass<'_>) -> Result<bool> {
     // Pre-data alone brings NOT NULL-free tables without any of these; the
     // source having none means there is nothing to restore.
     Ok(s > 0 && s == t)
+}
+
+/// A `pg_restore --list` line of the online mode's publications.
+fn cutover_publication(line: &str) -> bool {
+    line.contains(" PUBLICATION ")
+        && [crate::replication::FORWARD, crate::replication::REVERSE]
+            .iter()
+            .any(|name| line.split_whitespace().any(|w| w == *name))
 }
