@@ -110,7 +110,7 @@ fn online_pair() -> PgPair {
     pair.source
         .sql(
             "app",
-            "CREATE TABLE online_writes (id bigserial PRIMARY KEY, port int NOT NULL, at timestamptz DEFAULT now()); \
+            "CREATE TABLE online_writes (id bigserial PRIMARY KEY, server text NOT NULL, at timestamptz DEFAULT now()); \
              GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO app_rw; \
              GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app_rw",
         )
@@ -145,7 +145,14 @@ fn setup(extra: &str) -> (Scenario, PgBouncer) {
     let pair = online_pair();
     let bouncer = PgBouncer::start(&[("app", entry(&pair.source))], "transaction").unwrap();
     let port = pair.source.port();
-    let s = Scenario::with(pair, &online_plan(&bouncer, extra));
+    // On the docker backend each server reaches the other on Docker's network.
+    let mut extra = extra.to_string();
+    for (key, server) in [("source_address", &pair.source), ("target_address", &pair.target)] {
+        if let Some(a) = server.address_for_peers() {
+            extra.push_str(&format!("{key} = \"{a}\"\n"));
+        }
+    }
+    let s = Scenario::with(pair, &online_plan(&bouncer, &extra));
     std::fs::write(
         s.dir.path().join("worker.env"),
         format!("DATABASE_URL=postgresql://app_rw:app-rw-secret-9@127.0.0.1:{port}/app\n"),
@@ -167,7 +174,10 @@ fn cutover_with(
     let mut cmd = s.cutover(args);
     cmd.env("BOUNCER_ADMIN_URL", bouncer.admin_url()).env(
         "WORKER_TARGET_URL",
-        format!("postgresql://app_rw:app-rw-secret-9@127.0.0.1:{}/app", s.pair.target.port()),
+        format!(
+            "postgresql://app_rw:app-rw-secret-9@127.0.0.1:{}/app",
+            s.pair.target.port()
+        ),
     );
     for (k, v) in env {
         cmd.env(k, v);
@@ -188,7 +198,7 @@ fn cutover_with(
 }
 
 /// An application writing through PgBouncer on one connection, fifty times
-/// a second; each committed insert prints its id and the server's port
+/// a second; each committed insert prints its id and the server's system identifier
 /// (psql's `\watch` stops at the first error).
 struct Writer {
     child: Child,
@@ -210,15 +220,16 @@ impl Writer {
         let mut stdin = child.stdin.take().unwrap();
         stdin
             .write_all(
-                b"INSERT INTO online_writes (port) VALUES (inet_server_port()) RETURNING 'w ' || id || ' ' || port\n\\watch 0.02\n",
+                b"INSERT INTO online_writes (server) SELECT system_identifier::text FROM pg_control_system() \
+                  RETURNING 'w ' || id || ' ' || server\n\\watch 0.02\n",
             )
             .unwrap();
         Writer { child, _stdin: stdin }
     }
 
-    /// Stops it: the ids it committed, the ports in order (deduplicated),
-    /// its errors.
-    fn stop(mut self) -> (Vec<i64>, Vec<u16>, String) {
+    /// Stops it: the ids it committed, the servers (system identifiers) in
+    /// order (deduplicated), its errors.
+    fn stop(mut self) -> (Vec<i64>, Vec<String>, String) {
         let ended = self.child.try_wait().unwrap();
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -246,7 +257,7 @@ impl Writer {
                 continue;
             }
             ids.push(w.next().unwrap().parse::<i64>().unwrap());
-            let p: u16 = w.next().unwrap().parse().unwrap();
+            let p = w.next().unwrap().to_string();
             if ports.last() != Some(&p) {
                 ports.push(p);
             }
@@ -283,7 +294,7 @@ fn app_rw_insert(server: &PgServer) -> Result<String, String> {
     let psql = cutover_testkit::pg_bindir().unwrap().join("psql");
     let out = Command::new(psql)
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c"])
-        .arg("INSERT INTO online_writes (port) VALUES (inet_server_port()) RETURNING id")
+        .arg("INSERT INTO online_writes (server) VALUES ('app_rw') RETURNING id")
         .arg(format!(
             "postgresql://app_rw:app-rw-secret-9@127.0.0.1:{}/app",
             server.port()
@@ -301,7 +312,11 @@ fn app_rw_insert(server: &PgServer) -> Result<String, String> {
 #[test]
 fn an_online_cutover_pauses_the_writers_for_seconds_and_loses_nothing() {
     let (s, bouncer) = setup("");
-    let (src, tgt) = (s.pair.source.port(), s.pair.target.port());
+    let tgt = s.pair.target.port();
+    let (src_id, tgt_id) = (
+        s.pair.source.system_identifier().unwrap(),
+        s.pair.target.system_identifier().unwrap(),
+    );
     let writer = Writer::start(&bouncer);
     std::thread::sleep(Duration::from_millis(500));
 
@@ -357,7 +372,7 @@ fn an_online_cutover_pauses_the_writers_for_seconds_and_loses_nothing() {
     // Writes on the target come back to the source (the rollback window).
     std::thread::sleep(Duration::from_millis(500));
     let (ids, ports, errors) = writer.stop();
-    assert_eq!(ports, [src, tgt], "{errors}");
+    assert_eq!(ports, [src_id, tgt_id], "{errors}");
     assert!(errors.is_empty(), "{errors}");
     let count = |server: &PgServer| -> i64 {
         server
@@ -412,7 +427,11 @@ fn an_online_cutover_pauses_the_writers_for_seconds_and_loses_nothing() {
 #[test]
 fn a_rollback_after_the_switch_brings_every_write_back_to_the_source() {
     let (s, bouncer) = setup("");
-    let (src, tgt) = (s.pair.source.port(), s.pair.target.port());
+    let src = s.pair.source.port();
+    let (src_id, tgt_id) = (
+        s.pair.source.system_identifier().unwrap(),
+        s.pair.target.system_identifier().unwrap(),
+    );
     let before = std::fs::read(bouncer.ini()).unwrap();
     let writer = Writer::start(&bouncer);
     std::thread::sleep(Duration::from_millis(300));
@@ -435,7 +454,7 @@ fn a_rollback_after_the_switch_brings_every_write_back_to_the_source() {
     assert_eq!(code, 0, "{stdout}\n{stderr}\n{}", bouncer.log());
     std::thread::sleep(Duration::from_millis(500));
     let (ids, ports, errors) = writer.stop();
-    assert_eq!(ports, [src, tgt, src], "{errors}");
+    assert_eq!(ports, [src_id.clone(), tgt_id, src_id], "{errors}");
     assert!(errors.is_empty(), "{errors}");
     // Every write, made on either side, is on the source.
     let on_source: i64 = s
@@ -476,11 +495,17 @@ fn an_apply_error_is_reported_with_its_fix_while_the_applications_stay_on_the_so
     // A row written on the target since the copy collides with the source's.
     s.pair
         .target
-        .sql("app", "INSERT INTO online_writes (id, port) VALUES (1000000, 0)")
+        .sql(
+            "app",
+            "INSERT INTO online_writes (id, server) VALUES (1000000, 'target')",
+        )
         .unwrap();
     s.pair
         .source
-        .sql("app", "INSERT INTO online_writes (id, port) VALUES (1000000, 1)")
+        .sql(
+            "app",
+            "INSERT INTO online_writes (id, server) VALUES (1000000, 'source')",
+        )
         .unwrap();
     wait_for("the subscription to stop on the conflict", || {
         s.pair
@@ -525,9 +550,9 @@ fn an_apply_error_is_reported_with_its_fix_while_the_applications_stay_on_the_so
     assert_eq!(
         s.pair
             .target
-            .sql("app", "SELECT port FROM online_writes WHERE id = 1000000")
+            .sql("app", "SELECT server FROM online_writes WHERE id = 1000000")
             .unwrap(),
-        "1"
+        "source"
     );
     for server in [&s.pair.source, &s.pair.target] {
         assert_eq!(

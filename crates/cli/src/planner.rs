@@ -280,12 +280,8 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     let mut repoints = vec![];
     for reading in &readings {
         let dest = consumer::destination(&reading.spec, &servers)?;
-        repoints.push(Repoint::new(
-            reading.clone(),
-            dest,
-            base.clone(),
-            servers.clone(),
-        )?);
+        let repoint = Repoint::new(reading.clone(), dest, base.clone(), servers.clone())?;
+        repoints.push(if online { repoint.online() } else { repoint });
     }
     if let Some(d) = &loaded.file.decommission
         && d.driver == DecommissionDriver::Postgres

@@ -64,6 +64,9 @@ pub struct Repoint {
     base: PathBuf,
     servers: Servers,
     description: Description,
+    /// The online mode: the reverse stream brought the target's writes back
+    /// to the source before this undo runs.
+    online: bool,
 }
 
 /// Row writes (inserts, updates, deletes) the target's application tables have taken, from the statistics.
@@ -181,7 +184,15 @@ impl Repoint {
             dest,
             base,
             servers,
+            online: false,
         })
+    }
+
+    /// In the online mode (no warning about the target's writes on undo:
+    /// the reverse stream carried them to the source).
+    pub fn online(mut self) -> Repoint {
+        self.online = true;
+        self
     }
 
     fn backup_path(&self, ctx: &RunContext) -> PathBuf {
@@ -411,7 +422,7 @@ impl Stage for Repoint {
             .journal
             .item_rows(ctx.run_id, &name, &ItemKey::Written)
             .await?;
-        if let Some(before) = at_repoint {
+        if let Some(before) = at_repoint.filter(|_| !self.online) {
             let since = target_writes(ctx).await? - before;
             if since > 0 {
                 ctx.emit(Event::Warning {

@@ -144,6 +144,8 @@ pub struct SwitchResult {
     pub pause_started: String,
     /// The source's WAL position once they were.
     pub source_lsn: String,
+    /// How long pausing took (PgBouncer's PAUSE waits for transactions in flight).
+    pub pausing_millis: u64,
     /// From the pause to the target showing the sentinel.
     pub catch_up_millis: u64,
     pub sequences: usize,
@@ -256,6 +258,7 @@ impl Stage for Switch {
             message: format!("switch: pausing the applications ({})", apps.describe()),
         });
         let sessions_ended = apps.pause(&ctx.source).await?;
+        let pausing_millis = t0.elapsed().as_millis() as u64;
         crash_point("switch:paused");
         let deadline = t0 + Duration::from_secs_f64(self.online.options.max_pause);
         let caught_up = async {
@@ -310,8 +313,8 @@ impl Stage for Switch {
         let millis = t0.elapsed().as_millis() as u64;
         ctx.emit(Event::Info {
             message: format!(
-                "switch: the target caught up {catch_up_millis} ms into the pause; sequences set, reverse stream \
-                 started at {millis} ms; repointing the consumers"
+                "switch: paused in {pausing_millis} ms; the target caught up {catch_up_millis} ms into the pause; \
+                 sequences set, reverse stream started at {millis} ms; repointing the consumers"
             ),
         });
         Ok(SwitchResult {
@@ -321,6 +324,7 @@ impl Stage for Switch {
             ),
             pause_started,
             source_lsn: lsn,
+            pausing_millis,
             catch_up_millis,
             sequences,
             sessions_ended,

@@ -448,6 +448,17 @@ pub async fn snapshot_pool(
                 Ok(())
             })
         })
+        // A reader that opened and committed its own transaction (sqlx's
+        // `begin`: a BEGIN inside ours is only a warning, its COMMIT ends
+        // ours) left the snapshot: that session is closed, not reused.
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                let isolation: String = sqlx::query_scalar("SELECT current_setting('transaction_isolation')")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Ok(isolation == "repeatable read")
+            })
+        })
         .connect_with(options)
         .await
         .map_err(|e| {

@@ -45,6 +45,8 @@ pub struct ReplicateResult {
     pub lag_bytes: i64,
     pub copy_seconds: f64,
     pub catch_up_seconds: f64,
+    /// From writing the sentinel on the source to seeing it on the target.
+    pub sentinel_millis: u64,
 }
 
 cutover_core::artefacts!(ReplicateResult);
@@ -179,7 +181,7 @@ impl Replicate {
     }
 
     /// Waits until the target trails by less than `max_lag`.
-    async fn catch_up(&self, ctx: &RunContext) -> Result<i64> {
+    async fn catch_up(&self, ctx: &RunContext) -> Result<(i64, u64)> {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(self.online.lag_timeout);
         let baseline = replication::subscription(&ctx.target, FORWARD)
@@ -188,6 +190,7 @@ impl Replicate {
         // A sentinel proves the stream applies end to end (a lag near zero
         // alone does not: a stopped apply worker holds a small lag too).
         let token = replication::write_sentinel(&ctx.source, ctx.journal.schema()).await?;
+        let written = Instant::now();
         let table_seen =
             || replication::wait_for_sentinel(&ctx.target, ctx.journal.schema(), token, Instant::now());
         let mut reported = Instant::now();
@@ -206,7 +209,7 @@ impl Replicate {
                 ))
             })?;
             if sub.streaming && lag < self.online.max_lag as i64 && table_seen().await? {
-                return Ok(lag);
+                return Ok((lag, written.elapsed().as_millis() as u64));
             }
             if reported.elapsed() >= Duration::from_secs(2) {
                 ctx.emit(Event::Info {
@@ -234,7 +237,7 @@ impl Replicate {
                             options.online.max_lag or pause the heaviest writer",
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -279,7 +282,7 @@ impl Stage for Replicate {
             replication::enable(&ctx.target, FORWARD).await?;
         }
         let started = Instant::now();
-        result.lag_bytes = self.catch_up(ctx).await?;
+        (result.lag_bytes, result.sentinel_millis) = self.catch_up(ctx).await?;
         result.catch_up_seconds = started.elapsed().as_secs_f64();
         result.summary = format!(
             "{}streaming; the target trails by {}",

@@ -343,6 +343,20 @@ impl PgServer {
         }
     }
 
+    /// `host:port` at which another server of the kit reaches this one
+    /// (a subscription's connection): on the docker backend the container's
+    /// address on Docker's bridge network; None where the published address
+    /// serves (local servers).
+    pub fn address_for_peers(&self) -> Option<String> {
+        let id = self.container_id()?;
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{.NetworkSettings.IPAddress}}", id])
+            .output()
+            .ok()?;
+        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!ip.is_empty()).then(|| format!("{ip}:5432"))
+    }
+
     /// The container's id (docker backend).
     pub fn container_id(&self) -> Option<&str> {
         match &self.inner {
