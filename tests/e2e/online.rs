@@ -561,3 +561,42 @@ fn an_apply_error_is_reported_with_its_fix_while_the_applications_stay_on_the_so
         );
     }
 }
+
+#[test]
+fn a_source_restarted_during_replicate_streams_again_and_nothing_is_lost() {
+    let (s, bouncer) = setup("");
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--until", "replicate"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    s.pair.source.restart().unwrap();
+    s.pair
+        .source
+        .sql(
+            "app",
+            "INSERT INTO online_writes (server) SELECT 'after restart' FROM generate_series(1, 50)",
+        )
+        .unwrap();
+    // The subscription reconnects by itself; the switch catches up with
+    // what the source took after its restart.
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(
+        s.pair
+            .target
+            .sql(
+                "app",
+                "SELECT count(*) FROM online_writes WHERE server = 'after restart'"
+            )
+            .unwrap(),
+        "50"
+    );
+    assert_eq!(
+        s.pair.target.digest("app", &["cutover"]).unwrap(),
+        s.pair.source.digest("app", &["cutover"]).unwrap()
+    );
+    for server in [&s.pair.source, &s.pair.target] {
+        assert_eq!(
+            replication_objects(server),
+            "0 slots, 0 publications, 0 subscriptions"
+        );
+    }
+}

@@ -298,7 +298,10 @@ impl Stage for Replicate {
 
     async fn check(&self, ctx: &RunContext) -> Result<Check> {
         Ok(match replication::subscription(&ctx.target, FORWARD).await? {
-            Some(s) if s.enabled => Check::Holds,
+            Some(s) if s.enabled && s.streaming => Check::Holds,
+            // A restarted source: the apply worker reconnects by itself;
+            // replicate runs again and waits for the stream's sentinel.
+            Some(s) if s.enabled => Check::Fails(format!("subscription {FORWARD} is not streaming")),
             Some(_) => Check::Fails(format!("subscription {FORWARD} is disabled")),
             None => Check::Fails(format!("there is no subscription {FORWARD} on the target")),
         })
