@@ -30,6 +30,7 @@ CUTOVER_TEST_BACKEND=docker cargo test --locked --test e2e -- kit:: cutover::see
 
 echo "== benchmark smoke pass (tiny scale; the real run is in docs/performance.md)"
 cargo run --locked -q -p cutover-bench -- --scale 1 --reps 1
+cargo run --locked -q -p cutover-bench -- --scale 1 --online --online-one-size
 
 leftover=$(pgrep -f 'cutover-testkit-' || true)
 if [ -n "$leftover" ]; then

@@ -17,6 +17,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use cutover_testkit::{PgServer, pg_bindir};
 
+mod online;
+
 #[derive(Debug, Parser)]
 #[command(name = "cutover-bench")]
 struct Args {
@@ -46,6 +48,16 @@ struct Args {
     /// text form of every row, to compare).
     #[arg(long, default_value = "auto")]
     row_hash: String,
+    /// Instead of the copies: the online case (pgbench writing through
+    /// PgBouncer during an online cutover) at --scale and at 4× it.
+    #[arg(long)]
+    online: bool,
+    /// pgbench clients in the online case.
+    #[arg(long, default_value_t = 4)]
+    online_clients: u32,
+    /// The online case at --scale only (a smoke pass).
+    #[arg(long)]
+    online_one_size: bool,
 }
 
 fn main() -> ExitCode {
@@ -102,8 +114,14 @@ struct Timing {
 
 fn run(args: Args) -> Result<()> {
     println!("Starting two local PostgreSQL servers with default durability (fsync on)...");
-    let source = PgServer::start_durable()?;
-    let target = PgServer::start_durable()?;
+    // The online case needs logical WAL (PostgreSQL's default is replica,
+    // which the copies are timed with).
+    let opts = cutover_testkit::ServerOptions {
+        wal_level: args.online.then(|| "logical".to_string()),
+        ..Default::default()
+    };
+    let source = PgServer::start_durable_with(&opts)?;
+    let target = PgServer::start_durable_with(&opts)?;
     let dir = tempfile::Builder::new().prefix("cutover-bench-").tempdir()?;
     let pgpass = dir.path().join("pgpass");
     std::fs::write(
@@ -128,6 +146,14 @@ fn run(args: Args) -> Result<()> {
         split_bytes: args.split_bytes,
         row_hash: args.row_hash.clone(),
     };
+    if args.online {
+        let scales = if args.online_one_size {
+            vec![args.scale]
+        } else {
+            vec![args.scale, args.scale * 4]
+        };
+        return online::run(&bench, &scales, args.online_clients);
+    }
     let pgcopydb = which("pgcopydb");
     if pgcopydb.is_none() {
         println!("note: pgcopydb is not installed (Debian: apt-get install pgcopydb); its column is skipped");

@@ -74,7 +74,13 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     let online = loaded.file.options.mode == Mode::Online;
     let mut warnings = vec![];
     if online && !retired {
-        let r = cutover_pg::online::readiness(&dbs.source_pool, &dbs.target_pool, schema).await?;
+        let r = cutover_pg::online::readiness(
+            &dbs.source_pool,
+            &dbs.target_pool,
+            schema,
+            &loaded.file.options.online.replica_identity_full,
+        )
+        .await?;
         if !r.problems.is_empty() {
             return Err(online_refused(&r));
         }
@@ -472,7 +478,9 @@ pub fn assemble(p: Parts<'_>) -> Result<Vec<Box<dyn Stage>>> {
         )));
     }
     if online.is_some() {
-        stages.push(Box::new(EndReplication::default()));
+        stages.push(Box::new(EndReplication::new(
+            options.online.replica_identity_full.clone(),
+        )));
     }
     if let Some(d) = &loaded.file.decommission
         && d.driver != DecommissionDriver::None

@@ -148,6 +148,10 @@ pub struct OnlineOptions {
     /// `host:port` at which the source server reaches the target (the
     /// reverse subscription); default: the target's host and port.
     pub target_address: Option<String>,
+    /// Tables without a key (`schema.table`) to publish with `REPLICA
+    /// IDENTITY FULL` (every UPDATE and DELETE then logs the whole row); the
+    /// explicit choice for a keyless table, which the plan otherwise refuses.
+    pub replica_identity_full: Vec<String>,
 }
 
 impl Default for OnlineOptions {
@@ -158,6 +162,7 @@ impl Default for OnlineOptions {
             max_pause: 5.0,
             source_address: None,
             target_address: None,
+            replica_identity_full: vec![],
         }
     }
 }

@@ -471,11 +471,14 @@ pub const END: &str = "end-replication";
 /// applications' roles (it is about to be retired).
 pub struct EndReplication {
     pub description: Description,
+    /// options.online.replica_identity_full, set back to DEFAULT on both sides.
+    identity_full: Vec<String>,
 }
 
-impl Default for EndReplication {
-    fn default() -> EndReplication {
+impl EndReplication {
+    pub fn new(identity_full: Vec<String>) -> EndReplication {
         EndReplication {
+            identity_full,
             description: Description {
                 summary: format!(
                     "close the rollback window: drop the reverse stream ({REVERSE}: subscription on the source, slot \
@@ -509,6 +512,9 @@ impl Stage for EndReplication {
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
         let schema = ctx.journal.schema();
         replication::remove_all(&ctx.source, &ctx.target, schema).await?;
+        for pool in [&ctx.source, &ctx.target] {
+            replication::identity_full(pool, &self.identity_full, false).await?;
+        }
         let left = replication::leftovers(&ctx.source, &ctx.target).await?;
         if !left.is_empty() {
             return Err(Error::failure(format!(

@@ -27,7 +27,14 @@ pub struct Readiness {
 const OLD_TRANSACTION_SECS: i64 = 60;
 
 /// Reads both servers' settings, roles and tables.
-pub async fn readiness(source: &PgPool, target: &PgPool, journal_schema: &str) -> Result<Readiness> {
+/// `identity_full`: keyless tables the plan publishes with `REPLICA
+/// IDENTITY FULL` (`schema.table`); they are not a problem.
+pub async fn readiness(
+    source: &PgPool,
+    target: &PgPool,
+    journal_schema: &str,
+    identity_full: &[String],
+) -> Result<Readiness> {
     let mut r = Readiness::default();
     for (side, pool) in [("source", source), ("target", target)] {
         let wal_level: String = sqlx::query_scalar("SELECT current_setting('wal_level')")
@@ -115,6 +122,16 @@ pub async fn readiness(source: &PgPool, target: &PgPool, journal_schema: &str) -
     .bind(journal_schema)
     .fetch_all(source)
     .await?;
+    let (chosen, keyless): (Vec<String>, Vec<String>) = keyless
+        .into_iter()
+        .partition(|t| identity_full.iter().any(|c| same_table(c, t)));
+    if !chosen.is_empty() {
+        r.notes.push(format!(
+            "published with REPLICA IDENTITY FULL (options.online.replica_identity_full; every UPDATE and DELETE \
+             logs the whole row until the cutover ends): {}",
+            chosen.join(", ")
+        ));
+    }
     if !keyless.is_empty() {
         r.problems.push(Problem {
             what: format!(
@@ -123,9 +140,16 @@ pub async fn readiness(source: &PgPool, target: &PgPool, journal_schema: &str) -
                 keyless.len(),
                 keyless.join(", ")
             ),
-            fix: "add a primary key, or ALTER TABLE … REPLICA IDENTITY USING INDEX <unique index>; \
-                  REPLICA IDENTITY FULL also works, at the cost of every UPDATE and DELETE logging the whole row"
-                .into(),
+            fix: format!(
+                "add a primary key, or ALTER TABLE … REPLICA IDENTITY USING INDEX <unique index>; or choose \
+                 REPLICA IDENTITY FULL for them (every UPDATE and DELETE then logs the whole row): \
+                 [options.online] replica_identity_full = [{}]",
+                keyless
+                    .iter()
+                    .map(|t| format!("\"{}\"", t.replace('"', "")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         });
     }
     let old: Vec<(i32, String, i64)> = sqlx::query_as(
@@ -207,4 +231,12 @@ impl Readiness {
             .chain(self.notes.iter().map(|n| format!("note: {n}")))
             .collect()
     }
+}
+
+/// `public.t` as the plan names it and `public.t` as format('%I.%I') gives it.
+pub fn same_table(chosen: &str, qualified: &str) -> bool {
+    let plain = |s: &str| s.replace('"', "");
+    let c = plain(chosen);
+    let q = plain(qualified);
+    c == q || (!c.contains('.') && format!("public.{c}") == q)
 }

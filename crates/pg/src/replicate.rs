@@ -125,6 +125,7 @@ impl Replicate {
         {
             self.copy.drop_copied(ctx).await?;
         }
+        replication::identity_full(&ctx.source, &self.online.replica_identity_full, true).await?;
         let tables = replication::publish(&ctx.source, FORWARD, schema).await?;
         replication::sentinel_table(&ctx.target, schema).await?;
         let slot = replication::ExportedSlot::create(&self.source, FORWARD).await?;
@@ -313,6 +314,7 @@ impl Stage for Replicate {
         replication::drop_slot(&ctx.source, FORWARD).await?;
         replication::unpublish(&ctx.source, FORWARD, schema, true).await?;
         replication::unpublish(&ctx.target, FORWARD, schema, false).await?;
+        replication::identity_full(&ctx.source, &self.online.replica_identity_full, false).await?;
         let dropped = self.copy.drop_copied(ctx).await?;
         Ok(format!(
             "subscription, slot and publication {FORWARD} dropped; {dropped}"

@@ -89,6 +89,27 @@ pub async fn publish(pool: &PgPool, name: &str, journal_schema: &str) -> Result<
     Ok(tables.len())
 }
 
+/// Sets `REPLICA IDENTITY FULL` (`full`) or back to `DEFAULT` on the plan's
+/// chosen keyless tables (`schema.table`) that exist on `pool`.
+pub async fn identity_full(pool: &PgPool, tables: &[String], full: bool) -> Result<()> {
+    for t in tables {
+        let name: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(t)
+            .fetch_one(pool)
+            .await?;
+        if let Some(name) = name {
+            sqlx::query(&format!(
+                "ALTER TABLE {name} REPLICA IDENTITY {}",
+                if full { "FULL" } else { "DEFAULT" }
+            ))
+            .execute(pool)
+            .await
+            .map_err(|e| Error::from(e).context(format!("setting the replica identity of {t}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// Drops publication `name` where it exists.
 pub async fn drop_publication(pool: &PgPool, name: &str) -> Result<()> {
     sqlx::query(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))

@@ -122,14 +122,15 @@ impl PgServer {
     /// A local server with PostgreSQL's default durability (fsync and
     /// synchronous commit on), for benchmarks.
     pub fn start_durable() -> Result<PgServer> {
+        PgServer::start_durable_with(&ServerOptions::default())
+    }
+
+    /// [`PgServer::start_durable`] with options (`wal_level = logical` for
+    /// the online benchmark: PostgreSQL's default is `replica`).
+    pub fn start_durable_with(opts: &ServerOptions) -> Result<PgServer> {
         let password = crate::distinctive_password();
         let server = PgServer {
-            inner: Inner::Local(LocalServer::start(
-                ADMIN_USER,
-                &password,
-                true,
-                &ServerOptions::default(),
-            )?),
+            inner: Inner::Local(LocalServer::start(ADMIN_USER, &password, true, opts)?),
             user: ADMIN_USER.into(),
             password,
             tls: false,
