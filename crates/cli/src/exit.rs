@@ -8,7 +8,7 @@
 //! | 3    | differences found: `verify` found data that differs, `doctor` found a split brain |
 //! | 4    | locked: another `cutover run` holds this target |
 //! | 5    | refused for safety: confirmation missing, target ahead of source, same database |
-//! | 6    | not implemented in this version (`options.mode = "online"`) |
+//! | 6    | not implemented in this version (reserved)  |
 //! | 130  | interrupted (Ctrl-C); the journal records where it stopped |
 
 use std::process::ExitCode;
