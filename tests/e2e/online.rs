@@ -403,9 +403,26 @@ fn an_online_cutover_pauses_the_writers_for_seconds_and_loses_nothing() {
         s.pair.source.digest("app", &["cutover"]).unwrap()
     );
 
+    // verify agrees (the applications' fence on the source is no difference).
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["verify"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // status tells what replication exists now, and the WAL a slot keeps.
+    let (code, stdout, _) = cutover(&s, &bouncer, &["status"]);
+    assert_eq!(code, 0);
+    for line in [
+        "replication: slot cutover_reverse on the target: keeps ",
+        "replication: subscription cutover_reverse on the source: streaming",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
+    }
     // Closing the window leaves nothing of the replication behind.
     let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let (_, stdout, _) = cutover(&s, &bouncer, &["status"]);
+    assert!(
+        stdout.contains("replication: none of cutover's slots, publications or subscriptions exists"),
+        "{stdout}"
+    );
     for server in [&s.pair.source, &s.pair.target] {
         assert_eq!(
             replication_objects(server),
@@ -593,6 +610,97 @@ fn a_source_restarted_during_replicate_streams_again_and_nothing_is_lost() {
         s.pair.target.digest("app", &["cutover"]).unwrap(),
         s.pair.source.digest("app", &["cutover"]).unwrap()
     );
+    for server in [&s.pair.source, &s.pair.target] {
+        assert_eq!(
+            replication_objects(server),
+            "0 slots, 0 publications, 0 subscriptions"
+        );
+    }
+}
+
+#[test]
+fn a_switch_that_cannot_catch_up_in_time_resumes_the_applications_on_the_source() {
+    let (s, bouncer) = setup("");
+    let (src_id, tgt_id) = (
+        s.pair.source.system_identifier().unwrap(),
+        s.pair.target.system_identifier().unwrap(),
+    );
+    let writer = Writer::start(&bouncer);
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--until", "replicate"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // A session on the target holds a lock the apply worker needs: the
+    // switch cannot catch up.
+    let psql = cutover_testkit::pg_bindir().unwrap().join("psql");
+    let mut blocker = Command::new(psql)
+        .args(["-X", "-q"])
+        .arg(s.pair.target.url("app"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = blocker.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"BEGIN;\nLOCK TABLE online_writes IN SHARE MODE;\n")
+            .unwrap();
+        stdin.flush().unwrap();
+    }
+    wait_for("the lock", || {
+        s.pair
+            .target
+            .sql("app", "SELECT count(*) FROM pg_locks WHERE mode = 'ShareLock' AND relation = 'online_writes'::regclass")
+            .unwrap()
+            == "1"
+    });
+    let started = Instant::now();
+    let (code, stdout, stderr) = cutover(
+        &s,
+        &bouncer,
+        &["run", "--yes", "--until", "verify-sync", "--output", "json"],
+    );
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let failed = crate::support::events(&stdout)
+        .into_iter()
+        .find(|e| e["event"] == "stage_failed")
+        .unwrap();
+    assert_eq!(failed["stage"], "switch", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("did not catch up within options.online.max_pause (5 s)")
+            && error.contains("resumed on the source"),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The applications are back on the source, writing: PgBouncer unpaused,
+    // app_rw's role writable there again.
+    let shown = bouncer.admin("SHOW DATABASES").unwrap();
+    let row = shown.lines().find(|l| l.starts_with("app|")).unwrap().to_string();
+    assert!(row.contains(&format!("|{}|app|", s.pair.source.port())), "{row}");
+    app_rw_insert(&s.pair.source).unwrap();
+    // The lock goes: the next run switches.
+    blocker.kill().unwrap();
+    blocker.wait().unwrap();
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--until", "verify-sync"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    std::thread::sleep(Duration::from_millis(500));
+    let (ids, ports, errors) = writer.stop();
+    assert_eq!(ports, [src_id, tgt_id], "{errors}");
+    assert!(errors.is_empty(), "{errors}");
+    let count = |server: &PgServer| -> i64 {
+        server
+            .sql(
+                "app",
+                "SELECT count(*) FROM online_writes WHERE server <> 'app_rw'",
+            )
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(count(&s.pair.target), ids.len() as i64);
+    wait_for("the reverse stream", || count(&s.pair.source) == ids.len() as i64);
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
     for server in [&s.pair.source, &s.pair.target] {
         assert_eq!(
             replication_objects(server),

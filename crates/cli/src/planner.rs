@@ -657,6 +657,10 @@ mod tests {
     /// The stages of `plan` (the text after [source] and [target]) for two
     /// empty databases and no consumer.
     fn stages(extra: &str) -> Result<Vec<Box<dyn Stage>>> {
+        stages_with(extra, None)
+    }
+
+    fn stages_with(extra: &str, applications: Option<Applications>) -> Result<Vec<Box<dyn Stage>>> {
         let loaded = LoadedPlan {
             path: "/plans/cutover.toml".into(),
             file: parse(&format!("{PLAN}{extra}")).unwrap(),
@@ -697,7 +701,7 @@ mod tests {
             servers,
             destroy: false,
             force: false,
-            applications: None,
+            applications,
         })
     }
 
@@ -775,5 +779,42 @@ mod tests {
         // driver = "none" retires nothing, so it needs no consumer.
         let stages = stages("[decommission]\ndriver = \"none\"\n").unwrap();
         assert_eq!(stages.len(), 6);
+    }
+
+    #[test]
+    fn the_online_mode_replicates_and_switches_instead_of_freezing() {
+        let apps = Applications {
+            bouncers: vec![],
+            roles: vec!["app_rw".into()],
+        };
+        let stages = stages_with(
+            "[options]\nmode = \"online\"\n[options.online]\nmax_pause = 2.5\n",
+            Some(apps),
+        )
+        .unwrap();
+        assert_eq!(
+            names(&stages),
+            [
+                "discover",
+                "backup-target",
+                "clear-target",
+                "replicate",
+                "switch",
+                "resume",
+                "end-replication"
+            ]
+        );
+        let switch = stages[4].describe();
+        assert!(
+            switch.summary.contains("app_rw made read-only"),
+            "{}",
+            switch.summary
+        );
+        assert!(switch.summary.contains("at most 2.5 s"), "{}", switch.summary);
+        // Closing the rollback window cannot be undone.
+        assert!(matches!(
+            stages[6].undo_kind(),
+            cutover_core::stage::Undo::Irreversible(_)
+        ));
     }
 }

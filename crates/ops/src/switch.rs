@@ -23,6 +23,7 @@ use cutover_core::artefacts::Artefacts;
 use cutover_core::endpoint::Endpoint;
 use cutover_core::engine::crash_point;
 use cutover_core::event::Event;
+use cutover_core::journal::{Item, ItemKey};
 use cutover_core::plan_file::{AdminConsole, OnlineOptions};
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, ErrorKind, Result};
@@ -207,6 +208,15 @@ impl Switch {
     }
 }
 
+/// When the applications were paused, as the switch journaled it.
+async fn pause_start(ctx: &RunContext) -> Result<Option<String>> {
+    Ok(ctx
+        .journal
+        .item_detail(ctx.run_id, SWITCH, &ItemKey::Paused)
+        .await?
+        .and_then(|d| d["since"].as_str().map(str::to_string)))
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -241,23 +251,43 @@ impl Stage for Switch {
         let apps = &self.online.apps;
         if replication::subscription(&ctx.target, FORWARD).await?.is_none() {
             // An earlier attempt passed the point of no return (the target
-            // had caught up with the applications paused): finish it.
+            // had caught up with the applications paused, and they still
+            // are): finish it.
+            replication::drop_slot(&ctx.source, FORWARD).await?;
+            replication::drop_publication(&ctx.source, FORWARD).await?;
             reverse(ctx, &self.online.target, &self.online.options).await?;
+            let pause_started = pause_start(ctx).await?.unwrap_or_else(now);
             return Ok(SwitchResult {
-                summary: "the forward stream had ended in an earlier attempt; reverse stream started".into(),
-                pause_started: now(),
+                summary: format!(
+                    "the forward stream had ended in an earlier attempt (applications paused since \
+                     {pause_started}); reverse stream started"
+                ),
+                pause_started,
                 ..Default::default()
             }
             .to_value());
         }
         // Whatever an earlier, killed attempt paused resumes on the source first.
         apps.resume(&ctx.source).await?;
+        ctx.journal
+            .remove_item(ctx.run_id, SWITCH, &ItemKey::Paused)
+            .await?;
         let pause_started = now();
         let t0 = Instant::now();
         ctx.emit(Event::Info {
             message: format!("switch: pausing the applications ({})", apps.describe()),
         });
         let sessions_ended = apps.pause(&ctx.source).await?;
+        let detail = serde_json::json!({ "since": pause_started });
+        ctx.journal
+            .item_done(
+                ctx.run_id,
+                &Item {
+                    detail: Some(&detail),
+                    ..Item::new(SWITCH, &ItemKey::Paused)
+                },
+            )
+            .await?;
         let pausing_millis = t0.elapsed().as_millis() as u64;
         crash_point("switch:paused");
         let deadline = t0 + Duration::from_secs_f64(self.online.options.max_pause);
@@ -281,6 +311,9 @@ impl Stage for Switch {
             let lag = replication::lag(&ctx.source, FORWARD).await?.unwrap_or(0);
             let sub = replication::subscription(&ctx.target, FORWARD).await?;
             apps.resume(&ctx.source).await?;
+            ctx.journal
+                .remove_item(ctx.run_id, SWITCH, &ItemKey::Paused)
+                .await?;
             let why = match sub {
                 Some(s) if !s.enabled || !s.streaming => {
                     "the subscription is not applying (an apply error? the target's log says)".to_string()
@@ -433,13 +466,7 @@ impl Stage for Resume {
             Applications::resume_one(b).await?;
         }
         let ended = chrono::Utc::now();
-        let states = ctx.journal.stage_states(ctx.run_id).await?;
-        let started = states
-            .get(SWITCH)
-            .and_then(|s| s.artefacts.as_ref())
-            .and_then(|v| SwitchResult::from_value(v).ok())
-            .map(|s| s.pause_started)
-            .unwrap_or_default();
+        let started = pause_start(ctx).await?.unwrap_or_default();
         let millis = chrono::DateTime::parse_from_rfc3339(&started)
             .map(|s| (ended - s.with_timezone(&chrono::Utc)).num_milliseconds().max(0) as u64)
             .unwrap_or(0);

@@ -240,3 +240,17 @@ pub fn same_table(chosen: &str, qualified: &str) -> bool {
     let q = plain(qualified);
     c == q || (!c.contains('.') && format!("public.{c}") == q)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::same_table;
+
+    #[test]
+    fn a_chosen_table_matches_with_or_without_its_schema_and_quotes() {
+        assert!(same_table("public.pgbench_history", "public.pgbench_history"));
+        assert!(same_table("pgbench_history", "public.pgbench_history"));
+        assert!(same_table("\"Audit\".\"Log\"", "\"Audit\".\"Log\""));
+        assert!(!same_table("audit.log", "public.log"));
+        assert!(!same_table("log", "audit.log"));
+    }
+}

@@ -547,16 +547,26 @@ pub async fn copy_sequences(from: &PgPool, to: &PgPool, journal_schema: &str) ->
 
 /// Makes the database of `pool` read-only for `roles` (new sessions) and
 /// ends their sessions there: the applications that log in as them can no
-/// longer write on that side. Returns the sessions ended.
+/// longer write on that side. A marker setting (`cutover.fenced`) beside
+/// it tells [`unfence`] which roles cutover fenced: a role the operator
+/// made read-only there before is left as it is. Returns the sessions ended.
 pub async fn fence(pool: &PgPool, roles: &[String]) -> Result<usize> {
     if roles.is_empty() {
         return Ok(0);
     }
-    for role in roles {
-        sqlx::query(&format!(
-            "ALTER ROLE {} IN DATABASE {} SET default_transaction_read_only = on",
-            quote_ident(role),
-            quote_ident(&current_database(pool).await?)
+    let db = quote_ident(&current_database(pool).await?);
+    let already: Vec<String> = sqlx::query_scalar(
+        "SELECT r.rolname::text FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+         JOIN pg_roles r ON r.oid = s.setrole WHERE d.datname = current_database() \
+           AND 'default_transaction_read_only=on' = ANY (s.setconfig) AND NOT 'cutover.fenced=on' = ANY (s.setconfig)",
+    )
+    .fetch_all(pool)
+    .await?;
+    for role in roles.iter().filter(|r| !already.contains(r)) {
+        let r = quote_ident(role);
+        sqlx::raw_sql(&format!(
+            "ALTER ROLE {r} IN DATABASE {db} SET cutover.fenced = on; \
+             ALTER ROLE {r} IN DATABASE {db} SET default_transaction_read_only = on"
         ))
         .execute(pool)
         .await
@@ -588,14 +598,15 @@ pub async fn session_roles(pool: &PgPool) -> Result<Vec<String>> {
     .await?)
 }
 
-/// Lifts [`fence`] for every role it was set for in this database.
+/// Lifts [`fence`] for every role it fenced in this database.
 pub async fn unfence(pool: &PgPool) -> Result<Vec<String>> {
     let roles = fenced(pool).await?;
     let db = quote_ident(&current_database(pool).await?);
     for role in &roles {
-        sqlx::query(&format!(
-            "ALTER ROLE {} IN DATABASE {db} RESET default_transaction_read_only",
-            quote_ident(role)
+        let r = quote_ident(role);
+        sqlx::raw_sql(&format!(
+            "ALTER ROLE {r} IN DATABASE {db} RESET default_transaction_read_only; \
+             ALTER ROLE {r} IN DATABASE {db} RESET cutover.fenced"
         ))
         .execute(pool)
         .await?;
@@ -603,12 +614,12 @@ pub async fn unfence(pool: &PgPool) -> Result<Vec<String>> {
     Ok(roles)
 }
 
-/// The roles this database is read-only for (by [`fence`]).
+/// The roles [`fence`] made read-only in this database.
 pub async fn fenced(pool: &PgPool) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(
         "SELECT r.rolname::text FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
          JOIN pg_roles r ON r.oid = s.setrole \
-         WHERE d.datname = current_database() AND 'default_transaction_read_only=on' = ANY (s.setconfig) \
+         WHERE d.datname = current_database() AND 'cutover.fenced=on' = ANY (s.setconfig) \
          ORDER BY 1",
     )
     .fetch_all(pool)
@@ -668,6 +679,54 @@ pub async fn leftovers(source: &PgPool, target: &PgPool) -> Result<Leftovers> {
         );
     }
     Ok(l)
+}
+
+/// One line per replication object of cutover's on `pool` (the `side`):
+/// slots with the WAL they keep, publications, subscriptions and whether
+/// they stream. For `status`: a forgotten slot fills the disk.
+pub async fn describe(pool: &PgPool, side: &str) -> Result<Vec<String>> {
+    let names = [FORWARD, REVERSE];
+    let mut lines = vec![];
+    let slots: Vec<(String, i64, bool)> = sqlx::query_as(
+        "SELECT slot_name::text, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint, active \
+         FROM pg_replication_slots WHERE slot_name = ANY($1) ORDER BY 1",
+    )
+    .bind(names)
+    .fetch_all(pool)
+    .await?;
+    for (name, kept, active) in slots {
+        lines.push(format!(
+            "slot {name} on the {side}: keeps {} of WAL, {}",
+            cutover_core::units::bytes(kept),
+            if active { "streaming" } else { "not streaming" }
+        ));
+    }
+    let pubs: Vec<String> =
+        sqlx::query_scalar("SELECT pubname::text FROM pg_publication WHERE pubname = ANY($1)")
+            .bind(names)
+            .fetch_all(pool)
+            .await?;
+    lines.extend(pubs.into_iter().map(|p| format!("publication {p} on the {side}")));
+    for name in names {
+        if let Some(sub) = subscription(pool, name).await? {
+            lines.push(format!(
+                "subscription {name} on the {side}: {}{}",
+                if !sub.enabled {
+                    "disabled"
+                } else if sub.streaming {
+                    "streaming"
+                } else {
+                    "enabled, not streaming"
+                },
+                if sub.apply_errors > 0 {
+                    format!(", {} apply error(s)", sub.apply_errors)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    Ok(lines)
 }
 
 /// Removes every replication object of cutover's on both servers (and the

@@ -194,6 +194,18 @@ impl Security {
                     .filter(|c| !c.starts_with("default_transaction_read_only="))
                     .collect();
             } else {
+                // The online switch's fence (marked by cutover.fenced):
+                // never carried, never compared.
+                let fenced = config.iter().any(|c| c == "cutover.fenced=on");
+                let config: Vec<String> = config
+                    .into_iter()
+                    .filter(|c| {
+                        !fenced || (c != "cutover.fenced=on" && c != "default_transaction_read_only=on")
+                    })
+                    .collect();
+                if config.is_empty() {
+                    continue;
+                }
                 sec.roles.insert(role.clone());
                 sec.role_settings.insert(role, config);
             }

@@ -3,7 +3,7 @@
 use clap::Args;
 use cutover_core::endpoint::{Endpoint, Role};
 use cutover_core::journal::Journal;
-use cutover_core::plan_file::LoadedPlan;
+use cutover_core::plan_file::{LoadedPlan, Mode};
 
 use crate::args::{GlobalArgs, Output};
 use crate::exit::Code;
@@ -51,11 +51,28 @@ pub(crate) fn run(global: &GlobalArgs, _args: StatusArgs) -> anyhow::Result<Code
         };
         let mut states: Vec<_> = journal.stage_states(run.id).await?.into_values().collect();
         states.sort_by_key(|s| s.first_started_at.unwrap_or(s.at));
+        let replication = if opts.mode == Mode::Online {
+            Some(replication(&loaded, &pool).await)
+        } else {
+            None
+        };
         if global.output == Output::Json {
-            println!("{}", serde_json::json!({ "run": run, "stages": states }));
+            let mut v = serde_json::json!({ "run": run, "stages": states });
+            if let Some(r) = &replication {
+                v["replication"] = serde_json::json!(r);
+            }
+            println!("{v}");
             return Ok(Code::Success);
         }
         print_states(&run, &states);
+        if let Some(lines) = replication {
+            if lines.is_empty() {
+                println!("replication: none of cutover's slots, publications or subscriptions exists");
+            }
+            for l in lines {
+                println!("replication: {l}");
+            }
+        }
         Ok(Code::Success)
     })
 }
@@ -87,4 +104,25 @@ fn print_states(run: &cutover_core::journal::RunRecord, states: &[cutover_core::
             s.seconds().map(|x| format!("{x:.1}")).unwrap_or_default(),
         );
     }
+}
+
+/// The online mode's replication objects on both servers, read now (a
+/// source that does not answer is said so).
+async fn replication(loaded: &LoadedPlan, target: &sqlx::PgPool) -> Vec<String> {
+    let opts = &loaded.file.options;
+    let mut lines = match cutover_pg::replication::describe(target, "target").await {
+        Ok(l) => l,
+        Err(e) => vec![format!("the target's could not be read: {}", e.message)],
+    };
+    let source = async {
+        let endpoint = Endpoint::resolve(Role::Source, &loaded.file.source)?;
+        let pool = cutover_pg::connect::pool(&endpoint, opts.connect_timeout.min(5), 0, opts.lock_timeout, 1)
+            .await?;
+        cutover_pg::replication::describe(&pool, "source").await
+    };
+    match source.await {
+        Ok(l) => lines.extend(l),
+        Err(e) => lines.push(format!("the source's could not be read: {}", e.message)),
+    }
+    lines
 }

@@ -36,6 +36,24 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
             &cutover_pg::security::RoleMap(loaded.file.roles.map.clone()),
         )
         .await?;
+        let mut report = report;
+        // The online mode's rollback window: the reverse stream carries the
+        // applications' rows back to the source, not their sequences (a
+        // rollback sets those back): sequences ahead on the target are expected.
+        let mut reverse_note = None;
+        if cutover_pg::replication::subscription(&dbs.source_pool, cutover_pg::replication::REVERSE)
+            .await?
+            .is_some()
+            && !report.sequences.is_empty()
+        {
+            reverse_note = Some(format!(
+                "note: {} sequence(s) differ while the reverse stream (target -> source) runs: it carries rows, not \
+                 sequences; a rollback sets them back on the source ({})",
+                report.sequences.len(),
+                report.sequences.iter().map(|s| s.0.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+            report.leave_out_sequences();
+        }
         if global.output == Output::Json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
@@ -64,6 +82,9 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
                 report.sequences_compared, report.large_objects.0
             );
             println!("content hash: {}", report.row_hash.describe());
+            if let Some(note) = &reverse_note {
+                println!("{note}");
+            }
             let problems = report.problems();
             if problems.is_empty() {
                 println!("verify: the target holds exactly the source's data.");

@@ -112,3 +112,23 @@ fn cutover_publication(line: &str) -> bool {
             .iter()
             .any(|name| line.split_whitespace().any(|w| w == *name))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_cutovers_own_publications_are_left_out_of_the_restore() {
+        assert!(super::cutover_publication(
+            "4012; 6104 16500 PUBLICATION - cutover_forward kit_admin"
+        ));
+        assert!(super::cutover_publication(
+            "4013; 6106 16501 PUBLICATION TABLE public cutover_forward users kit_admin"
+        ));
+        // The application's own publication is kept, and so is a table named like ours.
+        assert!(!super::cutover_publication(
+            "4014; 6104 16502 PUBLICATION - app_changes kit_admin"
+        ));
+        assert!(!super::cutover_publication(
+            "4015; 1259 16503 TABLE public cutover_forward kit_admin"
+        ));
+    }
+}
