@@ -266,6 +266,13 @@ impl Writer {
     }
 }
 
+/// Whether PgBouncer's entry `app` is paused (`SHOW DATABASES`, column `paused`).
+fn entry_paused(bouncer: &PgBouncer) -> bool {
+    let rows = bouncer.admin_rows("SHOW DATABASES").unwrap();
+    let app = rows.iter().find(|r| r["name"] == "app").expect("entry app");
+    app["paused"] == "1"
+}
+
 /// cutover's slots, publications and subscriptions on a server.
 fn replication_objects(server: &PgServer) -> String {
     server
@@ -677,6 +684,7 @@ fn a_switch_that_cannot_catch_up_in_time_resumes_the_applications_on_the_source(
     let shown = bouncer.admin("SHOW DATABASES").unwrap();
     let row = shown.lines().find(|l| l.starts_with("app|")).unwrap().to_string();
     assert!(row.contains(&format!("|{}|app|", s.pair.source.port())), "{row}");
+    assert!(!entry_paused(&bouncer));
     app_rw_insert(&s.pair.source).unwrap();
     // The lock goes: the next run switches.
     blocker.kill().unwrap();
@@ -693,6 +701,84 @@ fn a_switch_that_cannot_catch_up_in_time_resumes_the_applications_on_the_source(
                 "app",
                 "SELECT count(*) FROM online_writes WHERE server <> 'app_rw'",
             )
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(count(&s.pair.target), ids.len() as i64);
+    wait_for("the reverse stream", || count(&s.pair.source) == ids.len() as i64);
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    for server in [&s.pair.source, &s.pair.target] {
+        assert_eq!(
+            replication_objects(server),
+            "0 slots, 0 publications, 0 subscriptions"
+        );
+    }
+}
+
+#[test]
+fn a_subscription_that_cannot_connect_fails_with_no_password_in_any_log_and_no_slot_left() {
+    // The target server cannot reach the source at this address.
+    let (s, bouncer) = setup("source_address = \"127.0.0.1:1\"\n");
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--until", "replicate"]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("creating subscription cutover_forward"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("source_address"), "{stderr}");
+    // The failing statement carried the source's password: the target
+    // server did not log it.
+    if let Some(log) = s.pair.target.server_log() {
+        assert!(log.contains("could not connect to the publisher"), "{log}");
+        assert!(
+            !log.contains(s.pair.source.password()),
+            "the password is in the target's log"
+        );
+    }
+    // Nothing keeps WAL on the source.
+    assert_eq!(
+        s.pair
+            .source
+            .sql("app", "SELECT count(*) FROM pg_replication_slots")
+            .unwrap(),
+        "0"
+    );
+}
+
+#[test]
+fn a_switch_killed_past_the_point_of_no_return_finishes_and_reports_the_whole_pause() {
+    let (s, bouncer) = setup("");
+    let (src_id, tgt_id) = (
+        s.pair.source.system_identifier().unwrap(),
+        s.pair.target.system_identifier().unwrap(),
+    );
+    let writer = Writer::start(&bouncer);
+    std::thread::sleep(Duration::from_millis(300));
+    // Killed once the forward stream is gone: the target has every write,
+    // the applications are still paused, nothing streams back yet.
+    let (code, _, _) = cutover_with(
+        &s,
+        &bouncer,
+        &["run", "--yes", "--until", "verify-sync"],
+        &[("CUTOVER_CRASH_AT", "switch:forward-dropped")],
+    );
+    assert_ne!(code, 0);
+    assert!(entry_paused(&bouncer), "the entry should still be paused");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--until", "verify-sync"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // The pause is counted from the killed attempt's PAUSE.
+    let pause = s.artefacts("resume")["pause_millis"].as_u64().unwrap();
+    assert!(pause >= 1500, "{pause} ms");
+    std::thread::sleep(Duration::from_millis(500));
+    let (ids, ports, errors) = writer.stop();
+    assert_eq!(ports, [src_id, tgt_id], "{errors}");
+    assert!(errors.is_empty(), "{errors}");
+    let count = |server: &PgServer| -> i64 {
+        server
+            .sql("app", "SELECT count(*) FROM online_writes")
             .unwrap()
             .parse()
             .unwrap()

@@ -197,7 +197,7 @@ impl Switch {
                     "the pause lasts until every consumer is repointed; `resume` records its length".into(),
                     format!(
                         "the reverse stream: publication and slot {REVERSE} on the target, subscription {REVERSE} \
-                         on the source, until decommission-source"
+                         on the source, until end-replication"
                     ),
                 ],
                 warnings: vec![],

@@ -177,7 +177,12 @@ impl Replicate {
         result.copy = Some(copied);
         result.verify = Some(verified);
         let conninfo = replication::conninfo(&self.source, self.online.source_address.as_deref());
-        replication::subscribe(&ctx.target, FORWARD, &conninfo).await?;
+        if let Err(e) = replication::subscribe(&ctx.target, FORWARD, &conninfo).await {
+            // Without a subscription the slot only keeps WAL; the next
+            // attempt copies again anyway.
+            replication::drop_slot(&ctx.source, FORWARD).await?;
+            return Err(e);
+        }
         Ok(())
     }
 

@@ -385,7 +385,17 @@ pub async fn subscribe(pool: &PgPool, name: &str, conninfo: &str) -> Result<()> 
         conn = quote_literal(conninfo),
         slot = quote_literal(name),
     );
-    sqlx::query(&sql).execute(pool).await.map_err(|e| {
+    // The statement holds the password: keep it out of the server's log
+    // (a failing statement is logged by default; log_statement may log all).
+    let mut conn = pool.acquire().await?;
+    for set in ["SET log_statement = 'none'", "SET log_min_error_statement = 'panic'"] {
+        sqlx::query(set).execute(&mut *conn).await?;
+    }
+    let created = sqlx::query(&sql).execute(&mut *conn).await;
+    for reset in ["RESET log_statement", "RESET log_min_error_statement"] {
+        let _ = sqlx::query(reset).execute(&mut *conn).await;
+    }
+    created.map_err(|e| {
         // The server's message, never the statement (it holds the password).
         Error::from(e)
             .context(format!("creating subscription {name}"))

@@ -214,6 +214,11 @@ impl LocalServer {
         Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
+    /// What the server wrote to its log file.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
     pub(crate) fn data_dir_path(&self) -> PathBuf {
         self.data_dir()
     }

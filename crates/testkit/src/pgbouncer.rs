@@ -160,6 +160,39 @@ impl PgBouncer {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// One admin-console command's rows, each as column name -> value.
+    pub fn admin_rows(&self, sql: &str) -> Result<Vec<std::collections::BTreeMap<String, String>>> {
+        let psql = crate::pg_bindir()?.join("psql");
+        let out = Command::new(psql)
+            .args(["-X", "-q", "-A", "-F", "|", "-P", "footer=off", "-c", sql])
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", ADMIN_USER)
+            .env("PGPASSWORD", &self.admin_password)
+            .env("PGDATABASE", "pgbouncer")
+            .output()?;
+        if !out.status.success() {
+            bail!("{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        let header: Vec<String> = lines
+            .next()
+            .unwrap_or_default()
+            .split('|')
+            .map(str::to_string)
+            .collect();
+        Ok(lines
+            .map(|l| {
+                header
+                    .iter()
+                    .cloned()
+                    .zip(l.split('|').map(str::to_string))
+                    .collect()
+            })
+            .collect())
+    }
+
     /// Its log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()

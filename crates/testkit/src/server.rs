@@ -344,6 +344,15 @@ impl PgServer {
         }
     }
 
+    /// The server's log (local backend; on docker, None).
+    pub fn server_log(&self) -> Option<String> {
+        match &self.inner {
+            Inner::Local(s) => Some(s.log()),
+            #[cfg(feature = "docker")]
+            Inner::Docker(_) => None,
+        }
+    }
+
     /// `host:port` at which another server of the kit reaches this one
     /// (a subscription's connection): on the docker backend the container's
     /// address on Docker's bridge network; None where the published address
