@@ -410,6 +410,23 @@ fn an_online_cutover_pauses_the_writers_for_seconds_and_loses_nothing() {
         s.pair.source.digest("app", &["cutover"]).unwrap()
     );
 
+    // The report has the proof (verified under the snapshot) and the pause.
+    let report = s.dir.path().join("report.md");
+    let (code, _, stderr) = cutover(&s, &bouncer, &["report", "--out", report.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let report = std::fs::read_to_string(report).unwrap();
+    assert!(
+        report.contains("under the replication slot's snapshot"),
+        "{report}"
+    );
+    assert!(report.contains("| online_writes |"), "{report}");
+    assert!(
+        report.contains(&format!(
+            "The applications' write pause (online mode): from {}",
+            resume["pause_started"].as_str().unwrap()
+        )),
+        "{report}"
+    );
     // verify agrees (the applications' fence on the source is no difference).
     let (code, stdout, stderr) = cutover(&s, &bouncer, &["verify"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");

@@ -388,7 +388,10 @@ pub async fn subscribe(pool: &PgPool, name: &str, conninfo: &str) -> Result<()> 
     // The statement holds the password: keep it out of the server's log
     // (a failing statement is logged by default; log_statement may log all).
     let mut conn = pool.acquire().await?;
-    for set in ["SET log_statement = 'none'", "SET log_min_error_statement = 'panic'"] {
+    for set in [
+        "SET log_statement = 'none'",
+        "SET log_min_error_statement = 'panic'",
+    ] {
         sqlx::query(set).execute(&mut *conn).await?;
     }
     let created = sqlx::query(&sql).execute(&mut *conn).await;

@@ -17,10 +17,12 @@ use cutover_core::plan_file::LoadedPlan;
 use cutover_ops::consumer::Which;
 use cutover_ops::decommission::{DecommissionResult, Retirement};
 use cutover_ops::repoint::RepointResult;
+use cutover_ops::switch::{ResumeResult, SwitchResult};
 use cutover_ops::sync::SyncResult;
 use cutover_pg::backup::BackupResult;
 use cutover_pg::discover::DiscoverResult;
 use cutover_pg::inventory::Inventory;
+use cutover_pg::replicate::ReplicateResult;
 use cutover_pg::verify::VerifyResult;
 
 use crate::args::GlobalArgs;
@@ -319,12 +321,21 @@ fn render(f: &Facts) -> String {
 
     // Proof.
     let _ = writeln!(w, "## Verification\n");
-    match artefacts::<VerifyResult>(f, "verify-data") {
+    // The online mode verifies inside replicate, under the slot's snapshot.
+    let online = artefacts::<ReplicateResult>(f, cutover_pg::replicate::NAME).and_then(|r| r.verify);
+    let under_snapshot = online.is_some();
+    match artefacts::<VerifyResult>(f, "verify-data").or(online) {
         Some(v) => {
             let hash = v.report.row_hash.describe();
             let _ = writeln!(
                 w,
-                "Every table compared by exact row count and {hash}, on both servers:\n"
+                "Every table compared by exact row count and {hash}, on both servers{}:\n",
+                if under_snapshot {
+                    " (by replicate, the source read under the replication slot's snapshot that the copy read; \
+                     sequences are set at the switch)"
+                } else {
+                    ""
+                }
             );
             let _ = writeln!(w, "| table | source rows | target rows | content hash | result |");
             let _ = writeln!(w, "| --- | ---: | ---: | --- | --- |");
@@ -350,6 +361,21 @@ fn render(f: &Facts) -> String {
         None => {
             let _ = writeln!(w, "verify-data has not passed in this run.\n");
         }
+    }
+    if let Some(resume) = artefacts::<ResumeResult>(f, cutover_ops::switch::RESUME) {
+        let switch = artefacts::<SwitchResult>(f, cutover_ops::switch::SWITCH).unwrap_or_default();
+        let _ = writeln!(
+            w,
+            "The applications' write pause (online mode): from {} to {}, {} ms; pausing took {} ms, the target \
+             caught up {} ms into it (source at {}), {} sequences set.\n",
+            resume.pause_started,
+            resume.pause_ended,
+            resume.pause_millis,
+            switch.pausing_millis,
+            switch.catch_up_millis,
+            switch.source_lsn,
+            switch.sequences
+        );
     }
     if let Some(sync) = artefacts::<SyncResult>(f, "verify-sync") {
         let _ = writeln!(
