@@ -811,3 +811,44 @@ fn a_switch_killed_past_the_point_of_no_return_finishes_and_reports_the_whole_pa
         );
     }
 }
+
+#[test]
+fn a_table_created_on_the_source_after_the_copy_stops_the_switch_before_any_pause() {
+    let (s, bouncer) = setup("");
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--until", "replicate"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    s.pair
+        .source
+        .sql(
+            "app",
+            "CREATE TABLE added_later (id int PRIMARY KEY); INSERT INTO added_later VALUES (1)",
+        )
+        .unwrap();
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes"]);
+    assert_eq!(code, 5, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("table(s) public.added_later were created on the source after the copy"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cutover rollback"), "{stderr}");
+    assert!(!entry_paused(&bouncer));
+    app_rw_insert(&s.pair.source).unwrap();
+    // Rolled back and run again, the new copy takes it.
+    let (code, _, stderr) = cutover(&s, &bouncer, &["rollback", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    for server in [&s.pair.source, &s.pair.target] {
+        assert_eq!(
+            replication_objects(server),
+            "0 slots, 0 publications, 0 subscriptions"
+        );
+    }
+    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--restart"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(
+        s.pair
+            .target
+            .sql("app", "SELECT count(*) FROM added_later")
+            .unwrap(),
+        "1"
+    );
+}

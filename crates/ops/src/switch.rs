@@ -269,6 +269,20 @@ impl Stage for Switch {
         }
         // Whatever an earlier, killed attempt paused resumes on the source first.
         apps.resume(&ctx.source).await?;
+        // Replication carries no DDL: a table created since the copy would
+        // lose every row written to it.
+        let new = replication::unpublished(&ctx.source, FORWARD, schema).await?;
+        if !new.is_empty() {
+            return Err(Error::refused(format!(
+                "table(s) {} were created on the source after the copy: logical replication does not carry DDL, \
+                 so their rows would not reach the target; nothing was paused or changed",
+                new.join(", ")
+            ))
+            .with_hint(
+                "`cutover rollback` (the applications stay on the source), then `cutover run` again: the new copy \
+                 takes them; or drop them on the source if they are not the applications'",
+            ));
+        }
         ctx.journal
             .remove_item(ctx.run_id, SWITCH, &ItemKey::Paused)
             .await?;

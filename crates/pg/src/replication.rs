@@ -110,6 +110,25 @@ pub async fn identity_full(pool: &PgPool, tables: &[String], full: bool) -> Resu
     Ok(())
 }
 
+/// Tables that publication `name` should carry and does not: created on
+/// `pool` after the publication (replication carries no DDL, so their rows
+/// would never reach the other side).
+pub async fn unpublished(pool: &PgPool, name: &str, journal_schema: &str) -> Result<Vec<String>> {
+    let members: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_publication_rel pr \
+         JOIN pg_publication p ON p.oid = pr.prpubid JOIN pg_class c ON c.oid = pr.prrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = $1",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await?;
+    Ok(published_tables(pool, journal_schema)
+        .await?
+        .into_iter()
+        .filter(|t| !members.contains(t))
+        .collect())
+}
+
 /// Drops publication `name` where it exists.
 pub async fn drop_publication(pool: &PgPool, name: &str) -> Result<()> {
     sqlx::query(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
