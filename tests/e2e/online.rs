@@ -101,7 +101,11 @@ fn with_logical_servers_only_what_is_left_is_named() {
 /// application role (`app_rw`, its grants on the source) and a table the
 /// application keeps writing to.
 fn online_pair() -> PgPair {
-    let pair = PgPair::seed().unwrap();
+    prepare(PgPair::seed().unwrap())
+}
+
+/// [`online_pair`]'s role and table on a pair holding the seed.
+fn prepare(pair: PgPair) -> PgPair {
     for server in [&pair.source, &pair.target] {
         server
             .sql("postgres", "CREATE ROLE app_rw LOGIN PASSWORD 'app-rw-secret-9'")
@@ -142,7 +146,10 @@ fn online_plan(bouncer: &PgBouncer, extra: &str) -> String {
 }
 
 fn setup(extra: &str) -> (Scenario, PgBouncer) {
-    let pair = online_pair();
+    setup_on(online_pair(), extra)
+}
+
+fn setup_on(pair: PgPair, extra: &str) -> (Scenario, PgBouncer) {
     let bouncer = PgBouncer::start(&[("app", entry(&pair.source))], "transaction").unwrap();
     let port = pair.source.port();
     // On the docker backend each server reaches the other on Docker's network.
@@ -851,4 +858,67 @@ fn a_table_created_on_the_source_after_the_copy_stops_the_switch_before_any_paus
             .unwrap(),
         "1"
     );
+}
+
+#[test]
+fn an_online_cutover_from_postgresql_14_to_17() {
+    let start = |major: u32| {
+        PgServer::start_with(&ServerOptions {
+            major: Some(major),
+            ..Default::default()
+        })
+    };
+    let (source, target) = std::thread::scope(|s| {
+        let a = s.spawn(|| start(14));
+        let b = s.spawn(|| start(17));
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    source
+        .load_fixture("app", cutover_testkit::Fixture::SeedSource)
+        .unwrap();
+    target
+        .load_fixture("app", cutover_testkit::Fixture::SeedTarget)
+        .unwrap();
+    let (s, bouncer) = setup_on(prepare(PgPair { source, target }), "");
+    let (src_id, tgt_id) = (
+        s.pair.source.system_identifier().unwrap(),
+        s.pair.target.system_identifier().unwrap(),
+    );
+    // The client tools of the newer server first on PATH, as an operator has them.
+    let path = format!(
+        "{}:{}",
+        cutover_testkit::pg_bindir_for(17).unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env = [("PATH", path.as_str())];
+    let writer = Writer::start(&bouncer);
+    std::thread::sleep(Duration::from_millis(300));
+    // 14 creates the slot with the older EXPORT_SNAPSHOT; 17 subscribes; 14
+    // takes the reverse subscription.
+    let (code, stdout, stderr) =
+        cutover_with(&s, &bouncer, &["run", "--yes", "--until", "verify-sync"], &env);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    std::thread::sleep(Duration::from_millis(500));
+    let (ids, ports, errors) = writer.stop();
+    assert_eq!(ports, [src_id, tgt_id], "{errors}");
+    assert!(errors.is_empty(), "{errors}");
+    let count = |server: &PgServer| -> i64 {
+        server
+            .sql("app", "SELECT count(*) FROM online_writes")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(count(&s.pair.target), ids.len() as i64);
+    wait_for("the reverse stream into 14", || {
+        count(&s.pair.source) == ids.len() as i64
+    });
+    let (code, stdout, stderr) = cutover_with(&s, &bouncer, &["run", "--yes"], &env);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    for server in [&s.pair.source, &s.pair.target] {
+        assert_eq!(
+            replication_objects(server),
+            "0 slots, 0 publications, 0 subscriptions"
+        );
+    }
 }

@@ -205,8 +205,9 @@ const SLOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl ExportedSlot {
     /// `CREATE_REPLICATION_SLOT name LOGICAL pgoutput (SNAPSHOT 'export')`
-    /// on a `replication=database` connection to `endpoint`.
-    pub async fn create(endpoint: &Endpoint, name: &str) -> Result<ExportedSlot> {
+    /// on a `replication=database` connection to `endpoint` (a server
+    /// before 15, `server_version_num`, takes the older `EXPORT_SNAPSHOT`).
+    pub async fn create(endpoint: &Endpoint, name: &str, server_version_num: i32) -> Result<ExportedSlot> {
         let psql = crate::tools::candidates("psql")
             .await
             .into_iter()
@@ -228,10 +229,15 @@ impl ExportedSlot {
             .spawn()
             .map_err(|e| Error::failure(format!("cannot start {}: {e}", psql.path.display())))?;
         let mut stdin = child.stdin.take().expect("piped");
+        let export = if server_version_num >= 150000 {
+            "(SNAPSHOT 'export')"
+        } else {
+            "EXPORT_SNAPSHOT"
+        };
         stdin
             .write_all(
                 format!(
-                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export');\n",
+                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {export};\n",
                     quote_ident(name)
                 )
                 .as_bytes(),

@@ -262,6 +262,28 @@ impl Security {
     /// What differs between the source's (`self`) and the target's
     /// (`other`) owners, privileges, policies and database settings, one
     /// line each, at most `limit`.
+    /// Leaves out the MAINTAIN privilege (PostgreSQL 17 and later), which an
+    /// owner holds implicitly there and no older source can have granted:
+    /// for comparing a 17 target with an older source.
+    pub fn without_maintain(&mut self) {
+        for text in self.objects.values_mut() {
+            *text = text
+                .split("; ")
+                .filter_map(|entry| match entry.split_once('=') {
+                    Some((grantee, privs)) => {
+                        let kept: Vec<&str> = privs
+                            .split(',')
+                            .filter(|p| p.trim_end_matches('*') != "MAINTAIN")
+                            .collect();
+                        (!kept.is_empty()).then(|| format!("{grantee}={}", kept.join(",")))
+                    }
+                    None => Some(entry.to_string()),
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+        }
+    }
+
     pub fn differences(&self, other: &Security, limit: usize) -> Vec<String> {
         let mut out = vec![];
         let (mut a, mut b) = (self.objects.clone(), other.objects.clone());
@@ -734,6 +756,22 @@ pub async fn roles_of(pool: &PgPool) -> Result<BTreeSet<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maintain_is_left_out_for_an_older_source() {
+        let mut sec = Security::default();
+        sec.objects.insert(
+            "table public.users".into(),
+            "owner kit_admin; app_rw=DELETE,INSERT,SELECT,UPDATE; kit_admin=DELETE,INSERT,MAINTAIN,REFERENCES,SELECT; \
+             ops=MAINTAIN*"
+                .into(),
+        );
+        sec.without_maintain();
+        assert_eq!(
+            sec.objects["table public.users"],
+            "owner kit_admin; app_rw=DELETE,INSERT,SELECT,UPDATE; kit_admin=DELETE,INSERT,REFERENCES,SELECT"
+        );
+    }
 
     #[test]
     fn a_role_map_rewrites_owners_grants_default_privileges_and_policies() {

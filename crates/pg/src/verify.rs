@@ -403,10 +403,18 @@ pub async fn verify(
         async { Ok::<_, Error>(sqlx::query_as(lo_sql).fetch_one(target_pool).await?) }
     )?;
     let large_objects_match = lo_s == lo_t;
-    let (sec_s, sec_t) = tokio::try_join!(
+    let (sec_s, mut sec_t) = tokio::try_join!(
         crate::security::Security::read(source_pool, journal_schema),
         crate::security::Security::read(target_pool, journal_schema)
     )?;
+    let version = "SELECT current_setting('server_version_num')::int";
+    let (v_s, v_t): (i32, i32) = (
+        sqlx::query_scalar(version).fetch_one(source_pool).await?,
+        sqlx::query_scalar(version).fetch_one(target_pool).await?,
+    );
+    if v_s < 170000 && v_t >= 170000 {
+        sec_t.without_maintain();
+    }
     let security = sec_s.mapped(map).differences(&sec_t, 50);
     let ok = tables.iter().all(|t| t.matches)
         && sequences.is_empty()
