@@ -4,13 +4,12 @@
 //! errors; a rollback after the switch brings every write made on the
 //! target back to the source; nothing of the replication is left behind.
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cutover_testkit::{PgBouncer, PgPair, PgServer, ServerOptions};
 
-use crate::support::{Scenario, output};
+use crate::support::{Scenario, Watch, output};
 
 /// Two servers (`wal_level` given, else the kit's `logical`) with a table
 /// of each kind: keyed, keyless, keyed by a replica-identity index.
@@ -205,71 +204,56 @@ fn cutover_with(
 }
 
 /// An application writing through PgBouncer on one connection, fifty times
-/// a second; each committed insert prints its id and the server's system identifier
-/// (psql's `\watch` stops at the first error).
-struct Writer {
-    child: Child,
-    _stdin: std::process::ChildStdin,
-}
+/// a second; each committed insert prints its id and the server's system
+/// identifier.
+struct Writer(Watch);
 
 impl Writer {
     fn start(bouncer: &PgBouncer) -> Writer {
-        let psql = cutover_testkit::pg_bindir().unwrap().join("psql");
-        let mut child = Command::new(psql)
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .arg(bouncer.url("app"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(
-                b"INSERT INTO online_writes (server) SELECT system_identifier::text FROM pg_control_system() \
-                  RETURNING 'w ' || id || ' ' || server\n\\watch 0.02\n",
-            )
-            .unwrap();
-        Writer { child, _stdin: stdin }
+        Writer(Watch::start(
+            &bouncer.url("app"),
+            "INSERT INTO online_writes (server) SELECT system_identifier::text FROM pg_control_system() \
+             RETURNING 'w ' || id || ' ' || server",
+            "0.02",
+        ))
     }
 
     /// Stops it: the ids it committed, the servers (system identifiers) in
     /// order (deduplicated), its errors.
-    fn stop(mut self) -> (Vec<i64>, Vec<String>, String) {
-        let ended = self.child.try_wait().unwrap();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let (mut out, mut err) = (String::new(), String::new());
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        assert!(
-            ended.is_none(),
-            "the application's connection ended ({ended:?}): {err}"
-        );
-        let (mut ids, mut ports) = (vec![], vec![]);
+    fn stop(self) -> (Vec<i64>, Vec<String>, String) {
+        let (out, err) = self.0.stop();
+        let (mut ids, mut servers) = (vec![], vec![]);
         for l in out.lines() {
             let mut w = l.split(' ');
             if w.next() != Some("w") {
                 continue;
             }
             ids.push(w.next().unwrap().parse::<i64>().unwrap());
-            let p = w.next().unwrap().to_string();
-            if ports.last() != Some(&p) {
-                ports.push(p);
+            let server = w.next().unwrap().to_string();
+            if servers.last() != Some(&server) {
+                servers.push(server);
             }
         }
-        (ids, ports, err)
+        (ids, servers, err)
+    }
+}
+
+/// Rows in online_writes on a server.
+fn writes(server: &PgServer) -> i64 {
+    server
+        .sql("app", "SELECT count(*) FROM online_writes")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// No slot, publication or subscription on either server.
+fn assert_nothing_left(s: &Scenario) {
+    for server in [&s.pair.source, &s.pair.target] {
+        assert_eq!(
+            replication_objects(server),
+            "0 slots, 0 publications, 0 subscriptions"
+        );
     }
 }
 
@@ -388,13 +372,7 @@ fn an_online_cutover_pauses_the_writers_for_seconds_and_loses_nothing() {
     let (ids, ports, errors) = writer.stop();
     assert_eq!(ports, [src_id, tgt_id], "{errors}");
     assert!(errors.is_empty(), "{errors}");
-    let count = |server: &PgServer| -> i64 {
-        server
-            .sql("app", "SELECT count(*) FROM online_writes")
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let count = writes;
     assert_eq!(count(&s.pair.target), ids.len() as i64 + 1);
     wait_for("the reverse stream", || {
         count(&s.pair.source) == ids.len() as i64 + 1
@@ -454,12 +432,7 @@ fn an_online_cutover_pauses_the_writers_for_seconds_and_loses_nothing() {
         stdout.contains("replication: none of cutover's slots, publications or subscriptions exists"),
         "{stdout}"
     );
-    for server in [&s.pair.source, &s.pair.target] {
-        assert_eq!(
-            replication_objects(server),
-            "0 slots, 0 publications, 0 subscriptions"
-        );
-    }
+    assert_nothing_left(&s);
     assert_eq!(
         s.pair
             .source
@@ -602,12 +575,7 @@ fn an_apply_error_is_reported_with_its_fix_while_the_applications_stay_on_the_so
             .unwrap(),
         "source"
     );
-    for server in [&s.pair.source, &s.pair.target] {
-        assert_eq!(
-            replication_objects(server),
-            "0 slots, 0 publications, 0 subscriptions"
-        );
-    }
+    assert_nothing_left(&s);
 }
 
 #[test]
@@ -641,12 +609,7 @@ fn a_source_restarted_during_replicate_streams_again_and_nothing_is_lost() {
         s.pair.target.digest("app", &["cutover"]).unwrap(),
         s.pair.source.digest("app", &["cutover"]).unwrap()
     );
-    for server in [&s.pair.source, &s.pair.target] {
-        assert_eq!(
-            replication_objects(server),
-            "0 slots, 0 publications, 0 subscriptions"
-        );
-    }
+    assert_nothing_left(&s);
 }
 
 #[test]
@@ -733,12 +696,7 @@ fn a_switch_that_cannot_catch_up_in_time_resumes_the_applications_on_the_source(
     wait_for("the reverse stream", || count(&s.pair.source) == ids.len() as i64);
     let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    for server in [&s.pair.source, &s.pair.target] {
-        assert_eq!(
-            replication_objects(server),
-            "0 slots, 0 publications, 0 subscriptions"
-        );
-    }
+    assert_nothing_left(&s);
 }
 
 #[test]
@@ -800,23 +758,12 @@ fn a_switch_killed_past_the_point_of_no_return_finishes_and_reports_the_whole_pa
     let (ids, ports, errors) = writer.stop();
     assert_eq!(ports, [src_id, tgt_id], "{errors}");
     assert!(errors.is_empty(), "{errors}");
-    let count = |server: &PgServer| -> i64 {
-        server
-            .sql("app", "SELECT count(*) FROM online_writes")
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let count = writes;
     assert_eq!(count(&s.pair.target), ids.len() as i64);
     wait_for("the reverse stream", || count(&s.pair.source) == ids.len() as i64);
     let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    for server in [&s.pair.source, &s.pair.target] {
-        assert_eq!(
-            replication_objects(server),
-            "0 slots, 0 publications, 0 subscriptions"
-        );
-    }
+    assert_nothing_left(&s);
 }
 
 #[test]
@@ -843,12 +790,7 @@ fn a_table_created_on_the_source_after_the_copy_stops_the_switch_before_any_paus
     // Rolled back and run again, the new copy takes it.
     let (code, _, stderr) = cutover(&s, &bouncer, &["rollback", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
-    for server in [&s.pair.source, &s.pair.target] {
-        assert_eq!(
-            replication_objects(server),
-            "0 slots, 0 publications, 0 subscriptions"
-        );
-    }
+    assert_nothing_left(&s);
     let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--restart"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert_eq!(
@@ -902,23 +844,12 @@ fn an_online_cutover_from_postgresql_14_to_17() {
     let (ids, ports, errors) = writer.stop();
     assert_eq!(ports, [src_id, tgt_id], "{errors}");
     assert!(errors.is_empty(), "{errors}");
-    let count = |server: &PgServer| -> i64 {
-        server
-            .sql("app", "SELECT count(*) FROM online_writes")
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let count = writes;
     assert_eq!(count(&s.pair.target), ids.len() as i64);
     wait_for("the reverse stream into 14", || {
         count(&s.pair.source) == ids.len() as i64
     });
     let (code, stdout, stderr) = cutover_with(&s, &bouncer, &["run", "--yes"], &env);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    for server in [&s.pair.source, &s.pair.target] {
-        assert_eq!(
-            replication_objects(server),
-            "0 slots, 0 publications, 0 subscriptions"
-        );
-    }
+    assert_nothing_left(&s);
 }

@@ -3,13 +3,11 @@
 //! through the rollback) and see a pause, not errors; a PAUSE that cannot
 //! finish is abandoned, the applications resumed and nothing changed.
 
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cutover_testkit::{PgBouncer, PgPair, PgServer};
 
-use crate::support::{Scenario, output};
+use crate::support::{Scenario, Watch, output};
 
 /// The entry as a deployment writes it: the server login in the entry.
 fn entry(server: &PgServer) -> String {
@@ -46,56 +44,21 @@ fn cutover(s: &Scenario, bouncer: &PgBouncer, args: &[&str]) -> (i32, String, St
 }
 
 /// An application on one connection through PgBouncer, asking ten times a
-/// second which server answers (psql's `\watch`: it stops at the first error).
-struct App {
-    child: Child,
-    _stdin: std::process::ChildStdin,
-}
+/// second which server answers.
+struct App(Watch);
 
 impl App {
     fn start(bouncer: &PgBouncer) -> App {
-        let psql = cutover_testkit::pg_bindir().unwrap().join("psql");
-        let mut child = Command::new(psql)
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .arg(bouncer.url("app"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(
-                b"SELECT 'on ' || inet_server_port() || ' users ' || count(*) FROM users\n\\watch 0.1\n",
-            )
-            .unwrap();
-        App { child, _stdin: stdin }
+        App(Watch::start(
+            &bouncer.url("app"),
+            "SELECT 'on ' || inet_server_port() || ' users ' || count(*) FROM users",
+            "0.1",
+        ))
     }
 
     /// Stops it: the ports it saw in order (deduplicated) and its errors.
-    fn stop(mut self) -> (Vec<u16>, String) {
-        let ended = self.child.try_wait().unwrap();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut out = String::new();
-        let mut err = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        assert!(
-            ended.is_none(),
-            "the application's connection ended ({ended:?}): {err}\n{out}"
-        );
+    fn stop(self) -> (Vec<u16>, String) {
+        let (out, err) = self.0.stop();
         let mut ports: Vec<u16> = vec![];
         for l in out.lines() {
             if let Some(p) = l.strip_prefix("on ").and_then(|r| r.split(' ').next()) {

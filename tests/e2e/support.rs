@@ -235,3 +235,56 @@ pub fn events(stdout: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}")))
         .collect()
 }
+
+/// An application on one connection: psql runs `sql` every `interval`
+/// seconds (`\watch`, which stops at the first error), through `url`.
+pub struct Watch {
+    child: std::process::Child,
+    _stdin: std::process::ChildStdin,
+}
+
+impl Watch {
+    pub fn start(url: &str, sql: &str, interval: &str) -> Watch {
+        use std::io::Write;
+        let psql = cutover_testkit::pg_bindir().unwrap().join("psql");
+        let mut child = Command::new(psql)
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .arg(url)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{sql}\n\\watch {interval}\n").as_bytes())
+            .unwrap();
+        Watch { child, _stdin: stdin }
+    }
+
+    /// Stops it (its connection must still be up): what it printed and its errors.
+    pub fn stop(mut self) -> (String, String) {
+        use std::io::Read;
+        let ended = self.child.try_wait().unwrap();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (mut out, mut err) = (String::new(), String::new());
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(
+            ended.is_none(),
+            "the application's connection ended ({ended:?}): {err}\n{out}"
+        );
+        (out, err)
+    }
+}

@@ -232,9 +232,17 @@ fn pool_options(
     lock_timeout: u64,
     max_connections: u32,
 ) -> PgPoolOptions {
-    let setup = format!(
-        "{SESSION_SETTINGS}; SET statement_timeout = '{statement_timeout}s'; SET lock_timeout = '{lock_timeout}s'"
-    );
+    with_setup(
+        format!(
+            "{SESSION_SETTINGS}; SET statement_timeout = '{statement_timeout}s'; SET lock_timeout = '{lock_timeout}s'"
+        ),
+        connect_timeout,
+        max_connections,
+    )
+}
+
+/// Pool settings whose sessions each run `setup` when they connect.
+fn with_setup(setup: String, connect_timeout: u64, max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(connect_timeout.max(1)))
@@ -438,16 +446,7 @@ pub async fn snapshot_pool(
         crate::inventory::quote_literal(snapshot)
     );
     let options = endpoint.connect_options(Duration::from_secs(connect_timeout))?;
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(connect_timeout.max(1)))
-        .after_connect(move |conn, _| {
-            let setup = setup.clone();
-            Box::pin(async move {
-                conn.execute(sqlx::raw_sql(&setup)).await?;
-                Ok(())
-            })
-        })
+    with_setup(setup, connect_timeout, max_connections)
         // A reader that opened and committed its own transaction (sqlx's
         // `begin`: a BEGIN inside ours is only a warning, its COMMIT ends
         // ours) left the snapshot: that session is closed, not reused.

@@ -128,9 +128,7 @@ impl Replicate {
         replication::identity_full(&ctx.source, &self.online.replica_identity_full, true).await?;
         let tables = replication::publish(&ctx.source, FORWARD, schema).await?;
         replication::sentinel_table(&ctx.target, schema).await?;
-        let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
-            .fetch_one(&ctx.source)
-            .await?;
+        let version = replication::server_version(&ctx.source).await?;
         let slot = replication::ExportedSlot::create(&self.source, FORWARD, version).await?;
         ctx.emit(Event::Info {
             message: format!(

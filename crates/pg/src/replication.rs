@@ -383,19 +383,10 @@ pub fn conninfo(endpoint: &Endpoint, address: Option<&str>) -> String {
 /// existing slot `name` of the server `conninfo` reaches, from the slot's
 /// position (nothing copied: the data is there already).
 pub async fn subscribe(pool: &PgPool, name: &str, conninfo: &str) -> Result<()> {
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid \
-         WHERE d.datname = current_database() AND s.subname = $1)",
-    )
-    .bind(name)
-    .fetch_one(pool)
-    .await?;
-    if exists {
+    if subscription(pool, name).await?.is_some() {
         return enable(pool, name).await;
     }
-    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
-        .fetch_one(pool)
-        .await?;
+    let version = server_version(pool).await?;
     // 15 and later: an apply error disables the subscription (reported,
     // and ENABLEd again by the next run) rather than retrying forever.
     let on_error = if version >= 150000 {
@@ -448,14 +439,7 @@ pub async fn enable(pool: &PgPool, name: &str) -> Result<()> {
 /// Drops subscription `name` on `pool` where it exists, leaving its slot
 /// on the other server (dropped with [`drop_slot`] there).
 pub async fn unsubscribe(pool: &PgPool, name: &str) -> Result<bool> {
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid \
-         WHERE d.datname = current_database() AND s.subname = $1)",
-    )
-    .bind(name)
-    .fetch_one(pool)
-    .await?;
-    if !exists {
+    if subscription(pool, name).await?.is_none() {
         return Ok(false);
     }
     let sub = quote_ident(name);
@@ -480,10 +464,7 @@ pub struct Subscription {
 }
 
 pub async fn subscription(pool: &PgPool, name: &str) -> Result<Option<Subscription>> {
-    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
-        .fetch_one(pool)
-        .await?;
-    let errors = if version >= 150000 {
+    let errors = if server_version(pool).await? >= 150000 {
         "(SELECT coalesce(max(st.apply_error_count), 0) FROM pg_stat_subscription_stats st WHERE st.subid = s.oid)"
     } else {
         "0::bigint"
@@ -662,6 +643,15 @@ pub async fn fenced(pool: &PgPool) -> Result<Vec<String>> {
     )
     .fetch_all(pool)
     .await?)
+}
+
+/// `server_version_num` of `pool`'s server.
+pub async fn server_version(pool: &PgPool) -> Result<i32> {
+    Ok(
+        sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 async fn current_database(pool: &PgPool) -> Result<String> {

@@ -407,12 +407,8 @@ pub async fn verify(
         crate::security::Security::read(source_pool, journal_schema),
         crate::security::Security::read(target_pool, journal_schema)
     )?;
-    let version = "SELECT current_setting('server_version_num')::int";
-    let (v_s, v_t): (i32, i32) = (
-        sqlx::query_scalar(version).fetch_one(source_pool).await?,
-        sqlx::query_scalar(version).fetch_one(target_pool).await?,
-    );
-    if v_s < 170000 && v_t >= 170000 {
+    let version = crate::replication::server_version;
+    if version(source_pool).await? < 170000 && version(target_pool).await? >= 170000 {
         sec_t.without_maintain();
     }
     let security = sec_s.mapped(map).differences(&sec_t, 50);

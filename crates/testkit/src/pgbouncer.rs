@@ -145,36 +145,12 @@ impl PgBouncer {
 
     /// Runs one admin-console command with psql; its output (unaligned).
     pub fn admin(&self, sql: &str) -> Result<String> {
-        let psql = crate::pg_bindir()?.join("psql");
-        let out = Command::new(psql)
-            .args(["-X", "-q", "-A", "-t", "-F", "|", "-c", sql])
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", self.port.to_string())
-            .env("PGUSER", ADMIN_USER)
-            .env("PGPASSWORD", &self.admin_password)
-            .env("PGDATABASE", "pgbouncer")
-            .output()?;
-        if !out.status.success() {
-            bail!("{sql}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.console(sql, &["-t"])
     }
 
     /// One admin-console command's rows, each as column name -> value.
     pub fn admin_rows(&self, sql: &str) -> Result<Vec<std::collections::BTreeMap<String, String>>> {
-        let psql = crate::pg_bindir()?.join("psql");
-        let out = Command::new(psql)
-            .args(["-X", "-q", "-A", "-F", "|", "-P", "footer=off", "-c", sql])
-            .env("PGHOST", "127.0.0.1")
-            .env("PGPORT", self.port.to_string())
-            .env("PGUSER", ADMIN_USER)
-            .env("PGPASSWORD", &self.admin_password)
-            .env("PGDATABASE", "pgbouncer")
-            .output()?;
-        if !out.status.success() {
-            bail!("{sql}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = self.console(sql, &["-P", "footer=off"])?;
         let mut lines = text.lines();
         let header: Vec<String> = lines
             .next()
@@ -191,6 +167,24 @@ impl PgBouncer {
                     .collect()
             })
             .collect())
+    }
+
+    fn console(&self, sql: &str, format: &[&str]) -> Result<String> {
+        let psql = crate::pg_bindir()?.join("psql");
+        let out = Command::new(psql)
+            .args(["-X", "-q", "-A", "-F", "|"])
+            .args(format)
+            .args(["-c", sql])
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", ADMIN_USER)
+            .env("PGPASSWORD", &self.admin_password)
+            .env("PGDATABASE", "pgbouncer")
+            .output()?;
+        if !out.status.success() {
+            bail!("{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Its log, for failure messages.
