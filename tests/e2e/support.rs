@@ -240,7 +240,7 @@ pub fn events(stdout: &str) -> Vec<serde_json::Value> {
 /// seconds (`\watch`, which stops at the first error), through `url`.
 pub struct Watch {
     child: std::process::Child,
-    _stdin: std::process::ChildStdin,
+    _stdin: Option<std::process::ChildStdin>,
 }
 
 impl Watch {
@@ -259,32 +259,47 @@ impl Watch {
         stdin
             .write_all(format!("{sql}\n\\watch {interval}\n").as_bytes())
             .unwrap();
-        Watch { child, _stdin: stdin }
+        Watch {
+            child,
+            _stdin: Some(stdin),
+        }
     }
 
-    /// Stops it (its connection must still be up): what it printed and its errors.
-    pub fn stop(mut self) -> (String, String) {
+    /// Stops it (its connection must still be up): what it printed and its
+    /// errors. SIGINT ends `\watch` the way a person's Ctrl-C does (a query
+    /// in flight is cancelled or, once committed, printed), then psql reads
+    /// the end of its input and exits; a kill could lose the output of an
+    /// insert the server had committed.
+    pub fn stop(self) -> (String, String) {
         use std::io::Read;
-        let ended = self.child.try_wait().unwrap();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let Watch { mut child, _stdin } = self;
+        let ended = child.try_wait().unwrap();
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        drop(_stdin);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
         let (mut out, mut err) = (String::new(), String::new());
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
         assert!(
             ended.is_none(),
             "the application's connection ended ({ended:?}): {err}\n{out}"
         );
+        // What the stop itself caused (a query in flight cancelled) is no
+        // error of the application's.
+        let err = err
+            .lines()
+            .filter(|l| {
+                !l.contains("canceling statement due to user request") && !l.contains("Cancel request sent")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
         (out, err)
     }
 }

@@ -156,7 +156,11 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     let base = consumer::base_dir(&loaded.path);
     let readings = preflight(loaded, &servers).await?;
     let applications = if online {
-        Some(applications(loaded, &readings, &dbs.source.user)?)
+        Some(applications(
+            loaded,
+            &readings,
+            [&dbs.source.user, &dbs.target.user],
+        )?)
     } else {
         None
     };
@@ -524,7 +528,12 @@ fn online_refused(r: &cutover_pg::online::Readiness) -> Error {
 
 /// How the online switch pauses each consumer: a PgBouncer entry through
 /// its console, any other by fencing the role it logs in as on the source.
-fn applications(loaded: &LoadedPlan, readings: &[consumer::Reading], operator: &str) -> Result<Applications> {
+/// `operators`: cutover's users on the source and on the target.
+fn applications(
+    loaded: &LoadedPlan,
+    readings: &[consumer::Reading],
+    [operator, target_operator]: [&String; 2],
+) -> Result<Applications> {
     if readings.is_empty() {
         return Err(Error::bad_input(format!(
             "{}: options.mode = \"online\" needs the [[consumer]] entries: the switch pauses the applications \
@@ -551,12 +560,12 @@ fn applications(loaded: &LoadedPlan, readings: &[consumer::Reading], operator: &
         }
         for f in &r.found {
             let Some(user) = f.conn.user() else { continue };
-            if user == operator && f.located.which != Which::Source {
+            if (user == *operator || user == *target_operator) && f.located.which != Which::Source {
                 // Pointed at the target already with cutover's own user: not
                 // fenced there (a rollback's pause ends its sessions anyway).
                 continue;
             }
-            if user == operator {
+            if user == *operator {
                 return Err(Error::bad_input(format!(
                     "consumer {} logs in as {user}, the user cutover replicates with: the online switch pauses an \
                      application by making its role read-only on the source, which would stop cutover too",

@@ -574,6 +574,12 @@ pub async fn fence(pool: &PgPool, roles: &[String]) -> Result<usize> {
         return Ok(0);
     }
     let db = quote_ident(&current_database(pool).await?);
+    // cutover's own user is never fenced (its own sessions, and the
+    // subscriptions it owns, must go on writing).
+    let me: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(pool)
+        .await?;
+    let roles: Vec<String> = roles.iter().filter(|r| **r != me).cloned().collect();
     let already: Vec<String> = sqlx::query_scalar(
         "SELECT r.rolname::text FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
          JOIN pg_roles r ON r.oid = s.setrole WHERE d.datname = current_database() \
@@ -599,7 +605,7 @@ pub async fn fence(pool: &PgPool, roles: &[String]) -> Result<usize> {
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE datname = current_database() AND usename = ANY($1) AND pid <> pg_backend_pid()",
     )
-    .bind(roles)
+    .bind(&roles)
     .fetch_all(pool)
     .await?;
     Ok(ended.len())
