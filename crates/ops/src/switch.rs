@@ -103,11 +103,14 @@ impl Applications {
             }
         }
         // The consumers' roles and any other role writing there now.
-        let mut roles = self.roles.clone();
-        roles.extend(replication::session_roles(pool).await?);
-        roles.sort();
-        roles.dedup();
-        match replication::fence(pool, &roles).await {
+        let fenced = async {
+            let mut roles = self.roles.clone();
+            roles.extend(replication::session_roles(pool).await?);
+            roles.sort();
+            roles.dedup();
+            replication::fence(pool, &roles).await
+        };
+        match fenced.await {
             Ok(n) => Ok(n),
             Err(e) => {
                 let _ = self.resume(pool).await;

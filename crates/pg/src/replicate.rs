@@ -244,7 +244,7 @@ impl Replicate {
                             options.online.max_lag or pause the heaviest writer",
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
