@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cutover_testkit::{PgBouncer, PgPair, PgServer, ServerOptions};
 
-use crate::support::{Scenario, Watch, output};
+use crate::support::{Scenario, Watch};
 
 /// Two servers (`wal_level` given, else the kit's `logical`) with a table
 /// of each kind: keyed, keyless, keyed by a replica-identity index.
@@ -171,36 +171,25 @@ fn cutover(s: &Scenario, bouncer: &PgBouncer, args: &[&str]) -> (i32, String, St
     cutover_with(s, bouncer, args, &[])
 }
 
+/// The servers', the admin console's and app_rw's passwords in no output.
 fn cutover_with(
     s: &Scenario,
     bouncer: &PgBouncer,
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (i32, String, String) {
-    let mut cmd = s.cutover(args);
-    cmd.env("BOUNCER_ADMIN_URL", bouncer.admin_url()).env(
-        "WORKER_TARGET_URL",
-        format!(
-            "postgresql://app_rw:app-rw-secret-9@127.0.0.1:{}/app",
-            s.pair.target.port()
+    let mut vars = vec![
+        ("BOUNCER_ADMIN_URL", bouncer.admin_url()),
+        (
+            "WORKER_TARGET_URL",
+            format!(
+                "postgresql://app_rw:app-rw-secret-9@127.0.0.1:{}/app",
+                s.pair.target.port()
+            ),
         ),
-    );
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let (out, stdout, stderr) = output(&mut cmd);
-    for pw in [
-        s.pair.source.password(),
-        s.pair.target.password(),
-        bouncer.admin_password(),
-        "app-rw-secret-9",
-    ] {
-        assert!(
-            !stdout.contains(pw) && !stderr.contains(pw),
-            "a password leaked in `cutover {args:?}`"
-        );
-    }
-    (out.status.code().unwrap_or(-1), stdout, stderr)
+    ];
+    vars.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+    s.run_with(args, &vars, &[bouncer.admin_password(), "app-rw-secret-9"])
 }
 
 /// An application writing through PgBouncer on one connection, fifty times
@@ -271,6 +260,29 @@ fn wait_for_reverse(s: &Scenario) {
     wait_for("the reverse stream", || {
         writes(&s.pair.source) == writes(&s.pair.target)
     });
+}
+
+/// Stops the writer (no error; the servers it wrote to, in order), checks
+/// its rows on the target and, through the reverse stream, on the source,
+/// then closes the rollback window and checks nothing is left.
+fn finish(
+    s: &Scenario,
+    bouncer: &PgBouncer,
+    writer: Writer,
+    servers: &[String],
+    others: i64,
+    env: &[(&str, &str)],
+) {
+    std::thread::sleep(Duration::from_millis(500));
+    let (ids, seen, errors) = writer.stop();
+    assert_eq!(seen, servers, "{errors}");
+    assert!(errors.is_empty(), "{errors}");
+    assert_writes_on(&s.pair.target, &ids, others);
+    wait_for_reverse(s);
+    assert_writes_on(&s.pair.source, &ids, others);
+    let (code, stdout, stderr) = cutover_with(s, bouncer, &["run", "--yes"], env);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_nothing_left(s);
 }
 
 /// No slot, publication or subscription on either server.
@@ -686,15 +698,7 @@ fn a_switch_that_cannot_catch_up_in_time_resumes_the_applications_on_the_source(
     blocker.wait().unwrap();
     let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--until", "verify-sync"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    std::thread::sleep(Duration::from_millis(500));
-    let (ids, ports, errors) = writer.stop();
-    assert_eq!(ports, [src_id, tgt_id], "{errors}");
-    assert!(errors.is_empty(), "{errors}");
-    assert_writes_on(&s.pair.target, &ids, 1);
-    wait_for_reverse(&s);
-    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes"]);
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
-    assert_nothing_left(&s);
+    finish(&s, &bouncer, writer, &[src_id, tgt_id], 1, &[]);
 }
 
 #[test]
@@ -752,15 +756,7 @@ fn a_switch_killed_past_the_point_of_no_return_finishes_and_reports_the_whole_pa
     // The pause is counted from the killed attempt's PAUSE.
     let pause = s.artefacts("resume")["pause_millis"].as_u64().unwrap();
     assert!(pause >= 1500, "{pause} ms");
-    std::thread::sleep(Duration::from_millis(500));
-    let (ids, ports, errors) = writer.stop();
-    assert_eq!(ports, [src_id, tgt_id], "{errors}");
-    assert!(errors.is_empty(), "{errors}");
-    assert_writes_on(&s.pair.target, &ids, 0);
-    wait_for_reverse(&s);
-    let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes"]);
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
-    assert_nothing_left(&s);
+    finish(&s, &bouncer, writer, &[src_id, tgt_id], 0, &[]);
 }
 
 #[test]
@@ -837,14 +833,5 @@ fn an_online_cutover_from_postgresql_14_to_17() {
     let (code, stdout, stderr) =
         cutover_with(&s, &bouncer, &["run", "--yes", "--until", "verify-sync"], &env);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    std::thread::sleep(Duration::from_millis(500));
-    let (ids, ports, errors) = writer.stop();
-    assert_eq!(ports, [src_id, tgt_id], "{errors}");
-    assert!(errors.is_empty(), "{errors}");
-    assert_writes_on(&s.pair.target, &ids, 0);
-    wait_for_reverse(&s);
-    assert_writes_on(&s.pair.source, &ids, 0);
-    let (code, stdout, stderr) = cutover_with(&s, &bouncer, &["run", "--yes"], &env);
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
-    assert_nothing_left(&s);
+    finish(&s, &bouncer, writer, &[src_id, tgt_id], 0, &env);
 }

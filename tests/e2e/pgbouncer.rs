@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cutover_testkit::{PgBouncer, PgPair, PgServer};
 
-use crate::support::{Scenario, Watch, output};
+use crate::support::{Scenario, Watch};
 
 /// The entry as a deployment writes it: the server login in the entry.
 fn entry(server: &PgServer) -> String {
@@ -27,20 +27,14 @@ fn plan(bouncer: &PgBouncer, pause_timeout: u64) -> String {
     )
 }
 
+/// The servers' passwords and the admin console's (given in the
+/// environment) in no output.
 fn cutover(s: &Scenario, bouncer: &PgBouncer, args: &[&str]) -> (i32, String, String) {
-    let (out, stdout, stderr) = output(s.cutover(args).env("BOUNCER_ADMIN_URL", bouncer.admin_url()));
-    // The servers' passwords and the admin console's (given in the environment).
-    for pw in [
-        s.pair.source.password(),
-        s.pair.target.password(),
-        bouncer.admin_password(),
-    ] {
-        assert!(
-            !stdout.contains(pw) && !stderr.contains(pw),
-            "a password leaked in `cutover {args:?}`"
-        );
-    }
-    (out.status.code().unwrap_or(-1), stdout, stderr)
+    s.run_with(
+        args,
+        &[("BOUNCER_ADMIN_URL", bouncer.admin_url())],
+        &[bouncer.admin_password()],
+    )
 }
 
 /// An application on one connection through PgBouncer, asking ten times a

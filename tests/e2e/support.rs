@@ -109,8 +109,19 @@ impl Scenario {
     }
 
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let (out, stdout, stderr) = output(&mut self.cutover(args));
-        for pw in [self.pair.source.password(), self.pair.target.password()] {
+        self.run_with(args, &[], &[])
+    }
+
+    /// [`Scenario::run`] with more environment (what a consumer's secrets
+    /// arrive in) and more `secrets` that must appear in no output either.
+    pub fn run_with(&self, args: &[&str], env: &[(&str, String)], secrets: &[&str]) -> (i32, String, String) {
+        let mut cmd = self.cutover(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let (out, stdout, stderr) = output(&mut cmd);
+        let passwords = [self.pair.source.password(), self.pair.target.password()];
+        for pw in passwords.into_iter().chain(secrets.iter().copied()) {
             let leaked: Vec<String> = stdout
                 .lines()
                 .chain(stderr.lines())
