@@ -557,10 +557,7 @@ fn an_apply_error_is_reported_with_its_fix_while_the_applications_stay_on_the_so
     });
     let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--output", "json"]);
     assert_eq!(code, 1, "{stdout}\n{stderr}");
-    let failed = crate::support::events(&stdout)
-        .into_iter()
-        .find(|e| e["event"] == "stage_failed")
-        .unwrap();
+    let failed = crate::support::stage_failed(&stdout);
     assert_eq!(failed["stage"], "replicate", "{failed}");
     let error = failed["error"].as_str().unwrap();
     assert!(
@@ -674,10 +671,7 @@ fn a_switch_that_cannot_catch_up_in_time_resumes_the_applications_on_the_source(
         &["run", "--yes", "--until", "verify-sync", "--output", "json"],
     );
     assert_eq!(code, 1, "{stdout}\n{stderr}");
-    let failed = crate::support::events(&stdout)
-        .into_iter()
-        .find(|e| e["event"] == "stage_failed")
-        .unwrap();
+    let failed = crate::support::stage_failed(&stdout);
     assert_eq!(failed["stage"], "switch", "{failed}");
     let error = failed["error"].as_str().unwrap();
     assert!(

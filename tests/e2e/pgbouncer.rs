@@ -141,10 +141,7 @@ fn a_pause_that_cannot_finish_is_abandoned_and_nothing_changes() {
 
     let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--output", "json"]);
     assert_eq!(code, 1, "{stdout}\n{stderr}");
-    let failed = crate::support::events(&stdout)
-        .into_iter()
-        .find(|e| e["event"] == "stage_failed")
-        .unwrap();
+    let failed = crate::support::stage_failed(&stdout);
     assert_eq!(failed["stage"], "repoint:bouncer", "{failed}");
     let error = failed["error"].as_str().unwrap();
     assert!(

@@ -499,10 +499,7 @@ fn fault_during_copy(s: &crate::support::Scenario, fault: impl FnOnce()) -> (i32
     }
     let out = child.wait_with_output().unwrap();
     let stdout = std::fs::read_to_string(&events).unwrap();
-    let failed = crate::support::events(&stdout)
-        .into_iter()
-        .find(|e| e["event"] == "stage_failed")
-        .unwrap_or(serde_json::Value::Null);
+    let failed = crate::support::stage_failed(&stdout);
     (
         out.status.code().unwrap_or(-1),
         failed,

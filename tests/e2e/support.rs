@@ -239,6 +239,14 @@ impl Drop for ConsumerApp {
 }
 
 /// The JSON events of a command run with `--output json` (one per line).
+/// The first `stage_failed` event of a `--output json` run (Null when none).
+pub fn stage_failed(stdout: &str) -> serde_json::Value {
+    events(stdout)
+        .into_iter()
+        .find(|e| e["event"] == "stage_failed")
+        .unwrap_or(serde_json::Value::Null)
+}
+
 pub fn events(stdout: &str) -> Vec<serde_json::Value> {
     stdout
         .lines()
