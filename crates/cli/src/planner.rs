@@ -21,7 +21,7 @@ use cutover_pg::backup::BackupTarget;
 use cutover_pg::clear::ClearTarget;
 use cutover_pg::copy::{Copy, CopySettings, default_jobs};
 use cutover_pg::discover::{Discover, DiscoverSettings};
-use cutover_pg::freeze::{FreezeSource, other_sessions};
+use cutover_pg::freeze::{FenceSettings, FreezeSource, other_sessions};
 use cutover_pg::inventory::{Comparison, Inventory, compare};
 use cutover_pg::replicate::Replicate;
 use cutover_pg::roles::CreateRoles;
@@ -155,11 +155,13 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     let servers = servers(loaded, &dbs)?;
     let base = consumer::base_dir(&loaded.path);
     let readings = preflight(loaded, &servers).await?;
+    let fence = fence_settings(loaded, &readings, &dbs, retired).await?;
     let applications = if online {
         Some(applications(
             loaded,
             &readings,
             [&dbs.source.user, &dbs.target.user],
+            fence.clone(),
         )?)
     } else {
         None
@@ -335,6 +337,7 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         destroy: switches.destroy || state == Source::Destroyed,
         force: switches.force,
         applications,
+        fence,
     })?;
     for s in &stages {
         let name = s.name();
@@ -375,6 +378,8 @@ pub struct Parts<'a> {
     pub force: bool,
     /// The online mode: how the switch pauses the applications.
     pub applications: Option<Applications>,
+    /// Who the fence keeps off the source (the freeze's, the switch's).
+    pub fence: FenceSettings,
 }
 
 /// The stages in their safe order: discover, the proven backup, the roles
@@ -419,6 +424,7 @@ pub fn assemble(p: Parts<'_>) -> Result<Vec<Box<dyn Stage>>> {
             options.freeze_source,
             &p.source_endpoint.dbname,
             p.sessions.clone(),
+            p.fence.clone(),
         )));
     }
     stages.push(Box::new(ClearTarget::new(
@@ -533,6 +539,7 @@ fn applications(
     loaded: &LoadedPlan,
     readings: &[consumer::Reading],
     [operator, target_operator]: [&String; 2],
+    fence: FenceSettings,
 ) -> Result<Applications> {
     if readings.is_empty() {
         return Err(Error::bad_input(format!(
@@ -541,7 +548,10 @@ fn applications(
             loaded.path.display()
         )));
     }
-    let mut apps = Applications::default();
+    let mut apps = Applications {
+        bouncers: vec![],
+        fence,
+    };
     for r in readings {
         if let ConsumerConfig::Pgbouncer {
             database,
@@ -567,18 +577,50 @@ fn applications(
             }
             if user == *operator {
                 return Err(Error::bad_input(format!(
-                    "consumer {} logs in as {user}, the user cutover replicates with: the online switch pauses an \
-                     application by making its role read-only on the source, which would stop cutover too",
+                    "consumer {} logs in as {user}, the user cutover replicates with: the online switch keeps the \
+                     applications off the source by taking CONNECT from every role but cutover's own, so it would \
+                     go on writing there",
                     r.spec.name
                 ))
                 .with_hint("give the application its own login role (or put it behind PgBouncer), or use the offline mode"));
             }
-            if !apps.roles.contains(&user) {
-                apps.roles.push(user);
-            }
         }
     }
     Ok(apps)
+}
+
+/// The roles the consumers log in as (their connections' users).
+fn consumer_roles(readings: &[consumer::Reading]) -> Vec<String> {
+    let mut roles: Vec<String> = readings
+        .iter()
+        .flat_map(|r| r.found.iter().filter_map(|f| f.conn.user()))
+        .collect();
+    roles.sort();
+    roles.dedup();
+    roles
+}
+
+/// Who the fence will keep off the source, read now for the plan (the
+/// stage reads it again when it raises the fence).
+async fn fence_settings(
+    loaded: &LoadedPlan,
+    readings: &[consumer::Reading],
+    dbs: &Databases,
+    retired: bool,
+) -> Result<FenceSettings> {
+    let consumers = consumer_roles(readings);
+    let scope = loaded.file.options.fence.clone();
+    let reach = if retired {
+        Default::default()
+    } else {
+        cutover_pg::fence::reach(&dbs.source_pool, &scope, &consumers).await?
+    };
+    Ok(FenceSettings {
+        scope,
+        consumers,
+        reach,
+        journal_schema: loaded.file.options.journal_schema.clone(),
+    })
 }
 
 /// Where the journal lives and how it goes away (plan and the run's end).
@@ -711,7 +753,21 @@ mod tests {
             destroy: false,
             force: false,
             applications,
+            fence: fence(&["app_rw", "reporter"]),
         })
+    }
+
+    fn fence(fenced: &[&str]) -> FenceSettings {
+        FenceSettings {
+            scope: Default::default(),
+            consumers: vec![],
+            reach: cutover_pg::fence::Reach {
+                fenced: fenced.iter().map(|r| r.to_string()).collect(),
+                kept: vec!["ops".into()],
+                unstoppable: vec![("postgres".into(), "a superuser".into())],
+            },
+            journal_schema: "cutover".into(),
+        }
     }
 
     fn names(stages: &[Box<dyn Stage>]) -> Vec<String> {
@@ -738,6 +794,21 @@ mod tests {
             .map(|s| s.name())
             .collect();
         assert_eq!(destructive, ["freeze-source", "clear-target", "copy"]);
+        // The plan names who the fence keeps off the source, and who not.
+        let freeze = stages[2].describe();
+        assert!(
+            freeze.summary.contains("only cutover's user may connect"),
+            "{}",
+            freeze.summary
+        );
+        assert_eq!(
+            freeze.details[..2],
+            [
+                "fenced (CONNECT taken away, sessions ended): app_rw, reporter".to_string(),
+                "no fence keeps these off the source (name them in your checks): postgres (a superuser)"
+                    .into()
+            ]
+        );
         // The journal's note goes to discover, the security note to the copy.
         assert!(
             stages[0]
@@ -794,7 +865,7 @@ mod tests {
     fn the_online_mode_replicates_and_switches_instead_of_freezing() {
         let apps = Applications {
             bouncers: vec![],
-            roles: vec!["app_rw".into()],
+            fence: fence(&["app_rw"]),
         };
         let stages = stages_with(
             "[options]\nmode = \"online\"\n[options.online]\nmax_pause = 2.5\n",
@@ -815,7 +886,7 @@ mod tests {
         );
         let switch = stages[4].describe();
         assert!(
-            switch.summary.contains("app_rw made read-only"),
+            switch.summary.contains("role(s) app_rw may not connect"),
             "{}",
             switch.summary
         );

@@ -190,16 +190,27 @@ pub fn confirmer(yes: bool, target_db: String, what: &'static str) -> impl Fn(&[
     }
 }
 
-/// Installs the Ctrl-C handler: the first press stops at the next safe point.
+/// Installs the handler of Ctrl-C (SIGINT) and SIGTERM: the first stops at
+/// the next safe point (inside a pause: the applications resumed first).
 pub fn cancel_on_ctrl_c(cancel: &CancelFlag, events: Arc<dyn EventSink>) {
     let cancel = cancel.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            events.emit(Event::Warning {
-                message: "interrupted: stopping at the next safe point".into(),
-            });
-            cancel.cancel();
-        }
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        let which = tokio::select! {
+            r = tokio::signal::ctrl_c() => if r.is_ok() { "interrupted (Ctrl-C)" } else { return },
+            _ = term => "terminated (SIGTERM)",
+        };
+        events.emit(Event::Warning {
+            message: format!("{which}: stopping at the next safe point"),
+        });
+        cancel.cancel();
     });
 }
 

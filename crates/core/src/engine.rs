@@ -103,7 +103,9 @@ pub async fn run(
 
     for (offset, stage) in plan.stages[first..=last].iter().enumerate() {
         let name = stage.name();
-        if let Err(e) = ctx.cancel.check() {
+        if let Err(e) = ctx.cancel.check()
+            && !stage.inside_pause()
+        {
             ctx.journal
                 .set_run_status(ctx.run_id, RunStatus::Interrupted)
                 .await?;
@@ -134,7 +136,12 @@ pub async fn run(
                 Err(e) => return Err(e.context(format!("checking stage {name}"))),
             },
         }
-        run_stage(ctx, stage.as_ref()).await?;
+        if let Err(e) = run_stage(ctx, stage.as_ref()).await {
+            if stage.inside_pause() {
+                return Err(back_out_of_pause(plan, ctx, first + offset, e).await);
+            }
+            return Err(e);
+        }
     }
 
     let states = ctx.journal.stage_states(ctx.run_id).await?;
@@ -156,6 +163,26 @@ pub async fn run(
     Ok(())
 }
 
+/// Runs `f`, turning a panic inside it into an error (a bug, reported as
+/// one): the caller's clean-up (a pause's resume, a fence lifted) then runs
+/// as for any other failure.
+pub async fn catch_panic<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(f).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "no message".into());
+            Err(Error::failure(format!(
+                "internal error (a bug in cutover; please report it): {what}"
+            )))
+        }
+    }
+}
+
 /// Fault injection for the crash tests: when `CUTOVER_CRASH_AT` names this
 /// point (`before:<stage>`: its start recorded, nothing done; `after:<stage>`:
 /// its work done, not yet recorded), the process aborts on the spot, as a
@@ -174,7 +201,7 @@ async fn run_stage(ctx: &RunContext, stage: &dyn crate::stage::Stage) -> Result<
         .await?;
     ctx.emit(Event::StageStarted { stage: name.clone() });
     crash_point(&format!("before:{name}"));
-    let outcome = stage.run(ctx).await;
+    let outcome = catch_panic(stage.run(ctx)).await;
     if outcome.is_ok() {
         crash_point(&format!("after:{name}"));
     }
@@ -225,15 +252,75 @@ async fn run_stage(ctx: &RunContext, stage: &dyn crate::stage::Stage) -> Result<
     }
 }
 
+/// The stages a failure inside the pause undoes: from the one that opened
+/// it (the last stage before `failed` not inside the pause) to `failed`,
+/// those touched and not undone, last first.
+pub fn pause_to_undo(
+    names: &[String],
+    inside: &[bool],
+    failed: usize,
+    states: &std::collections::BTreeMap<String, StageState>,
+) -> Vec<usize> {
+    let opened = (0..=failed).rev().find(|&i| !inside[i]).unwrap_or(0);
+    to_undo(&names[..=failed], states)
+        .into_iter()
+        .filter(|&i| i >= opened)
+        .collect()
+}
+
+/// A stage inside the pause failed with `err`: every stage since the pause
+/// opened is undone, so the applications run on the source again (never
+/// paused, never on both sides). Returns `err`, saying what became of them.
+async fn back_out_of_pause(plan: &Plan, ctx: &RunContext, failed: usize, err: Error) -> Error {
+    let back = async {
+        let states = ctx.journal.stage_states(ctx.run_id).await?;
+        let names: Vec<String> = plan.stages.iter().map(|s| s.name()).collect();
+        let inside: Vec<bool> = plan.stages.iter().map(|s| s.inside_pause()).collect();
+        let undo = pause_to_undo(&names, &inside, failed, &states);
+        ctx.emit(Event::Warning {
+            message: format!(
+                "stage {} failed while the applications were paused: undoing {} to bring them back to the source",
+                names[failed],
+                undo.iter().map(|&i| names[i].as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        });
+        undo_stages(plan, ctx, &undo, true).await
+    }
+    .await;
+    match back {
+        Ok(()) => {
+            let _ = ctx.journal.set_run_status(ctx.run_id, RunStatus::Failed).await;
+            err.context(
+                "the applications are back on the source (every stage since the switch undone; `cutover run` \
+                 starts the switch again once the cause is fixed)",
+            )
+        }
+        Err(b) => err.context(format!(
+            "bringing the applications back to the source failed too ({b}); run `cutover rollback`"
+        )),
+    }
+}
+
 /// Undoes every stage this run touched, in reverse order. Stops before an
 /// irreversible stage unless `force`.
 pub async fn rollback(plan: &Plan, ctx: &RunContext, force: bool) -> Result<()> {
     let states = ctx.journal.stage_states(ctx.run_id).await?;
     let names: Vec<String> = plan.stages.iter().map(|s| s.name()).collect();
-    for i in to_undo(&names, &states) {
+    undo_stages(plan, ctx, &to_undo(&names, &states), force).await?;
+    ctx.journal
+        .set_run_status(ctx.run_id, RunStatus::RolledBack)
+        .await?;
+    Ok(())
+}
+
+/// Undoes `indices` in that order (a rollback's, or a pause's way back).
+async fn undo_stages(plan: &Plan, ctx: &RunContext, indices: &[usize], force: bool) -> Result<()> {
+    for &i in indices {
         let stage = &plan.stages[i];
         let name = stage.name();
-        ctx.cancel.check()?;
+        if !stage.inside_pause() {
+            ctx.cancel.check()?;
+        }
         match stage.undo_kind() {
             Undo::Irreversible(why) if !force => {
                 return Err(Error::refused(format!(
@@ -254,7 +341,7 @@ pub async fn rollback(plan: &Plan, ctx: &RunContext, force: bool) -> Result<()> 
             .record(ctx.run_id, &name, StageEvent::UndoStarted, None, None)
             .await?;
         ctx.emit(Event::UndoStarted { stage: name.clone() });
-        match stage.undo(ctx).await {
+        match catch_panic(stage.undo(ctx)).await {
             Ok(summary) => {
                 ctx.journal
                     .record(ctx.run_id, &name, StageEvent::Undone, None, None)
@@ -280,9 +367,6 @@ pub async fn rollback(plan: &Plan, ctx: &RunContext, force: bool) -> Result<()> 
             }
         }
     }
-    ctx.journal
-        .set_run_status(ctx.run_id, RunStatus::RolledBack)
-        .await?;
     Ok(())
 }
 
@@ -385,5 +469,37 @@ mod tests {
         ]);
         assert_eq!(to_undo(&names(PLAN), &s), vec![3, 1, 0]);
         assert!(to_undo(&names(PLAN), &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn a_failure_inside_the_pause_undoes_back_to_the_stage_that_opened_it() {
+        use StageEvent::*;
+        let plan = names(&[
+            "replicate",
+            "switch",
+            "repoint:a",
+            "repoint:b",
+            "resume",
+            "verify-sync",
+        ]);
+        let inside = [false, false, true, true, true, false];
+        // repoint:b failed after repoint:a: both repoints and the switch
+        // are undone, last first; replicate is not.
+        let s = states(&[
+            ("replicate", Done),
+            ("switch", Done),
+            ("repoint:a", Done),
+            ("repoint:b", Failed),
+        ]);
+        assert_eq!(pause_to_undo(&plan, &inside, 3, &s), vec![3, 2, 1]);
+        // resume failed: everything from the switch on.
+        let s = states(&[
+            ("replicate", Done),
+            ("switch", Done),
+            ("repoint:a", Done),
+            ("repoint:b", Done),
+            ("resume", Failed),
+        ]);
+        assert_eq!(pause_to_undo(&plan, &inside, 4, &s), vec![4, 3, 2, 1]);
     }
 }

@@ -3,6 +3,7 @@
 //! silently disable a safety setting.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -113,6 +114,11 @@ pub struct Options {
     pub mode: Mode,
     /// `[options.online]`: the online mode's limits.
     pub online: OnlineOptions,
+    /// Who the fence keeps off the source once it stops taking the
+    /// applications' writes (the offline freeze, the online switch):
+    /// `"all"` (every role but cutover's own), `"consumers"` (the roles the
+    /// consumers log in as), or a list of role names.
+    pub fence: FenceScope,
     /// discover restores the source's schema into a scratch database on the
     /// target server before anything destructive (false: the copy finds a
     /// schema the target cannot recreate only after clear-target).
@@ -138,10 +144,17 @@ pub struct OnlineOptions {
     /// Seconds replicate waits for the target to come within `max_lag`
     /// before it stops (resumable; the applications keep running).
     pub lag_timeout: u64,
-    /// Seconds the applications may stay paused while the target catches
-    /// up at the switch; past it they resume on the source and the run
-    /// stops, resumable.
-    pub max_pause: f64,
+    /// Seconds the applications may stay paused while the other side
+    /// catches up (the switch, and a rollback's way back); past it they
+    /// resume where they were and the command stops, resumable. A number
+    /// of seconds, above 0 and at most an hour.
+    #[serde(with = "seconds::max_pause")]
+    pub max_pause: Duration,
+    /// Seconds a rollback waits, before pausing anything, for the reverse
+    /// stream to bring the target's writes back (after it re-enabled a
+    /// stream that had stopped); past it, it refuses with nothing paused.
+    #[serde(with = "seconds::catch_up_timeout")]
+    pub catch_up_timeout: Duration,
     /// `host:port` at which the target server reaches the source (its
     /// subscription connects there); default: the source's host and port.
     pub source_address: Option<String>,
@@ -159,12 +172,118 @@ impl Default for OnlineOptions {
         OnlineOptions {
             max_lag: 16 << 20,
             lag_timeout: 3600,
-            max_pause: 5.0,
+            max_pause: Duration::from_secs(5),
+            catch_up_timeout: Duration::from_secs(60),
             source_address: None,
             target_address: None,
             replica_identity_full: vec![],
         }
     }
+}
+
+/// `options.fence`: the roles kept off the source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FenceScope {
+    /// Every role but cutover's own (the default).
+    #[default]
+    All,
+    /// The roles the consumers log in as.
+    Consumers,
+    /// These roles.
+    Roles(Vec<String>),
+}
+
+impl Serialize for FenceScope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            FenceScope::All => s.serialize_str("all"),
+            FenceScope::Consumers => s.serialize_str("consumers"),
+            FenceScope::Roles(r) => r.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FenceScope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<FenceScope, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            Roles(Vec<String>),
+        }
+        let bad = || {
+            serde::de::Error::custom(
+                "options.fence: use \"all\" (every role but cutover's own), \"consumers\" (the consumers' \
+                 roles) or a list of role names",
+            )
+        };
+        match Raw::deserialize(d).map_err(|_| bad())? {
+            Raw::Word(w) if w == "all" => Ok(FenceScope::All),
+            Raw::Word(w) if w == "consumers" => Ok(FenceScope::Consumers),
+            Raw::Word(_) => Err(bad()),
+            Raw::Roles(r) if r.is_empty() || r.iter().any(|n| n.is_empty()) => Err(serde::de::Error::custom(
+                "options.fence: the list names no role (or an empty name); to fence every role write \"all\"",
+            )),
+            Raw::Roles(r) => Ok(FenceScope::Roles(r)),
+        }
+    }
+}
+
+/// Durations in the plan file: a number of seconds (integer or not), finite,
+/// above 0 and within the key's bound. Read once into a `Duration`; the key,
+/// the value and the allowed range are in the message.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn read<'de, D: Deserializer<'de>>(d: D, key: &str, max: f64) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Num {
+            Int(i64),
+            Float(f64),
+            Other(toml::Value),
+        }
+        let range = format!("a number of seconds above 0 and at most {max}");
+        let v = match Num::deserialize(d)? {
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+            Num::Other(v) => {
+                return Err(serde::de::Error::custom(format!(
+                    "{key} = {v}: must be {range}, written as a number (5 or 2.5, without quotes)"
+                )));
+            }
+        };
+        if !v.is_finite() || v <= 0.0 || v > max {
+            return Err(serde::de::Error::custom(format!("{key} = {v}: must be {range}")));
+        }
+        Ok(Duration::from_secs_f64(v))
+    }
+
+    pub fn write<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    macro_rules! key {
+        ($name:ident, $key:literal, $max:expr) => {
+            pub mod $name {
+                pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+                    d: D,
+                ) -> Result<std::time::Duration, D::Error> {
+                    super::read(d, $key, $max)
+                }
+                pub fn serialize<S: serde::Serializer>(
+                    v: &std::time::Duration,
+                    s: S,
+                ) -> Result<S::Ok, S::Error> {
+                    super::write(v, s)
+                }
+            }
+        };
+    }
+    key!(max_pause, "options.online.max_pause", 3600.0);
+    key!(catch_up_timeout, "options.online.catch_up_timeout", 86400.0);
 }
 
 /// `options.row_hash`.
@@ -195,6 +314,7 @@ impl Default for Options {
             online: OnlineOptions::default(),
             analyze_bytes: 8 << 20,
             rehearse_schema: true,
+            fence: FenceScope::All,
         }
     }
 }
@@ -592,6 +712,25 @@ fn validate(file: &PlanFile) -> std::result::Result<(), String> {
     if file.source.allow_ahead {
         return Err("allow_ahead belongs under [target], not [source]".into());
     }
+    let o = &file.options;
+    let o2 = &o.online;
+    for (key, value, min, max) in [
+        ("options.jobs", o.jobs as u64, 0, 256),
+        ("options.connect_timeout", o.connect_timeout, 1, 3600),
+        ("options.statement_timeout", o.statement_timeout, 0, 30 * 86400),
+        ("options.lock_timeout", o.lock_timeout, 1, 86400),
+        ("options.stall_timeout", o.stall_timeout, 0, 86400),
+        ("options.build_memory_mb", o.build_memory_mb, 1, 2 << 20),
+        ("options.online.lag_timeout", o2.lag_timeout, 1, 30 * 86400),
+        ("options.online.max_lag", o2.max_lag, 0, 1 << 40),
+    ] {
+        if value < min || value > max {
+            return Err(format!(
+                "{key} = {value}: must be between {min} and {max}; nothing was changed"
+            ));
+        }
+    }
+
     let mut names = std::collections::BTreeSet::new();
     for c in &file.consumers {
         if !names.insert(&c.name) {
@@ -797,6 +936,56 @@ mod tests {
             err.contains("freeze_source"),
             "the message lists what was expected: {err}"
         );
+    }
+
+    #[test]
+    fn durations_are_finite_positive_numbers_read_once() {
+        let online = |v: &str| parse(&format!("{MINIMAL}[options.online]\nmax_pause = {v}\n"));
+        assert_eq!(
+            online("2.5").unwrap().options.online.max_pause,
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            online("3").unwrap().options.online.max_pause,
+            Duration::from_secs(3)
+        );
+        for bad in ["-1", "-1.0", "0", "0.0", "nan", "inf", "-inf", "3601"] {
+            let err = online(bad).unwrap_err();
+            assert!(
+                err.contains("options.online.max_pause") && err.contains("above 0 and at most 3600"),
+                "{bad}: {err}"
+            );
+        }
+        let err = online("\"5\"").unwrap_err();
+        assert!(
+            err.contains("without quotes") && err.contains("max_pause"),
+            "{err}"
+        );
+        let err = parse(&format!("{MINIMAL}[options]\nconnect_timeout = 0\n")).unwrap_err();
+        assert!(
+            err.contains("options.connect_timeout = 0") && err.contains("between 1 and"),
+            "{err}"
+        );
+        let err = parse(&format!("{MINIMAL}[options]\njobs = -2\n")).unwrap_err();
+        assert!(err.contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn the_fence_is_every_role_unless_narrowed() {
+        assert_eq!(parse(MINIMAL).unwrap().options.fence, FenceScope::All);
+        let fence = |v: &str| parse(&format!("{MINIMAL}[options]\nfence = {v}\n"));
+        assert_eq!(
+            fence("\"consumers\"").unwrap().options.fence,
+            FenceScope::Consumers
+        );
+        assert_eq!(
+            fence("[\"app_rw\", \"cron\"]").unwrap().options.fence,
+            FenceScope::Roles(vec!["app_rw".into(), "cron".into()])
+        );
+        for bad in ["\"some\"", "[]", "3"] {
+            let err = fence(bad).unwrap_err();
+            assert!(err.contains("options.fence"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -104,6 +104,14 @@ pub trait Stage: Send + Sync {
     async fn check(&self, ctx: &RunContext) -> Result<Check>;
     /// Puts things back as they were before `run`.
     async fn undo(&self, ctx: &RunContext) -> Result<String>;
+    /// Runs while the applications are paused (the online mode's repoints
+    /// and resume, after the switch): the engine does not stop before it
+    /// on Ctrl-C (going on is the quickest way out of the pause), and when
+    /// it fails, every stage since the one that opened the pause is undone
+    /// at once, so that the applications run on the source again.
+    fn inside_pause(&self) -> bool {
+        false
+    }
 }
 
 /// The plan: the stages in the order they run. `cutover plan` prints it and

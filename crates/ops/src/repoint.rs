@@ -317,6 +317,10 @@ impl Stage for Repoint {
     fn undo_kind(&self) -> Undo {
         Undo::Reversible("restore the configuration from its backup byte for byte, then reload".into())
     }
+    fn inside_pause(&self) -> bool {
+        // Online, the consumers move between the switch and resume.
+        self.online
+    }
 
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
         let spec = &self.reading.spec;

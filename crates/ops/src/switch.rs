@@ -6,11 +6,12 @@
 //! switched), and `resume` ends the pause and records its length.
 //!
 //! Pausing: a PgBouncer consumer's entry by `PAUSE` on its admin console
-//! (its clients keep their connections and wait); every other consumer by
-//! its login role made read-only on the source (`ALTER ROLE … IN DATABASE …
-//! SET default_transaction_read_only`) and its sessions there ended. The
-//! source stays read-only for those roles until decommission or rollback:
-//! never both databases taking the applications' writes.
+//! (its clients keep their connections and wait); then the fence
+//! ([`cutover_pg::fence`]): every role but cutover's own (or those
+//! `options.fence` names) loses CONNECT on the source and its sessions end,
+//! whether or not it had one at that moment, and the roles no fence stops
+//! get the read-only default. The source stays fenced until decommission
+//! or rollback: never both databases taking the applications' writes.
 //!
 //! Rollback after the switch (`back_to_source`) does the same the other
 //! way: pause on the target, wait for the reverse stream's sentinel on the
@@ -27,6 +28,8 @@ use cutover_core::journal::{Item, ItemKey};
 use cutover_core::plan_file::{AdminConsole, OnlineOptions};
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, ErrorKind, Result};
+use cutover_pg::fence;
+use cutover_pg::freeze::FenceSettings;
 use cutover_pg::replication::{self, FORWARD, REVERSE};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -46,11 +49,11 @@ pub struct Bouncer {
 }
 
 /// The applications, as the switch pauses them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Applications {
     pub bouncers: Vec<Bouncer>,
-    /// The login roles of every other consumer (fenced).
-    pub roles: Vec<String>,
+    /// Who the fence keeps off the side the applications leave.
+    pub fence: FenceSettings,
 }
 
 impl Applications {
@@ -66,17 +69,16 @@ impl Applications {
                     .join(", ")
             ));
         }
-        if !self.roles.is_empty() {
-            parts.push(format!(
-                "role(s) {} made read-only and their sessions ended",
-                self.roles.join(", ")
-            ));
-        }
-        if parts.is_empty() {
-            "no consumer to pause (nothing writes through a consumer cutover knows)".into()
+        let reach = &self.fence.reach;
+        parts.push(if reach.fenced.is_empty() {
+            "no role to fence".to_string()
         } else {
-            parts.join("; ")
-        }
+            format!(
+                "the fence: role(s) {} may not connect to the database any more and their sessions end",
+                reach.fenced.join(", ")
+            )
+        });
+        parts.join("; ")
     }
 
     async fn console(b: &Bouncer) -> Result<Console> {
@@ -102,13 +104,14 @@ impl Applications {
                 return Err(e.context(format!("pausing consumer {}", b.consumer)));
             }
         }
-        // The consumers' roles and any other role writing there now.
+        // Every role the fence reaches, whether or not it has a session now.
         let fenced = async {
-            let mut roles = self.roles.clone();
-            roles.extend(replication::session_roles(pool).await?);
-            roles.sort();
-            roles.dedup();
-            replication::fence(pool, &roles).await
+            let reach = fence::reach(pool, &self.fence.scope, &self.fence.consumers).await?;
+            let raised = fence::raise(pool, &reach).await?;
+            let mut soft = reach.fenced.clone();
+            soft.extend(reach.unstoppable.iter().map(|(r, _)| r.clone()));
+            replication::fence(pool, &soft).await?;
+            Ok::<_, Error>(raised.sessions_ended)
         };
         match fenced.await {
             Ok(n) => Ok(n),
@@ -194,7 +197,7 @@ impl Switch {
                      pause (at most {} s, else they resume on the source), set the sequences, end the forward \
                      stream, start the reverse one (target -> source) for a lossless rollback",
                     online.apps.describe(),
-                    online.options.max_pause
+                    online.options.max_pause.as_secs_f64()
                 ),
                 details: vec![
                     "the pause lasts until every consumer is repointed; `resume` records its length".into(),
@@ -231,6 +234,66 @@ async fn reverse(ctx: &RunContext, target: &Endpoint, options: &OnlineOptions) -
     replication::create_slot(&ctx.target, REVERSE).await?;
     let conninfo = replication::conninfo(target, options.target_address.as_deref());
     replication::subscribe(&ctx.source, REVERSE, &conninfo).await
+}
+
+impl Switch {
+    /// Inside the pause, before the point of no return: the target applies
+    /// everything written before the pause (within `max_pause`), then the
+    /// sequences. Returns the source's WAL position and the sequences set.
+    async fn catch_up(&self, ctx: &RunContext, t0: Instant) -> Result<(String, usize)> {
+        let schema = ctx.journal.schema();
+        let max_pause = self.online.options.max_pause;
+        let lsn = replication::wal_position(&ctx.source).await?;
+        let token = replication::write_sentinel(&ctx.source, schema).await?;
+        let seen =
+            replication::wait_for_sentinel(&ctx.target, schema, token, t0 + max_pause, Some(&ctx.cancel))
+                .await?;
+        if !seen {
+            let lag = replication::lag(&ctx.source, FORWARD).await?.unwrap_or(0);
+            let why = match replication::subscription(&ctx.target, FORWARD).await? {
+                Some(s) if !s.enabled || !s.streaming => {
+                    "the subscription is not applying (an apply error? the target's log says)".to_string()
+                }
+                _ => format!("it still trailed by {}", cutover_core::units::bytes(lag)),
+            };
+            return Err(Error::new(
+                ErrorKind::Failure,
+                format!(
+                    "the target did not catch up within options.online.max_pause ({} s): {why}",
+                    max_pause.as_secs_f64()
+                ),
+            )
+            .with_hint(
+                "run again when the source writes less (replicate's lag is what the switch must apply inside the \
+                 pause), or raise options.online.max_pause",
+            ));
+        }
+        let sequences = replication::copy_sequences(&ctx.source, &ctx.target, schema).await?;
+        Ok((lsn, sequences))
+    }
+}
+
+/// The one way out of a pause that cannot go on: the applications resume
+/// where they were (`apps` on the source), the pause's journal item goes,
+/// and `err` stays the error reported, saying where the applications are.
+async fn abort_pause(ctx: &RunContext, apps: &Applications, err: Error, t0: Instant) -> Error {
+    let resumed = async {
+        apps.resume(&ctx.source).await?;
+        ctx.journal
+            .remove_item(ctx.run_id, SWITCH, &ItemKey::Paused)
+            .await
+    }
+    .await;
+    let ms = t0.elapsed().as_millis();
+    match resumed {
+        Ok(()) => err.context(format!(
+            "inside the switch's pause (the applications resumed on the source after {ms} ms; nothing else changed)"
+        )),
+        Err(r) => err.context(format!(
+            "inside the switch's pause; resuming the applications on the source failed too ({r}): they may be \
+             paused or fenced there until `cutover run` or `cutover rollback`"
+        )),
+    }
 }
 
 #[async_trait]
@@ -307,52 +370,15 @@ impl Stage for Switch {
             .await?;
         let pausing_millis = t0.elapsed().as_millis() as u64;
         crash_point("switch:paused");
-        let deadline = t0 + Duration::from_secs_f64(self.online.options.max_pause);
-        let caught_up = async {
-            let lsn = replication::wal_position(&ctx.source).await?;
-            let token = replication::write_sentinel(&ctx.source, schema).await?;
-            let seen = replication::wait_for_sentinel(&ctx.target, schema, token, deadline).await?;
-            Ok::<_, Error>((lsn, seen))
-        }
-        .await;
-        let (lsn, seen) = match caught_up {
+        // Until the point of no return, every way out of the pause (an
+        // error, a timeout, Ctrl-C or SIGTERM, a panic) resumes the
+        // applications on the source.
+        let inside = cutover_core::engine::catch_panic(self.catch_up(ctx, t0)).await;
+        let (lsn, sequences) = match inside {
             Ok(x) => x,
-            Err(e) => {
-                apps.resume(&ctx.source).await?;
-                return Err(e.context(
-                    "waiting for the target at the switch (the applications resumed on the source)",
-                ));
-            }
+            Err(e) => return Err(abort_pause(ctx, apps, e, t0).await),
         };
-        if !seen {
-            let lag = replication::lag(&ctx.source, FORWARD).await?.unwrap_or(0);
-            let sub = replication::subscription(&ctx.target, FORWARD).await?;
-            apps.resume(&ctx.source).await?;
-            ctx.journal
-                .remove_item(ctx.run_id, SWITCH, &ItemKey::Paused)
-                .await?;
-            let why = match sub {
-                Some(s) if !s.enabled || !s.streaming => {
-                    "the subscription is not applying (an apply error? the target's log says)".to_string()
-                }
-                _ => format!("it still trailed by {}", cutover_core::units::bytes(lag)),
-            };
-            return Err(Error::new(
-                ErrorKind::Failure,
-                format!(
-                    "the target did not catch up within options.online.max_pause ({} s): {why}; the applications \
-                     were resumed on the source after {} ms and nothing else changed",
-                    self.online.options.max_pause,
-                    t0.elapsed().as_millis()
-                ),
-            )
-            .with_hint(
-                "run again when the source writes less (replicate's lag is what the switch must apply inside the \
-                 pause), or raise options.online.max_pause",
-            ));
-        }
         let catch_up_millis = t0.elapsed().as_millis() as u64;
-        let sequences = replication::copy_sequences(&ctx.source, &ctx.target, schema).await?;
         // The point of no return: the target has everything; the forward
         // stream goes, the reverse one starts before anyone writes there.
         replication::unsubscribe(&ctx.target, FORWARD).await?;
@@ -406,28 +432,52 @@ impl Stage for Switch {
 /// until the reverse stream brought every write back, sequences back,
 /// reverse stream dropped, source unfenced. Idempotent; without a reverse
 /// stream (never started, or already ended) it only resumes the source.
+///
+/// Nothing is paused before the reverse stream is proven to apply and to
+/// have caught up ([`reverse_ready`]); inside the pause the wait is bounded
+/// by `max_pause`, and every way out of it resumes the applications on the
+/// target.
 pub async fn back_to_source(ctx: &RunContext, online: &Online) -> Result<String> {
     let schema = ctx.journal.schema();
     let apps = &online.apps;
     let mut said = String::new();
     if replication::subscription(&ctx.source, REVERSE).await?.is_some() {
+        reverse_ready(ctx, &online.options).await?;
         let t0 = Instant::now();
         apps.pause(&ctx.target).await?;
-        let token = replication::write_sentinel(&ctx.target, schema).await?;
-        let wait = Duration::from_secs_f64(online.options.max_pause.max(60.0));
-        if !replication::wait_for_sentinel(&ctx.source, schema, token, t0 + wait).await? {
-            apps.resume(&ctx.target).await?;
-            return Err(Error::failure(format!(
-                "the reverse stream did not bring the target's writes back to the source within {} s; the \
-                 applications resumed on the target and nothing was rolled back",
-                wait.as_secs()
-            ))
-            .with_hint(format!(
-                "look at subscription {REVERSE} on the source (pg_stat_subscription, its server log), then run \
-                 `cutover rollback` again"
-            )));
-        }
-        let sequences = replication::copy_sequences(&ctx.target, &ctx.source, schema).await?;
+        let max_pause = online.options.max_pause;
+        let inside = cutover_core::engine::catch_panic(async {
+            let token = replication::write_sentinel(&ctx.target, schema).await?;
+            if !replication::wait_for_sentinel(&ctx.source, schema, token, t0 + max_pause, Some(&ctx.cancel)).await? {
+                return Err(Error::failure(format!(
+                    "the reverse stream did not bring the target's last writes back to the source within \
+                     options.online.max_pause ({} s)",
+                    max_pause.as_secs_f64()
+                ))
+                .with_hint(format!(
+                    "`cutover status` shows subscription {REVERSE}; run `cutover rollback` again when the target \
+                     writes less, or raise options.online.max_pause"
+                )));
+            }
+            replication::copy_sequences(&ctx.target, &ctx.source, schema).await
+        })
+        .await;
+        let sequences = match inside {
+            Ok(n) => n,
+            Err(e) => {
+                let resumed = apps.resume(&ctx.target).await;
+                let ms = t0.elapsed().as_millis();
+                return Err(match resumed {
+                    Ok(()) => e.context(format!(
+                        "inside the rollback's pause (the applications resumed on the target after {ms} ms; nothing \
+                         was rolled back)"
+                    )),
+                    Err(r) => e.context(format!(
+                        "inside the rollback's pause; resuming the applications on the target failed too ({r})"
+                    )),
+                });
+            }
+        };
         said = format!(
             "every write made on the target is back on the source ({} ms into the pause), {sequences} sequences set \
              back; ",
@@ -441,6 +491,73 @@ pub async fn back_to_source(ctx: &RunContext, online: &Online) -> Result<String>
     Ok(format!(
         "{said}reverse stream ended; the source takes writes again"
     ))
+}
+
+/// Before a rollback pauses anything: the reverse stream applies (a
+/// disabled one, stopped by an apply error whose cause the operator has
+/// since fixed, is enabled again) and has brought back what the target
+/// held a moment ago, within `catch_up_timeout`. Refuses otherwise, with
+/// nothing paused.
+async fn reverse_ready(ctx: &RunContext, options: &OnlineOptions) -> Result<()> {
+    let schema = ctx.journal.schema();
+    let Some(sub) = replication::subscription(&ctx.source, REVERSE).await? else {
+        return Ok(());
+    };
+    let errors_before = sub.apply_errors;
+    if !sub.enabled {
+        replication::enable(&ctx.source, REVERSE).await?;
+        ctx.emit(Event::Warning {
+            message: format!(
+                "subscription {REVERSE} on the source had stopped ({} apply error(s)); enabled it again",
+                sub.apply_errors
+            ),
+        });
+    }
+    let token = replication::write_sentinel(&ctx.target, schema).await?;
+    let deadline = Instant::now() + options.catch_up_timeout;
+    let mut checked = Instant::now();
+    loop {
+        if replication::wait_for_sentinel(&ctx.source, schema, token, Instant::now(), Some(&ctx.cancel))
+            .await?
+        {
+            return Ok(());
+        }
+        let broken = if checked.elapsed() >= Duration::from_millis(250) {
+            checked = Instant::now();
+            match replication::subscription(&ctx.source, REVERSE).await? {
+                Some(s) if !s.enabled => {
+                    Some(format!("it stopped again ({} apply error(s))", s.apply_errors))
+                }
+                Some(s) if s.apply_errors > errors_before => {
+                    Some(format!("it fails to apply ({} apply error(s))", s.apply_errors))
+                }
+                None => Some("it is gone".into()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let why = match broken {
+            Some(why) => why,
+            None if Instant::now() >= deadline => format!(
+                "it did not catch up within options.online.catch_up_timeout ({} s)",
+                options.catch_up_timeout.as_secs_f64()
+            ),
+            None => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        return Err(Error::failure(format!(
+            "the reverse stream ({REVERSE}, target -> source) does not bring the target's writes back: {why}; \
+             nothing was paused and nothing rolled back, the applications keep writing to the target"
+        ))
+        .with_hint(
+            "the source's server log names the row it cannot apply (a conflict: a row written on the source since \
+             the switch, a duplicate key); fix or delete that row on the source, then run `cutover rollback` again: it \
+             enables the stream itself and waits for it before pausing anything",
+        ));
+    }
 }
 
 pub struct Resume {
@@ -474,6 +591,9 @@ impl Stage for Resume {
         Undo::Reversible(
             "pause the applications on the target and bring every write made there back to the source".into(),
         )
+    }
+    fn inside_pause(&self) -> bool {
+        true
     }
 
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {

@@ -1,7 +1,11 @@
-//! freeze-source: the source stops taking writes for the copy
-//! (`default_transaction_read_only` on its database, other sessions
-//! terminated). Undo lifts it. With `freeze_source = false` the stage does
-//! nothing and the plan warns that writes after the copy's snapshot are lost.
+//! freeze-source: the source stops taking writes for the copy, for good:
+//! the fence ([`crate::fence`]: CONNECT left only to cutover's user and the
+//! roles `options.fence` leaves out, their sessions ended) and, for the
+//! roles no fence stops, `default_transaction_read_only` on the database.
+//! The tables' write counters are read once the fence stands: before the
+//! source is retired, they prove nothing wrote there since. Undo lifts
+//! both. With `freeze_source = false` the stage does nothing and the plan
+//! warns that writes after the copy's snapshot are lost.
 
 use async_trait::async_trait;
 use cutover_core::artefacts::Artefacts;
@@ -9,6 +13,9 @@ use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
 use sqlx::PgPool;
 
+use cutover_core::plan_file::FenceScope;
+
+use crate::fence;
 use crate::inventory::quote_ident;
 
 /// freeze-source: what the freeze did.
@@ -17,6 +24,10 @@ use crate::inventory::quote_ident;
 pub struct FreezeResult {
     pub summary: String,
     pub sessions_ended: usize,
+    /// The roles that lost CONNECT.
+    pub fenced: Vec<String>,
+    /// The source tables' write counters once the fence stood.
+    pub write_counts: std::collections::BTreeMap<String, i64>,
 }
 
 cutover_core::artefacts!(FreezeResult);
@@ -25,6 +36,20 @@ pub struct FreezeSource {
     pub description: Description,
     enabled: bool,
     database: String,
+    scope: FenceScope,
+    /// The roles the consumers log in as (for `fence = "consumers"`).
+    consumers: Vec<String>,
+    journal_schema: String,
+}
+
+/// What the freeze and the online switch need to raise the fence.
+#[derive(Debug, Clone)]
+pub struct FenceSettings {
+    pub scope: FenceScope,
+    pub consumers: Vec<String>,
+    /// Who it reached when the plan was made (for the description).
+    pub reach: fence::Reach,
+    pub journal_schema: String,
 }
 
 /// Client sessions on the source other than cutover's own, whether cutover's
@@ -100,17 +125,19 @@ pub fn unendable(sessions: &[Session], operator: &str) -> Option<Error> {
 }
 
 impl FreezeSource {
-    pub fn new(enabled: bool, database: &str, sessions: Vec<String>) -> FreezeSource {
+    pub fn new(enabled: bool, database: &str, sessions: Vec<String>, fence: FenceSettings) -> FreezeSource {
         let description = if enabled {
             Description {
                 summary: format!(
-                    "make the source database {database} read-only and end its {} other sessions, so no write is lost \
-                     during the copy",
+                    "fence the source database {database}: only cutover's user may connect (the others' sessions \
+                     ended, {} now), read-only for any session left, so no write is lost during the copy or after it",
                     sessions.len()
                 ),
-                details: sessions
+                details: fence
+                    .reach
+                    .lines()
                     .into_iter()
-                    .map(|s| format!("ends session {s}"))
+                    .chain(sessions.into_iter().map(|s| format!("ends session {s}")))
                     .collect(),
                 warnings: vec![],
                 destructive: true,
@@ -132,6 +159,9 @@ impl FreezeSource {
             description,
             enabled,
             database: database.to_string(),
+            scope: fence.scope,
+            consumers: fence.consumers,
+            journal_schema: fence.journal_schema,
         }
     }
 }
@@ -179,7 +209,7 @@ impl Stage for FreezeSource {
         if !self.enabled {
             return Ok(FreezeResult {
                 summary: "not frozen (freeze_source = false)".into(),
-                sessions_ended: 0,
+                ..Default::default()
             }
             .to_value());
         }
@@ -220,17 +250,33 @@ impl Stage for FreezeSource {
                  pg_signal_backend to the source user, or stop those applications yourself and run again"
             ))
         })?;
+        let reach = fence::reach(&ctx.source, &self.scope, &self.consumers).await?;
+        let raised = fence::raise(&ctx.source, &reach).await?;
+        fence::wait_gone(&ctx.source, &pids).await?;
+        let write_counts = fence::write_counts(&ctx.source, &self.journal_schema).await?;
+        let sessions_ended = ended.len() + raised.sessions_ended;
         Ok(FreezeResult {
-            summary: format!("source read-only, {} sessions ended", ended.len()),
-            sessions_ended: ended.len(),
+            summary: format!(
+                "source fenced ({} role(s) may not connect) and read-only, {sessions_ended} sessions ended",
+                raised.fenced.len()
+            ),
+            sessions_ended,
+            fenced: raised.fenced,
+            write_counts,
         }
         .to_value())
     }
     async fn check(&self, ctx: &RunContext) -> Result<Check> {
-        if !self.enabled || is_frozen(&ctx.source).await? {
+        if !self.enabled {
             Ok(Check::Holds)
-        } else {
+        } else if !is_frozen(&ctx.source).await? {
             Ok(Check::Fails("the source database is writable".into()))
+        } else if fence::saved_acl(&ctx.source).await?.is_none() {
+            Ok(Check::Fails(
+                "the source's fence is down (its roles may connect)".into(),
+            ))
+        } else {
+            Ok(Check::Holds)
         }
     }
     async fn undo(&self, ctx: &RunContext) -> Result<String> {
@@ -238,7 +284,8 @@ impl Stage for FreezeSource {
             return Ok("nothing to undo".into());
         }
         let db = quote_ident(&self.database);
+        fence::lift(&ctx.source).await?;
         set_read_only(&ctx.source, &db, "RESET default_transaction_read_only").await?;
-        Ok("source writable again (new sessions)".into())
+        Ok("source writable again (new sessions), its roles' CONNECT as before".into())
     }
 }

@@ -7,6 +7,7 @@ pub mod clear;
 pub mod connect;
 pub mod copy;
 pub mod discover;
+pub mod fence;
 pub mod freeze;
 pub mod inventory;
 pub mod online;

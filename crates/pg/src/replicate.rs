@@ -199,7 +199,7 @@ impl Replicate {
         let token = replication::write_sentinel(&ctx.source, ctx.journal.schema()).await?;
         let written = Instant::now();
         let table_seen =
-            || replication::wait_for_sentinel(&ctx.target, ctx.journal.schema(), token, Instant::now());
+            || replication::wait_for_sentinel(&ctx.target, ctx.journal.schema(), token, Instant::now(), None);
         let mut reported = Instant::now();
         loop {
             ctx.cancel.check()?;

@@ -520,10 +520,14 @@ pub async fn wait_for_sentinel(
     journal_schema: &str,
     token: Uuid,
     deadline: Instant,
+    cancel: Option<&cutover_core::stage::CancelFlag>,
 ) -> Result<bool> {
     let table = format!("{}.{SENTINEL}", quote_ident(journal_schema));
     let sql = format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE token = $1)");
     loop {
+        if let Some(c) = cancel {
+            c.check()?;
+        }
         let seen: bool = sqlx::query_scalar(&sql).bind(token).fetch_one(pool).await?;
         if seen {
             return Ok(true);
@@ -564,22 +568,23 @@ pub async fn copy_sequences(from: &PgPool, to: &PgPool, journal_schema: &str) ->
     Ok(seqs.len())
 }
 
-/// Makes the database of `pool` read-only for `roles` (new sessions) and
-/// ends their sessions there: the applications that log in as them can no
-/// longer write on that side. A marker setting (`cutover.fenced`) beside
-/// it tells [`unfence`] which roles cutover fenced: a role the operator
-/// made read-only there before is left as it is. Returns the sessions ended.
-pub async fn fence(pool: &PgPool, roles: &[String]) -> Result<usize> {
+/// The read-only default for `roles` in `pool`'s database (marked by
+/// `cutover.fenced`, so that [`unfence`] lifts only what this set): the
+/// mode's default for the roles [`crate::fence`] cannot keep off, and a
+/// second line for those it does. A superuser's role only when cutover's
+/// user is one; never cutover's own.
+pub async fn fence(pool: &PgPool, roles: &[String]) -> Result<()> {
     if roles.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     let db = quote_ident(&current_database(pool).await?);
-    // cutover's own user is never fenced (its own sessions, and the
-    // subscriptions it owns, must go on writing).
-    let me: String = sqlx::query_scalar("SELECT current_user::text")
-        .fetch_one(pool)
-        .await?;
-    let roles: Vec<String> = roles.iter().filter(|r| **r != me).cloned().collect();
+    let roles: Vec<String> = sqlx::query_scalar(
+        "SELECT r.rolname::text FROM pg_roles r CROSS JOIN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) me \
+         WHERE r.rolname = ANY($1) AND r.rolname <> current_user AND (me.rolsuper OR NOT r.rolsuper) ORDER BY 1",
+    )
+    .bind(roles)
+    .fetch_all(pool)
+    .await?;
     let already: Vec<String> = sqlx::query_scalar(
         "SELECT r.rolname::text FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
          JOIN pg_roles r ON r.oid = s.setrole WHERE d.datname = current_database() \
@@ -601,30 +606,13 @@ pub async fn fence(pool: &PgPool, roles: &[String]) -> Result<usize> {
                 .with_hint("the user needs CREATEROLE (or superuser) to set a role's settings")
         })?;
     }
-    let ended: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND usename = ANY($1) AND pid <> pg_backend_pid()",
-    )
-    .bind(&roles)
-    .fetch_all(pool)
-    .await?;
-    Ok(ended.len())
+    Ok(())
 }
 
-/// The roles of the client sessions on `pool`'s database other than
-/// cutover's own (its user's, and those named `cutover …`).
-pub async fn session_roles(pool: &PgPool) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT DISTINCT usename::text FROM pg_stat_activity \
-         WHERE datname = current_database() AND backend_type = 'client backend' AND usename IS NOT NULL \
-           AND usename <> current_user AND coalesce(application_name, '') NOT LIKE 'cutover%' ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await?)
-}
-
-/// Lifts [`fence`] for every role it fenced in this database.
+/// Lifts [`fence`] for every role it fenced in this database, and the
+/// CONNECT fence ([`crate::fence::lift`]).
 pub async fn unfence(pool: &PgPool) -> Result<Vec<String>> {
+    crate::fence::lift(pool).await?;
     let roles = fenced(pool).await?;
     let db = quote_ident(&current_database(pool).await?);
     for role in &roles {

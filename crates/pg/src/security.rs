@@ -187,11 +187,13 @@ impl Security {
             let (setrole, role, config): (sqlx::postgres::types::Oid, String, Vec<String>) =
                 (r.get(0), r.get(1), r.get(2));
             if setrole.0 == 0 {
-                // The freeze's own switch (freeze-source sets it on the
-                // source): never carried, never compared.
+                // The freeze's own switch and the fence's saved privileges
+                // (set on the source): never carried, never compared.
                 sec.database_settings = config
                     .into_iter()
-                    .filter(|c| !c.starts_with("default_transaction_read_only="))
+                    .filter(|c| {
+                        !c.starts_with("default_transaction_read_only=") && !c.starts_with("cutover.")
+                    })
                     .collect();
             } else {
                 // The online switch's fence (marked by cutover.fenced):
@@ -216,12 +218,19 @@ impl Security {
             )
             .fetch_one(&mut *tx)
             .await?;
-            let acl = sqlx::query_as(
+            // Under the fence (crate::fence), the privileges it saved.
+            let acl = sqlx::query_as(&format!(
                 "SELECT coalesce(r.rolname::text, 'PUBLIC'), x.privilege_type, x.is_grantable \
-                 FROM pg_database d CROSS JOIN LATERAL aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) x \
+                 FROM pg_database d CROSS JOIN LATERAL aclexplode(coalesce( \
+                   (SELECT CASE WHEN v = '' THEN acldefault('d', d.datdba) ELSE v::aclitem[] END \
+                      FROM pg_db_role_setting s CROSS JOIN LATERAL unnest(s.setconfig) c \
+                      CROSS JOIN LATERAL substr(c, length('{acl}=') + 1) v \
+                     WHERE s.setdatabase = d.oid AND s.setrole = 0 AND starts_with(c, '{acl}=')), \
+                   d.datacl, acldefault('d', d.datdba))) x \
                  LEFT JOIN pg_roles r ON r.oid = x.grantee \
                  WHERE d.datname = current_database() AND x.grantee <> d.datdba ORDER BY 1, 2",
-            )
+                acl = crate::fence::ACL_SETTING
+            ))
             .fetch_all(&mut *tx)
             .await?;
             (owner, acl)
