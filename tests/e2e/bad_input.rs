@@ -69,6 +69,91 @@ fn cases() -> Vec<Case> {
             says: &["missing field `target`"],
         },
         Case {
+            name: "max_pause -1",
+            setup: |s| {
+                plan(
+                    s,
+                    "[options]\nmode = \"online\"\n[options.online]\nmax_pause = -1.0\n",
+                );
+                vec![]
+            },
+            args: &["plan"],
+            code: 2,
+            says: &["options.online.max_pause", "above 0 and at most 3600"],
+        },
+        Case {
+            name: "max_pause 0",
+            setup: |s| {
+                plan(
+                    s,
+                    "[options]\nmode = \"online\"\n[options.online]\nmax_pause = 0\n",
+                );
+                vec![]
+            },
+            args: &["plan"],
+            code: 2,
+            says: &["options.online.max_pause", "above 0 and at most 3600"],
+        },
+        Case {
+            name: "max_pause nan",
+            setup: |s| {
+                plan(
+                    s,
+                    "[options]\nmode = \"online\"\n[options.online]\nmax_pause = nan\n",
+                );
+                vec![]
+            },
+            args: &["run", "--yes"],
+            code: 2,
+            says: &["options.online.max_pause", "above 0 and at most 3600"],
+        },
+        Case {
+            name: "max_pause inf",
+            setup: |s| {
+                plan(
+                    s,
+                    "[options]\nmode = \"online\"\n[options.online]\nmax_pause = inf\n",
+                );
+                vec![]
+            },
+            args: &["plan"],
+            code: 2,
+            says: &["options.online.max_pause", "above 0 and at most 3600"],
+        },
+        Case {
+            name: "max_pause a string",
+            setup: |s| {
+                plan(
+                    s,
+                    "[options]\nmode = \"online\"\n[options.online]\nmax_pause = \"5\"\n",
+                );
+                vec![]
+            },
+            args: &["plan"],
+            code: 2,
+            says: &["options.online.max_pause", "without quotes"],
+        },
+        Case {
+            name: "fence neither a word nor roles",
+            setup: |s| {
+                plan(s, "[options]\nfence = \"everyone\"\n");
+                vec![]
+            },
+            args: &["plan"],
+            code: 2,
+            says: &["options.fence", "\"consumers\""],
+        },
+        Case {
+            name: "fence naming a role the source lacks",
+            setup: |s| {
+                plan(s, "[options]\nfence = [\"no_such_role\"]\n");
+                vec![]
+            },
+            args: &["plan"],
+            code: 2,
+            says: &["options.fence names no_such_role", "fence = \"all\""],
+        },
+        Case {
             name: "wrong type",
             setup: |s| {
                 plan(s, "[options]\nfreeze_source = \"yes\"\n");

@@ -951,3 +951,122 @@ fn large_tables_are_copied_in_ranges_and_resume_per_range() {
     let (a, b): (i64, i64) = (a.parse().unwrap(), b.parse().unwrap());
     assert!(a <= 12345 && 12345 <= b && b - a < 100, "narrowed to {range}");
 }
+
+/// The database's privileges and the roles' settings in it, as the catalog
+/// shows them (what the fence changes, and must put back exactly).
+fn access(server: &cutover_testkit::PgServer) -> String {
+    server
+        .sql(
+            "postgres",
+            "SELECT coalesce(datacl::text, 'default') || ' | ' || coalesce((SELECT string_agg(coalesce(r.rolname, '*') \
+             || '=' || array_to_string(s.setconfig, ','), ';' ORDER BY r.rolname) FROM pg_db_role_setting s \
+             LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid), '') \
+             FROM pg_database d WHERE datname = 'app'",
+        )
+        .unwrap()
+}
+
+/// The offline freeze is a fence, not a default: an application's own
+/// login cannot write on the source after verify-data however it asks
+/// (`BEGIN READ WRITE`, a new connection per statement), nor can a role the
+/// plan does not know; a write by a role no fence stops (cutover's own
+/// superuser) is caught by the source's write counters before the source is
+/// retired; rollback puts every privilege and setting back exactly.
+#[test]
+fn the_offline_fence_holds_after_verify_data_and_a_late_write_stops_retirement() {
+    let pair = PgPair::seed().unwrap();
+    for server in [&pair.source, &pair.target] {
+        server
+            .sql(
+                "postgres",
+                "CREATE ROLE shop LOGIN PASSWORD 'shop-secret-7'; CREATE ROLE nightly LOGIN PASSWORD 'nightly-secret-3'",
+            )
+            .unwrap();
+    }
+    pair.source
+        .sql(
+            "app",
+            "GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO shop, nightly; \
+             GRANT CONNECT ON DATABASE app TO nightly",
+        )
+        .unwrap();
+    let (src, tgt) = (pair.source.port(), pair.target.port());
+    let plan = format!(
+        "\n[[consumer]]\nname = \"shop\"\nkind = \"env\"\npath = \"shop.env\"\nkey = \"DATABASE_URL\"\n\
+         target_url_env = \"SHOP_TARGET_URL\"\n\n[decommission]\ndriver = \"postgres\"\n"
+    );
+    let s = Scenario::with(pair, &plan);
+    std::fs::write(
+        s.dir.path().join("shop.env"),
+        format!("DATABASE_URL=postgresql://shop:shop-secret-7@127.0.0.1:{src}/app\n"),
+    )
+    .unwrap();
+    let env = [(
+        "SHOP_TARGET_URL",
+        format!("postgresql://shop:shop-secret-7@127.0.0.1:{tgt}/app"),
+    )];
+    let secrets = ["shop-secret-7", "nightly-secret-3"];
+    let access_before = access(&s.pair.source);
+    let as_role = |user: &str, pw: &str| format!("postgresql://{user}:{pw}@127.0.0.1:{src}/app");
+    let insert = "BEGIN READ WRITE; INSERT INTO protection_settings VALUES ('late', 'write'); COMMIT";
+
+    // The plan names who the fence keeps off, and who no fence stops.
+    let (code, stdout, stderr) = s.run_with(&["plan"], &env, &secrets);
+    assert_eq!(code, 0, "{stderr}");
+    let fenced = stdout
+        .lines()
+        .find(|l| l.contains("fenced (CONNECT taken away"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(fenced.contains("nightly") && fenced.contains("shop"), "{fenced}");
+    assert!(stdout.contains("no fence keeps these off the source"), "{stdout}");
+
+    let (code, stdout, stderr) = s.run_with(&["run", "--yes", "--until", "verify-data"], &env, &secrets);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // The application's own login, asking for a read-write transaction,
+    // and a writer the plan does not know: the source does not let them in.
+    for (user, pw) in [("shop", "shop-secret-7"), ("nightly", "nightly-secret-3")] {
+        let refused = crate::support::psql(&as_role(user, pw), insert).unwrap_err();
+        assert!(
+            refused.contains(&format!("permission denied for database \"app\"")),
+            "{user}: {refused}"
+        );
+    }
+    // cutover's own superuser is beyond any fence: its late write is caught.
+    q(&s.pair.source, insert);
+    let (code, stdout, stderr) = s.run_with(&["run", "--yes", "--output", "json"], &env, &secrets);
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    let failed = crate::support::stage_failed(&stdout);
+    assert_eq!(failed["stage"], "verify-sync", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.contains("the source took writes after the fence went up")
+            && error.contains("public.protection_settings: 1 row(s) written")
+            && error.contains("nothing was retired"),
+        "{error}"
+    );
+    // The proof through shop's own login was made before that.
+    assert!(
+        stdout.contains("consumer shop logging in on the source as shop: refused by the source")
+            && stdout.contains("42501"),
+        "{stdout}"
+    );
+    // Not retired.
+    assert_eq!(
+        s.pair
+            .source
+            .sql(
+                "postgres",
+                "SELECT count(*) FROM pg_database WHERE datname = 'app'"
+            )
+            .unwrap(),
+        "1"
+    );
+    let (code, stdout, stderr) = s.run_with(&["rollback", "--yes"], &env, &secrets);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(access(&s.pair.source), access_before);
+    crate::support::psql(
+        &as_role("shop", "shop-secret-7"),
+        "BEGIN READ WRITE; INSERT INTO protection_settings VALUES ('after', 'rollback'); COMMIT",
+    )
+    .unwrap();
+}

@@ -85,6 +85,7 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
             return Err(online_refused(&r));
         }
         warnings.extend(r.notes);
+        warnings.extend(cutover_pg::replication::health(&dbs.source_pool, &dbs.target_pool).await?);
     }
     let (source, comparison) = if let Some(mut source) = source {
         // Exact where the two are compared (row differences, the direction
@@ -485,6 +486,7 @@ pub fn assemble(p: Parts<'_>) -> Result<Vec<Box<dyn Stage>>> {
             base.clone(),
             p.servers,
             role_map,
+            online.is_some() || options.freeze_source,
         )));
     }
     if online.is_some() {

@@ -107,6 +107,13 @@ pub async fn open(
         run_id: run_id.to_string(),
         resumed,
     });
+    if loaded.file.options.mode == cutover_core::plan_file::Mode::Online {
+        for problem in
+            cutover_pg::replication::health(&planned.dbs.source_pool, &planned.dbs.target_pool).await?
+        {
+            events.emit(Event::Warning { message: problem });
+        }
+    }
     let ctx = RunContext {
         source: planned.dbs.source_pool.clone(),
         target: planned.dbs.target_pool.clone(),

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use cutover_core::artefacts::Artefacts;
 use cutover_core::endpoint::Endpoint;
 use cutover_core::endpoint::Role;
+use cutover_core::event::Event;
 use cutover_core::journal::{Item, ItemKey, Journal, StageEvent, quote_ident};
 use cutover_core::plan_file::LoadedPlan;
 use cutover_core::plan_file::{DecommissionDriver, DecommissionSpec};
@@ -127,6 +128,54 @@ pub struct DecommissionResult {
 }
 
 cutover_core::artefacts!(DecommissionResult);
+
+/// The proof that the source took no write since it stopped taking the
+/// applications' (the tables' own counters against those read when the
+/// fence went up, offline, or when the reverse stream ended, online).
+/// `retiring`: decommission's check (online, only once the rollback window
+/// closed); verify-sync's, offline only (online, the reverse stream writes
+/// there until end-replication). Without a fence (freeze_source = false)
+/// there is nothing to compare with.
+pub async fn source_untouched(ctx: &RunContext, retiring: bool) -> Result<()> {
+    let states = ctx.journal.stage_states(ctx.run_id).await?;
+    let done = |stage: &str| {
+        states
+            .get(stage)
+            .filter(|s| s.is_done())
+            .and_then(|s| s.artefacts.as_ref())
+            .and_then(|a| a.get("write_counts"))
+            .and_then(|w| serde_json::from_value::<std::collections::BTreeMap<String, i64>>(w.clone()).ok())
+    };
+    let (baseline, since) = match (done(crate::switch::END), done("freeze-source")) {
+        (Some(b), _) if retiring => (b, "the rollback window closed (end-replication)"),
+        (_, Some(b)) => (b, "the fence went up (freeze-source)"),
+        _ => return Ok(()),
+    };
+    let now = cutover_pg::fence::write_counts(&ctx.source, ctx.journal.schema()).await?;
+    let (written, unknown) = cutover_pg::fence::writes_since(&baseline, &now);
+    if !unknown.is_empty() {
+        ctx.emit(Event::Warning {
+            message: format!(
+                "the source's write counters went back since {since} (statistics reset?) for {}: writes there                  cannot be told",
+                unknown.join(", ")
+            ),
+        });
+    }
+    if written.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        cutover_core::ErrorKind::Differences,
+        format!(
+            "the source took writes after {since}: {}. Those rows are not on the target; nothing was retired",
+            written.join("; ")
+        ),
+    )
+    .with_hint(
+        "a role no fence stops (a superuser, or cutover's own user) wrote them: find it in the source's log, then \
+         `cutover rollback` and run again (the new copy takes them)",
+    ))
+}
 
 /// Journals what the retirement did (before it is done, so that its undo
 /// and its check know what to look for).
@@ -361,6 +410,7 @@ impl Stage for Decommission {
                 )));
             }
         }
+        source_untouched(ctx, true).await?;
         let sessions = cutover_pg::freeze::other_sessions(&ctx.source).await?;
         if !sessions.is_empty() && !self.force_clients {
             return Err(Error::refused(format!(

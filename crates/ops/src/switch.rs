@@ -199,13 +199,16 @@ impl Switch {
                     online.apps.describe(),
                     online.options.max_pause.as_secs_f64()
                 ),
-                details: vec![
-                    "the pause lasts until every consumer is repointed; `resume` records its length".into(),
+                details: [
+                    "the pause lasts until every consumer is repointed; `resume` records its length".to_string(),
                     format!(
                         "the reverse stream: publication and slot {REVERSE} on the target, subscription {REVERSE} \
                          on the source, until end-replication"
                     ),
-                ],
+                ]
+                .into_iter()
+                .chain(online.apps.fence.reach.lines().into_iter().skip(1))
+                .collect(),
                 warnings: vec![],
                 destructive: true,
             },
@@ -630,6 +633,16 @@ impl Stage for Resume {
 
 pub const END: &str = "end-replication";
 
+/// end-replication: the window closed, and the source's write counters then.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndResult {
+    pub summary: String,
+    pub write_counts: std::collections::BTreeMap<String, i64>,
+}
+
+cutover_core::artefacts!(EndResult);
+
 /// end-replication: the rollback window closes. The reverse stream and
 /// the source's sentinel schema go; the source stays read-only for the
 /// applications' roles (it is about to be retired).
@@ -686,9 +699,13 @@ impl Stage for EndReplication {
                 left
             )));
         }
-        Ok(cutover_core::artefacts::Summary {
-            summary: "reverse stream dropped; no slot, publication or subscription of cutover's remains"
+        // From here on nothing writes on the source: decommission compares.
+        let write_counts = fence::settled_write_counts(&ctx.source, schema).await?;
+        Ok(EndResult {
+            summary: "reverse stream dropped; no slot, publication or subscription of cutover's remains; the source \
+                      stays fenced"
                 .into(),
+            write_counts,
         }
         .to_value())
     }

@@ -18,6 +18,7 @@ use cutover_core::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::conn::Field;
 use crate::consumer::{self, Servers, Which};
 use crate::hooks;
 
@@ -29,6 +30,19 @@ pub struct SyncResult {
     pub consumers: Vec<ConsumerProof>,
     /// Sessions still connected to the source.
     pub source_sessions: Vec<String>,
+    /// Each consumer's role, logging in on the source: refused there.
+    pub fence: Vec<FenceProof>,
+}
+
+/// One consumer role's proof that the source no longer lets it in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FenceProof {
+    pub consumer: String,
+    pub role: String,
+    /// What the source answered its login (SQLSTATE and message), or why
+    /// the proof rests on the catalog alone.
+    pub answer: String,
+    pub holds: bool,
 }
 
 cutover_core::artefacts!(SyncResult);
@@ -54,6 +68,8 @@ pub struct ConsumerProof {
 }
 
 pub struct VerifySync {
+    /// The source is fenced by now (the freeze or the switch): prove it.
+    fenced: bool,
     role_map: cutover_pg::security::RoleMap,
     consumers: Vec<ConsumerSpec>,
     base: PathBuf,
@@ -68,14 +84,21 @@ impl VerifySync {
         base: PathBuf,
         servers: Servers,
         role_map: cutover_pg::security::RoleMap,
+        fenced: bool,
     ) -> VerifySync {
         let names: Vec<&str> = consumers.iter().map(|c| c.name.as_str()).collect();
         VerifySync {
+            fenced,
             description: Description {
                 summary: format!(
-                    "write a sentinel row on the target and read it through each consumer's connection ({}); then \
+                    "write a sentinel row on the target and read it through each consumer's connection ({}); {}then \
                      list the sessions still on the source",
-                    names.join(", ")
+                    names.join(", "),
+                    if fenced {
+                        "log in on the source as each consumer's role, which the fence must refuse; "
+                    } else {
+                        ""
+                    }
                 ),
                 ..Default::default()
             },
@@ -113,6 +136,11 @@ impl Stage for VerifySync {
         ctx.journal.delete_sentinel(&token).await?;
         revoke_sentinel_grants(ctx).await?;
         let (report, misses) = result?;
+        let (fence, open) = if self.fenced && misses.is_empty() {
+            self.prove_fence(ctx).await?
+        } else {
+            (vec![], vec![])
+        };
         let sessions = cutover_pg::freeze::other_sessions(&ctx.source)
             .await
             .unwrap_or_default();
@@ -131,14 +159,39 @@ impl Stage for VerifySync {
                 ),
             ));
         }
+        if !open.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Differences,
+                format!(
+                    "the source still lets an application in after the fence: {}. Both databases could take its \
+                     writes; nothing is retired while this holds",
+                    open.join("; ")
+                ),
+            )
+            .with_hint(
+                "give that application a login role of its own (not a superuser, not a member of cutover's user), \
+                 or REVOKE CONNECT ON DATABASE from it on the source; then run again",
+            ));
+        }
+        crate::decommission::source_untouched(ctx, false).await?;
         Ok(SyncResult {
             summary: format!(
-                "{} consumer connection(s) saw the sentinel; {} session(s) still on the source",
+                "{} consumer connection(s) saw the sentinel; {}{} session(s) still on the source",
                 report.len(),
+                if self.fenced {
+                    format!(
+                        "the source refused {} consumer role(s) ({} beyond any fence); ",
+                        fence.iter().filter(|f| f.holds).count(),
+                        fence.iter().filter(|f| !f.holds).count()
+                    )
+                } else {
+                    String::new()
+                },
                 sessions.len()
             ),
             consumers: report,
             source_sessions: sessions,
+            fence,
         }
         .to_value())
     }
@@ -191,6 +244,105 @@ async fn revoke_sentinel_grants(ctx: &RunContext) -> Result<()> {
 }
 
 impl VerifySync {
+    /// The fence, proved the way an application meets it: each consumer's
+    /// role logs in on the source with its own configuration's credentials
+    /// and must be refused (SQLSTATE 42501, no CONNECT). A login that fails
+    /// for another reason (the password is the target's) leaves the proof
+    /// to the catalog (`has_database_privilege`); a login let in fails the
+    /// stage, naming the role.
+    async fn prove_fence(&self, ctx: &RunContext) -> Result<(Vec<FenceProof>, Vec<String>)> {
+        if cutover_pg::fence::saved_acl(&ctx.source).await?.is_none() {
+            return Ok((
+                vec![],
+                vec!["the source's fence is down (no role has lost CONNECT): `cutover rollback`, then run again".into()],
+            ));
+        }
+        let src = &self.servers.source;
+        let mut proofs: Vec<FenceProof> = vec![];
+        let mut misses = vec![];
+        for spec in &self.consumers {
+            let Ok(reading) = consumer::read(spec, &self.base, &self.servers).await else {
+                continue;
+            };
+            for f in &reading.found {
+                let Some(user) = f.conn.user() else { continue };
+                let role = self.role_map.source(&user).to_string();
+                if proofs.iter().any(|p| p.consumer == spec.name && p.role == role) {
+                    continue;
+                }
+                let on_source = f.conn.with_fields(&[
+                    (Field::Host, src.host.clone()),
+                    (Field::Port, src.port.to_string()),
+                    (Field::Dbname, src.dbname.clone()),
+                    (Field::User, role.clone()),
+                ]);
+                let row: Option<(bool, bool)> = sqlx::query_as(
+                    "SELECT has_database_privilege(oid, current_database(), 'CONNECT'), \
+                            rolsuper OR pg_has_role(oid, current_user, 'USAGE') FROM pg_roles WHERE rolname = $1",
+                )
+                .bind(&role)
+                .fetch_optional(&ctx.source)
+                .await?;
+                let Some((may, beyond)) = row else { continue };
+                if beyond {
+                    // cutover's own user, a superuser, or a member of cutover's
+                    // user: the plan named it; the write counters prove,
+                    // before the source is retired, that it wrote nothing.
+                    let answer = format!(
+                        "{role} is beyond any fence (cutover's own user, a superuser, or holding cutover's user's \
+                         privileges): the source's read-only default and its write counters are the proof"
+                    );
+                    ctx.emit(Event::Warning {
+                        message: format!("consumer {}: {answer}", spec.name),
+                    });
+                    proofs.push(FenceProof {
+                        consumer: spec.name.clone(),
+                        role,
+                        answer,
+                        holds: false,
+                    });
+                    continue;
+                }
+                let attempt = hooks::probe_sql(&on_source.to_url(), None, Duration::from_secs(10)).await;
+                let (answer, holds) = match attempt {
+                    Err(e) if e.sqlstate.as_deref() == Some("42501") => (
+                        format!(
+                            "refused by the source: {} (SQLSTATE 42501)",
+                            redact_text(&e.message)
+                        ),
+                        true,
+                    ),
+                    Ok(_) => ("let in by the source: it can write there".to_string(), false),
+                    Err(e) => (
+                        format!(
+                            "its login failed for another reason (SQLSTATE {}); by the catalog it {} CONNECT",
+                            e.sqlstate.as_deref().unwrap_or("none"),
+                            if may { "still has" } else { "has lost" }
+                        ),
+                        !may,
+                    ),
+                };
+                let line = format!(
+                    "consumer {} logging in on the source as {role}: {answer}",
+                    spec.name
+                );
+                ctx.emit(Event::Info {
+                    message: line.clone(),
+                });
+                if !holds {
+                    misses.push(line);
+                }
+                proofs.push(FenceProof {
+                    consumer: spec.name.clone(),
+                    role,
+                    answer,
+                    holds,
+                });
+            }
+        }
+        Ok((proofs, misses))
+    }
+
     /// The roles the consumers log in as on the target (their connections'
     /// users; the plan's target user where a connection names none).
     async fn consumer_roles(&self) -> Vec<String> {

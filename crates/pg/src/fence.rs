@@ -284,14 +284,37 @@ pub async fn raise(pool: &PgPool, reach: &Reach) -> Result<Raised> {
     // Every session of a fenced role ends; a superuser's too where cutover
     // may end it (its role keeps only the mode's read-only default).
     let unstoppable: Vec<&String> = reach.unstoppable.iter().map(|(r, _)| r).collect();
-    let pids: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
-           AND (usename = ANY($1) OR (usename = ANY($2) AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)))",
+    // Whether cutover's user may end each (a superuser, a member of the
+    // session's role, or of pg_signal_backend; never a superuser's unless
+    // it is one).
+    let sessions: Vec<(i32, String, bool)> = sqlx::query_as(
+        "SELECT a.pid, a.usename::text, me.rolsuper OR (NOT r.rolsuper AND (pg_has_role(me.oid, a.usesysid, 'USAGE') \
+                OR pg_has_role(me.oid, 'pg_signal_backend', 'USAGE'))) \
+         FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid \
+         CROSS JOIN (SELECT oid, rolsuper FROM pg_roles WHERE rolname = current_user) me \
+         WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() \
+           AND (a.usename = ANY($1) OR (a.usename = ANY($2) AND me.rolsuper))",
     )
     .bind(&reach.fenced)
     .bind(&unstoppable)
     .fetch_all(&mut *conn)
     .await?;
+    let stuck: Vec<String> = sessions
+        .iter()
+        .filter(|(_, _, endable)| !endable)
+        .map(|(pid, user, _)| format!("pid {pid} of {user}"))
+        .collect();
+    if !stuck.is_empty() {
+        return Err(Error::failure(format!(
+            "the fence cannot end {} session(s) on the source ({}): they could go on writing",
+            stuck.len(),
+            stuck.join(", ")
+        ))
+        .with_hint(
+            "GRANT pg_signal_backend TO cutover's user on the source, or stop those applications yourself",
+        ));
+    }
+    let pids: Vec<i32> = sessions.iter().map(|(pid, _, _)| *pid).collect();
     sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid")
         .bind(&pids)
         .execute(&mut *conn)

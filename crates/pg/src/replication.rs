@@ -751,6 +751,36 @@ pub async fn describe(pool: &PgPool, side: &str) -> Result<Vec<String>> {
     Ok(lines)
 }
 
+/// What is wrong with cutover's streams now, loudly: a subscription
+/// disabled by an apply error (`disable_on_error`) or failing to apply
+/// carries nothing, and a rollback or switch would wait for it in vain.
+/// Each line says what to do.
+pub async fn health(source: &PgPool, target: &PgPool) -> Result<Vec<String>> {
+    let mut problems = vec![];
+    for (pool, side, name, direction, other) in [
+        (target, "target", FORWARD, "source -> target", "run"),
+        (source, "source", REVERSE, "target -> source", "rollback"),
+    ] {
+        let Some(sub) = subscription(pool, name).await? else {
+            continue;
+        };
+        let state = if !sub.enabled {
+            format!("is DISABLED after {} apply error(s)", sub.apply_errors)
+        } else if !sub.streaming && sub.apply_errors > 0 {
+            format!("is failing to apply ({} apply error(s))", sub.apply_errors)
+        } else {
+            continue;
+        };
+        problems.push(format!(
+            "the {direction} stream (subscription {name} on the {side}) {state}: the writes made since are not \
+             carried. The {side}'s server log names the row it could not apply (a duplicate key: a row written on \
+             the {side} directly); fix or delete that row there, then `cutover {other}` enables the stream again \
+             and waits for it before pausing anything"
+        ));
+    }
+    Ok(problems)
+}
+
 /// Removes every replication object of cutover's on both servers (and the
 /// source's sentinel schema): subscriptions first, then slots, then
 /// publications. The source's fence is lifted by the caller.

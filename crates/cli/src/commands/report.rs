@@ -395,6 +395,29 @@ fn render(f: &Facts) -> String {
             );
         }
         let _ = writeln!(w);
+        if !sync.fence.is_empty() {
+            let _ = writeln!(
+                w,
+                "The fence, proved through each consumer's own login on the source (a role it lets in could \
+                 write on both databases):\n"
+            );
+            let _ = writeln!(
+                w,
+                "| consumer | role | kept off the source | what the source answered |"
+            );
+            let _ = writeln!(w, "| --- | --- | --- | --- |");
+            for p in &sync.fence {
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} |",
+                    p.consumer,
+                    p.role,
+                    if p.holds { "yes" } else { "NO" },
+                    p.answer
+                );
+            }
+            let _ = writeln!(w);
+        }
     }
 
     // Backup.

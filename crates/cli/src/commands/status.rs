@@ -118,10 +118,15 @@ async fn replication(loaded: &LoadedPlan, target: &sqlx::PgPool) -> Vec<String> 
         let endpoint = Endpoint::resolve(Role::Source, &loaded.file.source)?;
         let pool = cutover_pg::connect::pool(&endpoint, opts.connect_timeout.min(5), 0, opts.lock_timeout, 1)
             .await?;
-        cutover_pg::replication::describe(&pool, "source").await
+        let lines = cutover_pg::replication::describe(&pool, "source").await?;
+        let problems = cutover_pg::replication::health(&pool, target).await?;
+        Ok::<_, cutover_core::Error>((lines, problems))
     };
     match source.await {
-        Ok(l) => lines.extend(l),
+        Ok((l, problems)) => {
+            lines.extend(l);
+            lines.extend(problems.into_iter().map(|p| format!("WARNING: {p}")));
+        }
         Err(e) => lines.push(format!("the source's could not be read: {}", e.message)),
     }
     lines

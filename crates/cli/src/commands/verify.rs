@@ -54,6 +54,11 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
             ));
             report.leave_out_sequences();
         }
+        if loaded.file.options.mode == cutover_core::plan_file::Mode::Online {
+            for problem in cutover_pg::replication::health(&dbs.source_pool, &dbs.target_pool).await? {
+                eprintln!("warning: {problem}");
+            }
+        }
         if global.output == Output::Json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
