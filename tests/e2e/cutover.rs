@@ -987,7 +987,7 @@ fn the_offline_fence_holds_after_verify_data_and_a_late_write_stops_retirement()
         .sql(
             "app",
             "GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO shop, nightly; \
-             GRANT CONNECT ON DATABASE app TO nightly",
+             GRANT CONNECT ON DATABASE app TO nightly; CREATE ROLE auditor LOGIN SUPERUSER",
         )
         .unwrap();
     let (src, tgt) = (pair.source.port(), pair.target.port());
@@ -1018,9 +1018,15 @@ fn the_offline_fence_holds_after_verify_data_and_a_late_write_stops_retirement()
         .find(|l| l.contains("fenced (CONNECT taken away"))
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(fenced.contains("nightly") && fenced.contains("shop"), "{fenced}");
-    assert!(stdout.contains("no fence keeps these off the source"), "{stdout}");
+    assert!(
+        stdout
+            .contains("no fence keeps these off the source (name them in your checks): auditor (a superuser"),
+        "{stdout}"
+    );
 
-    let (code, stdout, stderr) = s.run_with(&["run", "--yes", "--until", "verify-data"], &env, &secrets);
+    // verify-data has passed and the application is repointed: a write on
+    // the source now would be lost.
+    let (code, stdout, stderr) = s.run_with(&["run", "--yes", "--until", "repoint:shop"], &env, &secrets);
     assert_eq!(code, 0, "{stdout}{stderr}");
     // The application's own login, asking for a read-write transaction,
     // and a writer the plan does not know: the source does not let them in.

@@ -107,7 +107,7 @@ impl Applications {
         // Every role the fence reaches, whether or not it has a session now.
         let fenced = async {
             let reach = fence::reach(pool, &self.fence.scope, &self.fence.consumers).await?;
-            let raised = fence::raise(pool, &reach).await?;
+            let raised = fence::raise(pool, &reach, &self.fence.journal_schema).await?;
             let mut soft = reach.fenced.clone();
             soft.extend(reach.unstoppable.iter().map(|(r, _)| r.clone()));
             replication::fence(pool, &soft).await?;
@@ -132,7 +132,7 @@ impl Applications {
 
     /// Lifts the fence on `pool` and resumes every paused entry.
     async fn resume(&self, pool: &PgPool) -> Result<()> {
-        replication::unfence(pool).await?;
+        replication::unfence(pool, &self.fence.journal_schema).await?;
         for b in &self.bouncers {
             Self::resume_one(b)
                 .await
@@ -490,7 +490,7 @@ pub async fn back_to_source(ctx: &RunContext, online: &Online) -> Result<String>
     replication::unsubscribe(&ctx.source, REVERSE).await?;
     replication::drop_slot(&ctx.target, REVERSE).await?;
     replication::unpublish(&ctx.target, REVERSE, schema, false).await?;
-    replication::unfence(&ctx.source).await?;
+    replication::unfence(&ctx.source, schema).await?;
     Ok(format!(
         "{said}reverse stream ended; the source takes writes again"
     ))

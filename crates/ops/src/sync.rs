@@ -251,7 +251,7 @@ impl VerifySync {
     /// to the catalog (`has_database_privilege`); a login let in fails the
     /// stage, naming the role.
     async fn prove_fence(&self, ctx: &RunContext) -> Result<(Vec<FenceProof>, Vec<String>)> {
-        if cutover_pg::fence::saved_acl(&ctx.source).await?.is_none() {
+        if !cutover_pg::fence::is_up(&ctx.source, ctx.journal.schema()).await? {
             return Ok((
                 vec![],
                 vec!["the source's fence is down (no role has lost CONNECT): `cutover rollback`, then run again".into()],

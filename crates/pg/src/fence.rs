@@ -30,11 +30,15 @@ use cutover_core::{Error, Result};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 
-use crate::inventory::{quote_ident, quote_literal};
+use crate::inventory::quote_ident;
 
-/// The database setting that holds the ACL saved before the fence went up
-/// (its text form; empty when it was the default).
-pub const ACL_SETTING: &str = "cutover.fence_acl";
+/// The table (in the journal's schema) that holds the ACL saved before the
+/// fence went up: its text form, empty when it was the default.
+pub const TABLE: &str = "fence";
+
+fn table(journal_schema: &str) -> String {
+    format!("{}.{TABLE}", quote_ident(journal_schema))
+}
 
 /// Who the fence keeps off, and who it cannot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -155,16 +159,30 @@ async fn database(conn: &mut PgConnection) -> Result<String> {
 
 /// The ACL saved by [`raise`], when the fence is up: `Some("")` when the
 /// database had the default ACL.
-pub async fn saved_acl(pool: &PgPool) -> Result<Option<String>> {
-    let prefix = format!("{ACL_SETTING}=");
-    Ok(sqlx::query_scalar(
-        "SELECT substr(c, length($1) + 1) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
-         CROSS JOIN LATERAL unnest(s.setconfig) c \
-         WHERE d.datname = current_database() AND s.setrole = 0 AND starts_with(c, $1)",
+pub async fn saved_acl(conn: &mut PgConnection, journal_schema: &str) -> Result<Option<String>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table(journal_schema))
+        .fetch_one(&mut *conn)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    Ok(
+        sqlx::query_scalar(&format!("SELECT acl FROM {} LIMIT 1", table(journal_schema)))
+            .fetch_optional(&mut *conn)
+            .await?,
     )
-    .bind(&prefix)
-    .fetch_optional(pool)
-    .await?)
+}
+
+/// Whether the fence is up on `pool`'s database.
+pub async fn is_up(pool: &PgPool, journal_schema: &str) -> Result<bool> {
+    let (pool, schema) = (pool.clone(), journal_schema.to_string());
+    tokio::spawn(async move {
+        let mut conn = pool.acquire().await?;
+        Ok(saved_acl(&mut conn, &schema).await?.is_some())
+    })
+    .await
+    .map_err(|e| Error::failure(format!("reading the fence crashed: {e}")))?
 }
 
 /// The database's CONNECT entries: grantee (`PUBLIC` for everyone) and
@@ -241,31 +259,41 @@ pub struct Raised {
 /// Raises the fence on `pool`'s database for `reach.fenced` (idempotent:
 /// an earlier attempt's saved ACL is kept). Ends the fenced roles' sessions
 /// and waits until they are gone; then proves that none of them may connect.
-pub async fn raise(pool: &PgPool, reach: &Reach) -> Result<Raised> {
+pub async fn raise(pool: &PgPool, reach: &Reach, journal_schema: &str) -> Result<Raised> {
+    // Spawned: sqlx's executor lifetimes defeat the Send inference of the
+    // stages' async-trait futures otherwise.
+    let (pool, reach, schema) = (pool.clone(), reach.clone(), journal_schema.to_string());
+    tokio::spawn(async move { raise_on(&pool, &reach, &schema).await })
+        .await
+        .map_err(|e| Error::failure(format!("raising the fence crashed: {e}")))?
+}
+
+async fn raise_on(pool: &PgPool, reach: &Reach, journal_schema: &str) -> Result<Raised> {
     let mut conn = writable(pool).await?;
     let db = database(&mut conn).await?;
-    if saved_acl(pool).await?.is_none() {
-        let acl: Option<String> =
-            sqlx::query_scalar("SELECT datacl::text FROM pg_database WHERE datname = current_database()")
-                .fetch_one(&mut *conn)
-                .await?;
-        sqlx::query(&format!(
-            "ALTER DATABASE {} SET {ACL_SETTING} = {}",
-            quote_ident(&db),
-            quote_literal(acl.as_deref().unwrap_or(""))
-        ))
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| {
-            Error::from(e)
-                .context("saving the database's privileges before the fence")
-                .with_hint("cutover's user must own the database or be a superuser")
-        })?;
+    if saved_acl(&mut conn, journal_schema).await?.is_none() {
+        // Table first, row last: a kill in between leaves an empty table,
+        // which reads as no fence, and the next attempt fills it.
+        let t = table(journal_schema);
+        for sql in [
+            format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(journal_schema)),
+            format!("CREATE TABLE IF NOT EXISTS {t} (acl text NOT NULL)"),
+            format!(
+                "INSERT INTO {t} SELECT coalesce(datacl::text, '') FROM pg_database WHERE datname = current_database()"
+            ),
+        ] {
+            if let Err(e) = sqlx::query(&sql).execute(&mut *conn).await {
+                return Err(Error::from(e)
+                    .context("saving the database's privileges before the fence")
+                    .with_hint("cutover's user must own the database or be a superuser"));
+            }
+        }
     }
     // CONNECT stays with the roles the fence leaves out that had it (now
     // each by name: PUBLIC's entry goes), and with cutover's user.
     // Read from the saved ACL: a resumed attempt finds PUBLIC's entry gone.
-    let before = connect_entries(&mut conn, saved_acl(pool).await?.as_deref()).await?;
+    let saved = saved_acl(&mut conn, journal_schema).await?;
+    let before = connect_entries(&mut conn, saved.as_deref()).await?;
     let grantees: Vec<&String> = before.keys().filter(|g| *g != "PUBLIC").collect();
     let kept_with_connect: Vec<String> = sqlx::query_scalar(
         "SELECT r FROM unnest($1::text[]) r WHERE r = current_user OR $2 \
@@ -364,20 +392,36 @@ pub async fn wait_gone(pool: &PgPool, pids: &[i32]) -> Result<()> {
 
 /// Lifts the fence: the database's CONNECT entries exactly as saved, the
 /// saved copy removed. Nothing to do when the fence is not up.
-pub async fn lift(pool: &PgPool) -> Result<bool> {
-    let Some(saved) = saved_acl(pool).await? else {
+pub async fn lift(pool: &PgPool, journal_schema: &str) -> Result<bool> {
+    let (pool, schema) = (pool.clone(), journal_schema.to_string());
+    tokio::spawn(async move { lift_on(&pool, &schema).await })
+        .await
+        .map_err(|e| Error::failure(format!("lifting the fence crashed: {e}")))?
+}
+
+async fn lift_on(pool: &PgPool, journal_schema: &str) -> Result<bool> {
+    let mut conn = writable(pool).await?;
+    let Some(saved) = saved_acl(&mut conn, journal_schema).await? else {
         return Ok(false);
     };
-    let mut conn = writable(pool).await?;
     let db = database(&mut conn).await?;
     let want = connect_entries(&mut conn, Some(&saved)).await?;
     set_connect(&mut conn, &db, &want).await?;
-    sqlx::query(&format!(
-        "ALTER DATABASE {} RESET {ACL_SETTING}",
-        quote_ident(&db)
-    ))
-    .execute(&mut *conn)
+    sqlx::query(&format!("DROP TABLE {}", table(journal_schema)))
+        .execute(&mut *conn)
+        .await?;
+    // The schema goes with it when nothing else of cutover's is left there.
+    let empty: bool = sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1)",
+    )
+    .bind(journal_schema)
+    .fetch_one(&mut *conn)
     .await?;
+    if empty {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {}", quote_ident(journal_schema)))
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(true)
 }
 

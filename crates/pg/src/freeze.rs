@@ -251,7 +251,7 @@ impl Stage for FreezeSource {
             ))
         })?;
         let reach = fence::reach(&ctx.source, &self.scope, &self.consumers).await?;
-        let raised = fence::raise(&ctx.source, &reach).await?;
+        let raised = fence::raise(&ctx.source, &reach, &self.journal_schema).await?;
         fence::wait_gone(&ctx.source, &pids).await?;
         let write_counts = fence::write_counts(&ctx.source, &self.journal_schema).await?;
         let sessions_ended = ended.len() + raised.sessions_ended;
@@ -271,7 +271,7 @@ impl Stage for FreezeSource {
             Ok(Check::Holds)
         } else if !is_frozen(&ctx.source).await? {
             Ok(Check::Fails("the source database is writable".into()))
-        } else if fence::saved_acl(&ctx.source).await?.is_none() {
+        } else if !fence::is_up(&ctx.source, &self.journal_schema).await? {
             Ok(Check::Fails(
                 "the source's fence is down (its roles may connect)".into(),
             ))
@@ -284,7 +284,7 @@ impl Stage for FreezeSource {
             return Ok("nothing to undo".into());
         }
         let db = quote_ident(&self.database);
-        fence::lift(&ctx.source).await?;
+        fence::lift(&ctx.source, &self.journal_schema).await?;
         set_read_only(&ctx.source, &db, "RESET default_transaction_read_only").await?;
         Ok("source writable again (new sessions), its roles' CONNECT as before".into())
     }

@@ -611,8 +611,8 @@ pub async fn fence(pool: &PgPool, roles: &[String]) -> Result<()> {
 
 /// Lifts [`fence`] for every role it fenced in this database, and the
 /// CONNECT fence ([`crate::fence::lift`]).
-pub async fn unfence(pool: &PgPool) -> Result<Vec<String>> {
-    crate::fence::lift(pool).await?;
+pub async fn unfence(pool: &PgPool, journal_schema: &str) -> Result<Vec<String>> {
+    crate::fence::lift(pool, journal_schema).await?;
     let roles = fenced(pool).await?;
     let db = quote_ident(&current_database(pool).await?);
     for role in &roles {

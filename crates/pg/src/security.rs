@@ -219,18 +219,16 @@ impl Security {
             .fetch_one(&mut *tx)
             .await?;
             // Under the fence (crate::fence), the privileges it saved.
-            let acl = sqlx::query_as(&format!(
+            let saved = crate::fence::saved_acl(&mut tx, journal_schema).await?;
+            let acl = sqlx::query_as(
                 "SELECT coalesce(r.rolname::text, 'PUBLIC'), x.privilege_type, x.is_grantable \
-                 FROM pg_database d CROSS JOIN LATERAL aclexplode(coalesce( \
-                   (SELECT CASE WHEN v = '' THEN acldefault('d', d.datdba) ELSE v::aclitem[] END \
-                      FROM pg_db_role_setting s CROSS JOIN LATERAL unnest(s.setconfig) c \
-                      CROSS JOIN LATERAL substr(c, length('{acl}=') + 1) v \
-                     WHERE s.setdatabase = d.oid AND s.setrole = 0 AND starts_with(c, '{acl}=')), \
-                   d.datacl, acldefault('d', d.datdba))) x \
+                 FROM pg_database d CROSS JOIN LATERAL aclexplode(CASE WHEN $1::text IS NULL \
+                   THEN coalesce(d.datacl, acldefault('d', d.datdba)) WHEN $1 = '' THEN acldefault('d', d.datdba) \
+                   ELSE $1::aclitem[] END) x \
                  LEFT JOIN pg_roles r ON r.oid = x.grantee \
                  WHERE d.datname = current_database() AND x.grantee <> d.datdba ORDER BY 1, 2",
-                acl = crate::fence::ACL_SETTING
-            ))
+            )
+            .bind(saved)
             .fetch_all(&mut *tx)
             .await?;
             (owner, acl)
