@@ -952,20 +952,6 @@ fn large_tables_are_copied_in_ranges_and_resume_per_range() {
     assert!(a <= 12345 && 12345 <= b && b - a < 100, "narrowed to {range}");
 }
 
-/// The database's privileges and the roles' settings in it, as the catalog
-/// shows them (what the fence changes, and must put back exactly).
-fn access(server: &cutover_testkit::PgServer) -> String {
-    server
-        .sql(
-            "postgres",
-            "SELECT coalesce(datacl::text, 'default') || ' | ' || coalesce((SELECT string_agg(coalesce(r.rolname, '*') \
-             || '=' || array_to_string(s.setconfig, ','), ';' ORDER BY r.rolname) FROM pg_db_role_setting s \
-             LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid), '') \
-             FROM pg_database d WHERE datname = 'app'",
-        )
-        .unwrap()
-}
-
 /// The offline freeze is a fence, not a default: an application's own
 /// login cannot write on the source after verify-data however it asks
 /// (`BEGIN READ WRITE`, a new connection per statement), nor can a role the
@@ -991,11 +977,9 @@ fn the_offline_fence_holds_after_verify_data_and_a_late_write_stops_retirement()
         )
         .unwrap();
     let (src, tgt) = (pair.source.port(), pair.target.port());
-    let plan = format!(
-        "\n[[consumer]]\nname = \"shop\"\nkind = \"env\"\npath = \"shop.env\"\nkey = \"DATABASE_URL\"\n\
-         target_url_env = \"SHOP_TARGET_URL\"\n\n[decommission]\ndriver = \"postgres\"\n"
-    );
-    let s = Scenario::with(pair, &plan);
+    let plan = "\n[[consumer]]\nname = \"shop\"\nkind = \"env\"\npath = \"shop.env\"\nkey = \"DATABASE_URL\"\n\
+                target_url_env = \"SHOP_TARGET_URL\"\n\n[decommission]\ndriver = \"postgres\"\n";
+    let s = Scenario::with(pair, plan);
     std::fs::write(
         s.dir.path().join("shop.env"),
         format!("DATABASE_URL=postgresql://shop:shop-secret-7@127.0.0.1:{src}/app\n"),
@@ -1006,7 +990,7 @@ fn the_offline_fence_holds_after_verify_data_and_a_late_write_stops_retirement()
         format!("postgresql://shop:shop-secret-7@127.0.0.1:{tgt}/app"),
     )];
     let secrets = ["shop-secret-7", "nightly-secret-3"];
-    let access_before = access(&s.pair.source);
+    let access_before = crate::support::access(&s.pair.source);
     let as_role = |user: &str, pw: &str| format!("postgresql://{user}:{pw}@127.0.0.1:{src}/app");
     let insert = "BEGIN READ WRITE; INSERT INTO protection_settings VALUES ('late', 'write'); COMMIT";
 
@@ -1033,7 +1017,7 @@ fn the_offline_fence_holds_after_verify_data_and_a_late_write_stops_retirement()
     for (user, pw) in [("shop", "shop-secret-7"), ("nightly", "nightly-secret-3")] {
         let refused = crate::support::psql(&as_role(user, pw), insert).unwrap_err();
         assert!(
-            refused.contains(&format!("permission denied for database \"app\"")),
+            refused.contains("permission denied for database \"app\""),
             "{user}: {refused}"
         );
     }
@@ -1069,7 +1053,7 @@ fn the_offline_fence_holds_after_verify_data_and_a_late_write_stops_retirement()
     );
     let (code, stdout, stderr) = s.run_with(&["rollback", "--yes"], &env, &secrets);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert_eq!(access(&s.pair.source), access_before);
+    assert_eq!(crate::support::access(&s.pair.source), access_before);
     crate::support::psql(
         &as_role("shop", "shop-secret-7"),
         "BEGIN READ WRITE; INSERT INTO protection_settings VALUES ('after', 'rollback'); COMMIT",

@@ -468,15 +468,23 @@ fn an_online_cutover_pauses_the_writers_for_seconds_and_loses_nothing() {
         "{stdout}"
     );
     assert_nothing_left(&s);
+    // Of cutover's schema on the source only the fence's saved privileges
+    // are left: the source stays fenced until it is retired.
     assert_eq!(
         s.pair
             .source
             .sql(
                 "app",
-                "SELECT count(*) FROM pg_namespace WHERE nspname = 'cutover'"
+                "SELECT string_agg(c.relname, ',') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = 'cutover'"
             )
             .unwrap(),
-        "0"
+        "fence"
+    );
+    assert!(
+        app_rw_insert(&s.pair.source)
+            .unwrap_err()
+            .contains("permission denied for database")
     );
 }
 
@@ -833,20 +841,6 @@ fn an_online_cutover_from_postgresql_14_to_17() {
     finish(&s, &bouncer, writer, &[src_id, tgt_id], 0, &env);
 }
 
-/// The database's privileges and the roles' settings in it on a server
-/// (what the fence changes and must put back exactly).
-fn access(server: &PgServer) -> String {
-    server
-        .sql(
-            "postgres",
-            "SELECT coalesce(datacl::text, 'default') || ' | ' || coalesce((SELECT string_agg(coalesce(r.rolname, '*') \
-             || '=' || array_to_string(s.setconfig, ','), ';' ORDER BY r.rolname) FROM pg_db_role_setting s \
-             LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid), '') \
-             FROM pg_database d WHERE datname = 'app'",
-        )
-        .unwrap()
-}
-
 /// A write on `server` as `user`, the way the least convenient client
 /// makes it: a new connection, a read-write transaction asked for.
 fn write_as(server: &PgServer, user: &str, password: &str) -> Result<String, String> {
@@ -901,7 +895,7 @@ fn after_the_switch_no_role_but_cutovers_can_write_on_the_source_and_rollback_li
         ),
     )
     .unwrap();
-    let before = access(&s.pair.source);
+    let before = crate::support::access(&s.pair.source);
     // No session of app_rw or nightly on the source.
     assert_eq!(
         s.pair
@@ -936,11 +930,20 @@ fn after_the_switch_no_role_but_cutovers_can_write_on_the_source_and_rollback_li
     let fence = s.artefacts("verify-sync")["fence"].clone();
     let proofs = fence.as_array().unwrap();
     assert!(!proofs.is_empty(), "{fence}");
-    for p in proofs {
-        assert_eq!(p["role"], "app_rw", "{p}");
-        assert_eq!(p["holds"], true, "{p}");
-        assert!(p["answer"].as_str().unwrap().contains("SQLSTATE 42501"), "{p}");
-    }
+    // The worker logs in as app_rw: refused. PgBouncer was repointed with
+    // the plan's target user (cutover's own), which no fence stops: named.
+    let worker = proofs.iter().find(|p| p["consumer"] == "worker").unwrap();
+    assert_eq!(worker["role"], "app_rw", "{worker}");
+    assert_eq!(worker["holds"], true, "{worker}");
+    assert!(
+        worker["answer"].as_str().unwrap().contains("SQLSTATE 42501"),
+        "{worker}"
+    );
+    let pooled = proofs.iter().find(|p| p["consumer"] == "bouncer").unwrap();
+    assert!(
+        pooled["answer"].as_str().unwrap().contains("beyond any fence"),
+        "{pooled}"
+    );
     let report = s.dir.path().join("report.md");
     let (code, _, stderr) = cutover(&s, &bouncer, &["report", "--out", report.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
@@ -952,7 +955,7 @@ fn after_the_switch_no_role_but_cutovers_can_write_on_the_source_and_rollback_li
 
     let (code, stdout, stderr) = cutover(&s, &bouncer, &["rollback", "--yes"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    assert_eq!(access(&s.pair.source), before);
+    assert_eq!(crate::support::access(&s.pair.source), before);
     for (user, pw) in [("app_rw", "app-rw-secret-9"), ("nightly", "nightly-secret-3")] {
         write_as(&s.pair.source, user, pw).unwrap();
     }
@@ -970,7 +973,7 @@ fn sigterm_inside_the_pause_resumes_the_applications_on_the_source() {
         &s.pair.target.url("app"),
         &online_plan(&bouncer, "").replace("max_pause = 5", "max_pause = 60"),
     );
-    let before = access(&s.pair.source);
+    let before = crate::support::access(&s.pair.source);
     let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--until", "replicate"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     // The apply worker waits behind a lock: the switch waits inside the pause.
@@ -1032,7 +1035,7 @@ fn sigterm_inside_the_pause_resumes_the_applications_on_the_source() {
         "{failed}"
     );
     assert!(!entry_paused(&bouncer));
-    assert_eq!(access(&s.pair.source), before);
+    assert_eq!(crate::support::access(&s.pair.source), before);
     app_rw_insert(&s.pair.source).unwrap();
     blocker.kill().unwrap();
     blocker.wait().unwrap();

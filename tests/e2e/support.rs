@@ -145,6 +145,21 @@ impl Scenario {
     }
 }
 
+/// The database `app`'s privileges (as in effect: a default ACL shows as
+/// its explicit equal) and the roles' settings in it: what the fence
+/// changes and must put back exactly.
+pub fn access(server: &cutover_testkit::PgServer) -> String {
+    server
+        .sql(
+            "postgres",
+            "SELECT coalesce(datacl, acldefault('d', datdba))::text || ' | ' || coalesce((SELECT \
+             string_agg(coalesce(r.rolname, '*') || '=' || array_to_string(s.setconfig, ','), ';' ORDER BY r.rolname) \
+             FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid), '') \
+             FROM pg_database d WHERE datname = 'app'",
+        )
+        .unwrap()
+}
+
 /// Runs one query with the installed psql against `url`; its unaligned output.
 pub fn psql(url: &str, sql: &str) -> Result<String, String> {
     let bin = cutover_testkit::pg_bindir()

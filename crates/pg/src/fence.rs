@@ -8,9 +8,11 @@
 //!   such as `default_transaction_read_only` is only a default a client can
 //!   walk through (`BEGIN READ WRITE`); a role that may not connect cannot
 //!   write at all, however it asks. The database's ACL as it was is saved
-//!   first, on the database itself (`cutover.fence_acl`), so that a kill at
-//!   any point leaves a fence the next run can finish or lift, and `lift`
-//!   puts every CONNECT entry back exactly.
+//!   first, in the database itself (table `fence` in the journal's schema,
+//!   which the copy and verify leave out; a database setting would need a
+//!   superuser from PostgreSQL 15 on), so that a kill at any point leaves a
+//!   fence the next run can finish or lift, and `lift` puts every CONNECT
+//!   entry back as it was.
 //! - **Who no fence stops**: superusers, and roles that hold the privileges
 //!   of a role that keeps CONNECT (cutover's own, by membership). The plan
 //!   names them; the mode's read-only default is all that applies to them.
