@@ -325,6 +325,35 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A session on the target holding a lock the apply worker needs (the
+/// target cannot catch up while it lives); returned once the lock is held.
+fn block_apply(s: &Scenario) -> std::process::Child {
+    let psql = cutover_testkit::pg_bindir().unwrap().join("psql");
+    let mut blocker = Command::new(psql)
+        .args(["-X", "-q"])
+        .arg(s.pair.target.url("app"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = blocker.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"BEGIN;\nLOCK TABLE online_writes IN SHARE MODE;\n")
+            .unwrap();
+        stdin.flush().unwrap();
+    }
+    wait_for("the lock", || {
+        s.pair
+            .target
+            .sql("app", "SELECT count(*) FROM pg_locks WHERE mode = 'ShareLock' AND relation = 'online_writes'::regclass")
+            .unwrap()
+            == "1"
+    });
+    blocker
+}
+
 /// What app_rw may do on a server, through its own login.
 fn app_rw_insert(server: &PgServer) -> Result<String, String> {
     let psql = cutover_testkit::pg_bindir().unwrap().join("psql");
@@ -652,29 +681,7 @@ fn a_switch_that_cannot_catch_up_in_time_resumes_the_applications_on_the_source(
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     // A session on the target holds a lock the apply worker needs: the
     // switch cannot catch up.
-    let psql = cutover_testkit::pg_bindir().unwrap().join("psql");
-    let mut blocker = Command::new(psql)
-        .args(["-X", "-q"])
-        .arg(s.pair.target.url("app"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let stdin = blocker.stdin.as_mut().unwrap();
-        stdin
-            .write_all(b"BEGIN;\nLOCK TABLE online_writes IN SHARE MODE;\n")
-            .unwrap();
-        stdin.flush().unwrap();
-    }
-    wait_for("the lock", || {
-        s.pair
-            .target
-            .sql("app", "SELECT count(*) FROM pg_locks WHERE mode = 'ShareLock' AND relation = 'online_writes'::regclass")
-            .unwrap()
-            == "1"
-    });
+    let mut blocker = block_apply(&s);
     let started = Instant::now();
     let (code, stdout, stderr) = cutover(
         &s,
@@ -926,6 +933,13 @@ fn after_the_switch_no_role_but_cutovers_can_write_on_the_source_and_rollback_li
         );
     }
     write_as(&s.pair.target, "app_rw", "app-rw-secret-9").unwrap();
+    // verify in the rollback window says who may still connect there.
+    let (_, _, stderr) = cutover(&s, &bouncer, &["verify"]);
+    let fence = stderr
+        .lines()
+        .find(|l| l.starts_with("fence: up on the source"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(!fence.contains("app_rw") && !fence.contains("nightly"), "{fence}");
     // Proved by verify-sync through the consumers' logins, and reported.
     let fence = s.artefacts("verify-sync")["fence"].clone();
     let proofs = fence.as_array().unwrap();
@@ -977,29 +991,7 @@ fn sigterm_inside_the_pause_resumes_the_applications_on_the_source() {
     let (code, stdout, stderr) = cutover(&s, &bouncer, &["run", "--yes", "--until", "replicate"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     // The apply worker waits behind a lock: the switch waits inside the pause.
-    let psql = cutover_testkit::pg_bindir().unwrap().join("psql");
-    let mut blocker = Command::new(psql)
-        .args(["-X", "-q"])
-        .arg(s.pair.target.url("app"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let stdin = blocker.stdin.as_mut().unwrap();
-        stdin
-            .write_all(b"BEGIN;\nLOCK TABLE online_writes IN SHARE MODE;\n")
-            .unwrap();
-        stdin.flush().unwrap();
-    }
-    wait_for("the lock", || {
-        s.pair
-            .target
-            .sql("app", "SELECT count(*) FROM pg_locks WHERE mode = 'ShareLock' AND relation = 'online_writes'::regclass")
-            .unwrap()
-            == "1"
-    });
+    let mut blocker = block_apply(&s);
     app_rw_insert(&s.pair.source).unwrap();
     let mut run = s.cutover(&["run", "--yes", "--until", "verify-sync", "--output", "json"]);
     run.env("BOUNCER_ADMIN_URL", bouncer.admin_url())
@@ -1086,8 +1078,22 @@ fn a_broken_reverse_stream_is_named_and_rollback_waits_for_it_before_pausing_any
         ),
         "{stdout}"
     );
+    // The sequences' state in the window is explicit.
+    assert!(
+        stdout.contains("replication: sequences: the source's are level with the target's"),
+        "{stdout}"
+    );
     let (_, _, stderr) = cutover(&s, &bouncer, &["verify"]);
     assert!(stderr.contains("is DISABLED after"), "{stderr}");
+    let report = s.dir.path().join("window.md");
+    let (code, _, stderr) = cutover(&s, &bouncer, &["report", "--out", report.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        std::fs::read_to_string(&report)
+            .unwrap()
+            .contains("> **Warning:** the target -> source stream"),
+        "{stderr}"
+    );
 
     let writer = Writer::start(&bouncer);
     std::thread::sleep(Duration::from_millis(300));

@@ -294,5 +294,20 @@ pub fn run(bench: &Bench, scales: &[u32], clients: u32) -> Result<()> {
          that was running at any moment of the pause; left behind: cutover's slots, publications and subscriptions \
          on source+target after the run)"
     );
+    // Times are figures; a failed transaction, a difference or a leftover
+    // is a broken guarantee, and the benchmark says so by its exit status.
+    let broken: Vec<String> = rows
+        .iter()
+        .filter(|f| f.failed > 0 || f.verify != "equal" || f.left_behind != "0+0")
+        .map(|f| {
+            format!(
+                "scale {}: {} failed transaction(s), verify {}, left behind {}",
+                f.scale, f.failed, f.verify, f.left_behind
+            )
+        })
+        .collect();
+    if !broken.is_empty() {
+        bail!("the online cutover broke a guarantee: {}", broken.join("; "));
+    }
     Ok(())
 }

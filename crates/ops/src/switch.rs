@@ -217,6 +217,31 @@ impl Switch {
     }
 }
 
+/// What the switch does when it starts, from what an earlier attempt left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Nothing of an earlier pause: pause and switch.
+    Fresh,
+    /// An earlier attempt paused (its journaled start, or the fence up) and
+    /// stopped before the point of no return: resume on the source, then
+    /// pause and switch again.
+    Resume,
+    /// An earlier attempt passed the point of no return (the forward stream
+    /// is gone; the applications are still paused): finish it.
+    Finish,
+}
+
+/// The switch's decision at its start: `forward`, whether the forward
+/// subscription still exists on the target; `paused`, whether an earlier
+/// attempt's pause is journaled or its fence is up on the source.
+pub fn restart(forward: bool, paused: bool) -> Restart {
+    match (forward, paused) {
+        (false, _) => Restart::Finish,
+        (true, true) => Restart::Resume,
+        (true, false) => Restart::Fresh,
+    }
+}
+
 /// When the applications were paused, as the switch journaled it.
 async fn pause_start(ctx: &RunContext) -> Result<Option<String>> {
     Ok(ctx
@@ -318,26 +343,40 @@ impl Stage for Switch {
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
         let schema = ctx.journal.schema();
         let apps = &self.online.apps;
-        if replication::subscription(&ctx.target, FORWARD).await?.is_none() {
-            // An earlier attempt passed the point of no return (the target
-            // had caught up with the applications paused, and they still
-            // are): finish it.
-            replication::drop_slot(&ctx.source, FORWARD).await?;
-            replication::drop_publication(&ctx.source, FORWARD).await?;
-            reverse(ctx, &self.online.target, &self.online.options).await?;
-            let pause_started = pause_start(ctx).await?.unwrap_or_else(now);
-            return Ok(SwitchResult {
-                summary: format!(
-                    "the forward stream had ended in an earlier attempt (applications paused since \
-                     {pause_started}); reverse stream started"
-                ),
-                pause_started,
-                ..Default::default()
+        let forward = replication::subscription(&ctx.target, FORWARD).await?.is_some();
+        let paused = pause_start(ctx).await?.is_some() || fence::is_up(&ctx.source, schema).await?;
+        match restart(forward, paused) {
+            Restart::Finish => {
+                // An earlier attempt passed the point of no return (the target
+                // had caught up with the applications paused, and they still
+                // are): finish it.
+                replication::drop_slot(&ctx.source, FORWARD).await?;
+                replication::drop_publication(&ctx.source, FORWARD).await?;
+                reverse(ctx, &self.online.target, &self.online.options).await?;
+                let pause_started = pause_start(ctx).await?.unwrap_or_else(now);
+                return Ok(SwitchResult {
+                    summary: format!(
+                        "the forward stream had ended in an earlier attempt (applications paused since \
+                         {pause_started}); reverse stream started"
+                    ),
+                    pause_started,
+                    ..Default::default()
+                }
+                .to_value());
             }
-            .to_value());
+            Restart::Resume => {
+                ctx.emit(Event::Warning {
+                    message:
+                        "switch: an earlier attempt stopped inside the pause before the target caught up; \
+                              the applications resume on the source first"
+                            .into(),
+                });
+                apps.resume(&ctx.source).await?;
+            }
+            // A PAUSE an attempt killed before it journaled anything may
+            // still hold: resuming is idempotent.
+            Restart::Fresh => apps.resume(&ctx.source).await?,
         }
-        // Whatever an earlier, killed attempt paused resumes on the source first.
-        apps.resume(&ctx.source).await?;
         // Replication carries no DDL: a table created since the copy would
         // lose every row written to it.
         let new = replication::unpublished(&ctx.source, FORWARD, schema).await?;
@@ -723,5 +762,20 @@ impl Stage for EndReplication {
              source, so a rollback would lose them",
         )
         .with_hint("`cutover rollback --force` goes on and loses them"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_switch_finishes_past_the_point_of_no_return_and_otherwise_starts_over_from_the_source() {
+        // The forward stream gone: the target has everything; finish.
+        assert_eq!(restart(false, true), Restart::Finish);
+        assert_eq!(restart(false, false), Restart::Finish);
+        // Killed inside the pause before that: back to the source first.
+        assert_eq!(restart(true, true), Restart::Resume);
+        assert_eq!(restart(true, false), Restart::Fresh);
     }
 }

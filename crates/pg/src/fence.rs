@@ -427,6 +427,19 @@ async fn lift_on(pool: &PgPool, journal_schema: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// The login roles that may connect to `pool`'s database now (superusers
+/// always may), for `verify`'s word on the fence.
+pub async fn may_connect(pool: &PgPool) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT rolname::text || CASE WHEN rolsuper THEN ' (superuser)' WHEN rolname = current_user \
+                THEN ' (cutover''s user)' ELSE '' END FROM pg_roles \
+         WHERE rolcanlogin AND rolname !~ '^pg_' AND (rolsuper OR has_database_privilege(oid, current_database(), 'CONNECT')) \
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
 /// The source tables' write counters (inserted + updated + deleted rows),
 /// outside the journal's schema.
 pub async fn write_counts(pool: &PgPool, journal_schema: &str) -> Result<BTreeMap<String, i64>> {

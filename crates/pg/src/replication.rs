@@ -751,6 +751,26 @@ pub async fn describe(pool: &PgPool, side: &str) -> Result<Vec<String>> {
     Ok(lines)
 }
 
+/// The sequences whose value on `behind` trails `ahead`'s ("schema.seq:
+/// 41 < 57"): during the rollback window the reverse stream carries rows,
+/// not sequences, so the source's trail the target's until a rollback sets
+/// them back.
+pub async fn sequences_behind(behind: &PgPool, ahead: &PgPool, journal_schema: &str) -> Result<Vec<String>> {
+    const SQL: &str = "SELECT format('%I.%I', schemaname, sequencename), coalesce(last_value, 0) FROM pg_sequences \
+                       WHERE schemaname <> $1";
+    let read = |pool| async move {
+        let rows: Vec<(String, i64)> = sqlx::query_as(SQL).bind(journal_schema).fetch_all(pool).await?;
+        Ok::<_, Error>(rows.into_iter().collect::<std::collections::BTreeMap<_, _>>())
+    };
+    let (b, a) = (read(behind).await?, read(ahead).await?);
+    Ok(a.iter()
+        .filter_map(|(name, v)| match b.get(name) {
+            Some(w) if w < v => Some(format!("{name}: {w} < {v}")),
+            _ => None,
+        })
+        .collect())
+}
+
 /// What is wrong with cutover's streams now, loudly: a subscription
 /// disabled by an apply error (`disable_on_error`) or failing to apply
 /// carries nothing, and a rollback or switch would wait for it in vain.

@@ -93,7 +93,30 @@ async fn build(loaded: &LoadedPlan) -> anyhow::Result<String> {
         target,
         after,
     };
-    Ok(redact_text(&render(&facts)))
+    // A stream that stopped is said loudly, here as everywhere in the window.
+    let mut warnings = vec![];
+    if opts.mode == cutover_core::plan_file::Mode::Online
+        && let Ok(source_pool) = cutover_pg::connect::pool(
+            &facts.source,
+            opts.connect_timeout.min(5),
+            0,
+            opts.lock_timeout,
+            1,
+        )
+        .await
+    {
+        warnings = cutover_pg::replication::health(&source_pool, &pool)
+            .await
+            .unwrap_or_default();
+        source_pool.close().await;
+    }
+    let mut text = render(&facts);
+    for w in warnings.iter().rev() {
+        eprintln!("warning: {w}");
+        let at = text.find('\n').map_or(text.len(), |i| i + 1);
+        text.insert_str(at, &format!("\n> **Warning:** {w}\n"));
+    }
+    Ok(redact_text(&text))
 }
 
 /// A done stage's artefacts, as the stage wrote them.

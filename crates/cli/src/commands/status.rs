@@ -118,8 +118,25 @@ async fn replication(loaded: &LoadedPlan, target: &sqlx::PgPool) -> Vec<String> 
         let endpoint = Endpoint::resolve(Role::Source, &loaded.file.source)?;
         let pool = cutover_pg::connect::pool(&endpoint, opts.connect_timeout.min(5), 0, opts.lock_timeout, 1)
             .await?;
-        let lines = cutover_pg::replication::describe(&pool, "source").await?;
+        let mut lines = cutover_pg::replication::describe(&pool, "source").await?;
         let problems = cutover_pg::replication::health(&pool, target).await?;
+        if cutover_pg::replication::subscription(&pool, cutover_pg::replication::REVERSE)
+            .await?
+            .is_some()
+        {
+            let behind =
+                cutover_pg::replication::sequences_behind(&pool, target, &opts.journal_schema).await?;
+            lines.push(if behind.is_empty() {
+                "sequences: the source's are level with the target's".to_string()
+            } else {
+                format!(
+                    "sequences: {} on the source trail the target's (the reverse stream carries rows, not \
+                     sequences; a rollback sets them back): {}",
+                    behind.len(),
+                    behind.join(", ")
+                )
+            });
+        }
         Ok::<_, cutover_core::Error>((lines, problems))
     };
     match source.await {

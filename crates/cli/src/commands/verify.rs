@@ -59,6 +59,13 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
                 eprintln!("warning: {problem}");
             }
         }
+        let schema = &loaded.file.options.journal_schema;
+        if cutover_pg::fence::is_up(&dbs.source_pool, schema).await? {
+            eprintln!(
+                "fence: up on the source; the login roles that may still connect there: {}",
+                cutover_pg::fence::may_connect(&dbs.source_pool).await?.join(", ")
+            );
+        }
         if global.output == Output::Json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
