@@ -454,6 +454,9 @@ pub enum KeyedKind {
     Json,
     Properties,
     Python,
+    Ini,
+    Toml,
+    Php,
 }
 
 impl ConsumerConfig {
@@ -465,6 +468,9 @@ impl ConsumerConfig {
                 KeyedKind::Json => ConsumerKind::Json,
                 KeyedKind::Properties => ConsumerKind::Properties,
                 KeyedKind::Python => ConsumerKind::Python,
+                KeyedKind::Ini => ConsumerKind::Ini,
+                KeyedKind::Toml => ConsumerKind::Toml,
+                KeyedKind::Php => ConsumerKind::Php,
             },
             ConsumerConfig::PgService { .. } => ConsumerKind::PgService,
             ConsumerConfig::Pgbouncer { .. } => ConsumerKind::Pgbouncer,
@@ -501,12 +507,18 @@ impl TryFrom<RawConsumer> for ConsumerSpec {
             | ConsumerKind::Yaml
             | ConsumerKind::Json
             | ConsumerKind::Properties
-            | ConsumerKind::Python => ConsumerConfig::Keyed {
+            | ConsumerKind::Python
+            | ConsumerKind::Ini
+            | ConsumerKind::Toml
+            | ConsumerKind::Php => ConsumerConfig::Keyed {
                 kind: match c.kind {
                     ConsumerKind::Env => KeyedKind::Env,
                     ConsumerKind::Yaml => KeyedKind::Yaml,
                     ConsumerKind::Json => KeyedKind::Json,
                     ConsumerKind::Properties => KeyedKind::Properties,
+                    ConsumerKind::Ini => KeyedKind::Ini,
+                    ConsumerKind::Toml => KeyedKind::Toml,
+                    ConsumerKind::Php => KeyedKind::Php,
                     _ => KeyedKind::Python,
                 },
                 path: path(),
@@ -596,6 +608,14 @@ pub enum ConsumerKind {
     /// A Python settings module (Django's settings.py): literal values of
     /// top-level assignments, `key` a dotted path (`DATABASES.default.HOST`).
     Python,
+    /// An INI file (airflow.cfg, grafana.ini, Gitea's app.ini): `key` is
+    /// `section.key` (`database.sql_alchemy_conn`).
+    Ini,
+    /// A TOML file: `key` is a dotted path (`database.dsn`).
+    Toml,
+    /// A PHP configuration array (Nextcloud's config.php): `key` is the
+    /// array's key path (`dbhost`).
+    Php,
     /// A connection service file (`pg_service.conf`): `key` names the service.
     PgService,
     /// PgBouncer's configuration (`pgbouncer.ini`): `key` names the
@@ -810,7 +830,10 @@ fn validate_consumer(c: &RawConsumer) -> std::result::Result<(), String> {
         | ConsumerKind::Yaml
         | ConsumerKind::Json
         | ConsumerKind::Properties
-        | ConsumerKind::Python => {
+        | ConsumerKind::Python
+        | ConsumerKind::Ini
+        | ConsumerKind::Toml
+        | ConsumerKind::Php => {
             if c.path.is_none() {
                 return missing("path");
             }

@@ -164,7 +164,7 @@ impl ConnString {
                 form: Form::Jdbc(url),
             });
         }
-        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") || sqlalchemy_scheme(text) {
             let url = Url::parse(text).ok()?;
             return Some(ConnString { form: Form::Url(url) });
         }
@@ -444,9 +444,39 @@ impl ConnString {
         }
     }
 
-    /// A URL sqlx can connect with (keyword strings converted).
+    /// A URL sqlx can connect with (keyword strings converted; a
+    /// SQLAlchemy URL's driver dropped from its scheme, asyncpg's `ssl`
+    /// read as `sslmode`, the drivers' other options left out).
     pub fn to_url(&self) -> String {
         match &self.form {
+            Form::Url(url) if url.scheme().contains('+') => {
+                let mut out = Url::parse("postgresql://localhost/").unwrap();
+                if let Some(h) = url.host_str() {
+                    let _ = out.set_host(Some(h));
+                }
+                let _ = out.set_port(url.port());
+                out.set_path(url.path());
+                let _ = out.set_username(url.username());
+                let _ = out.set_password(url.password());
+                for (k, v) in url.query_pairs() {
+                    match k.as_ref() {
+                        "sslmode" | "sslrootcert" | "sslcert" | "sslkey" | "application_name" | "host" | "port"
+                        | "user" | "dbname" => {
+                            out.query_pairs_mut().append_pair(&k, &v);
+                        }
+                        "ssl" => {
+                            let mode = match v.as_ref() {
+                                "true" | "True" | "1" => "require",
+                                "false" | "False" | "0" => "disable",
+                                m => m,
+                            };
+                            out.query_pairs_mut().append_pair("sslmode", mode);
+                        }
+                        _ => {}
+                    }
+                }
+                out.to_string()
+            }
             Form::Url(url) => url.to_string(),
             Form::Jdbc(url) => {
                 let mut out = Url::parse("postgresql://localhost/").unwrap();
@@ -500,6 +530,42 @@ impl ConnString {
             }
         }
     }
+}
+
+/// `postgresql+psycopg2://`, `postgresql+asyncpg://`, `postgres+pg8000://`…:
+/// a SQLAlchemy URL, whose scheme names the driver.
+fn sqlalchemy_scheme(text: &str) -> bool {
+    let Some((scheme, _)) = text.split_once("://") else {
+        return false;
+    };
+    let Some((base, driver)) = scheme.split_once('+') else {
+        return false;
+    };
+    matches!(base, "postgresql" | "postgres")
+        && !driver.is_empty()
+        && driver.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A host and port written as one value (`127.0.0.1:5432`, `db:5433`,
+/// `[::1]:5432`, as Grafana, Gitea and Nextcloud write them); `None` for a
+/// host alone or a socket folder.
+pub fn split_host_port(value: &str) -> Option<(String, u16)> {
+    let v = value.trim();
+    if v.starts_with('/') {
+        return None;
+    }
+    let (host, port) = if let Some(rest) = v.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:")?;
+        (h, p)
+    } else {
+        let (h, p) = v.rsplit_once(':')?;
+        if h.contains(':') {
+            return None;
+        }
+        (h, p)
+    };
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then(|| (host.to_string(), port))
 }
 
 /// The URL's host and port set to `to`'s (the port left out where the URL
@@ -758,6 +824,44 @@ mod tests {
             dbname: "TovPlay".into(),
             user: "raz@tovtech.org".into(),
             password: password.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn sqlalchemy_urls_keep_their_driver_and_connect_without_it() {
+        for url in [
+            "postgresql+psycopg2://airflow:pw@127.0.0.1:5432/airflow",
+            "postgresql+psycopg://u:pw@h:5432/d",
+            "postgresql+asyncpg://u:pw@h:5432/d?ssl=disable",
+            "postgresql+pg8000://u:pw@h/d",
+            "postgresql+psycopg2cffi://u:pw@h/d",
+            "postgres+psycopg2://u:pw@h/d",
+        ] {
+            let c = ConnString::parse(url).unwrap_or_else(|| panic!("{url}"));
+            assert_eq!(c.user().as_deref(), Some(url.split("://").nth(1).unwrap().split(':').next().unwrap()));
+            let scheme = url.split("://").next().unwrap();
+            let to = c.rewrite(&dest(Some("new")));
+            assert!(to.starts_with(&format!("{scheme}://")), "{to}");
+            assert!(c.to_url().starts_with("postgresql://"), "{}", c.to_url());
+        }
+        let c = ConnString::parse("postgresql+asyncpg://u:pw@h:5432/d?ssl=disable&prepared_statement_cache_size=0")
+            .unwrap();
+        assert_eq!(
+            c.rewrite(&dest(Some("new"))),
+            "postgresql+asyncpg://raz%40tovtech.org:new@db.example:6432/TovPlay?ssl=disable&prepared_statement_cache_size=0"
+        );
+        assert_eq!(c.to_url(), "postgresql://u:pw@h:5432/d?sslmode=disable");
+        assert!(ConnString::parse("mysql+pymysql://u:pw@h/d").is_none());
+        assert!(ConnString::parse("postgresql+://u@h/d").is_none());
+    }
+
+    #[test]
+    fn a_host_and_port_in_one_value_are_told_apart_from_a_host() {
+        assert_eq!(split_host_port("127.0.0.1:5432"), Some(("127.0.0.1".into(), 5432)));
+        assert_eq!(split_host_port("db:5433"), Some(("db".into(), 5433)));
+        assert_eq!(split_host_port("[::1]:5432"), Some(("::1".into(), 5432)));
+        for host in ["localhost", "/var/run/postgresql", "::1", "db:", "db:x"] {
+            assert_eq!(split_host_port(host), None, "{host}");
         }
     }
 

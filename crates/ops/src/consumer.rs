@@ -109,6 +109,9 @@ pub enum Holds {
     Pgpass,
     /// One part of a connection split over several keys.
     Field(Field),
+    /// A host and its port in one value (`127.0.0.1:5432`: Grafana's `host`,
+    /// Gitea's `HOST`, Nextcloud's `dbhost`).
+    HostPort,
 }
 
 /// One value of a connection, where the file holds it.
@@ -395,11 +398,23 @@ fn keyed(spec: &ConsumerSpec, content: &str, shown_path: &str) -> Result<(Vec<Pa
         for (name, key) in keys.named() {
             let f = Field::ALL.into_iter().find(|f| f.keyword() == name).unwrap();
             let occ = lookup(key, &format!("keys.{name}"))?.unwrap();
-            fields.push((f, occ.value.clone()));
+            let holds = match crate::conn::split_host_port(&occ.value) {
+                Some((host, port)) if f == Field::Host => {
+                    fields.push((Field::Host, host));
+                    if keys.port.is_none() {
+                        fields.push((Field::Port, port.to_string()));
+                    }
+                    Holds::HostPort
+                }
+                _ => {
+                    fields.push((f, occ.value.clone()));
+                    Holds::Field(f)
+                }
+            };
             parts.push(Part {
                 key: key.to_string(),
                 occurrence: occ,
-                holds: Holds::Field(f),
+                holds,
             });
         }
     }
@@ -612,6 +627,10 @@ impl Reading {
                     (Some(dest), Holds::Field(field)) => {
                         field.value_in(dest).unwrap_or_else(|| occ.value.clone())
                     }
+                    (Some(dest), Holds::HostPort) if dest.host.contains(':') => {
+                        format!("[{}]:{}", dest.host, dest.port)
+                    }
+                    (Some(dest), Holds::HostPort) => format!("{}:{}", dest.host, dest.port),
                 };
                 let written = if shown {
                     match p.holds {

@@ -7,8 +7,14 @@ use std::sync::LazyLock;
 use cutover_core::plan_file::ConsumerKind;
 use regex::Regex;
 
+mod ini;
+mod php;
 mod python;
+mod toml;
+use ini::ini_app_leaves;
+use php::php_leaves;
 use python::python_leaves;
+use toml::toml_leaves;
 
 /// How the value is written where it was found; a new value is written the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +33,9 @@ pub enum Quoting {
     },
     /// Free text: replaced as is (the surrounding script does its own quoting).
     Raw,
+    /// Between these delimiters with no escapes (go-ini's `"""…"""` and
+    /// backquotes, an INI file's quotes, a TOML literal string).
+    Delimited(&'static str),
 }
 
 /// One connection value inside a file.
@@ -74,6 +83,10 @@ pub fn encode(occ: &Occurrence, value: &str) -> Result<String, String> {
             })
         }
         Quoting::Raw => Ok(value.to_string()),
+        Quoting::Delimited(d) if value.contains(d) || value.contains('\n') => Err(format!(
+            "the new value holds {d} or a line break, which a value written between {d} cannot"
+        )),
+        Quoting::Delimited(_) => Ok(value.to_string()),
     }
 }
 
@@ -115,6 +128,9 @@ pub fn leaves(kind: ConsumerKind, text: &str) -> Result<Vec<Leaf>, String> {
         ConsumerKind::Json => json_leaves(text),
         ConsumerKind::Properties => Ok(properties_leaves(text)),
         ConsumerKind::Python => Ok(python_leaves(text)),
+        ConsumerKind::Ini => Ok(ini_app_leaves(text)),
+        ConsumerKind::Toml => toml_leaves(text),
+        ConsumerKind::Php => Ok(php_leaves(text)),
         // pgbouncer.ini: `[databases]` entries are `name = connection`.
         ConsumerKind::PgService => Ok(ini_leaves(text, Quoting::Bare)),
         // The rest of the line is the value: a connection string with blanks.
@@ -605,7 +621,7 @@ fn ini_leaves(text: &str, quoting: Quoting) -> Vec<Leaf> {
 // ---------------------------------------------------------------- free text
 
 static URL: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r#"(?:jdbc:)?postgres(?:ql)?://[^\s'"`<>]+"#).unwrap());
+    LazyLock::new(|| Regex::new(r#"(?:jdbc:)?postgres(?:ql)?(?:\+[A-Za-z0-9_]+)?://[^\s'"`<>]+"#).unwrap());
 static KEYWORDS: LazyLock<Regex> = LazyLock::new(|| {
     let kw = "host|hostaddr|port|dbname|user|password|sslmode|connect_timeout|application_name";
     Regex::new(&format!(
@@ -755,7 +771,8 @@ mod tests {
 
     #[test]
     fn text_finds_urls_keywords_and_pgpass_lines() {
-        let t = "pg_dump \"postgresql://u:p@db:5432/app\" > x\npsql 'host=db port=5432 dbname=app' -c 1\ndb:5432:app:u:secret\nport=5 alone\n";
+        let t = "pg_dump \"postgresql://u:p@db:5432/app\" > x\npsql 'host=db port=5432 dbname=app' -c 1\ndb:5432:app:u:secret\nport=5 alone\n\
+                 engine = create_engine(\"postgresql+psycopg2://u:p@db/app\")\n<url>jdbc:postgresql://db:5432/app</url>\n";
         let found = text(t);
         let values: Vec<&str> = found.iter().map(|o| &t[o.start..o.end]).collect();
         assert_eq!(
@@ -763,7 +780,9 @@ mod tests {
             vec![
                 "postgresql://u:p@db:5432/app",
                 "host=db port=5432 dbname=app",
-                "db:5432:app:u:secret"
+                "db:5432:app:u:secret",
+                "postgresql+psycopg2://u:p@db/app",
+                "jdbc:postgresql://db:5432/app"
             ]
         );
         assert!(found[2].pgpass);

@@ -130,9 +130,15 @@ pub fn scan(dir: &Path, wanted: &[ConnString]) -> std::io::Result<(Vec<Candidate
     Ok((found, skipped))
 }
 
-/// Which reader a file gets, by its name.
+/// Which reader a file gets, by its name (and, for `.conf`, its shape).
 pub fn kind_of(name: &str, text: &str) -> ConsumerKind {
     let lower = name.to_lowercase();
+    let has_section = || {
+        text.lines().any(|l| {
+            let t = l.trim();
+            t.len() > 2 && t.starts_with('[') && t.ends_with(']')
+        })
+    };
     if lower == "pg_service.conf" || lower == ".pg_service.conf" {
         ConsumerKind::PgService
     } else if lower == "pgbouncer.ini" {
@@ -145,14 +151,73 @@ pub fn kind_of(name: &str, text: &str) -> ConsumerKind {
         ConsumerKind::Properties
     } else if lower.ends_with(".py") {
         ConsumerKind::Python
-    } else if lower.ends_with(".env")
-        || lower.starts_with(".env")
-        || (lower.ends_with(".conf") && !lower.contains("pgpass") && text.contains('='))
-    {
+    } else if lower.ends_with(".toml") {
+        ConsumerKind::Toml
+    } else if lower.ends_with(".php") {
+        ConsumerKind::Php
+    } else if lower.ends_with(".ini") || lower.ends_with(".cfg") {
+        ConsumerKind::Ini
+    } else if lower.ends_with(".conf") && !lower.contains("pgpass") && has_section() {
+        ConsumerKind::Ini
+    } else if lower.ends_with(".conf") && !lower.contains("pgpass") && text.contains('=') {
+        // Keys an environment cannot hold (`db-url`: Keycloak's, Quarkus's)
+        // make it a properties file.
+        let env_like = text.lines().all(|l| {
+            let t = l.trim();
+            t.is_empty()
+                || t.starts_with('#')
+                || t.split_once('=').is_none_or(|(k, _)| {
+                    k.trim()
+                        .trim_start_matches("export ")
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                })
+        });
+        if env_like {
+            ConsumerKind::Env
+        } else {
+            ConsumerKind::Properties
+        }
+    } else if lower.ends_with(".env") || lower.starts_with(".env") {
         ConsumerKind::Env
     } else {
         ConsumerKind::Text
     }
+}
+
+/// What a key saying which database software a group talks to says
+/// (`type = postgres`, `DB_TYPE`, Keycloak's `db`, Laravel's
+/// `DB_CONNECTION`, Rails' `adapter`, Django's `ENGINE`, Nextcloud's
+/// `dbtype`): the prefix that groups it with its siblings (as
+/// [`field_of`]'s), and `true` for PostgreSQL, `false` for another one.
+fn vendor(last: &str, value: &str) -> Option<(String, bool)> {
+    const WORDS: &[&str] = &[
+        "database_type", "dbtype", "db_type", "dialect", "engine", "driver", "adapter", "connection", "vendor",
+        "kind", "type", "db",
+    ];
+    let lower = last.to_lowercase();
+    let (prefix, _) = WORDS.iter().find_map(|w| {
+        let p = lower.strip_suffix(w)?;
+        (p.is_empty() || p.ends_with(['_', '-', '.']) || p == "db").then_some((p, *w))
+    })?;
+    let prefix = if prefix == "db" { "" } else { &last[..prefix.len()] };
+    let v = value.trim().to_lowercase();
+    if v.is_empty() || v.contains("://") || v.contains([' ', '=', ';']) {
+        return None;
+    }
+    const PG: &[&str] = &["postgres", "postgresql", "pgsql", "psql", "postgis", "pg"];
+    const OTHER: &[&str] = &[
+        "mysql", "mysqli", "mariadb", "sqlite", "sqlite3", "mssql", "sqlserver", "oracle", "mongodb", "redis",
+    ];
+    let last_word = v.rsplit(['.', '/', ':']).next().unwrap_or(&v);
+    let pg = if PG.contains(&last_word) || v.contains("postgresql") || v.starts_with("org.postgresql") {
+        true
+    } else if OTHER.contains(&last_word) || OTHER.iter().any(|o| v.contains(o)) {
+        false
+    } else {
+        return None;
+    };
+    Some((prefix.to_string(), pg))
 }
 
 fn names(c: &ConnString, wanted: &[ConnString]) -> bool {
@@ -187,13 +252,21 @@ fn field_of(last: &str) -> Option<(String, Field)> {
         ("pwd", Field::Password),
     ];
     let lower = last.to_lowercase();
-    SUFFIXES.iter().find_map(|(suffix, f)| {
-        let prefix = lower.strip_suffix(suffix)?;
-        let ok = prefix.is_empty() || prefix.ends_with(['_', '-', '.']) || prefix == "pg";
-        // "name" and "db" alone are too common to mean a database without a prefix
-        // that says so (NAME in Django's DATABASES is under a database alias).
-        ok.then(|| (last[..prefix.len()].to_string(), *f))
-    })
+    // The longest prefix wins: Mastodon's DB_NAME is DB_'s name, not a
+    // db_name of its own.
+    SUFFIXES
+        .iter()
+        .filter_map(|(suffix, f)| {
+            let prefix = lower.strip_suffix(suffix)?;
+            let ok = prefix.is_empty() || prefix.ends_with(['_', '-', '.']) || prefix == "pg" || prefix == "db";
+            ok.then_some((prefix.len(), *f))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(len, f)| {
+            // Nextcloud's dbhost, dbname, dbuser: one group with host, dbname, user.
+            let group = if lower[..len] == *"db" { "" } else { &last[..len] };
+            (group.to_string(), f)
+        })
 }
 
 /// A key whose value is a whole connection (`DATABASE_URL`, `url`,
@@ -336,8 +409,16 @@ fn file(
         return (candidates, skipped);
     }
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    // What each group's software key says (`type = mysql`), by the group.
+    let mut vendors: BTreeMap<String, (String, bool)> = BTreeMap::new();
     for l in &leaves {
         let (parent, last) = split_path(&l.path);
+        if let Some((value, _)) = value_of(l)
+            && let Some((prefix, pg)) = vendor(last, &value)
+        {
+            vendors.insert(format!("{parent}\u{1}{prefix}"), (format!("{} = {value}", l.path), pg));
+            continue;
+        }
         let Some((value, enc)) = value_of(l) else {
             if let Err(e) = &l.value
                 && (field_of(last).is_some() || url_prefix(last) != format!("{last}\u{0}"))
@@ -358,7 +439,12 @@ fn file(
             g.encoding = g.encoding.or(enc);
         }
     }
-    for (_, g) in groups {
+    let mut lone = vec![];
+    for (group_key, g) in groups {
+        let parent = group_key.split('\u{1}').next().unwrap_or_default();
+        let said = vendors
+            .get(&group_key)
+            .or_else(|| vendors.get(&format!("{parent}\u{1}")));
         let one = |f: Field| g.fields.get(&f).filter(|v| v.len() == 1).map(|v| v[0].clone());
         let (key, keys, conn, shown) = match &g.whole {
             Some((path, c)) => {
@@ -374,9 +460,18 @@ fn file(
             }
             None => {
                 let (Some(host), Some(db)) = (one(Field::Host), one(Field::Dbname)) else {
+                    if let (Some((key, _)), None) = (one(Field::Host), one(Field::Dbname)) {
+                        lone.push(key);
+                    }
                     continue;
                 };
-                let mut fields = vec![(Field::Host, host.1.clone()), (Field::Dbname, db.1.clone())];
+                // Grafana's, Gitea's and Nextcloud's host holds the port too.
+                let mut fields = match crate::conn::split_host_port(&host.1) {
+                    Some((h, p)) if one(Field::Port).is_none() => {
+                        vec![(Field::Host, h), (Field::Port, p.to_string()), (Field::Dbname, db.1.clone())]
+                    }
+                    _ => vec![(Field::Host, host.1.clone()), (Field::Dbname, db.1.clone())],
+                };
                 let keys = SplitKeys {
                     host: Some(host.0),
                     port: one(Field::Port).map(|(k, v)| {
@@ -398,6 +493,12 @@ fn file(
             }
         };
         let what = shown.join(", ");
+        if let Some((said, false)) = said {
+            skipped.push(skip(format!(
+                "{what}: not PostgreSQL ({said}), so not offered"
+            )));
+            continue;
+        }
         if !names(&conn, wanted) {
             skipped.push(skip(format!(
                 "{what} name{} {}, neither the source nor the target",
@@ -420,6 +521,15 @@ fn file(
                 conn.address()
             ),
         });
+    }
+    // In a file that configures a database, a host key alone (Keycloak's
+    // `hostname`: the application's own address) is said to be passed over.
+    if !candidates.is_empty() || !vendors.is_empty() {
+        for key in lone {
+            skipped.push(skip(format!(
+                "{key}: a host with no database key beside it, not taken for a connection"
+            )));
+        }
     }
     (candidates, skipped)
 }
@@ -563,6 +673,102 @@ mod tests {
             std::fs::write(p, text).unwrap();
         }
         scan(dir.path(), &wanted()).unwrap()
+    }
+
+    /// The configuration files of widely used applications, written as
+    /// their documentation writes them.
+    pub(crate) const APPS: &[(&str, &str)] = &[
+        (
+            "airflow/airflow.cfg",
+            "[core]\ndags_folder = /opt/airflow/dags\n\n[database]\n# The SQLAlchemy connection string\n\
+             sql_alchemy_conn = postgresql+psycopg2://u:pw@db.internal:5433/app\nsql_alchemy_pool_size = 5\n",
+        ),
+        (
+            "superset/superset_config.py",
+            "ROW_LIMIT = 5000\nSQLALCHEMY_DATABASE_URI = \"postgresql+psycopg2://u:pw@db.internal:5433/app\"\n",
+        ),
+        ("api/.env", "APP_ENV=prod\nDATABASE_URL=postgresql+asyncpg://u:pw@db.internal:5433/app?ssl=disable\n"),
+        (
+            "grafana/grafana.ini",
+            "[server]\nhttp_port = 3000\n\n[database]\n;type = sqlite3\ntype = postgres\nhost = db.internal:5433\n\
+             name = app\nuser = u\n# If the password contains # or ; you have to wrap it with triple quotes.\n\
+             password = \"\"\"p#w\"\"\"\n",
+        ),
+        (
+            "gitea/app.ini",
+            "APP_NAME = Gitea\n\n[database]\nDB_TYPE  = postgres\nHOST     = db.internal:5433\nNAME     = app\n\
+             USER     = u\nPASSWD   = `pw`\nSSL_MODE = disable\n\n[mailer]\nENABLED = false\n",
+        ),
+        (
+            "mastodon/.env.production",
+            "LOCAL_DOMAIN=example.com\nDB_HOST=db.internal\nDB_PORT=5433\nDB_NAME=app\nDB_USER=u\nDB_PASS=pw\n",
+        ),
+        (
+            "keycloak/conf/keycloak.conf",
+            "# Database\ndb=postgres\ndb-username=u\ndb-password=pw\ndb-url=jdbc:postgresql://db.internal:5433/app\n\
+             hostname=auth.example.com\nhttp-enabled=true\n",
+        ),
+        (
+            "nextcloud/config/config.php",
+            "<?php\n$CONFIG = array (\n  'instanceid' => 'oc8c0fd71e03',\n  'trusted_domains' =>\n  array (\n    \
+             0 => 'cloud.example.com',\n  ),\n  'dbtype' => 'pgsql',\n  'dbname' => 'app',\n  \
+             'dbhost' => 'db.internal:5433',\n  'dbuser' => 'u',\n  'dbpassword' => 'pw',\n);\n",
+        ),
+        (
+            "gosvc/config.toml",
+            "[server]\nlisten = \":8080\"\n\n[database]\ndsn = \"host=db.internal port=5433 dbname=app user=u\"\n",
+        ),
+        (
+            "stack/compose.yaml",
+            "services:\n  web:\n    environment:\n      POSTGRES_HOST: db.internal\n      POSTGRES_PORT: 5433\n      \
+             POSTGRES_DB: app\n      POSTGRES_USER: u\n",
+        ),
+    ];
+
+    #[test]
+    fn the_configuration_files_of_widely_used_applications_are_found() {
+        let mut files = APPS.to_vec();
+        files.push((
+            "wiki/wiki.ini",
+            "[database]\ntype = mysql\nhost = db.internal:5433\nname = app\nuser = u\n",
+        ));
+        let (found, skipped) = scan_files(&files);
+        let got: Vec<(String, ConsumerKind, Option<String>, Option<String>)> = found
+            .iter()
+            .map(|c| (c.name.clone(), c.kind, c.key.clone(), c.keys.host.clone()))
+            .collect();
+        for (name, kind, key, host) in [
+            ("airflow", ConsumerKind::Ini, Some("database.sql_alchemy_conn"), None),
+            ("superset", ConsumerKind::Python, Some("SQLALCHEMY_DATABASE_URI"), None),
+            ("api", ConsumerKind::Env, Some("DATABASE_URL"), None),
+            ("grafana", ConsumerKind::Ini, None, Some("database.host")),
+            ("gitea", ConsumerKind::Ini, None, Some("database.HOST")),
+            ("mastodon", ConsumerKind::Env, None, Some("DB_HOST")),
+            ("keycloak", ConsumerKind::Properties, Some("db-url"), None),
+            ("nextcloud", ConsumerKind::Php, None, Some("dbhost")),
+            ("gosvc", ConsumerKind::Toml, Some("database.dsn"), None),
+            ("web", ConsumerKind::Yaml, None, Some("services.web.environment.POSTGRES_HOST")),
+        ] {
+            assert!(
+                got.contains(&(name.to_string(), kind, key.map(str::to_string), host.map(str::to_string))),
+                "{name}: {got:?} {skipped:?}"
+            );
+        }
+        assert_eq!(found.len(), 10, "{got:?} {skipped:?}");
+        let grafana = found.iter().find(|c| c.name == "grafana").unwrap();
+        assert_eq!(grafana.keys.password.as_deref(), Some("database.password"));
+        assert_eq!(grafana.keys.port, None);
+        let keycloak = found.iter().find(|c| c.name == "keycloak").unwrap();
+        assert_eq!(keycloak.keys.user.as_deref(), Some("db-username"));
+        let why: Vec<&str> = skipped.iter().map(|s| s.why.as_str()).collect();
+        assert!(
+            why.iter().any(|w| w.contains("not PostgreSQL (database.type = mysql)")),
+            "{why:?}"
+        );
+        assert!(
+            why.iter().any(|w| w.starts_with("hostname: a host with no database key")),
+            "{why:?}"
+        );
     }
 
     #[test]
