@@ -70,6 +70,7 @@ const GENERIC_DIRS: &[&str] = &[
 /// File names that say what kind of file it is, not whose.
 const GENERIC_STEMS: &[&str] = &[
     "",
+    "app",
     "env",
     "application",
     "appsettings",
@@ -584,6 +585,11 @@ fn app_name(root: &Path, path: &Path, key: &str) -> String {
     }
     let file = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let stem = file.trim_start_matches('.').split('.').next().unwrap_or_default();
+    // superset_config.py is Superset's.
+    let stem = ["_config", "-config", "_settings", "-settings"]
+        .iter()
+        .find_map(|s| stem.strip_suffix(s).filter(|r| !r.is_empty()))
+        .unwrap_or(stem);
     if !GENERIC_STEMS.contains(&stem.to_lowercase().as_str()) {
         return sanitize(stem);
     }
