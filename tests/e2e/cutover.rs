@@ -1003,8 +1003,9 @@ fn the_offline_fence_holds_after_verify_data_and_a_late_write_stops_retirement()
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(fenced.contains("nightly") && fenced.contains("shop"), "{fenced}");
     assert!(
-        stdout
-            .contains("no fence keeps these off the source (name them in your checks): auditor (a superuser"),
+        stdout.contains(
+            "no fence keeps these off the source for sure (name them in your checks): auditor (a superuser"
+        ),
         "{stdout}"
     );
 
@@ -1059,4 +1060,60 @@ fn the_offline_fence_holds_after_verify_data_and_a_late_write_stops_retirement()
         "BEGIN READ WRITE; INSERT INTO protection_settings VALUES ('after', 'rollback'); COMMIT",
     )
     .unwrap();
+}
+
+/// A CONNECT grant given WITH GRANT OPTION cannot be taken back alone:
+/// the freeze refuses, naming the role and the fix, with nothing changed;
+/// a role renamed while the fence stands gets its CONNECT back under its
+/// new name.
+#[test]
+fn the_fence_refuses_a_grant_option_and_survives_a_rename() {
+    let s = Scenario::seed();
+    s.pair
+        .target
+        .sql("postgres", "CREATE ROLE delegate LOGIN")
+        .unwrap();
+    q(
+        &s.pair.source,
+        "CREATE ROLE delegate LOGIN; GRANT CONNECT ON DATABASE app TO delegate WITH GRANT OPTION",
+    );
+    let before = crate::support::access(&s.pair.source);
+    let (code, stdout, stderr) = s.run(&["run", "--yes", "--until", "freeze-source"]);
+    assert_eq!(code, 5, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("would take CONNECT from delegate, which may grant it on (WITH GRANT OPTION)")
+            && stderr.contains("REVOKE GRANT OPTION FOR CONNECT"),
+        "{stderr}"
+    );
+    assert_eq!(crate::support::access(&s.pair.source), before);
+    // Without the grant option: fenced, renamed meanwhile, lifted exactly.
+    q(
+        &s.pair.source,
+        "REVOKE GRANT OPTION FOR CONNECT ON DATABASE app FROM delegate",
+    );
+    let before = crate::support::access(&s.pair.source);
+    let (code, stdout, stderr) = s.run(&["run", "--yes", "--until", "freeze-source"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        q(
+            &s.pair.source,
+            "SELECT has_database_privilege('delegate', 'app', 'CONNECT')"
+        ),
+        "f"
+    );
+    // (a role is renamed on both servers: the plan needs it on the target)
+    q(
+        &s.pair.source,
+        "SET default_transaction_read_only = off; ALTER ROLE delegate RENAME TO deputy",
+    );
+    s.pair
+        .target
+        .sql("postgres", "ALTER ROLE delegate RENAME TO deputy")
+        .unwrap();
+    let (code, stdout, stderr) = s.run(&["rollback", "--yes"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(
+        crate::support::access(&s.pair.source),
+        before.replace("delegate", "deputy")
+    );
 }

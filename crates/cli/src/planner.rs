@@ -807,7 +807,7 @@ mod tests {
             freeze.details[..2],
             [
                 "fenced (CONNECT taken away, sessions ended): app_rw, reporter".to_string(),
-                "no fence keeps these off the source (name them in your checks): postgres (a superuser)"
+                "no fence keeps these off the source for sure (name them in your checks): postgres (a superuser)"
                     .into()
             ]
         );

@@ -284,7 +284,7 @@ async fn back_out_of_pause(plan: &Plan, ctx: &RunContext, failed: usize, err: Er
                 undo.iter().map(|&i| names[i].as_str()).collect::<Vec<_>>().join(", ")
             ),
         });
-        undo_stages(plan, ctx, &undo, true).await
+        undo_stages(plan, ctx, &undo, true, false).await
     }
     .await;
     match back {
@@ -306,7 +306,7 @@ async fn back_out_of_pause(plan: &Plan, ctx: &RunContext, failed: usize, err: Er
 pub async fn rollback(plan: &Plan, ctx: &RunContext, force: bool) -> Result<()> {
     let states = ctx.journal.stage_states(ctx.run_id).await?;
     let names: Vec<String> = plan.stages.iter().map(|s| s.name()).collect();
-    undo_stages(plan, ctx, &to_undo(&names, &states), force).await?;
+    undo_stages(plan, ctx, &to_undo(&names, &states), force, true).await?;
     ctx.journal
         .set_run_status(ctx.run_id, RunStatus::RolledBack)
         .await?;
@@ -314,13 +314,24 @@ pub async fn rollback(plan: &Plan, ctx: &RunContext, force: bool) -> Result<()> 
 }
 
 /// Undoes `indices` in that order (a rollback's, or a pause's way back).
-async fn undo_stages(plan: &Plan, ctx: &RunContext, indices: &[usize], force: bool) -> Result<()> {
+/// `interruptible`: Ctrl-C stops it at a stage boundary, but never while
+/// the way back is inside a pause (after an inside-pause stage was undone,
+/// until the stage that opened the pause is); a pause's back-out is not.
+async fn undo_stages(
+    plan: &Plan,
+    ctx: &RunContext,
+    indices: &[usize],
+    force: bool,
+    interruptible: bool,
+) -> Result<()> {
+    let mut pausing = false;
     for &i in indices {
         let stage = &plan.stages[i];
         let name = stage.name();
-        if !stage.inside_pause() {
+        if interruptible && !pausing {
             ctx.cancel.check()?;
         }
+        pausing = stage.inside_pause();
         match stage.undo_kind() {
             Undo::Irreversible(why) if !force => {
                 return Err(Error::refused(format!(

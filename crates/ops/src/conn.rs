@@ -460,8 +460,8 @@ impl ConnString {
                 let _ = out.set_password(url.password());
                 for (k, v) in url.query_pairs() {
                     match k.as_ref() {
-                        "sslmode" | "sslrootcert" | "sslcert" | "sslkey" | "application_name" | "host" | "port"
-                        | "user" | "dbname" => {
+                        "sslmode" | "sslrootcert" | "sslcert" | "sslkey" | "application_name" | "host"
+                        | "port" | "user" | "dbname" => {
                             out.query_pairs_mut().append_pair(&k, &v);
                         }
                         "ssl" => {
@@ -838,14 +838,19 @@ mod tests {
             "postgres+psycopg2://u:pw@h/d",
         ] {
             let c = ConnString::parse(url).unwrap_or_else(|| panic!("{url}"));
-            assert_eq!(c.user().as_deref(), Some(url.split("://").nth(1).unwrap().split(':').next().unwrap()));
+            assert_eq!(
+                c.user().as_deref(),
+                Some(url.split("://").nth(1).unwrap().split(':').next().unwrap())
+            );
             let scheme = url.split("://").next().unwrap();
             let to = c.rewrite(&dest(Some("new")));
             assert!(to.starts_with(&format!("{scheme}://")), "{to}");
             assert!(c.to_url().starts_with("postgresql://"), "{}", c.to_url());
         }
-        let c = ConnString::parse("postgresql+asyncpg://u:pw@h:5432/d?ssl=disable&prepared_statement_cache_size=0")
-            .unwrap();
+        let c = ConnString::parse(
+            "postgresql+asyncpg://u:pw@h:5432/d?ssl=disable&prepared_statement_cache_size=0",
+        )
+        .unwrap();
         assert_eq!(
             c.rewrite(&dest(Some("new"))),
             "postgresql+asyncpg://raz%40tovtech.org:new@db.example:6432/TovPlay?ssl=disable&prepared_statement_cache_size=0"
@@ -857,7 +862,10 @@ mod tests {
 
     #[test]
     fn a_host_and_port_in_one_value_are_told_apart_from_a_host() {
-        assert_eq!(split_host_port("127.0.0.1:5432"), Some(("127.0.0.1".into(), 5432)));
+        assert_eq!(
+            split_host_port("127.0.0.1:5432"),
+            Some(("127.0.0.1".into(), 5432))
+        );
         assert_eq!(split_host_port("db:5433"), Some(("db".into(), 5433)));
         assert_eq!(split_host_port("[::1]:5432"), Some(("::1".into(), 5432)));
         for host in ["localhost", "/var/run/postgresql", "::1", "db:", "db:x"] {

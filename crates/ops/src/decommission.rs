@@ -136,7 +136,7 @@ cutover_core::artefacts!(DecommissionResult);
 /// closed); verify-sync's, offline only (online, the reverse stream writes
 /// there until end-replication). Without a fence (freeze_source = false)
 /// there is nothing to compare with.
-pub async fn source_untouched(ctx: &RunContext, retiring: bool) -> Result<()> {
+pub async fn source_untouched(ctx: &RunContext, retiring: bool, force: bool) -> Result<()> {
     let states = ctx.journal.stage_states(ctx.run_id).await?;
     let done = |stage: &str| {
         states
@@ -154,12 +154,17 @@ pub async fn source_untouched(ctx: &RunContext, retiring: bool) -> Result<()> {
     let now = cutover_pg::fence::write_counts(&ctx.source, ctx.journal.schema()).await?;
     let (written, unknown) = cutover_pg::fence::writes_since(&baseline, &now);
     if !unknown.is_empty() {
-        ctx.emit(Event::Warning {
-            message: format!(
-                "the source's write counters went back since {since} (statistics reset?) for {}: writes there                  cannot be told",
-                unknown.join(", ")
-            ),
-        });
+        let said = format!(
+            "the source's write counters went back since {since} (a statistics reset, or a restart after a crash) \
+             for {}: writes there cannot be told",
+            unknown.join(", ")
+        );
+        if retiring && !force {
+            return Err(Error::refused(format!("{said}; nothing was retired")).with_hint(
+                "compare the source with the target yourself (`cutover verify`), then pass --force to retire it",
+            ));
+        }
+        ctx.emit(Event::Warning { message: said });
     }
     if written.is_empty() {
         return Ok(());
@@ -410,7 +415,7 @@ impl Stage for Decommission {
                 )));
             }
         }
-        source_untouched(ctx, true).await?;
+        source_untouched(ctx, true, self.force_clients).await?;
         let sessions = cutover_pg::freeze::other_sessions(&ctx.source).await?;
         if !sessions.is_empty() && !self.force_clients {
             return Err(Error::refused(format!(

@@ -193,8 +193,18 @@ pub fn kind_of(name: &str, text: &str) -> ConsumerKind {
 /// [`field_of`]'s), and `true` for PostgreSQL, `false` for another one.
 fn vendor(last: &str, value: &str) -> Option<(String, bool)> {
     const WORDS: &[&str] = &[
-        "database_type", "dbtype", "db_type", "dialect", "engine", "driver", "adapter", "connection", "vendor",
-        "kind", "type", "db",
+        "database_type",
+        "dbtype",
+        "db_type",
+        "dialect",
+        "engine",
+        "driver",
+        "adapter",
+        "connection",
+        "vendor",
+        "kind",
+        "type",
+        "db",
     ];
     let lower = last.to_lowercase();
     let (prefix, _) = WORDS.iter().find_map(|w| {
@@ -208,7 +218,16 @@ fn vendor(last: &str, value: &str) -> Option<(String, bool)> {
     }
     const PG: &[&str] = &["postgres", "postgresql", "pgsql", "psql", "postgis", "pg"];
     const OTHER: &[&str] = &[
-        "mysql", "mysqli", "mariadb", "sqlite", "sqlite3", "mssql", "sqlserver", "oracle", "mongodb", "redis",
+        "mysql",
+        "mysqli",
+        "mariadb",
+        "sqlite",
+        "sqlite3",
+        "mssql",
+        "sqlserver",
+        "oracle",
+        "mongodb",
+        "redis",
     ];
     let last_word = v.rsplit(['.', '/', ':']).next().unwrap_or(&v);
     let pg = if PG.contains(&last_word) || v.contains("postgresql") || v.starts_with("org.postgresql") {
@@ -259,7 +278,8 @@ fn field_of(last: &str) -> Option<(String, Field)> {
         .iter()
         .filter_map(|(suffix, f)| {
             let prefix = lower.strip_suffix(suffix)?;
-            let ok = prefix.is_empty() || prefix.ends_with(['_', '-', '.']) || prefix == "pg" || prefix == "db";
+            let ok =
+                prefix.is_empty() || prefix.ends_with(['_', '-', '.']) || prefix == "pg" || prefix == "db";
             ok.then_some((prefix.len(), *f))
         })
         .max_by_key(|(len, _)| *len)
@@ -417,7 +437,10 @@ fn file(
         if let Some((value, _)) = value_of(l)
             && let Some((prefix, pg)) = vendor(last, &value)
         {
-            vendors.insert(format!("{parent}\u{1}{prefix}"), (format!("{} = {value}", l.path), pg));
+            vendors.insert(
+                format!("{parent}\u{1}{prefix}"),
+                (format!("{} = {value}", l.path), pg),
+            );
             continue;
         }
         let Some((value, enc)) = value_of(l) else {
@@ -469,7 +492,11 @@ fn file(
                 // Grafana's, Gitea's and Nextcloud's host holds the port too.
                 let mut fields = match crate::conn::split_host_port(&host.1) {
                     Some((h, p)) if one(Field::Port).is_none() => {
-                        vec![(Field::Host, h), (Field::Port, p.to_string()), (Field::Dbname, db.1.clone())]
+                        vec![
+                            (Field::Host, h),
+                            (Field::Port, p.to_string()),
+                            (Field::Dbname, db.1.clone()),
+                        ]
                     }
                     _ => vec![(Field::Host, host.1.clone()), (Field::Dbname, db.1.clone())],
                 };
@@ -495,9 +522,7 @@ fn file(
         };
         let what = shown.join(", ");
         if let Some((said, false)) = said {
-            skipped.push(skip(format!(
-                "{what}: not PostgreSQL ({said}), so not offered"
-            )));
+            skipped.push(skip(format!("{what}: not PostgreSQL ({said}), so not offered")));
             continue;
         }
         if !names(&conn, wanted) {
@@ -693,7 +718,10 @@ mod tests {
             "superset/superset_config.py",
             "ROW_LIMIT = 5000\nSQLALCHEMY_DATABASE_URI = \"postgresql+psycopg2://u:pw@db.internal:5433/app\"\n",
         ),
-        ("api/.env", "APP_ENV=prod\nDATABASE_URL=postgresql+asyncpg://u:pw@db.internal:5433/app?ssl=disable\n"),
+        (
+            "api/.env",
+            "APP_ENV=prod\nDATABASE_URL=postgresql+asyncpg://u:pw@db.internal:5433/app?ssl=disable\n",
+        ),
         (
             "grafana/grafana.ini",
             "[server]\nhttp_port = 3000\n\n[database]\n;type = sqlite3\ntype = postgres\nhost = db.internal:5433\n\
@@ -744,8 +772,18 @@ mod tests {
             .map(|c| (c.name.clone(), c.kind, c.key.clone(), c.keys.host.clone()))
             .collect();
         for (name, kind, key, host) in [
-            ("airflow", ConsumerKind::Ini, Some("database.sql_alchemy_conn"), None),
-            ("superset", ConsumerKind::Python, Some("SQLALCHEMY_DATABASE_URI"), None),
+            (
+                "airflow",
+                ConsumerKind::Ini,
+                Some("database.sql_alchemy_conn"),
+                None,
+            ),
+            (
+                "superset",
+                ConsumerKind::Python,
+                Some("SQLALCHEMY_DATABASE_URI"),
+                None,
+            ),
             ("api", ConsumerKind::Env, Some("DATABASE_URL"), None),
             ("grafana", ConsumerKind::Ini, None, Some("database.host")),
             ("gitea", ConsumerKind::Ini, None, Some("database.HOST")),
@@ -753,10 +791,20 @@ mod tests {
             ("keycloak", ConsumerKind::Properties, Some("db-url"), None),
             ("nextcloud", ConsumerKind::Php, None, Some("dbhost")),
             ("gosvc", ConsumerKind::Toml, Some("database.dsn"), None),
-            ("web", ConsumerKind::Yaml, None, Some("services.web.environment.POSTGRES_HOST")),
+            (
+                "web",
+                ConsumerKind::Yaml,
+                None,
+                Some("services.web.environment.POSTGRES_HOST"),
+            ),
         ] {
             assert!(
-                got.contains(&(name.to_string(), kind, key.map(str::to_string), host.map(str::to_string))),
+                got.contains(&(
+                    name.to_string(),
+                    kind,
+                    key.map(str::to_string),
+                    host.map(str::to_string)
+                )),
                 "{name}: {got:?} {skipped:?}"
             );
         }
@@ -768,11 +816,13 @@ mod tests {
         assert_eq!(keycloak.keys.user.as_deref(), Some("db-username"));
         let why: Vec<&str> = skipped.iter().map(|s| s.why.as_str()).collect();
         assert!(
-            why.iter().any(|w| w.contains("not PostgreSQL (database.type = mysql)")),
+            why.iter()
+                .any(|w| w.contains("not PostgreSQL (database.type = mysql)")),
             "{why:?}"
         );
         assert!(
-            why.iter().any(|w| w.starts_with("hostname: a host with no database key")),
+            why.iter()
+                .any(|w| w.starts_with("hostname: a host with no database key")),
             "{why:?}"
         );
     }

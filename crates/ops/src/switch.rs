@@ -108,8 +108,8 @@ impl Applications {
         let fenced = async {
             let reach = fence::reach(pool, &self.fence.scope, &self.fence.consumers).await?;
             let raised = fence::raise(pool, &reach, &self.fence.journal_schema).await?;
-            let mut soft = reach.fenced.clone();
-            soft.extend(reach.unstoppable.iter().map(|(r, _)| r.clone()));
+            // The roles no fence stops get the read-only default at least.
+            let soft: Vec<String> = reach.unstoppable.iter().map(|(r, _)| r.clone()).collect();
             replication::fence(pool, &soft).await?;
             Ok::<_, Error>(raised.sessions_ended)
         };
@@ -229,6 +229,9 @@ pub enum Restart {
     /// An earlier attempt passed the point of no return (the forward stream
     /// is gone; the applications are still paused): finish it.
     Finish,
+    /// The forward stream is gone but nothing is paused or fenced: the
+    /// target may lack the source's latest writes. Refused.
+    Refuse,
 }
 
 /// The switch's decision at its start: `forward`, whether the forward
@@ -236,7 +239,8 @@ pub enum Restart {
 /// attempt's pause is journaled or its fence is up on the source.
 pub fn restart(forward: bool, paused: bool) -> Restart {
     match (forward, paused) {
-        (false, _) => Restart::Finish,
+        (false, true) => Restart::Finish,
+        (false, false) => Restart::Refuse,
         (true, true) => Restart::Resume,
         (true, false) => Restart::Fresh,
     }
@@ -364,6 +368,13 @@ impl Stage for Switch {
                 }
                 .to_value());
             }
+            Restart::Refuse => {
+                return Err(Error::refused(format!(
+                    "the forward stream ({FORWARD}) is gone but the applications are neither paused nor fenced on the \
+                     source: the target may lack what they wrote since; nothing was changed"
+                ))
+                .with_hint("`cutover rollback`, then `cutover run`: the copy starts again"));
+            }
             Restart::Resume => {
                 ctx.emit(Event::Warning {
                     message:
@@ -466,6 +477,9 @@ impl Stage for Switch {
         // The pause on the target (the rollback's) ends here: the
         // consumers were repointed to the source before this undo.
         self.online.apps.resume(&ctx.target).await?;
+        ctx.journal
+            .remove_item(ctx.run_id, SWITCH, &ItemKey::Paused)
+            .await?;
         Ok(said)
     }
 }
@@ -490,7 +504,8 @@ pub async fn back_to_source(ctx: &RunContext, online: &Online) -> Result<String>
         let max_pause = online.options.max_pause;
         let inside = cutover_core::engine::catch_panic(async {
             let token = replication::write_sentinel(&ctx.target, schema).await?;
-            if !replication::wait_for_sentinel(&ctx.source, schema, token, t0 + max_pause, Some(&ctx.cancel)).await? {
+            // Bounded by max_pause; Ctrl-C does not cut the way back short.
+            if !replication::wait_for_sentinel(&ctx.source, schema, token, t0 + max_pause, None).await? {
                 return Err(Error::failure(format!(
                     "the reverse stream did not bring the target's last writes back to the source within \
                      options.online.max_pause ({} s)",
@@ -526,10 +541,12 @@ pub async fn back_to_source(ctx: &RunContext, online: &Online) -> Result<String>
             t0.elapsed().as_millis()
         );
     }
+    // The source takes writes again before the stream goes: a failure
+    // dropping it leaves the applications one side to go to, not two fenced.
+    replication::unfence(&ctx.source, schema).await?;
     replication::unsubscribe(&ctx.source, REVERSE).await?;
     replication::drop_slot(&ctx.target, REVERSE).await?;
     replication::unpublish(&ctx.target, REVERSE, schema, false).await?;
-    replication::unfence(&ctx.source, schema).await?;
     Ok(format!(
         "{said}reverse stream ended; the source takes writes again"
     ))
@@ -773,7 +790,8 @@ mod tests {
     fn the_switch_finishes_past_the_point_of_no_return_and_otherwise_starts_over_from_the_source() {
         // The forward stream gone: the target has everything; finish.
         assert_eq!(restart(false, true), Restart::Finish);
-        assert_eq!(restart(false, false), Restart::Finish);
+        // Gone with nothing paused: the source may have written since.
+        assert_eq!(restart(false, false), Restart::Refuse);
         // Killed inside the pause before that: back to the source first.
         assert_eq!(restart(true, true), Restart::Resume);
         assert_eq!(restart(true, false), Restart::Fresh);

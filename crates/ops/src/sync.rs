@@ -173,7 +173,7 @@ impl Stage for VerifySync {
                  or REVOKE CONNECT ON DATABASE from it on the source; then run again",
             ));
         }
-        crate::decommission::source_untouched(ctx, false).await?;
+        crate::decommission::source_untouched(ctx, false, false).await?;
         Ok(SyncResult {
             summary: format!(
                 "{} consumer connection(s) saw the sentinel; {}{} session(s) still on the source",

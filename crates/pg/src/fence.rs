@@ -67,7 +67,7 @@ impl Reach {
         )];
         if !self.unstoppable.is_empty() {
             lines.push(format!(
-                "no fence keeps these off the source (name them in your checks): {}",
+                "no fence keeps these off the source for sure (name them in your checks): {}",
                 self.unstoppable
                     .iter()
                     .map(|(r, why)| format!("{r} ({why})"))
@@ -140,6 +140,21 @@ pub async fn reach(pool: &PgPool, scope: &FenceScope, consumers: &[String]) -> R
             format!("holds the privileges of {via}, which keeps CONNECT (grant it its own role)"),
         ));
     }
+    // The database's owner (and its members) loses CONNECT too, but may
+    // grant it back to itself from another database: named.
+    let owners: Vec<String> = sqlx::query_scalar(
+        "SELECT f FROM unnest($1::text[]) f, pg_database d \
+         WHERE d.datname = current_database() AND pg_has_role(f, d.datdba, 'MEMBER') ORDER BY 1",
+    )
+    .bind(&reach.fenced)
+    .fetch_all(pool)
+    .await?;
+    for role in owners {
+        reach.unstoppable.push((
+            role,
+            "owns the database (or is a member of its owner): fenced, but it may GRANT CONNECT back to itself".into(),
+        ));
+    }
     Ok(reach)
 }
 
@@ -159,21 +174,38 @@ async fn database(conn: &mut PgConnection) -> Result<String> {
         .await?)
 }
 
-/// The ACL saved by [`raise`], when the fence is up: `Some("")` when the
-/// database had the default ACL.
-pub async fn saved_acl(conn: &mut PgConnection, journal_schema: &str) -> Result<Option<String>> {
+/// Whether the fence's table holds its saved ACL on this database.
+async fn saved(conn: &mut PgConnection, journal_schema: &str) -> Result<bool> {
+    let t = table(journal_schema);
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(table(journal_schema))
+        .bind(&t)
         .fetch_one(&mut *conn)
         .await?;
     if !exists {
-        return Ok(None);
+        return Ok(false);
     }
-    Ok(
-        sqlx::query_scalar(&format!("SELECT acl FROM {} LIMIT 1", table(journal_schema)))
-            .fetch_optional(&mut *conn)
-            .await?,
-    )
+    let sql = format!("SELECT EXISTS (SELECT 1 FROM {t})");
+    Ok(sqlx::query_scalar(&sql).fetch_one(&mut *conn).await?)
+}
+
+/// The SQL for the database's ACL as in effect before the fence (`d` is
+/// its `pg_database` row): the saved one (`aclitem[]`, so renamed roles
+/// stay themselves; NULL for the default) when `saved`, else the current.
+pub fn acl_sql(journal_schema: &str, saved: bool) -> String {
+    if saved {
+        format!(
+            "coalesce((SELECT acl FROM {} LIMIT 1), acldefault('d', d.datdba))",
+            table(journal_schema)
+        )
+    } else {
+        "coalesce(d.datacl, acldefault('d', d.datdba))".into()
+    }
+}
+
+/// Whether the fence is up on this connection's database (for readers
+/// inside a transaction: the security inventory).
+pub async fn is_up_on(conn: &mut PgConnection, journal_schema: &str) -> Result<bool> {
+    saved(conn, journal_schema).await
 }
 
 /// Whether the fence is up on `pool`'s database.
@@ -181,72 +213,63 @@ pub async fn is_up(pool: &PgPool, journal_schema: &str) -> Result<bool> {
     let (pool, schema) = (pool.clone(), journal_schema.to_string());
     tokio::spawn(async move {
         let mut conn = pool.acquire().await?;
-        Ok(saved_acl(&mut conn, &schema).await?.is_some())
+        saved(&mut conn, &schema).await
     })
     .await
     .map_err(|e| Error::failure(format!("reading the fence crashed: {e}")))?
 }
 
-/// The database's CONNECT entries: grantee (`PUBLIC` for everyone) and
-/// whether it may grant it, from `acl` (its text form; empty: the default)
-/// or, when None, from the database's ACL now.
-async fn connect_entries(conn: &mut PgConnection, acl: Option<&str>) -> Result<BTreeMap<String, bool>> {
-    let rows: Vec<(String, bool)> = sqlx::query_as(
-        "SELECT coalesce(r.rolname::text, 'PUBLIC'), bool_or(x.is_grantable) FROM pg_database d \
-         CROSS JOIN LATERAL aclexplode(CASE WHEN $1::text IS NULL THEN coalesce(d.datacl, acldefault('d', d.datdba)) \
-                                            WHEN $1 = '' THEN acldefault('d', d.datdba) ELSE $1::aclitem[] END) x \
-         LEFT JOIN pg_roles r ON r.oid = x.grantee \
-         WHERE d.datname = current_database() AND x.privilege_type = 'CONNECT' GROUP BY 1",
-    )
-    .bind(acl)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.into_iter().collect())
-}
+/// One CONNECT entry: the grantee as SQL names it (`PUBLIC`, or the role
+/// quoted) and whether it may grant it on.
+type Entries = BTreeMap<i64, (String, bool)>;
 
-fn grantee(name: &str) -> String {
-    if name == "PUBLIC" {
-        "PUBLIC".into()
-    } else {
-        quote_ident(name)
-    }
+/// The database's CONNECT entries by grantee (0: PUBLIC), from the ACL
+/// `acl_sql` gives; entries of roles dropped since are left out.
+async fn connect_entries(conn: &mut PgConnection, acl_sql: &str) -> Result<Entries> {
+    let sql = format!(
+        "SELECT x.grantee::int8, CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, \
+                bool_or(x.is_grantable) \
+         FROM pg_database d CROSS JOIN LATERAL aclexplode({acl_sql}) x LEFT JOIN pg_roles r ON r.oid = x.grantee \
+         WHERE d.datname = current_database() AND x.privilege_type = 'CONNECT' \
+           AND (x.grantee = 0 OR r.oid IS NOT NULL) GROUP BY 1, 2"
+    );
+    let rows: Vec<(i64, String, bool)> = sqlx::query_as(&sql).fetch_all(&mut *conn).await?;
+    Ok(rows.into_iter().map(|(oid, name, g)| (oid, (name, g))).collect())
 }
 
 /// Makes the database's CONNECT entries exactly `want` (REVOKE what is not
 /// there, GRANT what is missing, grant options included).
-async fn set_connect(conn: &mut PgConnection, db: &str, want: &BTreeMap<String, bool>) -> Result<()> {
-    let have = connect_entries(conn, None).await?;
+async fn set_connect(conn: &mut PgConnection, db: &str, want: &Entries) -> Result<()> {
+    let have = connect_entries(conn, &acl_sql("", false)).await?;
     let db = quote_ident(db);
     let mut sql = vec![];
-    for (who, grantable) in &have {
-        match want.get(who) {
-            None => sql.push(format!("REVOKE CONNECT ON DATABASE {db} FROM {}", grantee(who))),
-            Some(false) if *grantable => sql.push(format!(
-                "REVOKE GRANT OPTION FOR CONNECT ON DATABASE {db} FROM {}",
-                grantee(who)
+    for (oid, (who, grantable)) in &have {
+        match want.get(oid) {
+            None => sql.push(format!("REVOKE CONNECT ON DATABASE {db} FROM {who}")),
+            Some((_, false)) if *grantable => sql.push(format!(
+                "REVOKE GRANT OPTION FOR CONNECT ON DATABASE {db} FROM {who}"
             )),
             _ => {}
         }
     }
-    for (who, grantable) in want {
-        let missing = match have.get(who) {
+    for (oid, (who, grantable)) in want {
+        let missing = match have.get(oid) {
             None => true,
-            Some(had) => *grantable && !had,
+            Some((_, had)) => *grantable && !had,
         };
         if missing {
             sql.push(format!(
-                "GRANT CONNECT ON DATABASE {db} TO {}{}",
-                grantee(who),
+                "GRANT CONNECT ON DATABASE {db} TO {who}{}",
                 if *grantable { " WITH GRANT OPTION" } else { "" }
             ));
         }
     }
     for s in sql {
-        sqlx::query(&s).execute(&mut *conn).await.map_err(|e| {
-            Error::from(e)
+        if let Err(e) = sqlx::query(&s).execute(&mut *conn).await {
+            return Err(Error::from(e)
                 .context(format!("changing who may connect to the database ({s})"))
-                .with_hint("cutover's user must own the database or be a superuser")
-        })?;
+                .with_hint("cutover's user must own the database or be a superuser"));
+        }
     }
     Ok(())
 }
@@ -273,16 +296,56 @@ pub async fn raise(pool: &PgPool, reach: &Reach, journal_schema: &str) -> Result
 async fn raise_on(pool: &PgPool, reach: &Reach, journal_schema: &str) -> Result<Raised> {
     let mut conn = writable(pool).await?;
     let db = database(&mut conn).await?;
-    if saved_acl(&mut conn, journal_schema).await?.is_none() {
+    let up = saved(&mut conn, journal_schema).await?;
+    // CONNECT as it was (the saved ACL once the fence is up: a resumed
+    // attempt finds PUBLIC's entry gone).
+    let before = connect_entries(&mut conn, &acl_sql(journal_schema, up)).await?;
+    // It stays with the roles the fence leaves out that had it (now each
+    // by name), and with cutover's user.
+    let grantees: Vec<i64> = before.keys().copied().filter(|g| *g != 0).collect();
+    let kept: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT r.oid::int8, quote_ident(r.rolname) FROM pg_roles r WHERE r.rolname = ANY($1) \
+           AND (r.rolname = current_user OR $2 \
+                OR EXISTS (SELECT 1 FROM unnest($3::int8[]) g WHERE pg_has_role(r.oid, g::oid, 'USAGE')))",
+    )
+    .bind(&reach.kept)
+    .bind(before.contains_key(&0))
+    .bind(&grantees)
+    .fetch_all(&mut *conn)
+    .await?;
+    let want: Entries = kept
+        .into_iter()
+        .map(|(oid, name)| {
+            let grantable = before.get(&oid).is_some_and(|(_, g)| *g);
+            (oid, (name, grantable))
+        })
+        .collect();
+    if !up {
+        // A grant option handed on cannot be taken back without taking the
+        // grants made with it: refused before anything changes.
+        let handed: Vec<&String> = before
+            .iter()
+            .filter(|(oid, (_, g))| *g && !want.contains_key(oid))
+            .map(|(_, (name, _))| name)
+            .collect();
+        if !handed.is_empty() {
+            return Err(Error::refused(format!(
+                "the fence would take CONNECT from {}, which may grant it on (WITH GRANT OPTION); nothing was changed",
+                handed.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+            .with_hint(format!(
+                "REVOKE GRANT OPTION FOR CONNECT ON DATABASE {} FROM those roles CASCADE (and grant CONNECT again to \
+                 the roles they had granted it to), or leave them out with options.fence",
+                quote_ident(&db)
+            )));
+        }
         // Table first, row last: a kill in between leaves an empty table,
         // which reads as no fence, and the next attempt fills it.
         let t = table(journal_schema);
         for sql in [
             format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(journal_schema)),
-            format!("CREATE TABLE IF NOT EXISTS {t} (acl text NOT NULL)"),
-            format!(
-                "INSERT INTO {t} SELECT coalesce(datacl::text, '') FROM pg_database WHERE datname = current_database()"
-            ),
+            format!("CREATE TABLE IF NOT EXISTS {t} (acl aclitem[])"),
+            format!("INSERT INTO {t} SELECT datacl FROM pg_database WHERE datname = current_database()"),
         ] {
             if let Err(e) = sqlx::query(&sql).execute(&mut *conn).await {
                 return Err(Error::from(e)
@@ -291,39 +354,20 @@ async fn raise_on(pool: &PgPool, reach: &Reach, journal_schema: &str) -> Result<
             }
         }
     }
-    // CONNECT stays with the roles the fence leaves out that had it (now
-    // each by name: PUBLIC's entry goes), and with cutover's user.
-    // Read from the saved ACL: a resumed attempt finds PUBLIC's entry gone.
-    let saved = saved_acl(&mut conn, journal_schema).await?;
-    let before = connect_entries(&mut conn, saved.as_deref()).await?;
-    let grantees: Vec<&String> = before.keys().filter(|g| *g != "PUBLIC").collect();
-    let kept_with_connect: Vec<String> = sqlx::query_scalar(
-        "SELECT r FROM unnest($1::text[]) r WHERE r = current_user OR $2 \
-            OR EXISTS (SELECT 1 FROM unnest($3::text[]) g WHERE pg_has_role(r, g, 'USAGE'))",
-    )
-    .bind(&reach.kept)
-    .bind(before.contains_key("PUBLIC"))
-    .bind(&grantees)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut want: BTreeMap<String, bool> = BTreeMap::new();
-    for r in &kept_with_connect {
-        want.insert(r.clone(), before.get(r).copied().unwrap_or(false));
-    }
     set_connect(&mut conn, &db, &want).await?;
-    // Every session of a fenced role ends; a superuser's too where cutover
-    // may end it (its role keeps only the mode's read-only default).
+    // Every session of a role the fence reaches ends: a fenced role's, and
+    // one no fence stops (its read-only default holds only for new
+    // sessions). A session cutover's user may not end (another role's
+    // without pg_signal_backend) is refused, naming it; a superuser's,
+    // where cutover's user is none, is left (the plan named the role).
     let unstoppable: Vec<&String> = reach.unstoppable.iter().map(|(r, _)| r).collect();
-    // Whether cutover's user may end each (a superuser, a member of the
-    // session's role, or of pg_signal_backend; never a superuser's unless
-    // it is one).
-    let sessions: Vec<(i32, String, bool)> = sqlx::query_as(
-        "SELECT a.pid, a.usename::text, me.rolsuper OR (NOT r.rolsuper AND (pg_has_role(me.oid, a.usesysid, 'USAGE') \
+    let sessions: Vec<(i32, String, bool, bool)> = sqlx::query_as(
+        "SELECT a.pid, a.usename::text, r.rolsuper, me.rolsuper OR (NOT r.rolsuper AND (pg_has_role(me.oid, a.usesysid, 'USAGE') \
                 OR pg_has_role(me.oid, 'pg_signal_backend', 'USAGE'))) \
          FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid \
          CROSS JOIN (SELECT oid, rolsuper FROM pg_roles WHERE rolname = current_user) me \
          WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() \
-           AND (a.usename = ANY($1) OR (a.usename = ANY($2) AND me.rolsuper))",
+           AND (a.usename = ANY($1) OR a.usename = ANY($2))",
     )
     .bind(&reach.fenced)
     .bind(&unstoppable)
@@ -331,8 +375,8 @@ async fn raise_on(pool: &PgPool, reach: &Reach, journal_schema: &str) -> Result<
     .await?;
     let stuck: Vec<String> = sessions
         .iter()
-        .filter(|(_, _, endable)| !endable)
-        .map(|(pid, user, _)| format!("pid {pid} of {user}"))
+        .filter(|(_, _, superuser, endable)| !endable && !superuser)
+        .map(|(pid, user, _, _)| format!("pid {pid} of {user}"))
         .collect();
     if !stuck.is_empty() {
         return Err(Error::failure(format!(
@@ -344,7 +388,11 @@ async fn raise_on(pool: &PgPool, reach: &Reach, journal_schema: &str) -> Result<
             "GRANT pg_signal_backend TO cutover's user on the source, or stop those applications yourself",
         ));
     }
-    let pids: Vec<i32> = sessions.iter().map(|(pid, _, _)| *pid).collect();
+    let pids: Vec<i32> = sessions
+        .iter()
+        .filter(|(_, _, _, endable)| *endable)
+        .map(|(pid, _, _, _)| *pid)
+        .collect();
     sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid")
         .bind(&pids)
         .execute(&mut *conn)
@@ -392,8 +440,9 @@ pub async fn wait_gone(pool: &PgPool, pids: &[i32]) -> Result<()> {
     Ok(())
 }
 
-/// Lifts the fence: the database's CONNECT entries exactly as saved, the
-/// saved copy removed. Nothing to do when the fence is not up.
+/// Lifts the fence: the database's CONNECT entries as saved (those of
+/// roles dropped since left out), the saved copy removed. Nothing to do
+/// when the fence is not up.
 pub async fn lift(pool: &PgPool, journal_schema: &str) -> Result<bool> {
     let (pool, schema) = (pool.clone(), journal_schema.to_string());
     tokio::spawn(async move { lift_on(&pool, &schema).await })
@@ -403,13 +452,23 @@ pub async fn lift(pool: &PgPool, journal_schema: &str) -> Result<bool> {
 
 async fn lift_on(pool: &PgPool, journal_schema: &str) -> Result<bool> {
     let mut conn = writable(pool).await?;
-    let Some(saved) = saved_acl(&mut conn, journal_schema).await? else {
+    let t = table(journal_schema);
+    if !saved(&mut conn, journal_schema).await? {
+        // An empty table a killed attempt left: nothing was changed yet.
+        let drop = format!("DROP TABLE IF EXISTS {t}");
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&t)
+            .fetch_one(&mut *conn)
+            .await?;
+        if exists {
+            sqlx::query(&drop).execute(&mut *conn).await?;
+        }
         return Ok(false);
-    };
+    }
     let db = database(&mut conn).await?;
-    let want = connect_entries(&mut conn, Some(&saved)).await?;
+    let want = connect_entries(&mut conn, &acl_sql(journal_schema, true)).await?;
     set_connect(&mut conn, &db, &want).await?;
-    sqlx::query(&format!("DROP TABLE {}", table(journal_schema)))
+    sqlx::query(&format!("DROP TABLE {t}"))
         .execute(&mut *conn)
         .await?;
     // The schema goes with it when nothing else of cutover's is left there.

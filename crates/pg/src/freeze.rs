@@ -221,6 +221,10 @@ impl Stage for FreezeSource {
         {
             return Err(e);
         }
+        // The fence first: what it refuses (a grant option handed on, a
+        // session it may not end) leaves the source as it was.
+        let reach = fence::reach(&ctx.source, &self.scope, &self.consumers).await?;
+        let raised = fence::raise(&ctx.source, &reach, &self.journal_schema).await?;
         let db = quote_ident(&self.database);
         set_read_only(&ctx.source, &db, "SET default_transaction_read_only = on")
             .await
@@ -230,7 +234,7 @@ impl Stage for FreezeSource {
                      superuser; or set options.freeze_source = false and stop the writers yourself"
                 ))
             })?;
-        // Those this user may end (all, once the check above passed; a
+        // The rest this user may end (all, once the check above passed; a
         // superuser's session that appeared since is left to the check below).
         let pids: Vec<i32> = sessions(&ctx.source)
             .await?
@@ -250,8 +254,6 @@ impl Stage for FreezeSource {
                  pg_signal_backend to the source user, or stop those applications yourself and run again"
             ))
         })?;
-        let reach = fence::reach(&ctx.source, &self.scope, &self.consumers).await?;
-        let raised = fence::raise(&ctx.source, &reach, &self.journal_schema).await?;
         fence::wait_gone(&ctx.source, &pids).await?;
         let write_counts = fence::write_counts(&ctx.source, &self.journal_schema).await?;
         let sessions_ended = ended.len() + raised.sessions_ended;

@@ -569,22 +569,16 @@ pub async fn copy_sequences(from: &PgPool, to: &PgPool, journal_schema: &str) ->
 }
 
 /// The read-only default for `roles` in `pool`'s database (marked by
-/// `cutover.fenced`, so that [`unfence`] lifts only what this set): the
-/// mode's default for the roles [`crate::fence`] cannot keep off, and a
-/// second line for those it does. A superuser's role only when cutover's
-/// user is one; never cutover's own.
-pub async fn fence(pool: &PgPool, roles: &[String]) -> Result<()> {
+/// `cutover.fenced`, so that [`unfence`] lifts only what this set): for
+/// the roles [`crate::fence`] cannot keep off, the only line left. Best
+/// effort: a role cutover's user may not alter (a superuser's, where it is
+/// none; any without CREATEROLE) is left as it is, and returned. Never
+/// cutover's own.
+pub async fn fence(pool: &PgPool, roles: &[String]) -> Result<Vec<String>> {
     if roles.is_empty() {
-        return Ok(());
+        return Ok(vec![]);
     }
     let db = quote_ident(&current_database(pool).await?);
-    let roles: Vec<String> = sqlx::query_scalar(
-        "SELECT r.rolname::text FROM pg_roles r CROSS JOIN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) me \
-         WHERE r.rolname = ANY($1) AND r.rolname <> current_user AND (me.rolsuper OR NOT r.rolsuper) ORDER BY 1",
-    )
-    .bind(roles)
-    .fetch_all(pool)
-    .await?;
     let already: Vec<String> = sqlx::query_scalar(
         "SELECT r.rolname::text FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
          JOIN pg_roles r ON r.oid = s.setrole WHERE d.datname = current_database() \
@@ -592,21 +586,26 @@ pub async fn fence(pool: &PgPool, roles: &[String]) -> Result<()> {
     )
     .fetch_all(pool)
     .await?;
+    let mut left = vec![];
     for role in roles.iter().filter(|r| !already.contains(r)) {
+        let me: String = sqlx::query_scalar("SELECT current_user::text")
+            .fetch_one(pool)
+            .await?;
+        if *role == me {
+            continue;
+        }
         let r = quote_ident(role);
-        sqlx::raw_sql(&format!(
+        let set = sqlx::raw_sql(&format!(
             "ALTER ROLE {r} IN DATABASE {db} SET cutover.fenced = on; \
              ALTER ROLE {r} IN DATABASE {db} SET default_transaction_read_only = on"
         ))
         .execute(pool)
-        .await
-        .map_err(|e| {
-            Error::from(e)
-                .context(format!("making the database read-only for role {role}"))
-                .with_hint("the user needs CREATEROLE (or superuser) to set a role's settings")
-        })?;
+        .await;
+        if set.is_err() {
+            left.push(role.clone());
+        }
     }
-    Ok(())
+    Ok(left)
 }
 
 /// Lifts [`fence`] for every role it fenced in this database, and the

@@ -219,16 +219,14 @@ impl Security {
             .fetch_one(&mut *tx)
             .await?;
             // Under the fence (crate::fence), the privileges it saved.
-            let saved = crate::fence::saved_acl(&mut tx, journal_schema).await?;
-            let acl = sqlx::query_as(
+            let saved = crate::fence::is_up_on(&mut tx, journal_schema).await?;
+            let acl = sqlx::query_as(&format!(
                 "SELECT coalesce(r.rolname::text, 'PUBLIC'), x.privilege_type, x.is_grantable \
-                 FROM pg_database d CROSS JOIN LATERAL aclexplode(CASE WHEN $1::text IS NULL \
-                   THEN coalesce(d.datacl, acldefault('d', d.datdba)) WHEN $1 = '' THEN acldefault('d', d.datdba) \
-                   ELSE $1::aclitem[] END) x \
+                 FROM pg_database d CROSS JOIN LATERAL aclexplode({}) x \
                  LEFT JOIN pg_roles r ON r.oid = x.grantee \
                  WHERE d.datname = current_database() AND x.grantee <> d.datdba ORDER BY 1, 2",
-            )
-            .bind(saved)
+                crate::fence::acl_sql(journal_schema, saved)
+            ))
             .fetch_all(&mut *tx)
             .await?;
             (owner, acl)

@@ -34,7 +34,8 @@ pub fn ini_app_leaves(text: &str) -> Vec<Leaf> {
             if let Some(prev) = found.last_mut()
                 && last_key_line.is_some()
             {
-                prev.value = Err("spans several lines (an indented continuation): write it on one line".into());
+                prev.value =
+                    Err("spans several lines (an indented continuation): write it on one line".into());
             }
             continue;
         }
@@ -122,7 +123,10 @@ mod tests {
         let host = at(&l, "database.host");
         assert_eq!(&t[host.start..host.end], "127.0.0.1:5432");
         let pw = at(&l, "database.password");
-        assert_eq!((pw.value.as_str(), pw.quoting), ("p#w;1", Quoting::Delimited("\"\"\"")));
+        assert_eq!(
+            (pw.value.as_str(), pw.quoting),
+            ("p#w;1", Quoting::Delimited("\"\"\""))
+        );
         assert_eq!(&t[pw.start..pw.end], "p#w;1");
         assert_eq!(l.iter().filter(|l| l.path == "database.password").count(), 1);
 

@@ -8,8 +8,17 @@ use super::{Leaf, Occurrence, Quoting, leaf, line_of};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
-    Str { value: String, start: usize, end: usize, quote: char, interpolated: bool },
-    Num { start: usize, end: usize },
+    Str {
+        value: String,
+        start: usize,
+        end: usize,
+        quote: char,
+        interpolated: bool,
+    },
+    Num {
+        start: usize,
+        end: usize,
+    },
     Arrow,
     Open,
     Close,
@@ -27,7 +36,9 @@ fn tokens(text: &str) -> Vec<(Tok, usize)> {
         match c {
             b'#' => i = text[i..].find('\n').map_or(b.len(), |e| i + e),
             b'/' if b.get(i + 1) == Some(&b'/') => i = text[i..].find('\n').map_or(b.len(), |e| i + e),
-            b'/' if b.get(i + 1) == Some(&b'*') => i = text[i + 2..].find("*/").map_or(b.len(), |e| i + e + 4),
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = text[i + 2..].find("*/").map_or(b.len(), |e| i + e + 4)
+            }
             b'\'' | b'"' => {
                 let q = c as char;
                 let mut j = i + 1;
@@ -114,7 +125,9 @@ pub fn php_leaves(text: &str) -> Vec<Leaf> {
             Tok::Close => {
                 path.pop();
             }
-            Tok::Str { value: key, .. } if toks.get(k + 1).map(|t| &t.0) == Some(&Tok::Arrow) && !path.is_empty() => {
+            Tok::Str { value: key, .. }
+                if toks.get(k + 1).map(|t| &t.0) == Some(&Tok::Arrow) && !path.is_empty() =>
+            {
                 let mut keys: Vec<&str> = path.iter().flatten().map(String::as_str).collect();
                 keys.push(key);
                 let joined = keys.join(".");
@@ -135,9 +148,21 @@ pub fn php_leaves(text: &str) -> Vec<Leaf> {
                 }
                 let ends = |t: Option<&(Tok, usize)>| matches!(t, None | Some((Tok::Comma | Tok::Close, _)));
                 let value = match toks.get(k) {
-                    Some((Tok::Str { value, start, end, quote, interpolated }, _)) if ends(toks.get(k + 1)) => {
+                    Some((
+                        Tok::Str {
+                            value,
+                            start,
+                            end,
+                            quote,
+                            interpolated,
+                        },
+                        _,
+                    )) if ends(toks.get(k + 1)) => {
                         if *interpolated {
-                            Err("is a double-quoted PHP string with a variable in it (computed at run time)".into())
+                            Err(
+                                "is a double-quoted PHP string with a variable in it (computed at run time)"
+                                    .into(),
+                            )
                         } else {
                             Ok(Occurrence {
                                 line: line_of(text, *start),
@@ -199,7 +224,13 @@ mod tests {
                  'dbpassword' => 'it\\'s',\n  'dbport' => 5432,\n  'trusted_domains' => array (0 => 'cloud.example'),\n  \
                  'redis' => ['host' => getenv('REDIS_HOST'), 'port' => 6379],\n  'secret' => \"x$y\",\n);\n";
         let l = php_leaves(t);
-        let get = |p: &str| l.iter().find(|l| l.path == p).unwrap_or_else(|| panic!("{p}: {l:?}")).value.clone();
+        let get = |p: &str| {
+            l.iter()
+                .find(|l| l.path == p)
+                .unwrap_or_else(|| panic!("{p}: {l:?}"))
+                .value
+                .clone()
+        };
         let host = get("dbhost").unwrap();
         assert_eq!(&t[host.start..host.end], "localhost:5432");
         assert_eq!(host.line, 6);

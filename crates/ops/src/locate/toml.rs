@@ -42,7 +42,10 @@ fn value(text: &str, at: usize, line: usize) -> (Result<Occurrence, String>, usi
     };
     if v.starts_with("\"\"\"") || v.starts_with("'''") {
         let end = v[3..].find(&v[..3]).map_or(v.len(), |e| e + 6);
-        return (Err("is a multi-line string: write it on one line".into()), at + end);
+        return (
+            Err("is a multi-line string: write it on one line".into()),
+            at + end,
+        );
     }
     if let Some(r) = v.strip_prefix('"') {
         let mut escaped = false;
@@ -58,7 +61,10 @@ fn value(text: &str, at: usize, line: usize) -> (Result<Occurrence, String>, usi
             } else if c == '\\' {
                 escaped = true;
             } else if c == '"' {
-                return (Ok(occ(at + 1, at + 1 + j, out, Quoting::Escaped('"'))), at + j + 2);
+                return (
+                    Ok(occ(at + 1, at + 1 + j, out, Quoting::Escaped('"'))),
+                    at + j + 2,
+                );
             } else {
                 out.push(c);
             }
@@ -68,7 +74,12 @@ fn value(text: &str, at: usize, line: usize) -> (Result<Occurrence, String>, usi
     if let Some(r) = v.strip_prefix('\'') {
         return match r.find('\'') {
             Some(j) => (
-                Ok(occ(at + 1, at + 1 + j, r[..j].to_string(), Quoting::Delimited("'"))),
+                Ok(occ(
+                    at + 1,
+                    at + 1 + j,
+                    r[..j].to_string(),
+                    Quoting::Delimited("'"),
+                )),
                 at + j + 2,
             ),
             None => (Err("has no closing quote".into()), text.len()),
@@ -77,14 +88,24 @@ fn value(text: &str, at: usize, line: usize) -> (Result<Occurrence, String>, usi
     let end = v.find([',', '}', '#', '\n', '\r', ']']).unwrap_or(v.len());
     let word = v[..end].trim_end();
     if !word.is_empty() && word.chars().all(|c| c.is_ascii_digit() || c == '_') {
-        return (Ok(occ(at, at + word.len(), word.to_string(), Quoting::Bare)), at + end);
+        return (
+            Ok(occ(at, at + word.len(), word.to_string(), Quoting::Bare)),
+            at + end,
+        );
     }
     (Err("is not a string or an integer".into()), at + end)
 }
 
 /// `key = value` pairs of one line (or of an inline table) from `at`,
 /// under `prefix`; returns where they ended.
-fn pairs(text: &str, mut at: usize, line: usize, prefix: &[String], found: &mut Vec<Leaf>, inline: bool) -> usize {
+fn pairs(
+    text: &str,
+    mut at: usize,
+    line: usize,
+    prefix: &[String],
+    found: &mut Vec<Leaf>,
+    inline: bool,
+) -> usize {
     loop {
         let rest = &text[at..];
         let skip = rest.len() - rest.trim_start_matches([' ', '\t', ',']).len();
@@ -93,7 +114,9 @@ fn pairs(text: &str, mut at: usize, line: usize, prefix: &[String], found: &mut 
         if rest.is_empty() || rest.starts_with(['\n', '\r', '#']) || (inline && rest.starts_with('}')) {
             return at + usize::from(inline && rest.starts_with('}'));
         }
-        let Some(eq) = rest.find('=') else { return text.len() };
+        let Some(eq) = rest.find('=') else {
+            return text.len();
+        };
         let Some(parts) = key_parts(&rest[..eq]) else {
             return text.len();
         };
@@ -173,7 +196,10 @@ mod tests {
         assert_eq!(&t[dsn.start..dsn.end], "host=127.0.0.1 port=5432 dbname=app");
         assert_eq!(dsn.quoting, Quoting::Escaped('"'));
         let url = get("database.pool.url");
-        assert_eq!((url.value.as_str(), url.quoting), ("postgres://a@h/d", Quoting::Delimited("'")));
+        assert_eq!(
+            (url.value.as_str(), url.quoting),
+            ("postgres://a@h/d", Quoting::Delimited("'"))
+        );
         assert_eq!(get("database.pool.max").value, "10");
         assert_eq!(get("server.listen.port").value, "8080");
         assert!(!l.iter().any(|l| l.path == "server.ports"));
