@@ -156,9 +156,10 @@ pub fn kind_of(name: &str, text: &str) -> ConsumerKind {
         ConsumerKind::Toml
     } else if lower.ends_with(".php") {
         ConsumerKind::Php
-    } else if lower.ends_with(".ini") || lower.ends_with(".cfg") {
-        ConsumerKind::Ini
-    } else if lower.ends_with(".conf") && !lower.contains("pgpass") && has_section() {
+    } else if lower.ends_with(".ini")
+        || lower.ends_with(".cfg")
+        || (lower.ends_with(".conf") && !lower.contains("pgpass") && has_section())
+    {
         ConsumerKind::Ini
     } else if lower.ends_with(".conf") && !lower.contains("pgpass") && text.contains('=') {
         // Keys an environment cannot hold (`db-url`: Keycloak's, Quarkus's)
