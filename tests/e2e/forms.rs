@@ -254,3 +254,182 @@ fn every_configuration_form_is_scanned_repointed_and_restored() {
     }
     assert_all_on(&s, "source");
 }
+
+/// The configuration files of widely used applications, each written as
+/// its documentation writes it, pointing at the server on `port`.
+fn widely_used(user: &str, port: u16, password: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "airflow/airflow.cfg",
+            format!(
+                "[core]\ndags_folder = /opt/airflow/dags\nexecutor = LocalExecutor\n\n[database]\n\
+                 # The SQLAlchemy connection string to the metadata database.\n\
+                 sql_alchemy_conn = postgresql+psycopg2://{user}:{password}@127.0.0.1:{port}/app\n\
+                 sql_alchemy_pool_size = 5\n"
+            ),
+        ),
+        (
+            "superset/superset_config.py",
+            format!(
+                "ROW_LIMIT = 5000\nSECRET_KEY = 'change-me'\n\
+                 SQLALCHEMY_DATABASE_URI = \"postgresql+psycopg2://{user}:{password}@127.0.0.1:{port}/app\"\n"
+            ),
+        ),
+        (
+            "api/.env",
+            format!(
+                "APP_ENV=production\nDATABASE_URL=postgresql+asyncpg://{user}:{password}@127.0.0.1:{port}/app?ssl=disable\n"
+            ),
+        ),
+        (
+            "grafana/grafana.ini",
+            format!(
+                "[server]\r\nhttp_port = 3000\r\n\r\n[database]\r\n;type = sqlite3\r\ntype = postgres\r\n\
+                 host = 127.0.0.1:{port}\r\nname = app\r\nuser = {user}\r\n\
+                 # If the password contains # or ; you have to wrap it with triple quotes.\r\n\
+                 password = \"\"\"{password}\"\"\"\r\nssl_mode = disable\r\n"
+            ),
+        ),
+        (
+            "gitea/app.ini",
+            format!(
+                "APP_NAME = Gitea: Git with a cup of tea\nRUN_MODE = prod\n\n[database]\nDB_TYPE  = postgres\n\
+                 HOST     = 127.0.0.1:{port}\nNAME     = app\nUSER     = {user}\nPASSWD   = `{password}`\n\
+                 SSL_MODE = disable\n\n[mailer]\nENABLED = false\n"
+            ),
+        ),
+        (
+            "mastodon/.env.production",
+            format!(
+                "LOCAL_DOMAIN=social.example.com\nREDIS_HOST=127.0.0.1\nDB_HOST=127.0.0.1\nDB_PORT={port}\n\
+                 DB_NAME=app\nDB_USER={user}\nDB_PASS={password}\n"
+            ),
+        ),
+        (
+            "keycloak/conf/keycloak.conf",
+            format!(
+                "# The database vendor.\ndb=postgres\n# The username of the database user.\ndb-username={user}\n\
+                 db-password={password}\ndb-url=jdbc:postgresql://127.0.0.1:{port}/app\n\
+                 hostname=auth.example.com\nhttp-enabled=true\n"
+            ),
+        ),
+        (
+            "nextcloud/config/config.php",
+            format!(
+                "<?php\n$CONFIG = array (\n  'instanceid' => 'oc8c0fd71e03',\n  'trusted_domains' =>\n  array (\n    \
+                 0 => 'cloud.example.com',\n  ),\n  'datadirectory' => '/var/www/nextcloud/data',\n  \
+                 'dbtype' => 'pgsql',\n  'version' => '29.0.0.19',\n  'dbname' => 'app',\n  \
+                 'dbhost' => '127.0.0.1:{port}',\n  'dbtableprefix' => 'oc_',\n  'dbuser' => '{user}',\n  \
+                 'dbpassword' => '{password}',\n  'installed' => true,\n);\n"
+            ),
+        ),
+        (
+            "gosvc/config.toml",
+            format!(
+                "[server]\nlisten = \":8080\"\n\n[database]\n# libpq keywords\n\
+                 dsn = \"host=127.0.0.1 port={port} dbname=app user={user} password={password}\"\nmax_conns = 10\n"
+            ),
+        ),
+        (
+            "stack/compose.yaml",
+            format!(
+                "services:\n  web:\n    image: web:1\n    environment:\n      POSTGRES_HOST: 127.0.0.1\n      \
+                 POSTGRES_PORT: \"{port}\"\n      POSTGRES_DB: app\n      POSTGRES_USER: {user}\n      \
+                 POSTGRES_PASSWORD: {password}\n"
+            ),
+        ),
+    ]
+}
+
+const WIDELY_USED: &[&str] = &[
+    "airflow",
+    "superset",
+    "api",
+    "grafana",
+    "gitea",
+    "mastodon",
+    "keycloak",
+    "nextcloud",
+    "gosvc",
+    "web",
+];
+
+#[test]
+fn widely_used_applications_files_are_scanned_repointed_and_restored() {
+    let s = Scenario::seed();
+    let (src, tgt) = (&s.pair.source, &s.pair.target);
+    let root = s.dir.path().join("apps");
+    let before = widely_used(src.user(), src.port(), src.password());
+    let after = widely_used(tgt.user(), tgt.port(), tgt.password());
+    for (p, text) in &before {
+        let p = root.join(p);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+    // A MySQL section, which names the same address: not PostgreSQL.
+    fs::create_dir_all(root.join("wiki")).unwrap();
+    let wiki = format!(
+        "[database]\ntype = mysql\nhost = 127.0.0.1:{}\nname = app\nuser = wiki\n",
+        src.port()
+    );
+    fs::write(root.join("wiki/wiki.ini"), &wiki).unwrap();
+
+    let (out, _, stderr) = output(
+        crate::support::cutover()
+            .current_dir(s.dir.path())
+            .args(["--plan", "cutover.toml", "init", "--force", "--source"])
+            .arg(src.url("app"))
+            .arg("--target")
+            .arg(tgt.url("app"))
+            .arg("--scan")
+            .arg("apps"),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("10 consumer(s) found"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "skipped apps/wiki/wiki.ini: database.host, database.name, database.user: not PostgreSQL"
+        ) && stderr.contains("hostname: a host with no database key beside it"),
+        "{stderr}"
+    );
+    let plan = fs::read_to_string(s.plan_path()).unwrap();
+    for expected in [
+        "name = \"airflow\"\nkind = \"ini\"\npath = \"apps/airflow/airflow.cfg\"\nkey = \"database.sql_alchemy_conn\"",
+        "name = \"grafana\"\nkind = \"ini\"",
+        "keys = { host = \"database.host\", dbname = \"database.name\", user = \"database.user\", password = \
+         \"database.password\" }",
+        "name = \"nextcloud\"\nkind = \"php\"",
+        "name = \"gosvc\"\nkind = \"toml\"\npath = \"apps/gosvc/config.toml\"\nkey = \"database.dsn\"",
+        "name = \"keycloak\"\nkind = \"properties\"",
+    ] {
+        assert!(plan.contains(expected), "{expected:?} missing from:\n{plan}");
+    }
+    let placed = placements(&s);
+    for name in WIDELY_USED {
+        assert_eq!(
+            placed.get(*name),
+            Some(&vec!["source".to_string()]),
+            "{name}: {placed:?}"
+        );
+    }
+
+    let (code, stdout, stderr) = s.run(&["run", "--yes"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for name in WIDELY_USED {
+        let proof = s.sync_proof(name);
+        assert_eq!(proof["sees_sentinel"], true, "{proof}");
+    }
+    // Only the port and the password changed, each in its file's own syntax.
+    let now = read_all(&root, &before);
+    for ((path, got), (_, want)) in now.iter().zip(&after) {
+        assert_eq!(got, want, "{path}");
+    }
+    assert_eq!(fs::read_to_string(root.join("wiki/wiki.ini")).unwrap(), wiki);
+
+    let (code, stdout, stderr) = s.run(&["rollback", "--yes"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let now = read_all(&root, &before);
+    for ((path, got), (_, want)) in now.iter().zip(&before) {
+        assert_eq!(got, want, "{path} not restored byte for byte");
+    }
+}
