@@ -266,6 +266,28 @@ fn schemas_pg_dump_round_trips_copy_and_verify_equal_and_a_finished_run_stays_fi
     let pair = PgPair::start().unwrap();
     pair.source.load_fixture(SEED_DB, Fixture::Special).unwrap();
     pair.target.create_database(SEED_DB).unwrap();
+    // List settings whose elements the server quotes (GUC_LIST_QUOTE): a
+    // schema whose name holds a quote and a comma, a tablespace list, and a
+    // role's own search_path in the database. And explicit owner-only ACLs
+    // (a GRANT, then its REVOKE) on a table, a view, a sequence and a
+    // column: the same privileges as the defaults, so verify finds them equal.
+    for server in [&pair.source, &pair.target] {
+        server.sql("postgres", "CREATE ROLE reader LOGIN").unwrap();
+    }
+    pair.source
+        .sql(
+            SEED_DB,
+            "CREATE SCHEMA \"q\"\"s,t\"; \
+             ALTER DATABASE app SET search_path TO public, abc, \"q\"\"s,t\"; \
+             ALTER DATABASE app SET temp_tablespaces TO pg_default, \"Other TS\"; \
+             ALTER ROLE reader IN DATABASE app SET search_path TO \"q\"\"s,t\", public; \
+             CREATE VIEW plain_notes AS SELECT note FROM plain; CREATE SEQUENCE counter; \
+             GRANT SELECT ON plain, plain_notes TO reader; GRANT USAGE ON SEQUENCE counter TO reader; \
+             GRANT SELECT (note) ON plain TO reader; \
+             REVOKE SELECT ON plain, plain_notes FROM reader; REVOKE USAGE ON SEQUENCE counter FROM reader; \
+             REVOKE SELECT (note) ON plain FROM reader",
+        )
+        .unwrap();
     let s = Scenario::with(pair, "");
     let source_before = s.source_digest();
     let (code, stdout, stderr) = s.run(&["plan"]);
@@ -282,7 +304,7 @@ fn schemas_pg_dump_round_trips_copy_and_verify_equal_and_a_finished_run_stays_fi
         "{stdout}"
     );
     assert!(
-        stdout.contains("database settings: search_path=public, abc"),
+        stdout.contains("database settings: search_path=public, abc, \"q\"\"s,t\""),
         "{stdout}"
     );
     let (code, _, stderr) = s.run(&["run", "--yes"]);
@@ -298,7 +320,18 @@ fn schemas_pg_dump_round_trips_copy_and_verify_equal_and_a_finished_run_stays_fi
                  WHERE d.datname = 'app' AND s.setrole = 0"
             )
             .unwrap(),
-        "search_path=public, abc"
+        "search_path=public, abc, \"q\"\"s,t\";temp_tablespaces=pg_default, \"Other TS\""
+    );
+    assert_eq!(
+        s.pair
+            .target
+            .sql(
+                "postgres",
+                "SELECT array_to_string(setconfig, ';') FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+                 WHERE d.datname = 'app' AND s.setrole = 'reader'::regrole"
+            )
+            .unwrap(),
+        "search_path=\"q\"\"s,t\", public"
     );
     let (code, stdout, stderr) = s.run(&["verify"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");

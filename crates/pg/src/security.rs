@@ -61,14 +61,28 @@ fn not_extension(cat: &str, oid: &str) -> String {
 }
 
 /// An ACL as sorted `grantee=PRIV,PRIV*` entries (`*`: with grant option);
-/// NULL (the owner's defaults) as "default".
-fn acl_sql(acl: &str) -> String {
+/// "default" where it gives what the owner's defaults give (NULL, or an
+/// explicit owner-only ACL left by a GRANT and a REVOKE: the same
+/// privileges, and pg_dump emits nothing for either). `default` is the SQL
+/// of the object's default ACL (`acldefault(kind, owner)`), or None where
+/// there is none to compare with.
+fn acl_sql(acl: &str, default: Option<&str>) -> String {
+    let explode = |a: &str| {
+        format!(
+            "coalesce((SELECT string_agg(g, '; ' ORDER BY g) FROM ( \
+               SELECT coalesce(r.rolname::text, 'PUBLIC') || '=' || string_agg(x.privilege_type || \
+                      CASE WHEN x.is_grantable THEN '*' ELSE '' END, ',' ORDER BY x.privilege_type) AS g \
+               FROM aclexplode({a}) x LEFT JOIN pg_roles r ON r.oid = x.grantee \
+               GROUP BY coalesce(r.rolname::text, 'PUBLIC')) e), 'none')"
+        )
+    };
+    let same = match default {
+        Some(d) => format!(" OR {} = {}", explode(acl), explode(d)),
+        None => String::new(),
+    };
     format!(
-        "CASE WHEN {acl} IS NULL THEN 'default' ELSE coalesce((SELECT string_agg(g, '; ' ORDER BY g) FROM ( \
-           SELECT coalesce(r.rolname::text, 'PUBLIC') || '=' || string_agg(x.privilege_type || \
-                  CASE WHEN x.is_grantable THEN '*' ELSE '' END, ',' ORDER BY x.privilege_type) AS g \
-           FROM aclexplode({acl}) x LEFT JOIN pg_roles r ON r.oid = x.grantee \
-           GROUP BY coalesce(r.rolname::text, 'PUBLIC')) e), 'none') END"
+        "CASE WHEN {acl} IS NULL{same} THEN 'default' ELSE {} END",
+        explode(acl)
     )
 }
 
@@ -102,7 +116,7 @@ impl Security {
              UNION ALL \
              SELECT 'column ' || c.oid::regclass::text || '.' || quote_ident(a.attname), NULL, {attacl} \
                FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-              WHERE a.attacl IS NOT NULL AND a.attnum > 0 AND NOT a.attisdropped AND {filter} AND {rel_ext} \
+              WHERE a.attacl IS NOT NULL AND cardinality(a.attacl) > 0 AND a.attnum > 0 AND NOT a.attisdropped AND {filter} AND {rel_ext} \
              UNION ALL \
              SELECT CASE p.prokind WHEN 'p' THEN 'procedure ' WHEN 'a' THEN 'aggregate ' ELSE 'function ' END \
                       || p.oid::regprocedure::text, pg_get_userbyid(p.proowner)::text, {proacl} \
@@ -128,13 +142,16 @@ impl Security {
                               ORDER BY 1) FROM unnest(p.polroles) r) \
                FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
               WHERE {filter}",
-            nspacl = acl_sql("n.nspacl"),
-            relacl = acl_sql("c.relacl"),
-            attacl = acl_sql("a.attacl"),
-            proacl = acl_sql("p.proacl"),
-            typacl = acl_sql("t.typacl"),
-            defacl = acl_sql("d.defaclacl"),
-            lomacl = acl_sql("m.lomacl"),
+            nspacl = acl_sql("n.nspacl", Some("acldefault('n', n.nspowner)")),
+            relacl = acl_sql(
+                "c.relacl",
+                Some("acldefault((CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::\"char\", c.relowner)")
+            ),
+            attacl = acl_sql("a.attacl", Some("'{}'::aclitem[]")),
+            proacl = acl_sql("p.proacl", Some("acldefault('f', p.proowner)")),
+            typacl = acl_sql("t.typacl", Some("acldefault('T', t.typowner)")),
+            defacl = acl_sql("d.defaclacl", None),
+            lomacl = acl_sql("m.lomacl", Some("acldefault('L', m.lomowner)")),
             ns_ext = not_extension("pg_namespace", "n.oid"),
             rel_ext = not_extension("pg_class", "c.oid"),
             pro_ext = pro_ext,
@@ -336,7 +353,7 @@ impl Security {
                 sql.push(format!(
                     "ALTER DATABASE {db} SET {} TO {}",
                     quote_ident(k),
-                    setting_value(v)
+                    setting_value(k, v)
                 ));
             }
         }
@@ -353,7 +370,7 @@ impl Security {
                         "ALTER ROLE {} IN DATABASE {db} SET {} TO {}",
                         quote_ident(role),
                         quote_ident(k),
-                        setting_value(v)
+                        setting_value(k, v)
                     ));
                 }
             }
@@ -424,12 +441,78 @@ fn grantee(who: &str) -> String {
     }
 }
 
-/// A setting's value as `setconfig` holds it (`search_path=public, "abc"`)
-/// back into SQL: a list setting's elements one literal each, else one literal.
-fn setting_value(v: &str) -> String {
-    if v.contains(", ") {
-        v.split(", ")
-            .map(|e| quote_literal(e.trim_matches('"')))
+/// The settings PostgreSQL marks GUC_LIST_QUOTE: `setconfig` holds their
+/// elements quoted as identifiers where needed (`public, """abc"""`).
+const LIST_QUOTE: &[&str] = &[
+    "search_path",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "shared_preload_libraries",
+    "local_preload_libraries",
+    "unix_socket_directories",
+];
+
+/// A GUC_LIST_QUOTE value split into its elements, each dequoted (as
+/// PostgreSQL's SplitGUCList does: `"a""b"` is `a"b`, commas inside quotes
+/// are the element's).
+fn split_guc_list(v: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut chars = v.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut e = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                if c == '"' {
+                    if chars.peek() == Some(&'"') {
+                        chars.next();
+                        e.push('"');
+                    } else {
+                        break;
+                    }
+                } else {
+                    e.push(c);
+                }
+            }
+            while chars.peek().is_some_and(|c| *c != ',') {
+                chars.next();
+            }
+        } else {
+            while let Some(c) = chars.peek().copied() {
+                if c == ',' {
+                    break;
+                }
+                e.push(c);
+                chars.next();
+            }
+            e = e.trim_end().to_string();
+        }
+        out.push(e);
+        if chars.next().is_none() {
+            break;
+        }
+    }
+    out
+}
+
+/// A setting's value as `setconfig` holds it back into SQL, as pg_dump
+/// writes it: a GUC_LIST_QUOTE setting's elements one literal each
+/// (dequoted: the server quotes them again), any other one literal.
+fn setting_value(name: &str, v: &str) -> String {
+    if LIST_QUOTE.contains(&name.to_lowercase().as_str()) {
+        let elements = split_guc_list(v);
+        if elements.is_empty() {
+            return "''".into();
+        }
+        elements
+            .iter()
+            .map(|e| quote_literal(e))
             .collect::<Vec<_>>()
             .join(", ")
     } else {
@@ -845,8 +928,21 @@ mod tests {
 
     #[test]
     fn list_settings_keep_their_elements() {
-        assert_eq!(setting_value("public, \"abc\""), "'public', 'abc'");
-        assert_eq!(setting_value("off"), "'off'");
+        assert_eq!(
+            setting_value("search_path", "public, \"MySchema\""),
+            "'public', 'MySchema'"
+        );
+        // A schema whose name holds quotes (pgcopydb's fixture): kept.
+        assert_eq!(
+            setting_value("search_path", "public, \"\"\"abc\"\"\""),
+            "'public', '\"abc\"'"
+        );
+        assert_eq!(setting_value("search_path", "\"a,b\", c"), "'a,b', 'c'");
+        assert_eq!(setting_value("temp_tablespaces", ""), "''");
+        // Not a quoted list: one literal, as pg_dump writes it.
+        assert_eq!(setting_value("DateStyle", "ISO, MDY"), "'ISO, MDY'");
+        assert_eq!(setting_value("application_name", "a, b"), "'a, b'");
+        assert_eq!(setting_value("work_mem", "64MB"), "'64MB'");
     }
 
     #[test]
