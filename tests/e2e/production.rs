@@ -517,3 +517,63 @@ fn a_quarantine_the_operator_may_not_do_is_refused_in_the_plan() {
     assert_eq!(s.target_digest(), target_before);
     assert_eq!(journal_schemas(&s.pair.target), "0");
 }
+
+/// The schema rehearsal names every object the target server cannot
+/// recreate in one pass (pg_upgrade --check's way), not the first only:
+/// views using PostgreSQL 16's SYSTEM_USER and 17's JSON_TABLE, going to a
+/// 15 target. Refused before anything destructive; the target unchanged.
+#[test]
+fn the_rehearsal_names_every_object_the_target_cannot_recreate_at_once() {
+    let start = |major: u32| {
+        PgServer::start_with(&ServerOptions {
+            major: Some(major),
+            ..Default::default()
+        })
+    };
+    let (source, target) = std::thread::scope(|s| {
+        let a = s.spawn(|| start(17));
+        let b = s.spawn(|| start(15));
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    for server in [&source, &target] {
+        server.create_database(SEED_DB).unwrap();
+    }
+    source
+        .sql(
+            SEED_DB,
+            "CREATE TABLE docs (id int PRIMARY KEY, body jsonb); INSERT INTO docs VALUES (1, '[1, 2]'); \
+             CREATE VIEW who AS SELECT SYSTEM_USER AS login; \
+             CREATE VIEW who_else AS SELECT SYSTEM_USER AS login, 1 AS n; \
+             CREATE VIEW items AS SELECT d.id, jt.v FROM docs d, \
+               JSON_TABLE(d.body, '$[*]' COLUMNS (v int PATH '$')) jt",
+        )
+        .unwrap();
+    let s = Scenario::with(PgPair { source, target }, "");
+    let target_before = s.target_digest();
+    let path = path_with(&[17]);
+    let mut cmd = s.cutover(&["run", "--yes"]);
+    cmd.env("PATH", &path).env_remove("CUTOVER_PG_BINDIR");
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    for expected in [
+        "the source's schema does not restore on the target server: 3 object(s) fail; nothing was changed",
+        "VIEW public.who (owner kit_admin)",
+        "VIEW public.who_else (owner kit_admin)",
+        "VIEW public.items (owner kit_admin)",
+        "the target's PostgreSQL 15 does not know (the source runs 17)",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} missing:\n{stderr}");
+    }
+    assert_eq!(s.target_digest(), target_before);
+    assert_eq!(
+        s.pair
+            .target
+            .sql(
+                "postgres",
+                "SELECT count(*) FROM pg_database WHERE datname LIKE 'cutover_rehearsal%'"
+            )
+            .unwrap(),
+        "0"
+    );
+}

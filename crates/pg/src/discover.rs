@@ -229,10 +229,12 @@ async fn rehearse(
         // policies cannot be rehearsed before it runs (discover checked the
         // roles themselves).
         let map = &settings.role_map;
-        let sec = crate::security::Security::read(&ctx.source, &journal_schema).await?.mapped(map);
+        let sec = crate::security::Security::read(&ctx.source, &journal_schema)
+            .await?
+            .mapped(map);
         let on_target = crate::security::roles_of(&ctx.target).await?;
         let roles_pending = sec.roles.iter().any(|r| !on_target.contains(r));
-        let mut args = vec!["--exit-on-error".to_string()];
+        let mut args: Vec<String> = vec![];
         if roles_pending {
             let mut cmd = tools::offline(&pg_restore);
             cmd.arg("--list").arg(&archive);
@@ -244,29 +246,54 @@ async fn rehearse(
                 .collect();
             let list_file = dir.join("schema.list");
             tools::write_private(&list_file, &kept)?;
-            args.extend(["--no-owner".to_string(), "--no-privileges".into(), format!("--use-list={}", list_file.display())]);
+            args.extend([
+                "--no-owner".to_string(),
+                "--no-privileges".into(),
+                format!("--use-list={}", list_file.display()),
+            ]);
         }
         args.push(archive.display().to_string());
-        let restored = tools::restore(
-            &pg_restore,
-            &scratch_ep,
-            (target_version / 10000) as u32,
-            &args,
-            &[],
-            map,
-            "pg_restore of the source's schema into a scratch database",
-        )
-        .await;
+        let what = "pg_restore of the source's schema into a scratch database";
+        // Every object that does not restore, in one pass (through the psql
+        // beside pg_restore); without one, the first.
+        let failures = if pg_restore.sibling("psql").is_some() {
+            tools::restore_collecting(
+                &pg_restore,
+                &scratch_ep,
+                (target_version / 10000) as u32,
+                &args,
+                map,
+                what,
+            )
+            .await
+        } else {
+            let mut first = vec!["--exit-on-error".to_string()];
+            first.extend(args.iter().cloned());
+            tools::restore(
+                &pg_restore,
+                &scratch_ep,
+                (target_version / 10000) as u32,
+                &first,
+                &[],
+                map,
+                what,
+            )
+            .await
+            .map(|_| vec![])
+            .or_else(|e| {
+                Ok::<_, Error>(vec![tools::Failure {
+                    object: failed_object(&e.message).unwrap_or_else(|| "an object".into()),
+                    error: e.message,
+                }])
+            })
+        };
         let _ = std::fs::remove_file(&archive);
-        if let Err(e) = restored {
-            return Err(Error::refused(format!(
-                "the source's schema does not restore on the target server{}: {}; nothing was changed",
-                failed_object(&e.message).map(|o| format!(" ({o})")).unwrap_or_default(),
-                e.message
-            ))
-            .with_hint(
-                "give the target server what that object needs (a tablespace, an extension's package, a role), or \
-                 change the object on the source; then run again",
+        let failures = failures?;
+        if !failures.is_empty() {
+            return Err(rehearsal_refused(
+                &failures,
+                pg_dump.major,
+                target_version / 10000,
             ));
         }
         Ok(format!(
@@ -292,6 +319,61 @@ async fn rehearse(
         )
         .await?;
     Ok(summary)
+}
+
+/// Every object of the source's schema that does not restore on the target
+/// server, each with the server's error and, for the known classes, what
+/// to do; nothing was changed.
+pub fn rehearsal_refused(failures: &[tools::Failure], source_major: u32, target_major: i32) -> Error {
+    let lines: Vec<String> = failures
+        .iter()
+        .map(|f| match known_class(&f.error, source_major, target_major) {
+            Some(fix) => format!("{}: {} — {fix}", f.object, f.error),
+            None => format!("{}: {}", f.object, f.error),
+        })
+        .collect();
+    Error::refused(format!(
+        "the source's schema does not restore on the target server: {} object(s) fail; nothing was changed. Fix \
+         these, then run again:\n  - {}",
+        failures.len(),
+        lines.join("\n  - ")
+    ))
+    .with_hint(
+        "give the target server what each object needs (a role, a tablespace, an extension's package, a library), \
+         or change the object on the source",
+    )
+}
+
+/// The fix for a known class of restore failure, in plain words.
+fn known_class(error: &str, source_major: u32, target_major: i32) -> Option<String> {
+    let e = error.to_lowercase();
+    let code = error.rsplit("(SQLSTATE ").next().map(|c| c.trim_end_matches(')'));
+    Some(if e.contains("role") && e.contains("does not exist") {
+        "a role the target server lacks: create it there, or use [roles] create_missing or [roles.map]".into()
+    } else if e.contains("tablespace") {
+        "a tablespace the target server lacks: CREATE TABLESPACE there, or move the object on the source"
+            .into()
+    } else if e.contains("extension control file") || (e.contains("extension") && e.contains("not available"))
+    {
+        "an extension whose package the target server lacks: install it there (Debian: postgresql-<major>-<name>)"
+            .into()
+    } else if e.contains("could not access file") || e.contains("could not load library") {
+        "a C function whose shared library the target server lacks: install that library there".into()
+    } else if e.contains("icu") {
+        "an ICU collation on a target server built without ICU: use a server with ICU, or a libc collation"
+            .into()
+    } else if e.contains("infinite recursion") {
+        "a view that refers to itself: fix its definition on the source".into()
+    } else if matches!(code, Some("42601" | "42703" | "42883" | "42704"))
+        && i64::from(source_major) > i64::from(target_major)
+    {
+        format!(
+            "syntax or a function the target's PostgreSQL {target_major} does not know (the source runs \
+             {source_major}): change the object on the source, or use a target of version {source_major} or newer"
+        )
+    } else {
+        return None;
+    })
 }
 
 /// The archive entry a pg_restore failure names ("from TOC entry 215; 1259

@@ -320,6 +320,120 @@ pub async fn restore(
         }
         return run(cmd, what).await;
     }
+    let piped = through_psql(pg_restore, target, args, env, map, strip_timeout, false, what).await?;
+    Ok(piped.stdout)
+}
+
+/// One statement of a schema restore that failed: the object (as the
+/// script's `-- Name: …; Type: …` comment names it) and the server's error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub object: String,
+    pub error: String,
+}
+
+/// Restores like [`restore`], but goes on past a failing statement and
+/// returns every failure (none: it restored whole), each named after its
+/// object: what `pg_upgrade --check` is to an upgrade.
+pub async fn restore_collecting(
+    pg_restore: &Tool,
+    target: &Endpoint,
+    target_major: u32,
+    args: &[String],
+    map: &crate::security::RoleMap,
+    what: &str,
+) -> Result<Vec<Failure>> {
+    let strip_timeout = needs_filter(pg_restore, target_major);
+    let piped = through_psql(pg_restore, target, args, &[], map, strip_timeout, true, what).await?;
+    let mut failures: Vec<Failure> = vec![];
+    let lines: Vec<&str> = piped.stderr.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        // psql:<stdin>:57: ERROR:  42601: syntax error at or near "SYSTEM_USER"
+        // (the severity in the server's language, the SQLSTATE not).
+        let Some(rest) = line.strip_prefix("psql:<stdin>:") else {
+            continue;
+        };
+        let Some((at, msg)) = rest.split_once(": ") else {
+            continue;
+        };
+        let Some((_, msg)) = msg.split_once(":  ") else {
+            continue;
+        };
+        let Some((code, msg)) = msg.split_once(": ") else {
+            continue;
+        };
+        if code.len() != 5 || ["00", "01", "02"].contains(&&code[..2]) {
+            continue;
+        }
+        // Its DETAIL line, where the server gave one ("Tablespace "fast"
+        // does not exist.").
+        let detail = lines[i + 1..]
+            .iter()
+            .take_while(|l| !l.starts_with("psql:"))
+            .find_map(|l| {
+                l.split_once(":  ")
+                    .filter(|(k, _)| k.starts_with("DETAIL"))
+                    .map(|(_, d)| d)
+            })
+            .map(|d| format!(" ({})", d.trim_end_matches('.')))
+            .unwrap_or_default();
+        let msg = format!("{msg}{detail} (SQLSTATE {code})");
+        let at: usize = at.parse().unwrap_or(0);
+        // A `SET default_tablespace` comes before the object that needs it.
+        let before = piped.objects.iter().rev().find(|(l, _)| *l <= at);
+        let after = piped.objects.iter().find(|(l, _)| *l > at);
+        let chosen = if msg.contains("\"default_tablespace\"") {
+            after.or(before)
+        } else {
+            before
+        };
+        let object = chosen
+            .map(|(_, o)| o.clone())
+            .unwrap_or_else(|| format!("the statement ending at line {at} of the schema script"));
+        // The first error per object: its ALTER … OWNER after a failed
+        // CREATE only says the object does not exist.
+        if failures.iter().any(|f| f.object == object) {
+            continue;
+        }
+        failures.push(Failure {
+            object,
+            error: redact_text(msg.trim()),
+        });
+    }
+    if failures.is_empty() && !piped.psql_ok {
+        return Err(Error::failure(format!(
+            "{what} failed in psql: {}",
+            redact_text(&piped.stderr.lines().rev().take(8).collect::<Vec<_>>().join(" | "))
+        )));
+    }
+    Ok(failures)
+}
+
+/// What a restore through psql gave.
+struct Piped {
+    stdout: String,
+    stderr: String,
+    psql_ok: bool,
+    /// Each object's `-- Name: x; Type: T; Schema: s; Owner: o` comment, by
+    /// the script's line it is on ("VIEW public.v (owner o)").
+    objects: Vec<(usize, String)>,
+}
+
+/// `pg_restore --file=-` into the psql beside it, the script relayed line
+/// by line (`SET transaction_timeout` dropped where `strip_timeout`, roles
+/// renamed by `map`). `keep_going`: psql runs past failing statements
+/// (its errors are in `stderr`); else it stops at the first, an error.
+#[allow(clippy::too_many_arguments)]
+async fn through_psql(
+    pg_restore: &Tool,
+    target: &Endpoint,
+    args: &[String],
+    env: &[(&str, &str)],
+    map: &crate::security::RoleMap,
+    strip_timeout: bool,
+    keep_going: bool,
+    what: &str,
+) -> Result<Piped> {
     let map = map.clone();
     let psql = pg_restore.sibling("psql").ok_or_else(|| {
         Error::failure(format!(
@@ -338,7 +452,22 @@ pub async fn restore(
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let mut load = command(&psql, target);
-    load.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-psqlrc"]);
+    load.args([
+        "-X",
+        "-q",
+        "-v",
+        if keep_going {
+            "ON_ERROR_STOP=0"
+        } else {
+            "ON_ERROR_STOP=1"
+        },
+        "--no-psqlrc",
+    ]);
+    if keep_going {
+        // Each message with its SQLSTATE (errors told from notices whatever
+        // the server's language) and its script line (`-f -`).
+        load.args(["-v", "VERBOSITY=verbose", "-f", "-"]);
+    }
     if single {
         load.arg("--single-transaction");
     }
@@ -362,16 +491,25 @@ pub async fn restore(
         let mut reader = BufReader::new(&mut out);
         let mut quotes = DollarQuotes::default();
         let mut buf = Vec::new();
+        let mut objects: Vec<(usize, String)> = vec![];
+        let mut n = 0usize;
         loop {
             buf.clear();
             if reader.read_until(b'\n', &mut buf).await? == 0 {
                 break;
             }
+            n += 1;
             let outside = !quotes.inside();
             quotes.scan(&buf);
             let text = std::str::from_utf8(&buf)
                 .ok()
                 .map(|t| t.trim_end_matches(['\n', '\r']));
+            if keep_going
+                && outside
+                && let Some(o) = text.and_then(object_comment)
+            {
+                objects.push((n, o));
+            }
             match text {
                 Some(line) if outside && strip_timeout && line == TRANSACTION_TIMEOUT_LINE => continue,
                 Some(line) if outside && !map.is_empty() => {
@@ -388,7 +526,7 @@ pub async fn restore(
         }
         input.shutdown().await?;
         drop(input);
-        std::io::Result::Ok(())
+        std::io::Result::Ok(objects)
     };
     let (relayed, dumped, loaded) = tokio::join!(relay, dump.wait_with_output(), load.wait_with_output());
     let (dumped, loaded) = (dumped?, loaded?);
@@ -397,7 +535,7 @@ pub async fn restore(
         (loaded.status, &loaded.stderr, "psql"),
         (dumped.status, &dumped.stderr, "pg_restore --file=-"),
     ] {
-        if !status.success() {
+        if !status.success() && !(keep_going && who == "psql") {
             let stderr = String::from_utf8_lossy(stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
             return Err(Error::failure(format!(
@@ -406,8 +544,45 @@ pub async fn restore(
             )));
         }
     }
-    relayed.map_err(|e| Error::failure(format!("{what}: relaying pg_restore's script to psql: {e}")))?;
-    Ok(String::from_utf8_lossy(&loaded.stdout).into_owned())
+    let objects =
+        relayed.map_err(|e| Error::failure(format!("{what}: relaying pg_restore's script to psql: {e}")))?;
+    Ok(Piped {
+        stdout: String::from_utf8_lossy(&loaded.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&loaded.stderr).into_owned(),
+        psql_ok: loaded.status.success(),
+        objects,
+    })
+}
+
+/// pg_dump's comment before each object (`-- Name: v; Type: VIEW; Schema:
+/// public; Owner: app`) as "VIEW public.v (owner app)".
+fn object_comment(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("-- Name: ")?;
+    let mut name = "";
+    let mut kind = "";
+    let mut schema = "-";
+    let mut owner = "-";
+    for (i, part) in rest.split("; ").enumerate() {
+        if i == 0 {
+            name = part;
+        } else if let Some(v) = part.strip_prefix("Type: ") {
+            kind = v;
+        } else if let Some(v) = part.strip_prefix("Schema: ") {
+            schema = v;
+        } else if let Some(v) = part.strip_prefix("Owner: ") {
+            owner = v;
+        }
+    }
+    let qualified = if schema == "-" {
+        name.to_string()
+    } else {
+        format!("{schema}.{name}")
+    };
+    Some(if owner == "-" {
+        format!("{kind} {qualified}")
+    } else {
+        format!("{kind} {qualified} (owner {owner})")
+    })
 }
 
 /// Whether a script's position is inside a dollar-quoted string (`$$ … $$`,
