@@ -551,19 +551,25 @@ fn the_rehearsal_names_every_object_the_target_cannot_recreate_at_once() {
     let s = Scenario::with(PgPair { source, target }, "");
     let target_before = s.target_digest();
     let path = path_with(&[17]);
-    let mut cmd = s.cutover(&["run", "--yes"]);
-    cmd.env("PATH", &path).env_remove("CUTOVER_PG_BINDIR");
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(5), "{stderr}");
-    for expected in [
-        "the source's schema does not restore on the target server: 3 object(s) fail; nothing was changed",
-        "VIEW public.who (owner kit_admin)",
-        "VIEW public.who_else (owner kit_admin)",
-        "VIEW public.items (owner kit_admin)",
-        "the target's PostgreSQL 15 does not know (the source runs 17)",
-    ] {
-        assert!(stderr.contains(expected), "{expected:?} missing:\n{stderr}");
+    // The dry run says it first (plan rehearses too), then the run.
+    for args in [&["plan"][..], &["run", "--yes"]] {
+        let mut cmd = s.cutover(args);
+        cmd.env("PATH", &path).env_remove("CUTOVER_PG_BINDIR");
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {stderr}");
+        for expected in [
+            "the source's schema does not restore on the target server: 3 object(s) fail; nothing was changed",
+            "VIEW public.who (owner kit_admin)",
+            "VIEW public.who_else (owner kit_admin)",
+            "VIEW public.items (owner kit_admin)",
+            "the target's PostgreSQL 15 does not know (the source runs 17)",
+        ] {
+            assert!(stderr.contains(expected), "{expected:?} missing:\n{stderr}");
+        }
+        if args[0] == "plan" {
+            assert!(!s.run_dir().exists(), "plan wrote the run directory");
+        }
     }
     assert_eq!(s.target_digest(), target_before);
     assert_eq!(

@@ -42,6 +42,8 @@ pub struct Switches {
 pub struct Planned {
     pub plan: Plan,
     pub dbs: Databases,
+    /// The source was retired by this plan's run (decommission-source).
+    pub retired: bool,
 }
 
 /// Inspects both databases and every consumer (read-only) and builds the stages in their safe order.
@@ -349,6 +351,7 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     Ok(Planned {
         plan: Plan { stages, warnings },
         dbs,
+        retired,
     })
 }
 

@@ -168,19 +168,64 @@ async fn rehearse(
     }
     let journal_schema = ctx.journal.schema().to_string();
     let scratch = format!("cutover_rehearsal_{}", &ctx.run_id.simple().to_string()[..12]);
-    let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&scratch));
-    // Scratch databases of killed attempts (this run's or another's) go first.
-    let leftovers: Vec<String> = sqlx::query_scalar(
-        "SELECT datname::text FROM pg_database WHERE datname LIKE 'cutover\\_rehearsal\\_%'",
+    let summary = rehearse_into(
+        &ctx.source,
+        &ctx.target,
+        settings,
+        &journal_schema,
+        (source_version, target_version),
+        &scratch,
+        &ctx.run_dir.join("rehearsal"),
+        true,
     )
-    .fetch_all(&ctx.target)
     .await?;
+    // Journaled only when it ran (without CREATEDB it says why it did not).
+    if !summary.starts_with("not rehearsed") {
+        ctx.journal
+            .item_done(
+                ctx.run_id,
+                &cutover_core::journal::Item::new("discover", &ItemKey::SchemaRehearsal),
+            )
+            .await?;
+    }
+    Ok(summary)
+}
+
+/// The rehearsal itself: the source's schema restored into scratch
+/// database `scratch` on the target server (its dump in `dir`), dropped
+/// afterwards. `sweep`: first drop every scratch database killed attempts
+/// left (a run), else only this one (a plan, beside which a run may be
+/// rehearsing). Ok: what it found to say; Err: every object that fails.
+#[allow(clippy::too_many_arguments)]
+pub async fn rehearse_into(
+    source: &sqlx::PgPool,
+    target: &sqlx::PgPool,
+    settings: &DiscoverSettings,
+    journal_schema: &str,
+    (source_version, target_version): (i32, i32),
+    scratch: &str,
+    dir: &std::path::Path,
+    sweep: bool,
+) -> Result<String> {
+    let journal_schema = journal_schema.to_string();
+    let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(scratch));
+    // Scratch databases of killed attempts (this run's or another's) go
+    // first; a plan's own only (a run's may be in use).
+    let leftovers: Vec<String> = if sweep {
+        sqlx::query_scalar(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE 'cutover\\_rehearsal\\_%'",
+        )
+        .fetch_all(target)
+        .await?
+    } else {
+        vec![scratch.to_string()]
+    };
     for db in leftovers {
         let _ = sqlx::query(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             quote_ident(&db)
         ))
-        .execute(&ctx.target)
+        .execute(target)
         .await;
     }
     // From template0 with the target database's encoding and locale: what
@@ -190,16 +235,16 @@ async fn rehearse(
         "SELECT pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text FROM pg_database \
          WHERE datname = current_database()",
     )
-    .fetch_one(&ctx.target)
+    .fetch_one(target)
     .await?;
     if let Err(e) = sqlx::query(&format!(
         "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
-        quote_ident(&scratch),
+        quote_ident(scratch),
         crate::inventory::quote_literal(&encoding),
         crate::inventory::quote_literal(&collate),
         crate::inventory::quote_literal(&ctype)
     ))
-    .execute(&ctx.target)
+    .execute(target)
     .await
     {
         return Ok(format!(
@@ -210,7 +255,7 @@ async fn rehearse(
     }
     let result = async {
         let (pg_dump, pg_restore) = tools::for_copy(source_version).await?;
-        let dir = ctx.run_dir.join("rehearsal");
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| {
             Error::failure(format!(
                 "cannot create {} ({e}): make the run directory writable, or set options.run_dir to a folder \
@@ -224,15 +269,15 @@ async fn rehearse(
             .arg(format!("--exclude-schema={}", quote_ident(&journal_schema)))
             .arg(format!("--file={}", archive.display()));
         tools::run(cmd, "pg_dump --schema-only of the source").await?;
-        let scratch_ep = settings.target.with_database(&scratch);
+        let scratch_ep = settings.target.with_database(scratch);
         // Roles create-roles has yet to make: their owners, grants and
         // policies cannot be rehearsed before it runs (discover checked the
         // roles themselves).
         let map = &settings.role_map;
-        let sec = crate::security::Security::read(&ctx.source, &journal_schema)
+        let sec = crate::security::Security::read(source, &journal_schema)
             .await?
             .mapped(map);
-        let on_target = crate::security::roles_of(&ctx.target).await?;
+        let on_target = crate::security::roles_of(target).await?;
         let roles_pending = sec.roles.iter().any(|r| !on_target.contains(r));
         let mut args: Vec<String> = vec![];
         if roles_pending {
@@ -309,15 +354,9 @@ async fn rehearse(
     }
     .await;
     // Best effort: the rehearsal's own error is the one to show.
-    let dropped = sqlx::query(&drop).execute(&ctx.target).await;
+    let dropped = sqlx::query(&drop).execute(target).await;
     let summary = result?;
     dropped?;
-    ctx.journal
-        .item_done(
-            ctx.run_id,
-            &cutover_core::journal::Item::new("discover", &ItemKey::SchemaRehearsal),
-        )
-        .await?;
     Ok(summary)
 }
 

@@ -16,11 +16,15 @@ pub struct PlanArgs {
     /// Plan as `run --destroy` would (with `destroy = true` in the plan: destroy the source).
     #[arg(long)]
     pub destroy: bool,
+    /// Skip the schema rehearsal (the run's discover still does it).
+    #[arg(long)]
+    pub no_rehearse: bool,
 }
 
 pub(crate) fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<Code> {
     let loaded = LoadedPlan::load(&global.plan)?;
-    let planned = super::runtime()?.block_on(planner::build(
+    let rt = super::runtime()?;
+    let planned = rt.block_on(planner::build(
         &loaded,
         planner::Switches {
             allow_target_ahead: args.allow_target_ahead,
@@ -28,6 +32,19 @@ pub(crate) fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<Code> {
             force: false,
         },
     ))?;
+    // The dry run finds what the run would stop at: the schema rehearsed on
+    // the target server now, in a scratch database of its own.
+    let rehearsal = if args.no_rehearse || !loaded.file.options.rehearse_schema || planned.retired {
+        None
+    } else {
+        let t0 = std::time::Instant::now();
+        Some(rt.block_on(rehearse(&loaded, &planned))?).map(|said| {
+            format!(
+                "{said} ({:.1} s; `cutover plan --no-rehearse` skips it)",
+                t0.elapsed().as_secs_f64()
+            )
+        })
+    };
     match global.output {
         Output::Json => println!("{}", render::plan_json(&planned.plan)),
         Output::Text => {
@@ -38,7 +55,50 @@ pub(crate) fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<Code> {
                 planned.plan.stages.len()
             );
             print!("{}", render::plan_text(&planned.plan));
+            if let Some(r) = &rehearsal {
+                println!("\nSchema rehearsal: {r}");
+            }
         }
     }
     Ok(Code::Success)
+}
+
+/// The schema rehearsal for the plan: its dump in a private folder of its
+/// own (the plan writes nothing in the run directory), its scratch database
+/// named after this process; an error lists every object that fails.
+async fn rehearse(loaded: &LoadedPlan, planned: &planner::Planned) -> cutover_core::Result<String> {
+    let dbs = &planned.dbs;
+    let dir = std::env::temp_dir().join(format!("cutover-plan-{}", std::process::id()));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&dir)
+            .map_err(|e| cutover_core::Error::failure(format!("cannot create {} ({e})", dir.display())))?;
+    }
+    let settings = cutover_pg::discover::DiscoverSettings {
+        source: dbs.source.clone(),
+        target: dbs.target.clone(),
+        rehearse_schema: true,
+        role_map: cutover_pg::security::RoleMap(loaded.file.roles.map.clone()),
+    };
+    let said = cutover_pg::discover::rehearse_into(
+        &dbs.source_pool,
+        &dbs.target_pool,
+        &settings,
+        &loaded.file.options.journal_schema,
+        (dbs.source_identity.version_num, dbs.target_identity.version_num),
+        &format!("cutover_rehearsal_plan_{}", std::process::id()),
+        &dir,
+        false,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = said?;
+    Ok(if said.starts_with("not rehearsed") {
+        format!("{said}; discover tries again when the run starts")
+    } else {
+        said
+    })
 }
