@@ -535,7 +535,7 @@ async fn through_psql(
         (loaded.status, &loaded.stderr, "psql"),
         (dumped.status, &dumped.stderr, "pg_restore --file=-"),
     ] {
-        if !status.success() && !(keep_going && who == "psql") {
+        if !(status.success() || keep_going && who == "psql") {
             let stderr = String::from_utf8_lossy(stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
             return Err(Error::failure(format!(
