@@ -285,7 +285,8 @@ fn schemas_pg_dump_round_trips_copy_and_verify_equal_and_a_finished_run_stays_fi
              GRANT SELECT ON plain, plain_notes TO reader; GRANT USAGE ON SEQUENCE counter TO reader; \
              GRANT SELECT (note) ON plain TO reader; \
              REVOKE SELECT ON plain, plain_notes FROM reader; REVOKE USAGE ON SEQUENCE counter FROM reader; \
-             REVOKE SELECT (note) ON plain FROM reader",
+             REVOKE SELECT (note) ON plain FROM reader; \
+             CREATE TABLE sealed (id int); REVOKE ALL ON sealed FROM CURRENT_USER",
         )
         .unwrap();
     let s = Scenario::with(pair, "");

@@ -67,13 +67,15 @@ fn not_extension(cat: &str, oid: &str) -> String {
 /// of the object's default ACL (`acldefault(kind, owner)`), or None where
 /// there is none to compare with.
 fn acl_sql(acl: &str, default: Option<&str>) -> String {
+    // An empty ACL (every privilege revoked, the owner's too) gives none;
+    // aclexplode refuses an array of no dimension.
     let explode = |a: &str| {
         format!(
-            "coalesce((SELECT string_agg(g, '; ' ORDER BY g) FROM ( \
+            "CASE WHEN cardinality({a}) = 0 THEN 'none' ELSE coalesce((SELECT string_agg(g, '; ' ORDER BY g) FROM ( \
                SELECT coalesce(r.rolname::text, 'PUBLIC') || '=' || string_agg(x.privilege_type || \
                       CASE WHEN x.is_grantable THEN '*' ELSE '' END, ',' ORDER BY x.privilege_type) AS g \
                FROM aclexplode({a}) x LEFT JOIN pg_roles r ON r.oid = x.grantee \
-               GROUP BY coalesce(r.rolname::text, 'PUBLIC')) e), 'none')"
+               GROUP BY coalesce(r.rolname::text, 'PUBLIC')) e), 'none') END"
         )
     };
     let same = match default {
