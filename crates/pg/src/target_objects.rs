@@ -98,9 +98,14 @@ pub async fn drop_post_data(
         "(n.nspname, c.relname, k.conname) IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))";
     const KEPT_INDEX: &str =
         "(n.nspname, c.relname, x.relname) IN (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))";
+    // Not in an extension's schema, nor on an extension's own table
+    // (PostGIS's spatial_ref_sys and its key come from CREATE EXTENSION and
+    // stay as it makes them).
     const APP: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname NOT LIKE 'pg\\_%' \
         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass \
-                        AND d.objid = n.oid AND d.deptype = 'e')";
+                        AND d.objid = n.oid AND d.deptype = 'e') \
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                        AND d.objid = c.oid AND d.deptype = 'e')";
     let statements = [
         format!(
             "SELECT format('DROP TRIGGER IF EXISTS %I ON %I.%I', t.tgname, n.nspname, c.relname) FROM pg_trigger t \
