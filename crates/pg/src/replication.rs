@@ -586,14 +586,11 @@ pub async fn fence(pool: &PgPool, roles: &[String]) -> Result<Vec<String>> {
     )
     .fetch_all(pool)
     .await?;
+    let me: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(pool)
+        .await?;
     let mut left = vec![];
-    for role in roles.iter().filter(|r| !already.contains(r)) {
-        let me: String = sqlx::query_scalar("SELECT current_user::text")
-            .fetch_one(pool)
-            .await?;
-        if *role == me {
-            continue;
-        }
+    for role in roles.iter().filter(|r| !already.contains(r) && **r != me) {
         let r = quote_ident(role);
         let set = sqlx::raw_sql(&format!(
             "ALTER ROLE {r} IN DATABASE {db} SET cutover.fenced = on; \
