@@ -604,6 +604,16 @@ fn network_cut_mid_copy_fails_clearly_and_the_rerun_converges() {
         "{failed}"
     );
     assert!(stderr.contains("run the same command again"), "{stderr}");
+    // Docker's port proxy takes a moment to pass connections again after
+    // the network is back: the re-run starts once the target answers.
+    let started = std::time::Instant::now();
+    while s.pair.target.sql("postgres", "SELECT 1").is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the target does not answer after the network came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let (code, _, stderr) = s.run(&["run", "--yes"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(s.target_digest(), expected);
