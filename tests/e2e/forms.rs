@@ -386,6 +386,9 @@ fn widely_used_applications_files_are_scanned_repointed_and_restored() {
     );
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("10 consumer(s) found"), "{stderr}");
+    for pw in [src.password(), tgt.password()] {
+        assert!(!stderr.contains(pw), "a password in init --scan's output");
+    }
     assert!(
         stderr.contains(
             "skipped apps/wiki/wiki.ini: database.host, database.name, database.user: not PostgreSQL"
