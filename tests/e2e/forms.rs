@@ -96,6 +96,32 @@ const NAMES: &[&str] = &[
     "laravel", "rails", "mysite", "spring", "dotnet", "worker", "billing", "reports", "cron",
 ];
 
+fn write_all(root: &Path, files: &[(&str, String)]) {
+    for (p, text) in files {
+        let p = root.join(p);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+}
+
+/// `init --scan apps` writing the scenario's plan: what it printed (it
+/// must succeed).
+fn init_scan(s: &Scenario) -> String {
+    let (src, tgt) = (&s.pair.source, &s.pair.target);
+    let (out, _, stderr) = output(
+        crate::support::cutover()
+            .current_dir(s.dir.path())
+            .args(["--plan", "cutover.toml", "init", "--force", "--source"])
+            .arg(src.url("app"))
+            .arg("--target")
+            .arg(tgt.url("app"))
+            .arg("--scan")
+            .arg("apps"),
+    );
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
 fn read_all(root: &Path, files: &[(&str, String)]) -> Vec<(String, String)> {
     files
         .iter()
@@ -138,11 +164,7 @@ fn every_configuration_form_is_scanned_repointed_and_restored() {
     let root = s.dir.path().join("apps");
     let before = apps(src.user(), src.port(), src.password());
     let after = apps(tgt.user(), tgt.port(), tgt.password());
-    for (p, text) in &before {
-        let p = root.join(p);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
-    }
+    write_all(&root, &before);
     // A connection naming neither database: listed as skipped, not offered.
     fs::create_dir_all(root.join("legacy")).unwrap();
     fs::write(
@@ -152,17 +174,7 @@ fn every_configuration_form_is_scanned_repointed_and_restored() {
     .unwrap();
 
     // init --scan: every form found, split keys grouped, named after the application.
-    let (out, _, stderr) = output(
-        crate::support::cutover()
-            .current_dir(s.dir.path())
-            .args(["--plan", "cutover.toml", "init", "--force", "--source"])
-            .arg(src.url("app"))
-            .arg("--target")
-            .arg(tgt.url("app"))
-            .arg("--scan")
-            .arg("apps"),
-    );
-    assert!(out.status.success(), "{stderr}");
+    let stderr = init_scan(&s);
     assert!(stderr.contains("9 consumer(s) found"), "{stderr}");
     assert!(
         stderr.contains("skipped apps/legacy/.env: DATABASE_URL names legacy-db.internal:5432/app, neither"),
@@ -361,11 +373,7 @@ fn widely_used_applications_files_are_scanned_repointed_and_restored() {
     let root = s.dir.path().join("apps");
     let before = widely_used(src.user(), src.port(), src.password());
     let after = widely_used(tgt.user(), tgt.port(), tgt.password());
-    for (p, text) in &before {
-        let p = root.join(p);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
-    }
+    write_all(&root, &before);
     // A MySQL section, which names the same address: not PostgreSQL.
     fs::create_dir_all(root.join("wiki")).unwrap();
     let wiki = format!(
@@ -374,17 +382,7 @@ fn widely_used_applications_files_are_scanned_repointed_and_restored() {
     );
     fs::write(root.join("wiki/wiki.ini"), &wiki).unwrap();
 
-    let (out, _, stderr) = output(
-        crate::support::cutover()
-            .current_dir(s.dir.path())
-            .args(["--plan", "cutover.toml", "init", "--force", "--source"])
-            .arg(src.url("app"))
-            .arg("--target")
-            .arg(tgt.url("app"))
-            .arg("--scan")
-            .arg("apps"),
-    );
-    assert!(out.status.success(), "{stderr}");
+    let stderr = init_scan(&s);
     assert!(stderr.contains("10 consumer(s) found"), "{stderr}");
     for pw in [src.password(), tgt.password()] {
         assert!(!stderr.contains(pw), "a password in init --scan's output");

@@ -312,28 +312,24 @@ fn schemas_pg_dump_round_trips_copy_and_verify_equal_and_a_finished_run_stays_fi
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("301 large objects"), "{stderr}");
     assert_eq!(s.target_digest(), source_before);
-    assert_eq!(
+    // The settings of the database app on the target, for `role` (0: its own).
+    let settings = |role: &str| {
         s.pair
             .target
             .sql(
                 "postgres",
-                "SELECT array_to_string(setconfig, ';') FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
-                 WHERE d.datname = 'app' AND s.setrole = 0"
+                &format!(
+                    "SELECT array_to_string(setconfig, ';') FROM pg_db_role_setting s JOIN pg_database d \
+                     ON d.oid = s.setdatabase WHERE d.datname = 'app' AND s.setrole = {role}"
+                ),
             )
-            .unwrap(),
+            .unwrap()
+    };
+    assert_eq!(
+        settings("0"),
         "search_path=public, abc, \"q\"\"s,t\";temp_tablespaces=pg_default, \"Other TS\""
     );
-    assert_eq!(
-        s.pair
-            .target
-            .sql(
-                "postgres",
-                "SELECT array_to_string(setconfig, ';') FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
-                 WHERE d.datname = 'app' AND s.setrole = 'reader'::regrole"
-            )
-            .unwrap(),
-        "search_path=\"q\"\"s,t\", public"
-    );
+    assert_eq!(settings("'reader'::regrole"), "search_path=\"q\"\"s,t\", public");
     let (code, stdout, stderr) = s.run(&["verify"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
 

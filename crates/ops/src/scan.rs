@@ -697,6 +697,19 @@ mod tests {
         vec![ConnString::parse("postgresql://u@db.internal:5433/app").unwrap()]
     }
 
+    type Found = (String, ConsumerKind, Option<String>, Option<String>);
+
+    /// `got` (name, kind, key, host key of each candidate) has this one.
+    fn expect_found(got: &[Found], name: &str, kind: ConsumerKind, key: Option<&str>, host: Option<&str>) {
+        let want = (
+            name.to_string(),
+            kind,
+            key.map(str::to_string),
+            host.map(str::to_string),
+        );
+        assert!(got.contains(&want), "{name}: {got:?}");
+    }
+
     fn scan_files(files: &[(&str, &str)]) -> (Vec<Candidate>, Vec<Skipped>) {
         let dir = tempfile::tempdir().unwrap();
         for (p, text) in files {
@@ -799,15 +812,7 @@ mod tests {
                 Some("services.web.environment.POSTGRES_HOST"),
             ),
         ] {
-            assert!(
-                got.contains(&(
-                    name.to_string(),
-                    kind,
-                    key.map(str::to_string),
-                    host.map(str::to_string)
-                )),
-                "{name}: {got:?} {skipped:?}"
-            );
+            expect_found(&got, name, kind, key, host);
         }
         assert_eq!(found.len(), 10, "{got:?} {skipped:?}");
         let grafana = found.iter().find(|c| c.name == "grafana").unwrap();
@@ -879,17 +884,7 @@ mod tests {
             .iter()
             .map(|c| (c.name.clone(), c.kind, c.key.clone(), c.keys.host.clone()))
             .collect();
-        let expect = |name: &str, kind, key: Option<&str>, host: Option<&str>| {
-            assert!(
-                got.contains(&(
-                    name.to_string(),
-                    kind,
-                    key.map(str::to_string),
-                    host.map(str::to_string)
-                )),
-                "{name}: {got:?}"
-            );
-        };
+        let expect = |name, kind, key, host| expect_found(&got, name, kind, key, host);
         expect("billing", ConsumerKind::Env, None, Some("DB_HOST"));
         expect("shop", ConsumerKind::Yaml, None, Some("production.host"));
         expect(

@@ -467,3 +467,15 @@ pub async fn snapshot_pool(
             ))
         })
 }
+
+/// A session of `pool` that may write even where a freeze or a fence made
+/// new sessions read-only (`default_transaction_read_only` on the database
+/// or the role): for cutover's own writes there (the fence's saved
+/// privileges, a sentinel, sequences, the freeze itself).
+pub async fn writable(pool: &sqlx::PgPool) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET default_transaction_read_only = off")
+        .execute(&mut *conn)
+        .await?;
+    Ok(conn)
+}

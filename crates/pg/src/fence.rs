@@ -32,6 +32,7 @@ use cutover_core::{Error, Result};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 
+use crate::connect::writable;
 use crate::inventory::quote_ident;
 
 /// The table (in the journal's schema) that holds the ACL saved before the
@@ -158,24 +159,16 @@ pub async fn reach(pool: &PgPool, scope: &FenceScope, consumers: &[String]) -> R
     Ok(reach)
 }
 
-/// A session on which cutover may change the database's settings even when
-/// the freeze made new sessions read-only.
-async fn writable(pool: &PgPool) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
-    let mut conn = pool.acquire().await?;
-    sqlx::query("SET default_transaction_read_only = off")
-        .execute(&mut *conn)
-        .await?;
-    Ok(conn)
-}
-
 async fn database(conn: &mut PgConnection) -> Result<String> {
     Ok(sqlx::query_scalar("SELECT current_database()::text")
         .fetch_one(&mut *conn)
         .await?)
 }
 
-/// Whether the fence's table holds its saved ACL on this database.
-async fn saved(conn: &mut PgConnection, journal_schema: &str) -> Result<bool> {
+/// Whether the fence is up on this connection's database: its table holds
+/// the saved ACL (also for readers inside a transaction: the security
+/// inventory).
+pub async fn is_up_on(conn: &mut PgConnection, journal_schema: &str) -> Result<bool> {
     let t = table(journal_schema);
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(&t)
@@ -202,18 +195,12 @@ pub fn acl_sql(journal_schema: &str, saved: bool) -> String {
     }
 }
 
-/// Whether the fence is up on this connection's database (for readers
-/// inside a transaction: the security inventory).
-pub async fn is_up_on(conn: &mut PgConnection, journal_schema: &str) -> Result<bool> {
-    saved(conn, journal_schema).await
-}
-
 /// Whether the fence is up on `pool`'s database.
 pub async fn is_up(pool: &PgPool, journal_schema: &str) -> Result<bool> {
     let (pool, schema) = (pool.clone(), journal_schema.to_string());
     tokio::spawn(async move {
         let mut conn = pool.acquire().await?;
-        saved(&mut conn, &schema).await
+        is_up_on(&mut conn, &schema).await
     })
     .await
     .map_err(|e| Error::failure(format!("reading the fence crashed: {e}")))?
@@ -296,7 +283,7 @@ pub async fn raise(pool: &PgPool, reach: &Reach, journal_schema: &str) -> Result
 async fn raise_on(pool: &PgPool, reach: &Reach, journal_schema: &str) -> Result<Raised> {
     let mut conn = writable(pool).await?;
     let db = database(&mut conn).await?;
-    let up = saved(&mut conn, journal_schema).await?;
+    let up = is_up_on(&mut conn, journal_schema).await?;
     // CONNECT as it was (the saved ACL once the fence is up: a resumed
     // attempt finds PUBLIC's entry gone).
     let before = connect_entries(&mut conn, &acl_sql(journal_schema, up)).await?;
@@ -453,7 +440,7 @@ pub async fn lift(pool: &PgPool, journal_schema: &str) -> Result<bool> {
 async fn lift_on(pool: &PgPool, journal_schema: &str) -> Result<bool> {
     let mut conn = writable(pool).await?;
     let t = table(journal_schema);
-    if !saved(&mut conn, journal_schema).await? {
+    if !is_up_on(&mut conn, journal_schema).await? {
         // An empty table a killed attempt left: nothing was changed yet.
         let drop = format!("DROP TABLE IF EXISTS {t}");
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")

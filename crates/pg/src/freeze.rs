@@ -168,11 +168,8 @@ impl FreezeSource {
 
 /// `ALTER DATABASE … {clause}` on a session that is itself writable: once the
 /// source is frozen (a resume, an undo), new sessions start read-only.
-async fn set_read_only(pool: &PgPool, db: &str, clause: &str) -> std::result::Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    sqlx::query("SET default_transaction_read_only = off")
-        .execute(&mut *conn)
-        .await?;
+async fn set_read_only(pool: &PgPool, db: &str, clause: &str) -> Result<()> {
+    let mut conn = crate::connect::writable(pool).await?;
     sqlx::query(&format!("ALTER DATABASE {db} {clause}"))
         .execute(&mut *conn)
         .await?;

@@ -502,11 +502,7 @@ pub async fn lag(pool: &PgPool, slot: &str) -> Result<Option<i64>> {
 pub async fn write_sentinel(pool: &PgPool, journal_schema: &str) -> Result<Uuid> {
     let token = Uuid::new_v4();
     let table = format!("{}.{SENTINEL}", quote_ident(journal_schema));
-    let mut conn = pool.acquire().await?;
-    // A fenced database may have made new sessions read-only.
-    sqlx::query("SET default_transaction_read_only = off")
-        .execute(&mut *conn)
-        .await?;
+    let mut conn = crate::connect::writable(pool).await?;
     sqlx::query(&format!("INSERT INTO {table} (token) VALUES ($1)"))
         .bind(token)
         .execute(&mut *conn)
@@ -548,10 +544,7 @@ pub async fn copy_sequences(from: &PgPool, to: &PgPool, journal_schema: &str) ->
     .bind(journal_schema)
     .fetch_all(from)
     .await?;
-    let mut conn = to.acquire().await?;
-    sqlx::query("SET default_transaction_read_only = off")
-        .execute(&mut *conn)
-        .await?;
+    let mut conn = crate::connect::writable(to).await?;
     for (name, last, start) in &seqs {
         let (value, called) = match last {
             Some(v) => (*v, true),
