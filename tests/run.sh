@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of cutover.
+# Runs every test of cutover, on a fresh clone too: it installs the tests'
+# prerequisites first (tests/prepare.sh, as root).
 #
 # 1. The whole workspace on the `local` backend (servers from the installed
 #    PostgreSQL binaries); the docker-specific kit tests run here too.
@@ -11,6 +12,10 @@
 # from the installed PostgreSQL binaries by tests/docker/build-image.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# What the tests need and a fresh machine lacks (pgbouncer, PostgreSQL 14 and
+# 17, the German locale, PostGIS, tmux, openssl, ...); idempotent.
+bash tests/prepare.sh
 
 if [ -z "${CUTOVER_TEST_PG_IMAGE:-}" ]; then
   if docker image inspect postgres:15 >/dev/null 2>&1 || timeout 60 docker pull -q postgres:15 >/dev/null 2>&1; then

@@ -1134,7 +1134,7 @@ fn an_extensions_own_table_keeps_its_key_and_its_added_rows_are_named() {
     );
     assert!(
         installed.is_ok(),
-        "PostGIS is missing (Debian: apt-get install postgresql-15-postgis-3; .ci/run installs it): {installed:?}"
+        "PostGIS is missing (Debian: apt-get install postgresql-15-postgis-3; bash tests/prepare.sh installs it): {installed:?}"
     );
     q(
         &pair.source,

@@ -41,7 +41,7 @@ impl PgBouncer {
     /// `pool_mode` (`transaction` or `session`).
     pub fn start(databases: &[(&str, String)], pool_mode: &str) -> Result<PgBouncer> {
         let bin = pgbouncer_bin().context(
-            "pgbouncer is not installed (Debian: apt-get install pgbouncer); tests/run.sh needs it",
+            "pgbouncer is not installed (Debian: apt-get install pgbouncer; bash tests/prepare.sh installs every test prerequisite)",
         )?;
         let dir = tempfile::Builder::new().prefix("cutover-pgbouncer-").tempdir()?;
         let admin_password = crate::distinctive_password();
