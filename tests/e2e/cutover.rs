@@ -1119,11 +1119,12 @@ fn the_fence_refuses_a_grant_option_and_survives_a_rename() {
 }
 
 /// An extension's own objects stay as CREATE EXTENSION makes them: PostGIS
-/// in a schema of its own keeps spatial_ref_sys's primary key, and the copy
-/// verifies equal. Rows an operator added to its configuration table are
-/// not carried yet: verify says so, naming the table, instead of passing.
+/// in a schema of its own keeps spatial_ref_sys's primary key. The rows an
+/// operator added to its configuration table (a custom SRID, referenced by
+/// a foreign key of the application's) are carried as pg_dump carries them,
+/// and verify-data proves them; a row added later is named by verify.
 #[test]
-fn an_extensions_own_table_keeps_its_key_and_its_added_rows_are_named() {
+fn an_extensions_own_table_keeps_its_key_and_its_added_rows_are_carried() {
     let pair = PgPair::start().unwrap();
     for server in [&pair.source, &pair.target] {
         server.create_database("app").unwrap();
@@ -1138,8 +1139,11 @@ fn an_extensions_own_table_keeps_its_key_and_its_added_rows_are_named() {
     );
     q(
         &pair.source,
-        "CREATE TABLE places (id int PRIMARY KEY, geom extensions.geometry(Point, 4326)); \
-         INSERT INTO places SELECT i, extensions.ST_SetSRID(extensions.ST_MakePoint(i, i), 4326) \
+        "INSERT INTO extensions.spatial_ref_sys (srid, auth_name, auth_srid, srtext, proj4text) \
+         VALUES (990001, 'local', 990001, '', '+proj=longlat +datum=WGS84'); \
+         CREATE TABLE places (id int PRIMARY KEY, geom extensions.geometry(Point, 4326), \
+                              local_srid int REFERENCES extensions.spatial_ref_sys (srid)); \
+         INSERT INTO places SELECT i, extensions.ST_SetSRID(extensions.ST_MakePoint(i, i), 4326), 990001 \
          FROM generate_series(1, 10) i",
     );
     let s = Scenario::with(pair, "");
@@ -1153,18 +1157,34 @@ fn an_extensions_own_table_keeps_its_key_and_its_added_rows_are_named() {
         ),
         "spatial_ref_sys_pkey,spatial_ref_sys_srid_check"
     );
+    // The extension's own rows once (not twice), the operator's row carried.
+    let rows =
+        "SELECT count(*) FILTER (WHERE srid = 990001) || ' ' || count(*) FROM extensions.spatial_ref_sys";
+    assert_eq!(q(&s.pair.target, rows), q(&s.pair.source, rows));
+    assert!(
+        q(&s.pair.target, rows).starts_with("1 "),
+        "{}",
+        q(&s.pair.target, rows)
+    );
+    assert_eq!(
+        q(
+            &s.pair.target,
+            "SELECT count(*) FROM places WHERE local_srid = 990001"
+        ),
+        "10"
+    );
     q(
         &s.pair.source,
         "SET default_transaction_read_only = off; \
          INSERT INTO extensions.spatial_ref_sys (srid, auth_name, auth_srid, srtext, proj4text) \
-         VALUES (990001, 'local', 990001, '', '+proj=longlat +datum=WGS84')",
+         VALUES (990002, 'local', 990002, '', '+proj=longlat +datum=WGS84')",
     );
     let (code, stdout, _) = s.run(&["verify"]);
     assert_eq!(code, 3, "{stdout}");
     assert!(
         stdout.contains(
-            "the data of extension configuration table extensions.spatial_ref_sys that pg_dump dumps (1 row(s) on \
-             the source, 0 on the target"
+            "the rows of extension configuration table extensions.spatial_ref_sys that pg_dump dumps (2 row(s) on \
+             the source, 1 on the target"
         ),
         "{stdout}"
     );

@@ -167,6 +167,9 @@ pub enum ItemKey {
     PostData,
     /// copy: every sequence set.
     Sequences,
+    /// copy: the rows of the extensions' configuration tables that pg_dump
+    /// dumps (`pg_extension_config_dump`), and their sequences' positions.
+    ExtensionConfig,
     /// copy: small large objects, a batch from one oid to another.
     LargeObjects { first: u32, last: u32 },
     /// copy: one large object moved in slices.
@@ -218,6 +221,7 @@ impl std::fmt::Display for ItemKey {
             ItemKey::PostDataStarted => f.write_str("post-data-started"),
             ItemKey::PostData => f.write_str("post-data"),
             ItemKey::Sequences => f.write_str("sequences"),
+            ItemKey::ExtensionConfig => f.write_str("extension-config"),
             ItemKey::LargeObjects { first, last } => write!(f, "large-objects:{first}-{last}"),
             ItemKey::LargeObject(oid) => write!(f, "large-object:{oid}"),
             ItemKey::DatabaseSettings => f.write_str("database-settings"),
@@ -244,6 +248,7 @@ impl std::str::FromStr for ItemKey {
             "post-data-started" => Some(ItemKey::PostDataStarted),
             "post-data" => Some(ItemKey::PostData),
             "sequences" => Some(ItemKey::Sequences),
+            "extension-config" => Some(ItemKey::ExtensionConfig),
             "database-settings" => Some(ItemKey::DatabaseSettings),
             "written" => Some(ItemKey::Written),
             "sentinel-grants" => Some(ItemKey::SentinelGrants),
@@ -825,6 +830,7 @@ mod tests {
             ItemKey::PostDataStarted,
             ItemKey::PostData,
             ItemKey::Sequences,
+            ItemKey::ExtensionConfig,
             ItemKey::LargeObjects {
                 first: 16390,
                 last: 17389,
@@ -882,7 +888,7 @@ mod tests {
     fn the_migration_admits_exactly_the_enums_words() {
         let sql = include_str!("../../../migrations/20261203000001_journal_words.sql");
         // The item constraint as the latest migration redefines it.
-        let items = include_str!("../../../migrations/20261204000001_online_words.sql");
+        let items = include_str!("../../../migrations/20261204000002_extension_config_word.sql");
         for s in RunStatus::ALL {
             assert!(sql.contains(&format!("'{}'", s.as_str())), "{s}");
         }
@@ -896,6 +902,7 @@ mod tests {
             ItemKey::PostDataStarted,
             ItemKey::PostData,
             ItemKey::Sequences,
+            ItemKey::ExtensionConfig,
             ItemKey::DatabaseSettings,
             ItemKey::Written,
             ItemKey::SentinelGrants,

@@ -414,16 +414,16 @@ pub async fn verify(
         schema_objects(target_pool, journal_schema)
     )?;
     let mut missing_objects: Vec<String> = src_objects.difference(&tgt_objects).cloned().collect();
-    // The rows of extensions' configuration tables that pg_dump would carry
-    // (PostGIS's spatial_ref_sys beyond its own): compared, not carried yet.
+    // The rows of extensions' configuration tables that pg_dump carries
+    // (PostGIS's spatial_ref_sys beyond its own), carried by the copy's
+    // extension_config step.
     let (cfg_s, cfg_t) = tokio::try_join!(config_rows(source_pool), config_rows(target_pool))?;
     for (table, rows) in &cfg_s {
         let on_target = cfg_t.get(table);
         if on_target != Some(rows) {
             missing_objects.push(format!(
-                "the data of extension configuration table {table} that pg_dump dumps ({} row(s) on the source, {} \
-                 on the target, or different rows; cutover does not carry it yet: copy it with pg_dump --data-only \
-                 --table={table})",
+                "the rows of extension configuration table {table} that pg_dump dumps ({} row(s) on the source, {} \
+                 on the target, or different rows)",
                 rows.0,
                 on_target.map_or(0, |r| r.0)
             ));

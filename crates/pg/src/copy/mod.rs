@@ -8,6 +8,8 @@
 //! 4. `data`: tables and block ranges streamed by the `workers` (`relay`),
 //!    largest first, the early builds and ANALYZE of large tables in between
 //!    (`schedule`)
+//!    then `extension_config`: the extensions' configuration rows that
+//!    pg_dump dumps (before post-data: a foreign key may reference them)
 //! 5. `post_data`: the rest of the indexes, constraints and triggers
 //! 6. `analyze`: statistics of the large tables not analyzed yet
 //! 7. `sequences`
@@ -23,6 +25,7 @@
 mod analyze;
 mod data;
 mod database_settings;
+mod extension_config;
 mod large_objects;
 mod post_data;
 mod relay;
@@ -401,6 +404,7 @@ impl Copy {
         // 4. Data, with early builds and ANALYZE beside it.
         let data = data::copy(&pass, &early.entries).await?;
         ctx.cancel.check()?;
+        extension_config::copy(&pass).await?;
         let post_started = Instant::now();
         // 5. The rest of post-data.
         post_data::restore(&pass, &early).await?;
