@@ -40,7 +40,19 @@ fn seed_cutover_plan_run_verify_rerun_rollback() {
         ),
         "0"
     );
-    assert!(!s.run_dir().exists(), "plan created the run directory");
+    // The only file plan writes: the record of its passed rehearsal,
+    // private, which the run's discover reuses.
+    let written: Vec<_> = walk(&s.run_dir());
+    assert_eq!(
+        written,
+        vec![s.run_dir().join("rehearsal").join("passed.json")],
+        "plan wrote more than its rehearsal's record"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&written[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
     let (code, json, _) = s.run(&["plan", "--output", "json"]);
     assert_eq!(code, 0);
     let plan: serde_json::Value = serde_json::from_str(&json).unwrap();

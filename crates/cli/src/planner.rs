@@ -44,6 +44,25 @@ pub struct Planned {
     pub dbs: Databases,
     /// The source was retired by this plan's run (decommission-source).
     pub retired: bool,
+    /// Roles the source's objects name that the target lacks and no stage
+    /// creates: refused by the rehearsal (with every object that fails), or
+    /// by [`lacking_roles_refusal`] where none runs.
+    pub lacking_roles: Vec<String>,
+}
+
+/// The refusal for roles the target server lacks and `[roles]
+/// create_missing` does not create.
+pub fn lacking_roles_refusal(missing: &[String]) -> Error {
+    Error::refused(format!(
+        "the target server lacks {} role(s) that the source's owners, privileges, policies or settings \
+         name: {}; the copy would fail (or the applications lose what they may do); nothing was changed",
+        missing.len(),
+        missing.join(", ")
+    ))
+    .with_hint(
+        "create them on the target (CREATE ROLE …), or let cutover create them from the source's \
+         attributes, without passwords: [roles] create_missing = true",
+    )
 }
 
 /// Inspects both databases and every consumer (read-only) and builds the stages in their safe order.
@@ -173,6 +192,7 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     // exist on the target (or be created) before anything changes.
     let mut create_roles = None;
     let mut security_note = None;
+    let mut lacking_roles = vec![];
     if !retired {
         let sec = cutover_pg::security::Security::read(&dbs.source_pool, schema)
             .await
@@ -225,18 +245,13 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
             .cloned()
             .collect();
         if !missing.is_empty() && !loaded.file.roles.create_missing {
-            return Err(Error::refused(format!(
-                "the target server lacks {} role(s) that the source's owners, privileges, policies or settings \
-                 name: {}; the copy would fail (or the applications lose what they may do); nothing was changed",
-                missing.len(),
-                missing.join(", ")
-            ))
-            .with_hint(
-                "create them on the target (CREATE ROLE …), or let cutover create them from the source's \
-                 attributes, without passwords: [roles] create_missing = true",
-            ));
-        }
-        if !missing.is_empty() {
+            // With the rehearsal on, it names them beside every object the
+            // target cannot recreate, in one refusal (plan's, discover's).
+            if !loaded.file.options.rehearse_schema {
+                return Err(lacking_roles_refusal(&missing));
+            }
+            lacking_roles = missing.clone();
+        } else if !missing.is_empty() {
             // What create-roles needs, checked before anything changes.
             let (t_super, t_createrole): (bool, bool) =
                 sqlx::query_as("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user")
@@ -341,6 +356,7 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         force: switches.force,
         applications,
         fence,
+        lacking_roles: lacking_roles.clone(),
     })?;
     for s in &stages {
         let name = s.name();
@@ -352,6 +368,7 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         plan: Plan { stages, warnings },
         dbs,
         retired,
+        lacking_roles,
     })
 }
 
@@ -384,6 +401,8 @@ pub struct Parts<'a> {
     pub applications: Option<Applications>,
     /// Who the fence keeps off the source (the freeze's, the switch's).
     pub fence: FenceSettings,
+    /// Roles the target lacks and no stage creates (discover refuses them).
+    pub lacking_roles: Vec<String>,
 }
 
 /// The stages in their safe order: discover, the proven backup, the roles
@@ -404,6 +423,7 @@ pub fn assemble(p: Parts<'_>) -> Result<Vec<Box<dyn Stage>>> {
             target: p.target_endpoint.clone(),
             rehearse_schema: options.rehearse_schema,
             role_map: role_map.clone(),
+            lacking_roles: p.lacking_roles.clone(),
         },
     );
     discover
@@ -759,6 +779,7 @@ mod tests {
             force: false,
             applications,
             fence: fence(&["app_rw", "reporter"]),
+            lacking_roles: vec![],
         })
     }
 

@@ -69,7 +69,19 @@ pub async fn open(
     let lock = RunLock::acquire(&target.connect_options(timeout)?, schema).await?;
     let planned = planner::build(loaded, switches).await?;
     let journal = Journal::ensure(&planned.dbs.target_pool, schema).await?;
-    let latest = journal.latest_run().await?;
+    let mut latest = journal.latest_run().await?;
+    // A run refused at discover changed nothing (discover only reads, its
+    // rehearsal's scratch database is dropped): after the operator's fix,
+    // which may be to the plan file, the run starts over instead of
+    // refusing the changed plan.
+    if let Some(run) = &latest
+        && matches!(mode, Mode::Run { .. })
+        && !run.status.is_closed()
+        && refused_at_discover(&journal, run).await?
+    {
+        journal.set_run_status(run.id, RunStatus::Abandoned).await?;
+        latest = None;
+    }
     let (run_id, resumed) = match (mode, latest) {
         (Mode::Rollback, None) => {
             return Err(Error::bad_input(
@@ -84,6 +96,11 @@ pub async fn open(
             if !restart && !matches!(run.status, RunStatus::RolledBack | RunStatus::Abandoned) =>
         {
             refuse_drift(loaded, &planned, &run)?;
+            // A resumed run's discover has passed: the rehearsal that names
+            // them does not run again.
+            if !planned.lacking_roles.is_empty() {
+                return Err(planner::lacking_roles_refusal(&planned.lacking_roles));
+            }
             (run.id, true)
         }
         (Mode::Run { .. }, previous) => {
@@ -128,6 +145,15 @@ pub async fn open(
         ctx,
         _lock: lock,
     })
+}
+
+/// Whether a run's only journaled stage is discover, and it failed.
+async fn refused_at_discover(journal: &Journal, run: &cutover_core::journal::RunRecord) -> Result<bool> {
+    let states = journal.stage_states(run.id).await?;
+    Ok(states.len() == 1
+        && states
+            .get(cutover_pg::discover::Discover::NAME)
+            .is_some_and(|s| s.event == cutover_core::journal::StageEvent::Failed))
 }
 
 fn refuse_drift(

@@ -11,6 +11,7 @@ pub mod fence;
 pub mod freeze;
 pub mod inventory;
 pub mod online;
+pub mod rehearsal;
 pub mod replicate;
 pub mod replication;
 pub mod roles;

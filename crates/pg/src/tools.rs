@@ -400,6 +400,7 @@ pub async fn restore_collecting(
             error: redact_text(msg.trim()),
         });
     }
+    let failures = without_knock_ons(failures);
     if failures.is_empty() && !piped.psql_ok {
         return Err(Error::failure(format!(
             "{what} failed in psql: {}",
@@ -407,6 +408,29 @@ pub async fn restore_collecting(
         )));
     }
     Ok(failures)
+}
+
+/// The failures that are not only the consequence of an earlier one: an
+/// index or constraint of a table that did not restore fails with
+/// "relation … does not exist" (42P01) naming that table, and says nothing
+/// new. Told by the SQLSTATE and the quoted name, whatever the server's
+/// language.
+pub fn without_knock_ons(failures: Vec<Failure>) -> Vec<Failure> {
+    let mut kept: Vec<Failure> = vec![];
+    for f in failures {
+        let follows = f.error.ends_with("(SQLSTATE 42P01)")
+            && f.error.split('"').skip(1).step_by(2).any(|name| {
+                kept.iter().any(|k| {
+                    k.object
+                        .split_once(' ')
+                        .is_some_and(|(_, rest)| rest.starts_with(&format!("{name} ")) || rest == name)
+                })
+            });
+        if !follows {
+            kept.push(f);
+        }
+    }
+    kept
 }
 
 /// What a restore through psql gave.
@@ -645,7 +669,32 @@ pub fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::DollarQuotes;
+    use super::{DollarQuotes, Failure, without_knock_ons};
+
+    #[test]
+    fn the_objects_of_a_table_that_did_not_restore_are_not_listed_again() {
+        let f = |object: &str, error: &str| Failure {
+            object: object.into(),
+            error: error.into(),
+        };
+        let failures = vec![
+            f(
+                "TABLE public.readings_2026 (owner kit_admin)",
+                "child column \"doubled\" specifies generation expression (SQLSTATE 42611)",
+            ),
+            f(
+                "CONSTRAINT public.readings_2026 readings_2026_pkey (owner kit_admin)",
+                "relation \"public.readings_2026\" does not exist (SQLSTATE 42P01)",
+            ),
+            // A relation missing for another reason stays.
+            f(
+                "VIEW public.v (owner kit_admin)",
+                "relation \"public.gone\" does not exist (SQLSTATE 42P01)",
+            ),
+        ];
+        let kept = without_knock_ons(failures.clone());
+        assert_eq!(kept, vec![failures[0].clone(), failures[2].clone()]);
+    }
 
     #[test]
     fn function_bodies_are_told_from_statements() {

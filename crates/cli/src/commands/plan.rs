@@ -1,5 +1,8 @@
 //! `cutover plan`: the dry run. Builds the same plan object `run` executes,
-//! from live read-only inspection, and prints it. Writes nothing anywhere.
+//! from live read-only inspection, and prints it. It changes nothing in
+//! either database (the rehearsal's scratch database is dropped again); the
+//! only file it writes is the record of a rehearsal that passed, in the run
+//! directory, which lets discover skip restoring the same schema again.
 
 use clap::Args;
 use cutover_core::plan_file::LoadedPlan;
@@ -45,6 +48,10 @@ pub(crate) fn run(global: &GlobalArgs, args: PlanArgs) -> anyhow::Result<Code> {
             )
         })
     };
+    // Roles the target lacks: the rehearsal named them; without it, alone.
+    if rehearsal.is_none() && !planned.lacking_roles.is_empty() {
+        return Err(planner::lacking_roles_refusal(&planned.lacking_roles).into());
+    }
     match global.output {
         Output::Json => println!("{}", render::plan_json(&planned.plan)),
         Output::Text => {
@@ -77,28 +84,34 @@ async fn rehearse(loaded: &LoadedPlan, planned: &planner::Planned) -> cutover_co
             .create(&dir)
             .map_err(|e| cutover_core::Error::failure(format!("cannot create {} ({e})", dir.display())))?;
     }
-    let settings = cutover_pg::discover::DiscoverSettings {
-        source: dbs.source.clone(),
-        target: dbs.target.clone(),
-        rehearse_schema: true,
-        role_map: cutover_pg::security::RoleMap(loaded.file.roles.map.clone()),
-    };
-    let said = cutover_pg::discover::rehearse_into(
+    let scratch = format!("cutover_rehearsal_plan_{}", std::process::id());
+    let map = cutover_pg::security::RoleMap(loaded.file.roles.map.clone());
+    let said = cutover_pg::rehearsal::rehearse(
         &dbs.source_pool,
         &dbs.target_pool,
-        &settings,
-        &loaded.file.options.journal_schema,
-        (dbs.source_identity.version_num, dbs.target_identity.version_num),
-        &format!("cutover_rehearsal_plan_{}", std::process::id()),
-        &dir,
-        false,
+        &cutover_pg::rehearsal::RehearsalSettings {
+            source: &dbs.source,
+            target: &dbs.target,
+            role_map: &map,
+            journal_schema: &loaded.file.options.journal_schema,
+            versions: (dbs.source_identity.version_num, dbs.target_identity.version_num),
+            lacking_roles: &planned.lacking_roles,
+        },
+        &cutover_pg::rehearsal::RehearsalPlace {
+            scratch: &scratch,
+            dir: &dir,
+            record: &cutover_pg::rehearsal::record_path(&loaded.run_dir()),
+            sweep: false,
+            by: "plan",
+        },
     )
-    .await;
+    .await
+    .map(|r| r.said);
     let _ = std::fs::remove_dir_all(&dir);
     let said = said?;
     Ok(if said.starts_with("not rehearsed") {
         format!("{said}; discover tries again when the run starts")
     } else {
-        said
+        format!("{said}; discover reuses it while the source's schema and the target server stay as they are")
     })
 }
