@@ -37,6 +37,14 @@ for b in "${bins[@]}"; do copy "$bindir/$b"; done
 mkdir -p "$root$pkglibdir"
 for so in "$pkglibdir"/*.so; do case $so in */llvmjit*) ;; *) copy "$so" ;; esac; done
 copy "$sharedir"
+# Absolute links in the share directory (Debian's alternatives for PostGIS's
+# control files): the links they go through and what they end at, else the
+# image's server cannot read those control files.
+find "$sharedir" -type l -lname '/*' | while read -r l; do
+  t=$(readlink "$l")
+  while [ -L "$t" ]; do mkdir -p "$root$(dirname "$t")"; cp -a "$t" "$root$t"; t=$(readlink "$t"); done
+  if [ -e "$t" ]; then copy "$t"; fi
+done
 copy /usr/share/zoneinfo
 copy /bin/sh
 ln -sf "$(readlink -f /bin/sh)" "$root/usr/bin/sh"

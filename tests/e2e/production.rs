@@ -781,3 +781,51 @@ fn the_rehearsal_names_every_object_the_target_cannot_recreate_at_once() {
         "0"
     );
 }
+
+/// A target server whose packages leave a control file that does not read
+/// (a dangling alternatives link, as a half-removed PostGIS package leaves
+/// on Debian): `pg_available_extensions` fails there. The plan still
+/// rehearses and passes, says why the rehearsal is not kept, and rehearses
+/// again next time instead of trusting a fingerprint that missed a fact.
+#[test]
+fn a_target_that_cannot_list_its_extensions_is_rehearsed_every_time() {
+    use cutover_testkit::Backend;
+    let source = PgServer::start().unwrap();
+    let target = PgServer::start_on(Backend::Docker).unwrap();
+    let id = target.container_id().unwrap().to_string();
+    let sharedir = target.sql(
+        "postgres",
+        "SELECT setting FROM pg_config WHERE name = 'SHAREDIR'",
+    );
+    let sharedir = sharedir.unwrap_or_else(|_| "/usr/share/postgresql/15".into());
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("broken_pkg.control");
+    std::os::unix::fs::symlink("/etc/alternatives/broken_pkg.control", &link).unwrap();
+    let copied = std::process::Command::new("docker")
+        .arg("cp")
+        .arg(&link)
+        .arg(format!("{id}:{sharedir}/extension/"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let listed = target.sql("postgres", "SELECT count(*) FROM pg_available_extensions");
+    assert!(listed.is_err(), "the control file reads: {listed:?}");
+    source.load_fixture(SEED_DB, Fixture::SeedSource).unwrap();
+    target.load_fixture(SEED_DB, Fixture::SeedTarget).unwrap();
+    let s = Scenario::with(PgPair { source, target }, "");
+    for _ in 0..2 {
+        let (code, stdout, stderr) = s.run(&["plan"]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            stdout.contains("Schema rehearsal: the source's schema restored into a scratch database")
+                && !stdout.contains("not restored again"),
+            "{stdout}"
+        );
+        assert!(
+            stderr.contains("the target server cannot list the extensions its packages provide")
+                && stderr.contains("broken_pkg"),
+            "{stderr}"
+        );
+        assert_eq!(cutover_pg_record(&s), "", "no record is kept");
+    }
+}

@@ -480,10 +480,16 @@ fn fault_during_copy(s: &crate::support::Scenario, fault: impl FnOnce()) -> (i32
         if copying != "0" && !copying.is_empty() {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the copy never started"
-        );
+        if started.elapsed() > Duration::from_secs(60) {
+            let mut child = child;
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the copy never started:\n{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&events).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     fault();

@@ -94,25 +94,44 @@ pub fn fingerprint(script: &str, target_facts: &str, tools: (u32, u32), map: &Ro
 
 /// What of the target server a schema restore depends on, beyond the
 /// script: which server and database, its version and locale, its roles,
-/// tablespaces and the extensions its packages provide.
-async fn target_facts(target: &sqlx::PgPool) -> Result<String> {
+/// tablespaces and the extensions its packages provide. `None` when the
+/// server cannot list its extensions (a package's control file that does
+/// not read, e.g. a dangling alternatives link): then what it provides is
+/// not known, so a rehearsal is neither reused nor recorded.
+async fn target_facts(target: &sqlx::PgPool) -> Result<Option<String>> {
     let id = cutover_core::identity::ServerIdentity::of(target).await?;
-    let facts: (String, String, String, String, String, String) = sqlx::query_as(
+    let facts: (String, String, String, String, String) = sqlx::query_as(
         "SELECT pg_encoding_to_char(d.encoding)::text || ' ' || d.datcollate || ' ' || d.datctype, \
                 current_setting('server_version_num'), \
                 coalesce((SELECT string_agg(rolname::text, ',' ORDER BY rolname) FROM pg_roles), ''), \
                 coalesce((SELECT string_agg(spcname::text, ',' ORDER BY spcname) FROM pg_tablespace), ''), \
-                coalesce((SELECT string_agg(name || '=' || coalesce(default_version, ''), ',' ORDER BY name) \
-                          FROM pg_available_extensions), ''), \
                 coalesce((SELECT string_agg(collname::text, ',' ORDER BY collname) FROM pg_collation), '') \
          FROM pg_database d WHERE d.datname = current_database()",
     )
     .fetch_one(target)
     .await?;
-    Ok(format!(
+    let extensions: std::result::Result<String, sqlx::Error> = sqlx::query_scalar(
+        "SELECT coalesce(string_agg(name || '=' || coalesce(default_version, ''), ',' ORDER BY name), '') \
+         FROM pg_available_extensions",
+    )
+    .fetch_one(target)
+    .await;
+    let extensions = match extensions {
+        Ok(e) => e,
+        Err(sqlx::Error::Database(e)) => {
+            tracing::warn!(
+                "the target server cannot list the extensions its packages provide ({}); the schema \
+                 rehearsal runs and is not recorded for reuse",
+                e.message()
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(format!(
         "{} {} | {} | {} | {} | {} | {} | {}",
-        id.system_identifier, id.database, facts.0, facts.1, facts.2, facts.3, facts.4, facts.5
-    ))
+        id.system_identifier, id.database, facts.0, facts.1, facts.2, facts.3, extensions, facts.4
+    )))
 }
 
 /// Where a run directory keeps the record of the last rehearsal that passed.
@@ -230,8 +249,9 @@ async fn rehearse_schema(
         let mut cmd = tools::offline(&pg_restore);
         cmd.args(&args).arg("--file=-");
         let script = tools::run(cmd, "pg_restore --file=- of the source's schema").await?;
-        let facts = target_facts(target).await?;
-        let print = fingerprint(&script, &facts, (pg_dump.major, pg_restore.major), map);
+        let print = target_facts(target)
+            .await?
+            .map(|facts| fingerprint(&script, &facts, (pg_dump.major, pg_restore.major), map));
         Ok::<_, Error>((args, roles_pending, print))
     }
     .await;
@@ -254,7 +274,10 @@ async fn rehearse_schema(
             }
         )
     };
-    if let Some(prev) = read_record(place.record).filter(|p| p.fingerprint == print) {
+    let reused = print
+        .as_ref()
+        .and_then(|print| read_record(place.record).filter(|p| &p.fingerprint == print));
+    if let Some(prev) = reused {
         let _ = std::fs::remove_file(&archive);
         return Ok(Ok(Rehearsed {
             said: format!(
@@ -264,7 +287,7 @@ async fn rehearse_schema(
                 prev.by,
                 prev.at.format("%Y-%m-%d %H:%M:%S UTC"),
                 prev.seconds,
-                &print[..12]
+                &prev.fingerprint[..12]
             ),
             ran: false,
             passed: true,
@@ -359,6 +382,15 @@ async fn rehearse_schema(
         }
     };
     dropped?;
+    let Some(print) = print else {
+        // What the target server provides is not known: nothing to reuse.
+        let _ = std::fs::remove_file(place.record);
+        return Ok(Ok(Rehearsed {
+            said,
+            ran: true,
+            passed: true,
+        }));
+    };
     let record = Passed {
         fingerprint: print,
         at: chrono::Utc::now(),
