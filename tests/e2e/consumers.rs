@@ -117,11 +117,12 @@ fn seed_consumers_doctor_repoint_sync_quarantine_and_rollback() {
     assert_eq!(code, 3, "{stdout}{stderr}");
     assert!(stdout.contains("split brain"), "{stdout}");
     assert!(
-        stdout.contains("production, secrets, dashboard, backups → source") && stdout.contains("22 users"),
+        stdout.contains("production, secrets, dashboard, backups → source")
+            && stdout.contains("(17 tables, 506 rows)"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("staging → target") && stdout.contains("1 users"),
+        stdout.contains("staging → target") && stdout.contains("(13 tables, 6 rows)"),
         "{stdout}"
     );
 

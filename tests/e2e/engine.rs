@@ -18,7 +18,7 @@ use cutover_core::engine::{self, Selection};
 use cutover_core::event::{Event, EventSink};
 use cutover_core::identity::ServerIdentity;
 use cutover_core::journal::Journal;
-use cutover_core::plan_file::LoadedPlan;
+use cutover_core::loaded::LoadedPlan;
 use cutover_core::stage::{CancelFlag, Check, Description, Plan, RunContext, Stage, Undo};
 use cutover_core::{Error, ErrorKind, Result};
 use cutover_testkit::PgServer;

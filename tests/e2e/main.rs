@@ -1,6 +1,7 @@
 //! cutover's end-to-end tests: one test binary, real PostgreSQL servers from
 //! the test kit, the real `cutover` binary.
 
+mod architecture;
 mod bad_input;
 mod cli;
 mod consumers;

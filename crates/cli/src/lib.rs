@@ -5,6 +5,7 @@
 mod args;
 mod commands;
 pub mod exit;
+mod journal_archive;
 mod planner;
 mod render;
 mod session;
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use args::Cli;
+pub use commands::Cli;
 
 /// Parses the command line, runs the command and returns its exit code.
 pub fn main() -> ExitCode {

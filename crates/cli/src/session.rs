@@ -5,10 +5,9 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
-use cutover_core::endpoint::{Endpoint, Role};
 use cutover_core::event::{Event, EventSink};
 use cutover_core::journal::{Journal, RunLock, RunStatus};
-use cutover_core::plan_file::LoadedPlan;
+use cutover_core::loaded::LoadedPlan;
 use cutover_core::stage::{CancelFlag, RunContext};
 use cutover_core::{Error, ErrorKind, Result};
 
@@ -33,23 +32,20 @@ pub enum Mode {
 /// applications' writes since are expected. Read-only; None when the target
 /// has no journal yet.
 pub async fn finished_run(loaded: &LoadedPlan) -> Result<Option<cutover_core::journal::RunRecord>> {
-    let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
-    let o = &loaded.file.options;
-    let pool =
-        cutover_pg::connect::pool(&target, o.connect_timeout, o.statement_timeout, o.lock_timeout, 1).await?;
-    let run = match Journal::open_existing(&pool, &o.journal_schema).await? {
+    let opened = cutover_pg::connect::target_journal(loaded, loaded.session(), 1).await?;
+    let run = match opened.journal {
         Some(journal) => journal
             .latest_run()
             .await?
             .filter(|r| r.status == RunStatus::Done),
         // Archived (`cutover archive-journal`): still finished.
-        None => crate::commands::archive::read_archive(loaded)
+        None => crate::journal_archive::read_archive(loaded)
             .map_err(|e| Error::failure(format!("{e:#}")))?
             .and_then(|a| a.runs.into_iter().next())
             .map(|r| r.run)
             .filter(|r| r.status == RunStatus::Done),
     };
-    pool.close().await;
+    opened.pool.close().await;
     Ok(run)
 }
 
@@ -63,10 +59,9 @@ pub async fn open(
     // The lock comes first: a second run must not even inspect (inspection can
     // wait behind the first run's locks).
     let schema = &loaded.file.options.journal_schema;
-    let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
-    let timeout = std::time::Duration::from_secs(loaded.file.options.connect_timeout);
+    let target = loaded.target()?;
     cutover_pg::connect::probe(&target, loaded.file.options.connect_timeout).await?;
-    let lock = RunLock::acquire(&target.connect_options(timeout)?, schema).await?;
+    let lock = RunLock::acquire(&target.connect_options(target.connect_timeout())?, schema).await?;
     let planned = planner::build(loaded, switches).await?;
     let journal = Journal::ensure(&planned.dbs.target_pool, schema).await?;
     let mut latest = journal.latest_run().await?;

@@ -47,3 +47,42 @@ pub struct Summary {
 }
 
 artefacts!(Summary);
+
+/// What the retirement does, journaled before it is done (the detail of its
+/// item): its undo and its check read it back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Retirement {
+    /// driver postgres: the database, its new name, and whether PUBLIC had CONNECT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired_as: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_connect: Option<bool>,
+    /// driver docker: the container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub destroyed: bool,
+    pub final_dump: FinalDump,
+}
+
+/// The source's final dump, taken before it is retired.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FinalDump {
+    pub path: String,
+    pub sha256: String,
+}
+
+/// decommission-source: what became of the source.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DecommissionResult {
+    pub summary: String,
+    /// None: nothing was retired (driver none, or already retired).
+    #[serde(flatten)]
+    pub retirement: Option<Retirement>,
+}
+
+artefacts!(DecommissionResult);

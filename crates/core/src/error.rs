@@ -98,7 +98,7 @@ impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Error {
         // sqlx's messages never contain the connection password.
         let code = sqlstate(&e);
-        let mut err = Error::failure(crate::endpoint::redact_text(&e.to_string())).with_sqlstate(code);
+        let mut err = Error::failure(crate::redact::redact_text(&e.to_string())).with_sqlstate(code);
         if let sqlx::Error::Database(db) = &e
             && let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
             && let Some(hint) = pg.hint()

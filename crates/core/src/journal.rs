@@ -516,7 +516,7 @@ impl Journal {
         .bind(run_id)
         .bind(stage)
         .bind(event.as_str())
-        .bind(error.map(crate::endpoint::redact_text))
+        .bind(error.map(crate::redact::redact_text))
         .bind(artefacts)
         .execute(conn)
         .await?;

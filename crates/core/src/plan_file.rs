@@ -8,8 +8,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanFile {
@@ -499,10 +497,44 @@ impl ConsumerSpec {
 
 impl TryFrom<RawConsumer> for ConsumerSpec {
     type Error = String;
+    /// Checks and types a `[[consumer]]` in one pass: what a kind needs is
+    /// taken from the entry or named as missing, never assumed.
     fn try_from(c: RawConsumer) -> std::result::Result<ConsumerSpec, String> {
-        validate_consumer(&c)?;
-        let path = || c.path.clone().expect("validated: the kind has a path");
+        let name = &c.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            return Err(format!(
+                "[[consumer]] name {name:?}: use letters, digits, '-', '_' and '.' (it names a stage and a backup file)"
+            ));
+        }
+        let missing = |what: &str| {
+            format!(
+                "[[consumer]] {name:?} (kind = {}) needs `{what}`",
+                as_toml(&c.kind)
+            )
+        };
+        let unused = |what: &str| {
+            Err(format!(
+                "[[consumer]] {name:?}: `{what}` does not apply to kind = {}",
+                as_toml(&c.kind)
+            ))
+        };
+        let path = || c.path.clone().ok_or_else(|| missing("path"));
+        let key = || c.key.clone().ok_or_else(|| missing("key"));
         let config = match c.kind {
+            ConsumerKind::PgService => {
+                let (path, service) = (path()?, key()?);
+                if !c.keys.is_empty() {
+                    return Err(format!(
+                        "[[consumer]] {name:?}: `keys` does not apply to kind = \"pg_service\" (the service's host, \
+                         port, dbname, user and password lines are its keys)"
+                    ));
+                }
+                ConsumerConfig::PgService { path, service }
+            }
             ConsumerKind::Env
             | ConsumerKind::Yaml
             | ConsumerKind::Json
@@ -510,42 +542,103 @@ impl TryFrom<RawConsumer> for ConsumerSpec {
             | ConsumerKind::Python
             | ConsumerKind::Ini
             | ConsumerKind::Toml
-            | ConsumerKind::Php => ConsumerConfig::Keyed {
-                kind: match c.kind {
-                    ConsumerKind::Env => KeyedKind::Env,
-                    ConsumerKind::Yaml => KeyedKind::Yaml,
-                    ConsumerKind::Json => KeyedKind::Json,
-                    ConsumerKind::Properties => KeyedKind::Properties,
-                    ConsumerKind::Ini => KeyedKind::Ini,
-                    ConsumerKind::Toml => KeyedKind::Toml,
-                    ConsumerKind::Php => KeyedKind::Php,
-                    _ => KeyedKind::Python,
-                },
-                path: path(),
-                key: c.key.clone(),
-                keys: c.keys.clone(),
-                encoding: c.encoding,
-            },
-            ConsumerKind::PgService => ConsumerConfig::PgService {
-                path: path(),
-                service: c.key.clone().expect("validated: pg_service has a key"),
-            },
-            ConsumerKind::Text => ConsumerConfig::Text { path: path() },
-            ConsumerKind::Pgbouncer => ConsumerConfig::Pgbouncer {
-                path: path(),
-                database: c.key.clone().expect("validated: pgbouncer has a key"),
-                admin: match (&c.admin_url, &c.admin_url_env) {
-                    (Some(u), _) => AdminConsole::Url(u.clone()),
+            | ConsumerKind::Php => {
+                let path = path()?;
+                if c.key.is_none() && c.keys.is_empty() {
+                    return Err(format!(
+                        "[[consumer]] {name:?} (kind = {}) needs `key` (the key holding the whole connection) or `keys` \
+                         (the keys holding its host, port, dbname, user and password)",
+                        as_toml(&c.kind)
+                    ));
+                }
+                if c.key.is_none() && c.keys.host.is_none() && c.keys.dbname.is_none() {
+                    return Err(format!(
+                        "[[consumer]] {name:?}: keys names neither a host nor a database key, so it names no database"
+                    ));
+                }
+                ConsumerConfig::Keyed {
+                    kind: match c.kind {
+                        ConsumerKind::Env => KeyedKind::Env,
+                        ConsumerKind::Yaml => KeyedKind::Yaml,
+                        ConsumerKind::Json => KeyedKind::Json,
+                        ConsumerKind::Properties => KeyedKind::Properties,
+                        ConsumerKind::Ini => KeyedKind::Ini,
+                        ConsumerKind::Toml => KeyedKind::Toml,
+                        ConsumerKind::Php => KeyedKind::Php,
+                        _ => KeyedKind::Python,
+                    },
+                    path,
+                    key: c.key.clone(),
+                    keys: c.keys.clone(),
+                    encoding: c.encoding,
+                }
+            }
+            ConsumerKind::Text => {
+                let path = path()?;
+                if c.key.is_some() {
+                    return unused("key");
+                }
+                ConsumerConfig::Text { path }
+            }
+            ConsumerKind::Pgbouncer => {
+                let (path, database) = (path()?, key()?);
+                let admin = match (&c.admin_url, &c.admin_url_env) {
+                    (None, None) => {
+                        return Err(format!(
+                            "[[consumer]] {name:?} (kind = \"pgbouncer\") needs `admin_url` or `admin_url_env`: the \
+                             entry is switched through PgBouncer's admin console (PAUSE, RELOAD, RESUME)"
+                        ));
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(format!(
+                            "[[consumer]] {name:?}: give `admin_url` or `admin_url_env`, not both"
+                        ));
+                    }
+                    (Some(u), None) => AdminConsole::Url(u.clone()),
                     (None, Some(v)) => AdminConsole::Env(v.clone()),
-                    (None, None) => unreachable!("validated: pgbouncer has an admin console"),
-                },
-                pause_timeout: c.pause_timeout.unwrap_or(10),
-            },
+                };
+                let pause_timeout = match c.pause_timeout {
+                    Some(0) => {
+                        return Err(format!(
+                            "[[consumer]] {name:?}: pause_timeout must be at least 1 second"
+                        ));
+                    }
+                    t => t.unwrap_or(10),
+                };
+                ConsumerConfig::Pgbouncer {
+                    path,
+                    database,
+                    admin,
+                    pause_timeout,
+                }
+            }
             ConsumerKind::Command => ConsumerConfig::Command {
-                get: c.get.clone().expect("validated: command has get"),
-                set: c.set.clone().expect("validated: command has set"),
+                get: c.get.clone().ok_or_else(|| missing("get"))?,
+                set: c.set.clone().ok_or_else(|| missing("set"))?,
             },
         };
+        if (!c.kind.is_keyed() || c.kind == ConsumerKind::Pgbouncer) && !c.keys.is_empty() {
+            return unused("keys");
+        }
+        if c.encoding.is_some()
+            && !matches!(
+                c.kind,
+                ConsumerKind::Env | ConsumerKind::Yaml | ConsumerKind::Json
+            )
+        {
+            return unused("encoding");
+        }
+        if c.kind != ConsumerKind::Command && (c.get.is_some() || c.set.is_some()) {
+            return unused("get/set");
+        }
+        if c.kind != ConsumerKind::Pgbouncer
+            && (c.admin_url.is_some() || c.admin_url_env.is_some() || c.pause_timeout.is_some())
+        {
+            return unused("admin_url/admin_url_env/pause_timeout");
+        }
+        if c.health_expect.is_some() && c.health_url.is_none() {
+            return Err(format!("[[consumer]] {name:?}: health_expect needs health_url"));
+        }
         Ok(ConsumerSpec {
             name: c.name,
             config,
@@ -662,46 +755,6 @@ pub enum DecommissionDriver {
     Command,
 }
 
-/// A parsed plan file with where it came from and its fingerprint.
-#[derive(Debug, Clone)]
-pub struct LoadedPlan {
-    pub path: PathBuf,
-    pub file: PlanFile,
-    /// sha256 of the file's bytes: a resume refuses when it changed.
-    pub fingerprint: String,
-}
-
-impl LoadedPlan {
-    pub fn load(path: &Path) -> Result<LoadedPlan> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::bad_input(format!(
-                "cannot read the plan file {}: {e}; write one with `cutover init` or pass --plan FILE",
-                path.display()
-            ))
-        })?;
-        let file = parse(&text).map_err(|msg| Error::bad_input(format!("{}: {msg}", path.display())))?;
-        Ok(LoadedPlan {
-            path: path.to_path_buf(),
-            file,
-            fingerprint: fingerprint(text.as_bytes()),
-        })
-    }
-
-    /// The run directory, relative paths taken from the plan file's folder.
-    pub fn run_dir(&self) -> PathBuf {
-        let dir = &self.file.options.run_dir;
-        if dir.is_absolute() {
-            dir.clone()
-        } else {
-            let relative: PathBuf = dir
-                .components()
-                .filter(|c| !matches!(c, std::path::Component::CurDir))
-                .collect();
-            self.path.parent().unwrap_or(Path::new(".")).join(relative)
-        }
-    }
-}
-
 /// Parses and validates a plan file's text; the error names line and column.
 pub fn parse(text: &str) -> std::result::Result<PlanFile, String> {
     let file: PlanFile = toml::from_str(text).map_err(|e| {
@@ -784,137 +837,6 @@ fn validate(file: &PlanFile) -> std::result::Result<(), String> {
             }
             _ => {}
         }
-    }
-    Ok(())
-}
-
-fn validate_consumer(c: &RawConsumer) -> std::result::Result<(), String> {
-    let name = &c.name;
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-    {
-        return Err(format!(
-            "[[consumer]] name {name:?}: use letters, digits, '-', '_' and '.' (it names a stage and a backup file)"
-        ));
-    }
-    let missing = |what: &str| {
-        Err(format!(
-            "[[consumer]] {name:?} (kind = {}) needs `{what}`",
-            as_toml(&c.kind)
-        ))
-    };
-    let unused = |what: &str| {
-        Err(format!(
-            "[[consumer]] {name:?}: `{what}` does not apply to kind = {}",
-            as_toml(&c.kind)
-        ))
-    };
-    match c.kind {
-        ConsumerKind::PgService => {
-            if c.path.is_none() {
-                return missing("path");
-            }
-            if c.key.is_none() {
-                return missing("key");
-            }
-            if !c.keys.is_empty() {
-                return Err(format!(
-                    "[[consumer]] {name:?}: `keys` does not apply to kind = \"pg_service\" (the service's host, \
-                     port, dbname, user and password lines are its keys)"
-                ));
-            }
-        }
-        ConsumerKind::Env
-        | ConsumerKind::Yaml
-        | ConsumerKind::Json
-        | ConsumerKind::Properties
-        | ConsumerKind::Python
-        | ConsumerKind::Ini
-        | ConsumerKind::Toml
-        | ConsumerKind::Php => {
-            if c.path.is_none() {
-                return missing("path");
-            }
-            if c.key.is_none() && c.keys.is_empty() {
-                return Err(format!(
-                    "[[consumer]] {name:?} (kind = {}) needs `key` (the key holding the whole connection) or `keys` \
-                     (the keys holding its host, port, dbname, user and password)",
-                    as_toml(&c.kind)
-                ));
-            }
-            if c.key.is_none() && c.keys.host.is_none() && c.keys.dbname.is_none() {
-                return Err(format!(
-                    "[[consumer]] {name:?}: keys names neither a host nor a database key, so it names no database"
-                ));
-            }
-        }
-        ConsumerKind::Text => {
-            if c.path.is_none() {
-                return missing("path");
-            }
-            if c.key.is_some() {
-                return unused("key");
-            }
-        }
-        ConsumerKind::Pgbouncer => {
-            if c.path.is_none() {
-                return missing("path");
-            }
-            if c.key.is_none() {
-                return missing("key");
-            }
-            match (&c.admin_url, &c.admin_url_env) {
-                (None, None) => {
-                    return Err(format!(
-                        "[[consumer]] {name:?} (kind = \"pgbouncer\") needs `admin_url` or `admin_url_env`: the \
-                         entry is switched through PgBouncer's admin console (PAUSE, RELOAD, RESUME)"
-                    ));
-                }
-                (Some(_), Some(_)) => {
-                    return Err(format!(
-                        "[[consumer]] {name:?}: give `admin_url` or `admin_url_env`, not both"
-                    ));
-                }
-                _ => {}
-            }
-            if c.pause_timeout == Some(0) {
-                return Err(format!(
-                    "[[consumer]] {name:?}: pause_timeout must be at least 1 second"
-                ));
-            }
-        }
-        ConsumerKind::Command => {
-            if c.get.is_none() {
-                return missing("get");
-            }
-            if c.set.is_none() {
-                return missing("set");
-            }
-        }
-    }
-    if (!c.kind.is_keyed() || c.kind == ConsumerKind::Pgbouncer) && !c.keys.is_empty() {
-        return unused("keys");
-    }
-    if c.encoding.is_some()
-        && !matches!(
-            c.kind,
-            ConsumerKind::Env | ConsumerKind::Yaml | ConsumerKind::Json
-        )
-    {
-        return unused("encoding");
-    }
-    if c.kind != ConsumerKind::Command && (c.get.is_some() || c.set.is_some()) {
-        return unused("get/set");
-    }
-    if c.kind != ConsumerKind::Pgbouncer
-        && (c.admin_url.is_some() || c.admin_url_env.is_some() || c.pause_timeout.is_some())
-    {
-        return unused("admin_url/admin_url_env/pause_timeout");
-    }
-    if c.health_expect.is_some() && c.health_url.is_none() {
-        return Err(format!("[[consumer]] {name:?}: health_expect needs health_url"));
     }
     Ok(())
 }

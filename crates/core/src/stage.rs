@@ -16,6 +16,31 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::{Event, EventSink};
 use crate::journal::Journal;
 
+/// Every stage's name, as the journal, `--until`, `status` and the report
+/// spell it: the one place they are written.
+pub mod names {
+    pub const DISCOVER: &str = "discover";
+    pub const BACKUP_TARGET: &str = "backup-target";
+    pub const CREATE_ROLES: &str = "create-roles";
+    pub const FREEZE_SOURCE: &str = "freeze-source";
+    pub const CLEAR_TARGET: &str = "clear-target";
+    pub const COPY: &str = "copy";
+    pub const VERIFY_DATA: &str = "verify-data";
+    pub const REPLICATE: &str = "replicate";
+    pub const SWITCH: &str = "switch";
+    pub const RESUME: &str = "resume";
+    pub const END_REPLICATION: &str = "end-replication";
+    pub const VERIFY_SYNC: &str = "verify-sync";
+    pub const DECOMMISSION_SOURCE: &str = "decommission-source";
+    /// The prefix of each consumer's repoint stage (`repoint:<consumer>`).
+    pub const REPOINT_PREFIX: &str = "repoint:";
+
+    /// The repoint stage of consumer `name`.
+    pub fn repoint(name: &str) -> String {
+        format!("{REPOINT_PREFIX}{name}")
+    }
+}
+
 /// What a stage will do, computed from live read-only inspection.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Description {

@@ -6,11 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cutover_core::endpoint::{Endpoint, redact_text};
+use cutover_core::endpoint::Endpoint;
 use cutover_core::identity::ServerIdentity;
+use cutover_core::loaded::LoadedPlan;
 use cutover_core::plan_file::{
-    ConsumerConfig, ConsumerKind, ConsumerSpec, Encoding, EndpointSpec, LoadedPlan, SplitKeys,
+    ConsumerConfig, ConsumerKind, ConsumerSpec, Encoding, EndpointSpec, SplitKeys,
 };
+use cutover_core::redact::redact_text;
 use cutover_core::{Error, Result};
 use serde::Serialize;
 

@@ -15,119 +15,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cutover_core::artefacts::Artefacts;
 use cutover_core::endpoint::Endpoint;
-use cutover_core::endpoint::Role;
 use cutover_core::event::Event;
-use cutover_core::journal::{Item, ItemKey, Journal, StageEvent, quote_ident};
-use cutover_core::plan_file::LoadedPlan;
+use cutover_core::journal::{Item, ItemKey, quote_ident};
 use cutover_core::plan_file::{DecommissionDriver, DecommissionSpec};
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
-use cutover_pg::Databases;
-use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::hooks;
 
-pub const NAME: &str = "decommission-source";
+pub const NAME: &str = cutover_core::stage::names::DECOMMISSION_SOURCE;
 
-/// Connects both databases; when the source cannot be reached because this
-/// plan's run retired it, goes on with a lazy source connection so that
-/// `status`, `rollback` and a resume still work.
-pub async fn connect(loaded: &LoadedPlan, max: u32) -> Result<(Databases, Source)> {
-    let err = match Databases::connect(loaded, max).await {
-        Ok(d) => return Ok((d, Source::Live)),
-        Err(e) => e,
-    };
-    let opts = &loaded.file.options;
-    let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
-    let Ok(pool) = cutover_pg::connect::pool(
-        &target,
-        opts.connect_timeout,
-        opts.statement_timeout,
-        opts.lock_timeout,
-        max,
-    )
-    .await
-    else {
-        return Err(err);
-    };
-    let Some(journal) = Journal::open_existing(&pool, &opts.journal_schema).await? else {
-        return Err(err);
-    };
-    let Some(run) = journal.latest_run().await? else {
-        return Err(err);
-    };
-    let retired = journal
-        .stage_states(run.id)
-        .await?
-        .get(NAME)
-        .is_some_and(|s| s.event != StageEvent::Undone);
-    if !retired {
-        return Err(err);
-    }
-    let destroyed = journal.item_detail(run.id, NAME, &ItemKey::Retire).await?;
-    let destroyed = destroyed
-        .and_then(|d| serde_json::from_value::<Retirement>(d).ok())
-        .is_some_and(|r| r.destroyed);
-    let dbs = Databases::with_retired_source(loaded, pool, run.source_identity, max).await?;
-    Ok((
-        dbs,
-        if destroyed {
-            Source::Destroyed
-        } else {
-            Source::Retired
-        },
-    ))
-}
+pub use cutover_pg::connect::SourceState as Source;
 
-/// The source as this plan finds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Live,
-    /// Retired by this plan's run (quarantined or stopped): can be brought back.
-    Retired,
-    /// Destroyed by this plan's run: its final dump is the way back.
-    Destroyed,
-}
-
-/// What the retirement does, journaled before it is done (the detail of its
-/// item): its undo and its check read it back.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Retirement {
-    /// driver postgres: the database, its new name, and whether PUBLIC had CONNECT.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub database: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retired_as: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub public_connect: Option<bool>,
-    /// driver docker: the container.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    pub destroyed: bool,
-    pub final_dump: FinalDump,
-}
-
-/// The source's final dump, taken before it is retired.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct FinalDump {
-    pub path: String,
-    pub sha256: String,
-}
-
-/// decommission-source: what became of the source.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct DecommissionResult {
-    pub summary: String,
-    /// None: nothing was retired (driver none, or already retired).
-    #[serde(flatten)]
-    pub retirement: Option<Retirement>,
-}
-
-cutover_core::artefacts!(DecommissionResult);
+pub use cutover_core::artefacts::{DecommissionResult, FinalDump, Retirement};
 
 /// The proof that the source took no write since it stopped taking the
 /// applications' (the tables' own counters against those read when the
@@ -146,7 +47,10 @@ pub async fn source_untouched(ctx: &RunContext, retiring: bool, force: bool) -> 
             .and_then(|a| a.get("write_counts"))
             .and_then(|w| serde_json::from_value::<std::collections::BTreeMap<String, i64>>(w.clone()).ok())
     };
-    let (baseline, since) = match (done(crate::switch::END), done("freeze-source")) {
+    let (baseline, since) = match (
+        done(crate::switch::END),
+        done(cutover_core::stage::names::FREEZE_SOURCE),
+    ) {
         (Some(b), _) if retiring => (b, "the rollback window closed (end-replication)"),
         (_, Some(b)) => (b, "the fence went up (freeze-source)"),
         _ => return Ok(()),
@@ -195,7 +99,7 @@ async fn record_retire(ctx: &RunContext, retirement: &Retirement) -> Result<()> 
 
 pub struct Decommission {
     spec: DecommissionSpec,
-    source: Endpoint,
+    source: std::sync::Arc<Endpoint>,
     destroy: bool,
     force_clients: bool,
     base: PathBuf,
@@ -204,13 +108,23 @@ pub struct Decommission {
     description: Description,
     /// The stages that prove the data and the sync (done in this run first).
     proofs: [&'static str; 2],
+    /// What retiring the source does, for the summary.
+    what: String,
+}
+
+/// The stage's one line: what it does and the proofs it waits for.
+fn summary(what: &str, [data, sync]: [&str; 2]) -> String {
+    format!(
+        "after a final pg_dump of the source into the run directory, {what}; only once {data} and {sync} passed in \
+         this run"
+    )
 }
 
 impl Decommission {
     /// `destroy_flag` is `--destroy`; `force_clients` is `--force` (go on while clients remain).
     pub fn new(
         spec: DecommissionSpec,
-        source: Endpoint,
+        source: std::sync::Arc<Endpoint>,
         destroy_flag: bool,
         force_clients: bool,
         base: PathBuf,
@@ -265,12 +179,13 @@ impl Decommission {
                 }
             ));
         }
+        let proofs = [
+            cutover_core::stage::names::VERIFY_DATA,
+            cutover_core::stage::names::VERIFY_SYNC,
+        ];
         Decommission {
             description: Description {
-                summary: format!(
-                    "after a final pg_dump of the source into the run directory, {what}; only once verify-data and \
-                     verify-sync passed in this run"
-                ),
+                summary: summary(&what, proofs),
                 details: sessions.iter().map(|s| format!("connected now: {s}")).collect(),
                 warnings,
                 destructive: true,
@@ -281,14 +196,18 @@ impl Decommission {
             force_clients,
             base,
             connect_timeout,
-            proofs: ["verify-data", "verify-sync"],
+            proofs,
+            what,
         }
     }
 
     /// The online mode proves the data inside replicate (under the slot's snapshot).
     pub fn online(mut self) -> Decommission {
-        self.proofs = [cutover_pg::replicate::NAME, "verify-sync"];
-        self.description.summary = self.description.summary.replace("verify-data", "replicate");
+        self.proofs = [
+            cutover_core::stage::names::REPLICATE,
+            cutover_core::stage::names::VERIFY_SYNC,
+        ];
+        self.description.summary = summary(&self.what, self.proofs);
         self
     }
 
@@ -315,7 +234,7 @@ impl Decommission {
         Err(Error::failure(format!(
             "cannot connect to the source server's maintenance database (postgres or template1) as {}: {}",
             self.source.user,
-            last.map(|e| cutover_core::endpoint::redact_text(&e.to_string()))
+            last.map(|e| cutover_core::redact::redact_text(&e.to_string()))
                 .unwrap_or_default()
         )))
     }

@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cutover_core::endpoint::redact_text;
 use cutover_core::identity::ServerIdentity;
+use cutover_core::redact::redact_text;
 use cutover_core::{Error, Result};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;

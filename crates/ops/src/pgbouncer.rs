@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cutover_core::endpoint::redact_text;
+use cutover_core::redact::redact_text;
 use cutover_core::{Error, Result};
 use tokio::process::Command;
 use url::Url;

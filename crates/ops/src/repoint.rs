@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cutover_core::artefacts::Artefacts;
-use cutover_core::endpoint::redact_text;
 use cutover_core::event::Event;
 use cutover_core::journal::{Item, ItemKey};
 use cutover_core::plan_file::{ConsumerConfig, ConsumerKind};
+use cutover_core::redact::redact_text;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -309,7 +309,7 @@ impl Repoint {
 #[async_trait]
 impl Stage for Repoint {
     fn name(&self) -> String {
-        format!("repoint:{}", self.reading.spec.name)
+        cutover_core::stage::names::repoint(&self.reading.spec.name)
     }
     fn describe(&self) -> &Description {
         &self.description

@@ -36,8 +36,8 @@ use sqlx::PgPool;
 
 use crate::pgbouncer::Console;
 
-pub const SWITCH: &str = "switch";
-pub const RESUME: &str = "resume";
+pub const SWITCH: &str = cutover_core::stage::names::SWITCH;
+pub const RESUME: &str = cutover_core::stage::names::RESUME;
 
 /// A PgBouncer consumer's entry, paused through its admin console.
 #[derive(Debug, Clone)]
@@ -180,7 +180,7 @@ cutover_core::artefacts!(ResumeResult);
 pub struct Online {
     pub apps: Applications,
     pub options: OnlineOptions,
-    pub target: Endpoint,
+    pub target: std::sync::Arc<Endpoint>,
 }
 
 pub struct Switch {
@@ -246,13 +246,21 @@ pub fn restart(forward: bool, paused: bool) -> Restart {
     }
 }
 
+/// The detail of the switch's `paused` item: when the applications were
+/// paused (RFC 3339, UTC).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Paused {
+    since: String,
+}
+
 /// When the applications were paused, as the switch journaled it.
 async fn pause_start(ctx: &RunContext) -> Result<Option<String>> {
     Ok(ctx
         .journal
         .item_detail(ctx.run_id, SWITCH, &ItemKey::Paused)
         .await?
-        .and_then(|d| d["since"].as_str().map(str::to_string)))
+        .and_then(|d| serde_json::from_value::<Paused>(d).ok())
+        .map(|p| p.since))
 }
 
 fn now() -> String {
@@ -411,7 +419,10 @@ impl Stage for Switch {
             message: format!("switch: pausing the applications ({})", apps.describe()),
         });
         let sessions_ended = apps.pause(&ctx.source).await?;
-        let detail = serde_json::json!({ "since": pause_started });
+        let detail = serde_json::to_value(Paused {
+            since: pause_started.clone(),
+        })
+        .expect("a pause serializes");
         ctx.journal
             .item_done(
                 ctx.run_id,
@@ -687,7 +698,7 @@ impl Stage for Resume {
     }
 }
 
-pub const END: &str = "end-replication";
+pub const END: &str = cutover_core::stage::names::END_REPLICATION;
 
 /// end-replication: the window closed, and the source's write counters then.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cutover_core::artefacts::Artefacts;
-use cutover_core::endpoint::redact_text;
 use cutover_core::event::Event;
 use cutover_core::journal::{Item, ItemKey};
 use cutover_core::plan_file::ConsumerSpec;
+use cutover_core::redact::redact_text;
 use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
@@ -113,7 +113,7 @@ impl VerifySync {
 #[async_trait]
 impl Stage for VerifySync {
     fn name(&self) -> String {
-        "verify-sync".into()
+        cutover_core::stage::names::VERIFY_SYNC.into()
     }
     fn describe(&self) -> &Description {
         &self.description
@@ -213,7 +213,11 @@ impl Stage for VerifySync {
 async fn revoke_sentinel_grants(ctx: &RunContext) -> Result<()> {
     let Some(detail) = ctx
         .journal
-        .item_detail(ctx.run_id, "verify-sync", &ItemKey::SentinelGrants)
+        .item_detail(
+            ctx.run_id,
+            cutover_core::stage::names::VERIFY_SYNC,
+            &ItemKey::SentinelGrants,
+        )
         .await?
     else {
         return Ok(());
@@ -239,7 +243,11 @@ async fn revoke_sentinel_grants(ctx: &RunContext) -> Result<()> {
         }
     }
     ctx.journal
-        .remove_item(ctx.run_id, "verify-sync", &ItemKey::SentinelGrants)
+        .remove_item(
+            ctx.run_id,
+            cutover_core::stage::names::VERIFY_SYNC,
+            &ItemKey::SentinelGrants,
+        )
         .await
 }
 
@@ -388,7 +396,7 @@ impl VerifySync {
                 ctx.run_id,
                 &Item {
                     detail: Some(&detail),
-                    ..Item::new("verify-sync", &ItemKey::SentinelGrants)
+                    ..Item::new(cutover_core::stage::names::VERIFY_SYNC, &ItemKey::SentinelGrants)
                 },
             )
             .await?;

@@ -19,16 +19,16 @@ use sha2::{Digest, Sha256};
 use crate::inventory::{Inventory, quote_ident};
 use crate::{target_objects, tools};
 
-pub const STAGE: &str = "backup-target";
+pub const STAGE: &str = cutover_core::stage::names::BACKUP_TARGET;
 
 pub struct BackupTarget {
     pub description: Description,
     /// The target database, as the plan resolved it.
-    target: Endpoint,
+    target: std::sync::Arc<Endpoint>,
 }
 
 impl BackupTarget {
-    pub fn new(target: &Inventory, run_dir: &Path, endpoint: Endpoint) -> BackupTarget {
+    pub fn new(target: &Inventory, run_dir: &Path, endpoint: std::sync::Arc<Endpoint>) -> BackupTarget {
         BackupTarget {
             target: endpoint,
             description: Description {
@@ -338,7 +338,7 @@ async fn prove(ctx: &RunContext, target: &Endpoint, path: &Path, inventory: &Inv
                 mismatches.join("; ")
             )));
         }
-        let reason = cutover_core::endpoint::redact_text(&e.to_string());
+        let reason = cutover_core::redact::redact_text(&e.to_string());
         return Ok(format!(
             "proven by reading its data back: {} tables, {} rows match (the target user may not create a scratch \
              database: {reason})",
@@ -364,7 +364,12 @@ async fn prove(ctx: &RunContext, target: &Endpoint, path: &Path, inventory: &Inv
             "pg_restore of the backup into a scratch database",
         )
         .await?;
-        let pool = crate::connect::pool(&scratch_ep, 10, 0, 30, 1).await?;
+        let session = cutover_core::loaded::SessionSettings {
+            connect_timeout: scratch_ep.connect_timeout().as_secs(),
+            statement_timeout: 0,
+            lock_timeout: 30,
+        };
+        let pool = crate::connect::pool(&scratch_ep, session, 1).await?;
         let restored = Inventory::read(&pool, ctx.journal.schema(), true).await?;
         pool.close().await;
         let mut mismatches = vec![];
@@ -459,7 +464,7 @@ async fn count_archive_rows(
     if !status.success() || current.is_some() {
         return Err(Error::failure(format!(
             "reading the backup back failed ({status}): {}",
-            cutover_core::endpoint::redact_text(String::from_utf8_lossy(&stderr).trim())
+            cutover_core::redact::redact_text(String::from_utf8_lossy(&stderr).trim())
         )));
     }
     Ok(counts)

@@ -15,11 +15,11 @@ use crate::target_objects::{drop_application_objects, is_empty};
 pub struct ClearTarget {
     pub description: Description,
     /// The target database, as the plan resolved it (undo restores into it).
-    target: Endpoint,
+    target: std::sync::Arc<Endpoint>,
 }
 
 impl ClearTarget {
-    pub fn new(target: &Inventory, destroyed: &[String], endpoint: Endpoint) -> ClearTarget {
+    pub fn new(target: &Inventory, destroyed: &[String], endpoint: std::sync::Arc<Endpoint>) -> ClearTarget {
         let mut details: Vec<String> = destroyed.iter().map(|d| format!("destroys: {d}")).collect();
         details.push(format!(
             "drops schemas {} with {} tables ({} rows), {} sequences, extensions [{}], {} large objects",
@@ -54,7 +54,7 @@ impl ClearTarget {
 #[async_trait]
 impl Stage for ClearTarget {
     fn name(&self) -> String {
-        "clear-target".into()
+        cutover_core::stage::names::CLEAR_TARGET.into()
     }
     fn describe(&self) -> &Description {
         &self.description

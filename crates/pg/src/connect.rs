@@ -3,11 +3,15 @@
 
 use std::time::Duration;
 
-use cutover_core::endpoint::redact_text;
-use cutover_core::endpoint::{Endpoint, Role};
+use cutover_core::redact::redact_text;
+use std::sync::Arc;
+
+use cutover_core::endpoint::Endpoint;
 use cutover_core::error::{codes, sqlstate};
 use cutover_core::identity::ServerIdentity;
-use cutover_core::plan_file::LoadedPlan;
+use cutover_core::journal::Journal;
+use cutover_core::loaded::LoadedPlan;
+use cutover_core::loaded::SessionSettings;
 use cutover_core::tls::{SslMode, TlsSettings};
 use cutover_core::{Error, ErrorKind, Result};
 use sqlx::Executor;
@@ -25,8 +29,8 @@ pub const SESSION_SETTINGS: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, 
 
 /// The two databases of a plan, connected.
 pub struct Databases {
-    pub source: Endpoint,
-    pub target: Endpoint,
+    pub source: Arc<Endpoint>,
+    pub target: Arc<Endpoint>,
     pub source_pool: PgPool,
     pub target_pool: PgPool,
     pub source_identity: ServerIdentity,
@@ -34,26 +38,13 @@ pub struct Databases {
 }
 
 impl Databases {
-    /// Resolves and connects both sides, and refuses when they are the same database.
+    /// Connects both sides, and refuses when they are the same database.
     pub async fn connect(plan: &LoadedPlan, max_connections: u32) -> Result<Databases> {
-        let source = Endpoint::resolve(Role::Source, &plan.file.source)?;
-        let target = Endpoint::resolve(Role::Target, &plan.file.target)?;
-        let opts = &plan.file.options;
+        let (source, target) = (plan.source()?, plan.target()?);
+        let session = plan.session();
         let (source_pool, target_pool) = tokio::try_join!(
-            pool(
-                &source,
-                opts.connect_timeout,
-                opts.statement_timeout,
-                opts.lock_timeout,
-                max_connections
-            ),
-            pool(
-                &target,
-                opts.connect_timeout,
-                opts.statement_timeout,
-                opts.lock_timeout,
-                max_connections
-            ),
+            pool(&source, session, max_connections),
+            pool(&target, session, max_connections),
         )?;
         let (source_identity, target_identity) =
             tokio::try_join!(ServerIdentity::of(&source_pool), ServerIdentity::of(&target_pool))?;
@@ -88,16 +79,9 @@ impl Databases {
         source_identity: ServerIdentity,
         max_connections: u32,
     ) -> Result<Databases> {
-        let source = Endpoint::resolve(Role::Source, &plan.file.source)?;
-        let target = Endpoint::resolve(Role::Target, &plan.file.target)?;
-        let opts = &plan.file.options;
-        let source_pool = pool_options(
-            opts.connect_timeout,
-            opts.statement_timeout,
-            opts.lock_timeout,
-            max_connections,
-        )
-        .connect_lazy_with(source.connect_options(Duration::from_secs(opts.connect_timeout))?);
+        let (source, target) = (plan.source()?, plan.target()?);
+        let source_pool = pool_options(plan.session(), max_connections)
+            .connect_lazy_with(source.connect_options(source.connect_timeout())?);
         let target_identity = ServerIdentity::of(&target_pool).await?;
         Ok(Databases {
             source,
@@ -107,6 +91,64 @@ impl Databases {
             source_identity,
             target_identity,
         })
+    }
+}
+
+/// The source as a plan finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    Live,
+    /// Retired by this plan's run (quarantined or stopped): can be brought back.
+    Retired,
+    /// Destroyed by this plan's run: its final dump is the way back.
+    Destroyed,
+}
+
+impl Databases {
+    /// Connects both databases; when the source cannot be reached because
+    /// this plan's run retired it (its decommission-source stage done, not
+    /// undone), goes on with a lazy source connection so that `status`,
+    /// `rollback` and a resume still work. Else the source's error.
+    pub async fn connect_or_retired(loaded: &LoadedPlan, max: u32) -> Result<(Databases, SourceState)> {
+        use cutover_core::journal::{ItemKey, StageEvent};
+        use cutover_core::stage::names::DECOMMISSION_SOURCE;
+        let err = match Databases::connect(loaded, max).await {
+            Ok(d) => return Ok((d, SourceState::Live)),
+            Err(e) => e,
+        };
+        let Ok(TargetJournal {
+            pool,
+            journal: Some(journal),
+            ..
+        }) = target_journal(loaded, loaded.session(), max).await
+        else {
+            return Err(err);
+        };
+        let Some(run) = journal.latest_run().await? else {
+            return Err(err);
+        };
+        let retired = journal
+            .stage_states(run.id)
+            .await?
+            .get(DECOMMISSION_SOURCE)
+            .is_some_and(|s| s.event != StageEvent::Undone);
+        if !retired {
+            return Err(err);
+        }
+        let destroyed = journal
+            .item_detail(run.id, DECOMMISSION_SOURCE, &ItemKey::Retire)
+            .await?
+            .and_then(|d| serde_json::from_value::<cutover_core::artefacts::Retirement>(d).ok())
+            .is_some_and(|r| r.destroyed);
+        let dbs = Databases::with_retired_source(loaded, pool, run.source_identity, max).await?;
+        Ok((
+            dbs,
+            if destroyed {
+                SourceState::Destroyed
+            } else {
+                SourceState::Retired
+            },
+        ))
     }
 }
 
@@ -226,17 +268,13 @@ pub async fn connect_url(url: &str, application_name: &str, timeout: Duration) -
 }
 
 /// Pool settings: sessions carry [`SESSION_SETTINGS`] and the plan's timeouts.
-fn pool_options(
-    connect_timeout: u64,
-    statement_timeout: u64,
-    lock_timeout: u64,
-    max_connections: u32,
-) -> PgPoolOptions {
+fn pool_options(session: SessionSettings, max_connections: u32) -> PgPoolOptions {
     with_setup(
         format!(
-            "{SESSION_SETTINGS}; SET statement_timeout = '{statement_timeout}s'; SET lock_timeout = '{lock_timeout}s'"
+            "{SESSION_SETTINGS}; SET statement_timeout = '{}s'; SET lock_timeout = '{}s'",
+            session.statement_timeout, session.lock_timeout
         ),
-        connect_timeout,
+        session.connect_timeout,
         max_connections,
     )
 }
@@ -255,19 +293,39 @@ fn with_setup(setup: String, connect_timeout: u64, max_connections: u32) -> PgPo
         })
 }
 
-/// A pool whose sessions carry [`SESSION_SETTINGS`] and the plan's timeouts.
-pub async fn pool(
-    endpoint: &Endpoint,
-    connect_timeout: u64,
-    statement_timeout: u64,
-    lock_timeout: u64,
+/// The plan's target connected, with its journal when it has one.
+pub struct TargetJournal {
+    pub target: Arc<Endpoint>,
+    pub pool: PgPool,
+    /// None: no run of a cutover yet, or its journal archived and dropped.
+    pub journal: Option<Journal>,
+}
+
+/// Connects to the plan's target (`max_connections` sessions of `session`)
+/// and opens its journal without creating it: what the commands that read a
+/// run (status, report, archive-journal, a finished run's check) and the
+/// retired source's recovery start from.
+pub async fn target_journal(
+    plan: &LoadedPlan,
+    session: SessionSettings,
     max_connections: u32,
-) -> Result<PgPool> {
-    probe(endpoint, connect_timeout).await?;
-    let options = endpoint.connect_options(Duration::from_secs(connect_timeout))?;
-    let attempt =
-        pool_options(connect_timeout, statement_timeout, lock_timeout, max_connections).connect_with(options);
-    let connect_timeout = Duration::from_secs(connect_timeout.max(1));
+) -> Result<TargetJournal> {
+    let target = plan.target()?;
+    let pool = pool(&target, session, max_connections).await?;
+    let journal = Journal::open_existing(&pool, &plan.file.options.journal_schema).await?;
+    Ok(TargetJournal {
+        target,
+        pool,
+        journal,
+    })
+}
+
+/// A pool whose sessions carry [`SESSION_SETTINGS`] and the plan's timeouts.
+pub async fn pool(endpoint: &Endpoint, session: SessionSettings, max_connections: u32) -> Result<PgPool> {
+    probe(endpoint, session.connect_timeout).await?;
+    let options = endpoint.connect_options(Duration::from_secs(session.connect_timeout))?;
+    let attempt = pool_options(session, max_connections).connect_with(options);
+    let connect_timeout = Duration::from_secs(session.connect_timeout.max(1));
     let pool = match tokio::time::timeout(connect_timeout + Duration::from_secs(1), attempt).await {
         Ok(Ok(pool)) => pool,
         Ok(Err(e)) => {

@@ -81,8 +81,8 @@ const REUSE_WITHIN: Duration = Duration::from_secs(10);
 /// What discover takes from the plan, resolved when the plan is built.
 #[derive(Debug, Clone)]
 pub struct DiscoverSettings {
-    pub source: Endpoint,
-    pub target: Endpoint,
+    pub source: std::sync::Arc<Endpoint>,
+    pub target: std::sync::Arc<Endpoint>,
     /// options.rehearse_schema
     pub rehearse_schema: bool,
     pub role_map: RoleMap,
@@ -93,7 +93,7 @@ pub struct DiscoverSettings {
 
 impl Discover {
     /// The stage's name in the journal.
-    pub const NAME: &'static str = "discover";
+    pub const NAME: &'static str = cutover_core::stage::names::DISCOVER;
 
     pub fn new(
         source: &Inventory,
@@ -187,7 +187,7 @@ async fn rehearse(
             dir: &dir,
             record: &crate::rehearsal::record_path(&ctx.run_dir),
             sweep: true,
-            by: "discover",
+            by: Discover::NAME,
         },
     )
     .await?;

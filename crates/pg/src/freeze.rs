@@ -190,7 +190,7 @@ async fn is_frozen(pool: &PgPool) -> Result<bool> {
 #[async_trait]
 impl Stage for FreezeSource {
     fn name(&self) -> String {
-        "freeze-source".into()
+        cutover_core::stage::names::FREEZE_SOURCE.into()
     }
     fn describe(&self) -> &Description {
         &self.description

@@ -12,7 +12,8 @@
 
 use std::path::Path;
 
-use cutover_core::endpoint::{Endpoint, redact_text};
+use cutover_core::endpoint::Endpoint;
+use cutover_core::redact::redact_text;
 use cutover_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;

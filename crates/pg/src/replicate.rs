@@ -28,7 +28,7 @@ use crate::inventory::Inventory;
 use crate::replication::{self, FORWARD};
 use crate::verify::{VerifyData, VerifyResult};
 
-pub const NAME: &str = "replicate";
+pub const NAME: &str = cutover_core::stage::names::REPLICATE;
 
 /// replicate: where the stream starts, what was copied and verified, the lag.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -38,7 +38,7 @@ pub struct ReplicateResult {
     /// The slot's consistent point (the stream's start), when this attempt made it.
     pub consistent_point: Option<String>,
     /// The copy's result (as the copy stage reports it).
-    pub copy: Option<serde_json::Value>,
+    pub copy: Option<crate::copy::CopyResult>,
     /// verify-data under the slot's snapshot.
     pub verify: Option<VerifyResult>,
     /// Bytes the target trailed by at the end.
@@ -55,7 +55,7 @@ pub struct Replicate {
     pub description: Description,
     copy: Copy,
     verify: VerifyData,
-    source: Endpoint,
+    source: std::sync::Arc<Endpoint>,
     online: OnlineOptions,
     connect_timeout: u64,
     jobs: usize,
@@ -66,7 +66,7 @@ impl Replicate {
         copy: Copy,
         verify: VerifyData,
         source_inventory: &Inventory,
-        source: Endpoint,
+        source: std::sync::Arc<Endpoint>,
         online: OnlineOptions,
         connect_timeout: u64,
         jobs: usize,

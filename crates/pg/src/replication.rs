@@ -14,7 +14,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cutover_core::endpoint::{Endpoint, redact_text};
+use cutover_core::endpoint::Endpoint;
+use cutover_core::redact::redact_text;
 use cutover_core::{Error, Result};
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 
 use crate::inventory::{quote_ident, quote_literal};
 
-const STAGE: &str = "create-roles";
+const STAGE: &str = cutover_core::stage::names::CREATE_ROLES;
 
 /// create-roles: the roles it created.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]

@@ -835,6 +835,37 @@ impl Security {
     }
 }
 
+/// What the session's own user may do on its server (its role's
+/// attributes): the privilege checks of the plan read these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Attributes {
+    pub superuser: bool,
+    pub createrole: bool,
+    pub createdb: bool,
+}
+
+impl Attributes {
+    /// The current user's attributes on `pool`'s server.
+    pub async fn of_current_user(pool: &PgPool) -> Result<Attributes> {
+        Ok(sqlx::query_as(
+            "SELECT rolsuper AS superuser, rolcreaterole AS createrole, rolcreatedb AS createdb \
+             FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(pool)
+        .await?)
+    }
+}
+
+/// Whether `role` may log in on `pool`'s server (None: no such role).
+pub async fn can_login(pool: &PgPool, role: &str) -> Result<Option<bool>> {
+    Ok(
+        sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
 /// Roles of the target server.
 pub async fn roles_of(pool: &PgPool) -> Result<BTreeSet<String>> {
     let names: Vec<String> = sqlx::query_scalar("SELECT rolname::text FROM pg_roles")

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use cutover_core::endpoint::{Endpoint, redact_text};
+use cutover_core::endpoint::Endpoint;
+use cutover_core::redact::redact_text;
 use cutover_core::{Error, Result};
 use tokio::process::Command;
 
@@ -259,11 +260,14 @@ pub fn command(tool: impl AsRef<std::path::Path>, endpoint: &Endpoint) -> Comman
         cmd.env(k, v);
     }
     // Messages in English whatever the machine's locale: cutover reads some.
-    cmd.env("PGCONNECT_TIMEOUT", "10")
-        .env("LC_MESSAGES", "C")
-        .env_remove("LANGUAGE")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    cmd.env(
+        "PGCONNECT_TIMEOUT",
+        endpoint.connect_timeout().as_secs().to_string(),
+    )
+    .env("LC_MESSAGES", "C")
+    .env_remove("LANGUAGE")
+    .stdin(Stdio::null())
+    .kill_on_drop(true);
     cmd
 }
 

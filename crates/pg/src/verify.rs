@@ -704,7 +704,7 @@ impl VerifyData {
 #[async_trait]
 impl Stage for VerifyData {
     fn name(&self) -> String {
-        "verify-data".into()
+        cutover_core::stage::names::VERIFY_DATA.into()
     }
     fn describe(&self) -> &Description {
         &self.description

@@ -20,9 +20,10 @@ mod tls;
 
 pub use binaries::{bindir_major, pg_bindir, pg_bindir_for};
 pub use fixtures::Fixture;
+pub use local::ServerOptions;
 pub use pgbouncer::{ADMIN_USER, CLIENT_USER, PgBouncer, pgbouncer_bin};
 pub use psql::{TableDigest, digest_database};
-pub use server::{Backend, PgPair, PgServer, ServerOptions};
+pub use server::{Backend, PgPair, PgServer};
 pub use tls::{ServerCert, TestCa};
 
 /// A password that is easy to search for in output, unique per server.

@@ -14,7 +14,20 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::binaries::{pg_bindir, run_checked};
-use crate::server::ServerOptions;
+
+/// How a test server differs from the kit's default one (local backend).
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Another PostgreSQL major (see [`crate::pg_bindir_for`]).
+    pub major: Option<u32>,
+    /// TLS on with this certificate; plain TCP connections refused.
+    pub tls: Option<crate::ServerCert>,
+    /// The language of the server's messages (`de_DE.UTF-8`).
+    pub lc_messages: Option<String>,
+    /// Another `wal_level` than the kit's `logical` (`replica`: a server
+    /// not set up for logical replication, as many are).
+    pub wal_level: Option<String>,
+}
 
 /// Settings for test speed and for the features cutover needs (logical WAL).
 const SERVER_SETTINGS: &str = "

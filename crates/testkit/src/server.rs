@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::fixtures::Fixture;
-use crate::local::LocalServer;
+use crate::local::{LocalServer, ServerOptions};
 use crate::psql::{Conn, TableDigest, quote_literal};
 
 /// Where the kit's servers run.
@@ -46,20 +46,6 @@ pub struct PgServer {
     user: String,
     password: String,
     tls: bool,
-}
-
-/// How a test server differs from the kit's default one (local backend).
-#[derive(Debug, Clone, Default)]
-pub struct ServerOptions {
-    /// Another PostgreSQL major (see [`crate::pg_bindir_for`]).
-    pub major: Option<u32>,
-    /// TLS on with this certificate; plain TCP connections refused.
-    pub tls: Option<crate::ServerCert>,
-    /// The language of the server's messages (`de_DE.UTF-8`).
-    pub lc_messages: Option<String>,
-    /// Another `wal_level` than the kit's `logical` (`replica`: a server
-    /// not set up for logical replication, as many are).
-    pub wal_level: Option<String>,
 }
 
 /// The superuser the kit creates on every server.

@@ -3,16 +3,13 @@
 //! the run directory, and its schema is dropped from the production
 //! database; `status` and `report` then read the archive.
 
-use std::path::PathBuf;
-
 use clap::Args;
-use cutover_core::endpoint::{Endpoint, Role};
-use cutover_core::journal::{Journal, RunRecord, StageState};
-use cutover_core::plan_file::LoadedPlan;
-use serde::{Deserialize, Serialize};
+use cutover_core::journal::StageState;
+use cutover_core::loaded::LoadedPlan;
 
 use crate::args::GlobalArgs;
 use crate::exit::{Code, coded};
+use crate::journal_archive::{Archive, ArchivedRun, archive_path};
 
 #[derive(Debug, Args)]
 pub struct ArchiveArgs {
@@ -21,47 +18,14 @@ pub struct ArchiveArgs {
     pub yes: bool,
 }
 
-/// The journal as the run directory keeps it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Archive {
-    pub schema: String,
-    pub archived_at: chrono::DateTime<chrono::Utc>,
-    pub runs: Vec<ArchivedRun>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ArchivedRun {
-    pub run: RunRecord,
-    pub stages: Vec<StageState>,
-    /// (stage, item, state, rows)
-    pub items: Vec<(String, String, String, Option<i64>)>,
-}
-
-pub fn archive_path(loaded: &LoadedPlan) -> PathBuf {
-    loaded.run_dir().join("journal-archive.json")
-}
-
-/// The archive, when the journal was archived.
-pub fn read_archive(loaded: &LoadedPlan) -> anyhow::Result<Option<Archive>> {
-    let path = archive_path(loaded);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| {
-            coded(
-                cutover_core::ErrorKind::Failure,
-                format!("{} cannot be read ({e}): it is damaged", path.display()),
-            )
-        })?)),
-        Err(_) => Ok(None),
-    }
-}
-
 pub(crate) fn run(global: &GlobalArgs, args: ArchiveArgs) -> anyhow::Result<Code> {
     let loaded = LoadedPlan::load(&global.plan)?;
     super::runtime()?.block_on(async {
         let opts = &loaded.file.options;
-        let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
-        let pool = cutover_pg::connect::pool(&target, opts.connect_timeout, 0, opts.lock_timeout, 2).await?;
-        let Some(journal) = Journal::open_existing(&pool, &opts.journal_schema).await? else {
+        let opened =
+            cutover_pg::connect::target_journal(&loaded, loaded.session().without_statement_timeout(), 2).await?;
+        let target = &opened.target;
+        let Some(journal) = opened.journal else {
             return Err(coded(
                 cutover_core::ErrorKind::BadInput,
                 format!("the target {target} has no journal (schema {}): nothing to archive", opts.journal_schema),

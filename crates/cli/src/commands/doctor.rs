@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use clap::Args;
-use cutover_core::endpoint::redact_text;
-use cutover_core::plan_file::LoadedPlan;
+use cutover_core::loaded::LoadedPlan;
+use cutover_core::redact::redact_text;
 use cutover_ops::consumer::{self, Which};
 use cutover_pg::inventory::Inventory;
 
@@ -30,7 +30,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: DoctorArgs) -> anyhow::Result<Code
         ));
     }
     super::runtime()?.block_on(async {
-        let (dbs, _) = cutover_ops::decommission::connect(&loaded, 2).await?;
+        let (dbs, _) = cutover_pg::Databases::connect_or_retired(&loaded, 2).await?;
         let servers = cutover_ops::consumer::servers(&loaded, &dbs)?;
         let schema = &loaded.file.options.journal_schema;
         let base = consumer::base_dir(&loaded.path);
@@ -69,13 +69,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: DoctorArgs) -> anyhow::Result<Code
             if groups.contains_key(label)
                 && let Ok(inv) = Inventory::read(pool, schema, true).await
             {
-                let users = inv
-                    .tables
-                    .iter()
-                    .find(|t| t.name == "users")
-                    .map(|t| format!(", {} users", t.rows))
-                    .unwrap_or_default();
-                counts.insert(label, format!("{} tables, {} rows{users}", inv.tables.len(), inv.total_rows()));
+                counts.insert(label, format!("{} tables, {} rows", inv.tables.len(), inv.total_rows()));
             }
         }
         let describe = |label: &str| match label {

@@ -7,7 +7,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::Args;
-use cutover_core::endpoint::redact_text;
+use cutover_core::redact::redact_text;
 use cutover_ops::conn::ConnString;
 use cutover_ops::scan::Candidate;
 

@@ -2,7 +2,7 @@
 //! clearing the target would destroy. Read-only.
 
 use clap::Args;
-use cutover_core::plan_file::LoadedPlan;
+use cutover_core::loaded::LoadedPlan;
 use cutover_pg::Databases;
 use cutover_pg::inventory::{Inventory, compare};
 

@@ -12,8 +12,53 @@ pub mod run;
 pub mod status;
 pub mod verify;
 
-use crate::args::{Cli, Command};
+use clap::{Parser, Subcommand};
+
+use crate::args::GlobalArgs;
 use crate::exit::Code;
+
+/// Consolidate two diverged PostgreSQL databases into one and move every
+/// application over to it: planned first, run in resumable stages, proven at
+/// the end, reversible after a failed step.
+#[derive(Debug, Parser)]
+#[command(name = "cutover", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented plan file to start from.
+    Init(init::InitArgs),
+    /// Show both databases side by side and what clearing the target would destroy.
+    Inspect(inspect::InspectArgs),
+    /// Find which database each consumer really uses (split-brain check).
+    Doctor(doctor::DoctorArgs),
+    /// Dry run: the numbered stages `run` would execute, from live read-only inspection.
+    Plan(plan::PlanArgs),
+    /// Start or resume the cutover described by the plan file.
+    Run(run::RunArgs),
+    /// The run's stage table from the journal.
+    Status(status::StatusArgs),
+    /// Compare source and target table by table (row counts and content hashes).
+    Verify(verify::VerifyArgs),
+    /// Undo completed stages in reverse order.
+    Rollback(rollback::RollbackArgs),
+    /// A Markdown report of the cutover, built from the journal.
+    Report(report::ReportArgs),
+    /// Move the journal into the run directory and drop its schema from the target (no rollback after).
+    ArchiveJournal(archive::ArchiveArgs),
+    /// The whole story on two throwaway local PostgreSQL servers.
+    Demo(demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
 
 /// Dispatches to the subcommand.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<Code> {
@@ -32,7 +77,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<Code> {
         Command::ArchiveJournal(args) => archive::run(&global, args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            let mut cmd = crate::args::Cli::command();
+            let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "cutover", &mut std::io::stdout());
             Ok(Code::Success)
         }

@@ -5,7 +5,7 @@
 //! directory, which lets discover skip restoring the same schema again.
 
 use clap::Args;
-use cutover_core::plan_file::LoadedPlan;
+use cutover_core::loaded::LoadedPlan;
 
 use crate::args::{GlobalArgs, Output};
 use crate::exit::Code;

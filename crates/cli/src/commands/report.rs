@@ -11,11 +11,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 use cutover_core::artefacts::Artefacts;
-use cutover_core::endpoint::{Endpoint, Role, redact_text};
-use cutover_core::journal::{Journal, RunRecord, StageEvent, StageState};
-use cutover_core::plan_file::LoadedPlan;
+use cutover_core::artefacts::{DecommissionResult, Retirement};
+use cutover_core::endpoint::Endpoint;
+use cutover_core::journal::{RunRecord, StageEvent, StageState};
+use cutover_core::loaded::LoadedPlan;
+use cutover_core::redact::redact_text;
 use cutover_ops::consumer::Which;
-use cutover_ops::decommission::{DecommissionResult, Retirement};
 use cutover_ops::repoint::RepointResult;
 use cutover_ops::switch::{ResumeResult, SwitchResult};
 use cutover_ops::sync::SyncResult;
@@ -52,16 +53,17 @@ pub(crate) fn run(global: &GlobalArgs, args: ReportArgs) -> anyhow::Result<Code>
 struct Facts {
     run: RunRecord,
     stages: Vec<StageState>,
-    source: Endpoint,
-    target: Endpoint,
+    source: std::sync::Arc<Endpoint>,
+    target: std::sync::Arc<Endpoint>,
     after: Inventory,
 }
 
 async fn build(loaded: &LoadedPlan) -> anyhow::Result<String> {
     let opts = &loaded.file.options;
-    let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
-    let source = Endpoint::resolve(Role::Source, &loaded.file.source)?;
-    let pool = cutover_pg::connect::pool(&target, opts.connect_timeout, 0, opts.lock_timeout, 2).await?;
+    let session = loaded.session().without_statement_timeout();
+    let opened = cutover_pg::connect::target_journal(loaded, session, 2).await?;
+    let (target, pool) = (opened.target, opened.pool);
+    let source = loaded.source()?;
     let no_run = || {
         coded(
             cutover_core::ErrorKind::BadInput,
@@ -70,20 +72,19 @@ async fn build(loaded: &LoadedPlan) -> anyhow::Result<String> {
             ),
         )
     };
-    let (run, mut stages): (_, Vec<StageState>) =
-        match Journal::open_existing(&pool, &opts.journal_schema).await? {
-            Some(journal) => {
-                let run = journal.latest_run().await?.ok_or_else(no_run)?;
-                let stages = journal.stage_states(run.id).await?.into_values().collect();
-                (run, stages)
-            }
-            // Archived (`cutover archive-journal`): the run directory has it.
-            None => {
-                let archive = super::archive::read_archive(loaded)?.ok_or_else(no_run)?;
-                let latest = archive.runs.into_iter().next().ok_or_else(no_run)?;
-                (latest.run, latest.stages)
-            }
-        };
+    let (run, mut stages): (_, Vec<StageState>) = match opened.journal {
+        Some(journal) => {
+            let run = journal.latest_run().await?.ok_or_else(no_run)?;
+            let stages = journal.stage_states(run.id).await?.into_values().collect();
+            (run, stages)
+        }
+        // Archived (`cutover archive-journal`): the run directory has it.
+        None => {
+            let archive = crate::journal_archive::read_archive(loaded)?.ok_or_else(no_run)?;
+            let latest = archive.runs.into_iter().next().ok_or_else(no_run)?;
+            (latest.run, latest.stages)
+        }
+    };
     stages.sort_by_key(|s| s.first_started_at.unwrap_or(s.at));
     let after = Inventory::read(&pool, &opts.journal_schema, true).await?;
     let facts = Facts {
@@ -96,14 +97,7 @@ async fn build(loaded: &LoadedPlan) -> anyhow::Result<String> {
     // A stream that stopped is said loudly, here as everywhere in the window.
     let mut warnings = vec![];
     if opts.mode == cutover_core::plan_file::Mode::Online
-        && let Ok(source_pool) = cutover_pg::connect::pool(
-            &facts.source,
-            opts.connect_timeout.min(5),
-            0,
-            opts.lock_timeout,
-            1,
-        )
-        .await
+        && let Ok(source_pool) = cutover_pg::connect::pool(&facts.source, session.glance(), 1).await
     {
         warnings = cutover_pg::replication::health(&source_pool, &pool)
             .await
@@ -154,7 +148,7 @@ fn render(f: &Facts) -> String {
     let mut before: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut after_consumers: Vec<String> = vec![];
     for s in &f.stages {
-        if let Some(name) = s.stage.strip_prefix("repoint:")
+        if let Some(name) = s.stage.strip_prefix(cutover_core::stage::names::REPOINT_PREFIX)
             && s.event == StageEvent::Done
         {
             let repointed = s
@@ -169,28 +163,13 @@ fn render(f: &Facts) -> String {
             after_consumers.push(name.to_string());
         }
     }
-    let discover: Option<DiscoverResult> = artefacts(f, "discover");
+    let discover: Option<DiscoverResult> = artefacts(f, cutover_core::stage::names::DISCOVER);
     let describe = |side: &str| -> String {
         let Some(d) = &discover else { return String::new() };
         let s = if side == "source" { &d.source } else { &d.target };
-        let users = s
-            .rows_of("users")
-            .map(|n| format!(", {n} users"))
-            .unwrap_or_default();
-        format!("{} tables, {} rows{users}", s.tables, s.rows)
+        format!("{} tables, {} rows", s.tables, s.rows)
     };
-    let after_users = f
-        .after
-        .tables
-        .iter()
-        .find(|t| t.name == "users")
-        .map(|t| format!(", {} users", t.rows))
-        .unwrap_or_default();
-    let after_desc = format!(
-        "{} tables, {} rows{after_users}",
-        f.after.tables.len(),
-        f.after.total_rows()
-    );
+    let after_desc = format!("{} tables, {} rows", f.after.tables.len(), f.after.total_rows());
     let retired: Option<DecommissionResult> = artefacts(f, cutover_ops::decommission::NAME);
 
     let _ = writeln!(w, "## Before\n");
@@ -347,7 +326,7 @@ fn render(f: &Facts) -> String {
     // The online mode verifies inside replicate, under the slot's snapshot.
     let online = artefacts::<ReplicateResult>(f, cutover_pg::replicate::NAME).and_then(|r| r.verify);
     let under_snapshot = online.is_some();
-    match artefacts::<VerifyResult>(f, "verify-data").or(online) {
+    match artefacts::<VerifyResult>(f, cutover_core::stage::names::VERIFY_DATA).or(online) {
         Some(v) => {
             let hash = v.report.row_hash.describe();
             let _ = writeln!(
@@ -400,7 +379,7 @@ fn render(f: &Facts) -> String {
             switch.sequences
         );
     }
-    if let Some(sync) = artefacts::<SyncResult>(f, "verify-sync") {
+    if let Some(sync) = artefacts::<SyncResult>(f, cutover_core::stage::names::VERIFY_SYNC) {
         let _ = writeln!(
             w,
             "A sentinel row was written on the target and read through each consumer's connection:\n"
@@ -445,7 +424,7 @@ fn render(f: &Facts) -> String {
 
     // Backup.
     let _ = writeln!(w, "## Backup of the target before it was cleared\n");
-    match artefacts::<BackupResult>(f, "backup-target") {
+    match artefacts::<BackupResult>(f, cutover_core::stage::names::BACKUP_TARGET) {
         Some(b) => {
             let _ = writeln!(
                 w,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use cutover_core::engine::{self, Selection};
-use cutover_core::plan_file::LoadedPlan;
+use cutover_core::loaded::LoadedPlan;
 use cutover_core::stage::CancelFlag;
 
 use crate::args::GlobalArgs;

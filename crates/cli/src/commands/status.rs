@@ -1,9 +1,8 @@
 //! `cutover status`: the latest run's stage table from the journal.
 
 use clap::Args;
-use cutover_core::endpoint::{Endpoint, Role};
-use cutover_core::journal::Journal;
-use cutover_core::plan_file::{LoadedPlan, Mode};
+use cutover_core::loaded::LoadedPlan;
+use cutover_core::plan_file::Mode;
 
 use crate::args::{GlobalArgs, Output};
 use crate::exit::Code;
@@ -15,10 +14,11 @@ pub(crate) fn run(global: &GlobalArgs, _args: StatusArgs) -> anyhow::Result<Code
     let loaded = LoadedPlan::load(&global.plan)?;
     super::runtime()?.block_on(async {
         let opts = &loaded.file.options;
-        let target = Endpoint::resolve(Role::Target, &loaded.file.target)?;
-        let pool = cutover_pg::connect::pool(&target, opts.connect_timeout, 0, opts.lock_timeout, 2).await?;
-        let Some(journal) = Journal::open_existing(&pool, &opts.journal_schema).await? else {
-            if let Some(archive) = super::archive::read_archive(&loaded)?
+        let opened =
+            cutover_pg::connect::target_journal(&loaded, loaded.session().without_statement_timeout(), 2).await?;
+        let (target, pool) = (opened.target, opened.pool);
+        let Some(journal) = opened.journal else {
+            if let Some(archive) = crate::journal_archive::read_archive(&loaded)?
                 && let Some(latest) = archive.runs.into_iter().next()
             {
                 let mut states = latest.stages;
@@ -28,7 +28,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: StatusArgs) -> anyhow::Result<Code
                 } else {
                     println!(
                         "(from the archive {}: the journal schema was dropped from the target on {})",
-                        super::archive::archive_path(&loaded).display(),
+                        crate::journal_archive::archive_path(&loaded).display(),
                         archive.archived_at.format("%Y-%m-%d %H:%M UTC")
                     );
                     print_states(&latest.run, &states);
@@ -115,9 +115,8 @@ async fn replication(loaded: &LoadedPlan, target: &sqlx::PgPool) -> Vec<String> 
         Err(e) => vec![format!("the target's could not be read: {}", e.message)],
     };
     let source = async {
-        let endpoint = Endpoint::resolve(Role::Source, &loaded.file.source)?;
-        let pool = cutover_pg::connect::pool(&endpoint, opts.connect_timeout.min(5), 0, opts.lock_timeout, 1)
-            .await?;
+        let endpoint = loaded.source()?;
+        let pool = cutover_pg::connect::pool(&endpoint, loaded.session().glance(), 1).await?;
         let mut lines = cutover_pg::replication::describe(&pool, "source").await?;
         let problems = cutover_pg::replication::health(&pool, target).await?;
         if cutover_pg::replication::subscription(&pool, cutover_pg::replication::REVERSE)

@@ -3,7 +3,7 @@
 //! objects. Exit code 3 when anything differs.
 
 use clap::Args;
-use cutover_core::plan_file::LoadedPlan;
+use cutover_core::loaded::LoadedPlan;
 use cutover_pg::copy::default_jobs;
 
 use crate::args::{GlobalArgs, Output};
@@ -16,8 +16,8 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
     let loaded = LoadedPlan::load(&global.plan)?;
     super::runtime()?.block_on(async {
         let jobs = default_jobs(loaded.file.options.jobs);
-        let (dbs, source) = cutover_ops::decommission::connect(&loaded, jobs as u32 * 2 + 2).await?;
-        if source != cutover_ops::decommission::Source::Live {
+        let (dbs, source) = cutover_pg::Databases::connect_or_retired(&loaded, jobs as u32 * 2 + 2).await?;
+        if source != cutover_pg::connect::SourceState::Live {
             return Err(crate::exit::coded(
                 cutover_core::ErrorKind::BadInput,
                 "the source was retired by this plan's run (decommission-source), after verify-data proved the \

@@ -57,7 +57,7 @@ use crate::{target_objects, tools};
 use analyze::gets_analyze;
 use tables::{Split, ranges};
 
-pub const STAGE: &str = "copy";
+pub const STAGE: &str = cutover_core::stage::names::COPY;
 
 /// Which server an error of the data stream came from.
 pub(crate) fn on_source(e: sqlx::Error) -> Error {
@@ -71,8 +71,8 @@ fn on_target(e: sqlx::Error) -> Error {
 /// What the copy takes from the plan, resolved when the plan is built.
 #[derive(Debug, Clone)]
 pub struct CopySettings {
-    pub source: Endpoint,
-    pub target: Endpoint,
+    pub source: std::sync::Arc<Endpoint>,
+    pub target: std::sync::Arc<Endpoint>,
     /// Tables copied at once (see [`default_jobs`]).
     pub jobs: usize,
     /// Large objects' transactions at once.
@@ -89,8 +89,8 @@ pub struct CopySettings {
 impl CopySettings {
     pub fn new(
         options: &cutover_core::plan_file::Options,
-        source: Endpoint,
-        target: Endpoint,
+        source: std::sync::Arc<Endpoint>,
+        target: std::sync::Arc<Endpoint>,
         role_map: RoleMap,
     ) -> CopySettings {
         CopySettings {
@@ -365,7 +365,7 @@ impl Stage for Copy {
     }
 
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
-        self.copy(ctx, None).await
+        Ok(self.copy(ctx, None).await?.to_value())
     }
 
     async fn check(&self, ctx: &RunContext) -> Result<Check> {
@@ -380,7 +380,7 @@ impl Stage for Copy {
 impl Copy {
     /// The copy's steps, under its own exported snapshot or under
     /// `snapshot` (exported by a replication slot's creation).
-    pub async fn copy(&self, ctx: &RunContext, snapshot: Option<&str>) -> Result<serde_json::Value> {
+    pub async fn copy(&self, ctx: &RunContext, snapshot: Option<&str>) -> Result<CopyResult> {
         let started = Instant::now();
         // 1. The source now, under one snapshot; compared with the plan.
         let (pass, mut snapshot) = Pass::begin(ctx, &self.settings, snapshot).await?;
@@ -466,7 +466,7 @@ impl Copy {
             copied_fingerprint: fingerprint(&now),
             differs_from_plan,
         };
-        Ok(result.to_value())
+        Ok(result)
     }
 
     /// Every table of the source is on the target with as many rows.

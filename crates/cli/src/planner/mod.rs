@@ -3,26 +3,31 @@
 //!
 //! Building it is also the preflight: every consumer is read and checked
 //! (file, key, writable, commands) before any stage runs, so a problem stops
-//! the run with nothing changed.
+//! the run with nothing changed. Its checks are named steps of
+//! [`preflight`].
+
+mod preflight;
 
 use std::time::Duration;
 
 use cutover_core::endpoint::Endpoint;
-use cutover_core::plan_file::{ConsumerConfig, DecommissionDriver, LoadedPlan, Mode};
+use cutover_core::loaded::LoadedPlan;
+use cutover_core::plan_file::{ConsumerConfig, DecommissionDriver, Mode};
 use cutover_core::stage::{Plan, Stage};
 use cutover_core::{Error, Result};
-use cutover_ops::consumer::{self, Servers, Which, preflight, servers};
-use cutover_ops::decommission::{Decommission, Source, connect};
+use cutover_ops::consumer::{self, Servers, Which, servers};
+use cutover_ops::decommission::Decommission;
 use cutover_ops::repoint::Repoint;
 use cutover_ops::switch::{Applications, Bouncer, EndReplication, Online, Resume, Switch};
 use cutover_ops::sync::VerifySync;
 use cutover_pg::Databases;
 use cutover_pg::backup::BackupTarget;
 use cutover_pg::clear::ClearTarget;
+use cutover_pg::connect::SourceState as Source;
 use cutover_pg::copy::{Copy, CopySettings, default_jobs};
 use cutover_pg::discover::{Discover, DiscoverSettings};
 use cutover_pg::freeze::{FenceSettings, FreezeSource, other_sessions};
-use cutover_pg::inventory::{Comparison, Inventory, compare};
+use cutover_pg::inventory::{Comparison, Inventory};
 use cutover_pg::replicate::Replicate;
 use cutover_pg::roles::CreateRoles;
 use cutover_pg::security::RoleMap;
@@ -65,118 +70,45 @@ pub fn lacking_roles_refusal(missing: &[String]) -> Error {
     )
 }
 
-/// Inspects both databases and every consumer (read-only) and builds the stages in their safe order.
+/// Inspects both databases and every consumer (read-only) and builds the
+/// stages in their safe order: each check is a named step of [`preflight`],
+/// and a refusal there leaves nothing changed.
 pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     let jobs = default_jobs(loaded.file.options.jobs);
     // Copy: a connection per job on each side, the snapshot and the journal;
     // verify-data: up to two per job (key ranges of large tables).
-    let (dbs, state) = connect(loaded, jobs as u32 * 2 + 3).await?;
+    let (dbs, state) = Databases::connect_or_retired(loaded, jobs as u32 * 2 + 3).await?;
     let retired = state != Source::Live;
-    let schema = &loaded.file.options.journal_schema;
-    let privileges = "its user must be able to read every table (an owner of the database or a superuser)";
-    // Both servers inspected at once (counting rows is most of the planning time).
-    let read_target = async {
-        Inventory::read(&dbs.target_pool, schema, true)
-            .await
-            .map_err(|e| e.context(format!("inspecting the target {} ({privileges})", dbs.target)))
-    };
-    let read_source = async {
-        if retired {
-            return Ok(None);
-        }
-        // Large tables keep the statistics' estimate for now: counting them
-        // only matters where the target has them too (below).
-        Inventory::read_estimating(&dbs.source_pool, schema)
-            .await
-            .map(Some)
-            .map_err(|e| e.context(format!("inspecting the source {} ({privileges})", dbs.source)))
-    };
-    let (target, source) = tokio::try_join!(read_target, read_source)?;
     let online = loaded.file.options.mode == Mode::Online;
+    let (source, target) = preflight::inspect(loaded, &dbs, retired).await?;
     let mut warnings = vec![];
     if online && !retired {
-        let r = cutover_pg::online::readiness(
-            &dbs.source_pool,
-            &dbs.target_pool,
-            schema,
-            &loaded.file.options.online.replica_identity_full,
-        )
-        .await?;
-        if !r.problems.is_empty() {
-            return Err(online_refused(&r));
-        }
-        warnings.extend(r.notes);
-        warnings.extend(cutover_pg::replication::health(&dbs.source_pool, &dbs.target_pool).await?);
+        warnings.extend(preflight::online_readiness(loaded, &dbs).await?);
     }
-    let (source, comparison) = if let Some(mut source) = source {
-        // Exact where the two are compared (row differences, the direction
-        // check); a table only the source has is copied and counted by the
-        // copy, and verified by verify-data, so its estimate is only shown.
-        source
-            .count_exactly(&dbs.source_pool, |t| target.table(&t.schema, &t.name).is_some())
-            .await
-            .map_err(|e| e.context(format!("counting rows on the source {}", dbs.source)))?;
-        let comparison = compare(&source, &target, &dbs.source_pool, &dbs.target_pool).await?;
-        (source, comparison)
-    } else {
-        warnings.push(
-            "the source was retired by this plan's run (decommission-source): stages before it are described \
-             without inspecting it; `cutover rollback` brings it back"
-                .into(),
-        );
-        (
-            Inventory::empty(dbs.source_identity.clone()),
-            Comparison::default(),
-        )
-    };
+    let (source, comparison) = preflight::compare_sides(source, &target, &dbs, &mut warnings).await?;
     if !retired {
-        // The client tools must fit both servers before anything changes.
-        let tools =
-            cutover_pg::tools::Toolset::choose(source.identity.version_num, target.identity.version_num)
-                .await?;
-        // A role map restores the schema through the psql beside pg_restore.
-        if !loaded.file.roles.map.is_empty() && tools.pg_restore.sibling("psql").is_none() {
-            return Err(Error::failure(format!(
-                "[roles] map restores the schema through psql, and there is none beside {}; nothing was changed",
-                tools.pg_restore.path.display()
-            ))
-            .with_hint("install psql of the same PostgreSQL version"));
-        }
-        if tools.source_major != tools.target_major {
-            warnings.push(format!(
-                "the source runs PostgreSQL {}, the target {}: {}",
-                tools.source_major,
-                tools.target_major,
-                tools.describe()
-            ));
-        }
+        warnings.extend(preflight::client_tools(loaded, &source, &target).await?);
     }
     let allow_ahead = switches.allow_target_ahead || loaded.file.target.allow_ahead;
-    let freeze = loaded.file.options.freeze_source;
     let sessions = if retired {
         vec![]
     } else {
         other_sessions(&dbs.source_pool).await?
     };
-    if freeze && !retired && !online {
-        let operator = &dbs.source.user;
-        if let Some(e) =
-            cutover_pg::freeze::unendable(&cutover_pg::freeze::sessions(&dbs.source_pool).await?, operator)
-        {
-            warnings.push(format!("{}; {}", e.message, e.hint.unwrap_or_default()));
-        }
+    if loaded.file.options.freeze_source && !retired && !online {
+        warnings.extend(preflight::unendable_sessions(&dbs).await?);
     }
-    warnings.extend(operator_notes(&dbs).await?);
+    warnings.extend(preflight::operator_notes(&dbs).await?);
     if !comparison.target_ahead.is_empty() && !allow_ahead {
         warnings.push(cutover_pg::discover::target_ahead_error(&comparison.target_ahead).message);
     }
-    if !freeze && !online {
+    if !loaded.file.options.freeze_source && !online {
         warnings
             .push("freeze_source = false: writes to the source after the copy's snapshot are lost".into());
     }
     let servers = servers(loaded, &dbs)?;
     let base = consumer::base_dir(&loaded.path);
-    let readings = preflight(loaded, &servers).await?;
+    let readings = consumer::preflight(loaded, &servers).await?;
     let fence = fence_settings(loaded, &readings, &dbs, retired).await?;
     let applications = if online {
         Some(applications(
@@ -188,154 +120,19 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
     } else {
         None
     };
-    // Roles are cluster objects: every one the source's objects name must
-    // exist on the target (or be created) before anything changes.
-    let mut create_roles = None;
-    let mut security_note = None;
-    let mut lacking_roles = vec![];
-    if !retired {
-        let sec = cutover_pg::security::Security::read(&dbs.source_pool, schema)
-            .await
-            .map_err(|e| {
-                e.context(format!(
-                    "reading owners and privileges on the source {}",
-                    dbs.source
-                ))
-            })?;
-        let on_target = cutover_pg::security::roles_of(&dbs.target_pool).await?;
-        // The roles the consumers will log in as on the target count too
-        // (one that only PUBLIC's privileges serve names no object).
-        let on_source = cutover_pg::security::roles_of(&dbs.source_pool).await?;
-        let map = cutover_pg::security::RoleMap(loaded.file.roles.map.clone());
-        let mut sec = sec.mapped(&map);
-        for (from, to) in &map.0 {
-            if !on_target.contains(to) {
-                return Err(Error::refused(format!(
-                    "[roles] map sends {from} to {to}, which the target server lacks; nothing was changed"
-                ))
-                .with_hint(format!("create {to} on the target, or fix the map")));
-            }
-        }
-        for r in &readings {
-            let Ok(dest) = consumer::destination(&r.spec, &servers) else {
-                continue;
-            };
-            if on_target.contains(&dest.user) {
-                // Preflight: the application's login must be able to log in there.
-                let login: bool = sqlx::query_scalar("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
-                    .bind(&dest.user)
-                    .fetch_one(&dbs.target_pool)
-                    .await?;
-                if !login {
-                    return Err(Error::refused(format!(
-                        "consumer {} will log in as {} on the target, and that role may not log in there (NOLOGIN); \
-                         nothing was changed",
-                        r.spec.name, dest.user
-                    ))
-                    .with_hint(format!("ALTER ROLE {} LOGIN on the target, or give the consumer another login", dest.user)));
-                }
-            } else if on_source.contains(&dest.user) {
-                sec.roles.insert(dest.user);
-            }
-        }
-        let missing: Vec<String> = sec
-            .roles
-            .iter()
-            .filter(|r| !on_target.contains(*r))
-            .cloned()
-            .collect();
-        if !missing.is_empty() && !loaded.file.roles.create_missing {
-            // With the rehearsal on, it names them beside every object the
-            // target cannot recreate, in one refusal (plan's, discover's).
-            if !loaded.file.options.rehearse_schema {
-                return Err(lacking_roles_refusal(&missing));
-            }
-            lacking_roles = missing.clone();
-        } else if !missing.is_empty() {
-            // What create-roles needs, checked before anything changes.
-            let (t_super, t_createrole): (bool, bool) =
-                sqlx::query_as("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user")
-                    .fetch_one(&dbs.target_pool)
-                    .await?;
-            if !t_super && !t_createrole {
-                return Err(Error::refused(format!(
-                    "[roles] create_missing: the target user {} may not create roles; nothing was changed",
-                    dbs.target.user
-                ))
-                .with_hint(format!(
-                    "ALTER ROLE {} CREATEROLE, or create the roles yourself",
-                    dbs.target.user
-                )));
-            }
-            if loaded.file.roles.copy_passwords {
-                let s_super: bool =
-                    sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-                        .fetch_one(&dbs.source_pool)
-                        .await?;
-                if !s_super {
-                    return Err(Error::refused(format!(
-                        "[roles] copy_passwords: reading password hashes needs a superuser on the source, and {} is \
-                         not one; nothing was changed",
-                        dbs.source.user
-                    ))
-                    .with_hint("set copy_passwords = false and set the passwords on the target yourself"));
-                }
-            }
-        }
-        // Always there with create_missing: after the run has created
-        // them, its undo (rollback) still finds the stage.
-        if loaded.file.roles.create_missing {
-            create_roles = Some(
-                cutover_pg::roles::CreateRoles::new(
-                    &dbs.source_pool,
-                    &missing,
-                    loaded.file.roles.copy_passwords,
-                )
-                .await?,
-            );
-        }
-        let not_member = cutover_pg::security::owners_not_settable(&dbs.target_pool, &sec, &missing).await?;
-        if !not_member.is_empty() {
-            return Err(Error::refused(format!(
-                "the target user {} may not give objects to the role(s) that own them on the source ({}): the copy \
-                 keeps owners; nothing was changed",
-                dbs.target.user,
-                not_member.join(", ")
-            ))
-            .with_hint(format!("GRANT {} TO {}", not_member.join(", "), dbs.target.user)));
-        }
-        security_note = Some(sec.summary());
-    }
-
+    let roles = if retired {
+        preflight::Roles::default()
+    } else {
+        preflight::roles(loaded, &dbs, &readings, &servers).await?
+    };
     let mut repoints = vec![];
     for reading in &readings {
         let dest = consumer::destination(&reading.spec, &servers)?;
         let repoint = Repoint::new(reading.clone(), dest, base.clone(), servers.clone())?;
         repoints.push(if online { repoint.online() } else { repoint });
     }
-    if let Some(d) = &loaded.file.decommission
-        && d.driver == DecommissionDriver::Postgres
-        && !retired
-        && !repoints.is_empty()
-    {
-        // Quarantine renames the database: CREATEDB (or a superuser).
-        // Refused here, not half-way after connections were disallowed.
-        let (sup, createdb): (bool, bool) =
-            sqlx::query_as("SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user")
-                .fetch_one(&dbs.source_pool)
-                .await?;
-        if !sup && !createdb {
-            return Err(Error::refused(format!(
-                "[decommission] driver = \"postgres\" quarantines the source by renaming its database, and the \
-                 source user {} may not (renaming a database needs CREATEDB); nothing was changed",
-                dbs.source.user
-            ))
-            .with_hint(format!(
-                "ALTER ROLE {} CREATEDB (as a superuser or a role with CREATEROLE), or use driver = \"command\" \
-                 with your provider's tooling, or driver = \"none\"",
-                dbs.source.user
-            )));
-        }
+    if !retired && !repoints.is_empty() {
+        preflight::decommission_rights(loaded, &dbs).await?;
     }
     let stages = assemble(Parts {
         loaded,
@@ -347,8 +144,8 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         allow_ahead,
         jobs,
         sessions,
-        create_roles,
-        security_note,
+        create_roles: roles.create_roles,
+        security_note: roles.security_note,
         repoints,
         servers,
         // What was done decides what undo can do, whatever the flags now.
@@ -356,11 +153,13 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         force: switches.force,
         applications,
         fence,
-        lacking_roles: lacking_roles.clone(),
+        lacking_roles: roles.lacking.clone(),
     })?;
     for s in &stages {
         let name = s.name();
-        if name.starts_with("repoint:") || name == cutover_ops::decommission::NAME {
+        if name.starts_with(cutover_core::stage::names::REPOINT_PREFIX)
+            || name == cutover_ops::decommission::NAME
+        {
             warnings.extend(s.describe().warnings.iter().cloned());
         }
     }
@@ -368,7 +167,7 @@ pub async fn build(loaded: &LoadedPlan, switches: Switches) -> Result<Planned> {
         plan: Plan { stages, warnings },
         dbs,
         retired,
-        lacking_roles,
+        lacking_roles: roles.lacking,
     })
 }
 
@@ -380,8 +179,8 @@ pub struct Parts<'a> {
     pub source: &'a Inventory,
     pub target: &'a Inventory,
     pub comparison: &'a Comparison,
-    pub source_endpoint: Endpoint,
-    pub target_endpoint: Endpoint,
+    pub source_endpoint: std::sync::Arc<Endpoint>,
+    pub target_endpoint: std::sync::Arc<Endpoint>,
     pub allow_ahead: bool,
     /// Tables copied (and verified) at once.
     pub jobs: usize,
@@ -548,15 +347,6 @@ pub fn assemble(p: Parts<'_>) -> Result<Vec<Box<dyn Stage>>> {
 
 /// `mode = "online"` while the servers are not ready for it: every
 /// problem with its fix. Nothing was changed.
-fn online_refused(r: &cutover_pg::online::Readiness) -> Error {
-    Error::refused(format!(
-        "options.mode = \"online\": the servers are not ready for logical replication; nothing was changed. \
-         Fix these, then run again:\n  - {}",
-        r.lines().join("\n  - ")
-    ))
-    .with_hint("or remove options.mode (\"offline\": the source read-only during the copy)")
-}
-
 /// How the online switch pauses each consumer: a PgBouncer entry through
 /// its console, any other by fencing the role it logs in as on the source.
 /// `operators`: cutover's users on the source and on the target.
@@ -658,42 +448,6 @@ pub fn journal_note(schema: &str) -> String {
     )
 }
 
-/// What the plan does differently when cutover's users are not superusers
-/// (a managed service's operator role).
-async fn operator_notes(dbs: &Databases) -> Result<Vec<String>> {
-    const SQL: &str = "SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user";
-    let (t_super, t_createdb): (bool, bool) = sqlx::query_as(SQL).fetch_one(&dbs.target_pool).await?;
-    let mut notes = vec![];
-    if !t_super {
-        notes.push(format!(
-            "the target user {} is not a superuser: the copy loads with the target's triggers as they are \
-             (session_replication_role needs a superuser; triggers, keys and indexes are created after the data \
-             anyway)",
-            dbs.target.user
-        ));
-    }
-    if !t_createdb && !t_super {
-        notes.push(format!(
-            "the target user {} may not create databases: backup-target proves the backup by reading its data \
-             back and counting each table's rows, not by a restore into a scratch database",
-            dbs.target.user
-        ));
-    }
-    if let Ok((s_super, _)) = sqlx::query_as::<_, (bool, bool)>(SQL)
-        .fetch_one(&dbs.source_pool)
-        .await
-        && !s_super
-    {
-        notes.push(format!(
-            "the source user {} is not a superuser: freeze-source ends the sessions of roles whose privileges it \
-             has (all but superusers' with pg_signal_backend) and refuses, before changing anything, when others \
-             are connected",
-            dbs.source.user
-        ));
-    }
-    Ok(notes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -737,11 +491,11 @@ mod tests {
     }
 
     fn stages_with(extra: &str, applications: Option<Applications>) -> Result<Vec<Box<dyn Stage>>> {
-        let loaded = LoadedPlan {
-            path: "/plans/cutover.toml".into(),
-            file: parse(&format!("{PLAN}{extra}")).unwrap(),
-            fingerprint: String::new(),
-        };
+        let loaded = LoadedPlan::new(
+            "/plans/cutover.toml".into(),
+            parse(&format!("{PLAN}{extra}")).unwrap(),
+            String::new(),
+        );
         let source = Inventory::empty(identity("app"));
         let target = Inventory::empty(identity("app"));
         let (s, t) = (
@@ -766,8 +520,8 @@ mod tests {
             source: &source,
             target: &target,
             comparison: &Comparison::default(),
-            source_endpoint: s,
-            target_endpoint: t,
+            source_endpoint: s.into(),
+            target_endpoint: t.into(),
             allow_ahead: false,
             jobs: default_jobs(loaded.file.options.jobs),
             sessions: vec!["10.0.0.9 app (app_rw)".into()],
