@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cutover_core::artefacts::Artefacts;
+use cutover_core::artefacts::{Artefacts, DecommissionResult, FinalDump, Retirement};
 use cutover_core::endpoint::Endpoint;
 use cutover_core::event::Event;
 use cutover_core::journal::{Item, ItemKey, quote_ident};
@@ -25,10 +25,6 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use crate::hooks;
 
 pub const NAME: &str = cutover_core::stage::names::DECOMMISSION_SOURCE;
-
-pub use cutover_pg::connect::SourceState as Source;
-
-pub use cutover_core::artefacts::{DecommissionResult, FinalDump, Retirement};
 
 /// The proof that the source took no write since it stopped taking the
 /// applications' (the tables' own counters against those read when the
