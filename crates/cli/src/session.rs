@@ -121,7 +121,8 @@ pub async fn open(
     });
     if loaded.file.options.mode == cutover_core::plan_file::Mode::Online {
         for problem in
-            cutover_pg::replication::health(&planned.dbs.source_pool, &planned.dbs.target_pool).await?
+            cutover_pg::online::subscription::health(&planned.dbs.source_pool, &planned.dbs.target_pool)
+                .await?
         {
             events.emit(Event::Warning { message: problem });
         }

@@ -10,6 +10,7 @@ pub mod event;
 pub mod identity;
 pub mod journal;
 pub mod loaded;
+pub mod objects;
 pub mod plan_file;
 pub mod redact;
 pub mod stage;

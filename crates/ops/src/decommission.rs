@@ -44,7 +44,7 @@ pub async fn source_untouched(ctx: &RunContext, retiring: bool, force: bool) -> 
             .and_then(|w| serde_json::from_value::<std::collections::BTreeMap<String, i64>>(w.clone()).ok())
     };
     let (baseline, since) = match (
-        done(crate::switch::END),
+        done(crate::online::end_replication::END),
         done(cutover_core::stage::names::FREEZE_SOURCE),
     ) {
         (Some(b), _) if retiring => (b, "the rollback window closed (end-replication)"),

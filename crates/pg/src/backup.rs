@@ -154,9 +154,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 pub async fn restore(ctx: &RunContext, target: &Endpoint) -> Result<PathBuf> {
     let rec = require_proven(ctx).await?;
     target_objects::drop_application_objects(&ctx.target, ctx.journal.schema()).await?;
-    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
-        .fetch_one(&ctx.target)
-        .await?;
+    let version = crate::connect::server_version(&ctx.target).await?;
     let (_, pg_restore) = tools::for_backup(version).await?;
     let args = [
         // With the target's own owners and grants, as it had them.

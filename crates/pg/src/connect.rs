@@ -537,3 +537,19 @@ pub async fn writable(pool: &sqlx::PgPool) -> Result<sqlx::pool::PoolConnection<
         .await?;
     Ok(conn)
 }
+
+/// `server_version_num` of the server behind `executor` (150004 for 15.4).
+pub async fn server_version<'e>(executor: impl sqlx::PgExecutor<'e>) -> Result<i32> {
+    Ok(
+        sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+            .fetch_one(executor)
+            .await?,
+    )
+}
+
+/// The name of the database `executor` is connected to.
+pub async fn current_database<'e>(executor: impl sqlx::PgExecutor<'e>) -> Result<String> {
+    Ok(sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(executor)
+        .await?)
+}

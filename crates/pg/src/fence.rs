@@ -32,7 +32,7 @@ use cutover_core::{Error, Result};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 
-use crate::connect::writable;
+use crate::connect::{current_database, writable};
 use crate::inventory::quote_ident;
 
 /// The table (in the journal's schema) that holds the ACL saved before the
@@ -159,12 +159,6 @@ pub async fn reach(pool: &PgPool, scope: &FenceScope, consumers: &[String]) -> R
     Ok(reach)
 }
 
-async fn database(conn: &mut PgConnection) -> Result<String> {
-    Ok(sqlx::query_scalar("SELECT current_database()::text")
-        .fetch_one(&mut *conn)
-        .await?)
-}
-
 /// Whether the fence is up on this connection's database: its table holds
 /// the saved ACL (also for readers inside a transaction: the security
 /// inventory).
@@ -282,7 +276,7 @@ pub async fn raise(pool: &PgPool, reach: &Reach, journal_schema: &str) -> Result
 
 async fn raise_on(pool: &PgPool, reach: &Reach, journal_schema: &str) -> Result<Raised> {
     let mut conn = writable(pool).await?;
-    let db = database(&mut conn).await?;
+    let db = current_database(&mut *conn).await?;
     let up = is_up_on(&mut conn, journal_schema).await?;
     // CONNECT as it was (the saved ACL once the fence is up: a resumed
     // attempt finds PUBLIC's entry gone).
@@ -452,7 +446,7 @@ async fn lift_on(pool: &PgPool, journal_schema: &str) -> Result<bool> {
         }
         return Ok(false);
     }
-    let db = database(&mut conn).await?;
+    let db = current_database(&mut *conn).await?;
     let want = connect_entries(&mut conn, &acl_sql(journal_schema, true)).await?;
     set_connect(&mut conn, &db, &want).await?;
     sqlx::query(&format!("DROP TABLE {t}"))

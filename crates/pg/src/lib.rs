@@ -12,8 +12,6 @@ pub mod freeze;
 pub mod inventory;
 pub mod online;
 pub mod rehearsal;
-pub mod replicate;
-pub mod replication;
 pub mod roles;
 pub mod security;
 pub mod target_objects;

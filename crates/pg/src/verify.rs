@@ -126,11 +126,8 @@ impl RowHash {
         if choice == RowHashChoice::Text {
             return Ok(RowHash::Text);
         }
-        let sql = "SELECT current_setting('server_version_num')::int";
-        let (s, t): (i32, i32) = tokio::try_join!(
-            async { Ok::<_, Error>(sqlx::query_scalar(sql).fetch_one(source).await?) },
-            async { Ok::<_, Error>(sqlx::query_scalar(sql).fetch_one(target).await?) }
-        )?;
+        use crate::connect::server_version;
+        let (s, t) = tokio::try_join!(server_version(source), server_version(target))?;
         Ok(if s.min(t) >= 140_000 {
             RowHash::Native
         } else {
@@ -443,7 +440,7 @@ pub async fn verify(
         crate::security::Security::read(source_pool, journal_schema),
         crate::security::Security::read(target_pool, journal_schema)
     )?;
-    let version = crate::replication::server_version;
+    let version = crate::connect::server_version;
     if version(source_pool).await? < 170000 && version(target_pool).await? >= 170000 {
         sec_t.without_maintain();
     }

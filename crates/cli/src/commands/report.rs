@@ -17,13 +17,14 @@ use cutover_core::journal::{RunRecord, StageEvent, StageState};
 use cutover_core::loaded::LoadedPlan;
 use cutover_core::redact::redact_text;
 use cutover_ops::consumer::Which;
+use cutover_ops::online::resume::{RESUME, ResumeResult};
+use cutover_ops::online::switch::{SWITCH, SwitchResult};
 use cutover_ops::repoint::RepointResult;
-use cutover_ops::switch::{ResumeResult, SwitchResult};
 use cutover_ops::sync::SyncResult;
 use cutover_pg::backup::BackupResult;
 use cutover_pg::discover::DiscoverResult;
 use cutover_pg::inventory::Inventory;
-use cutover_pg::replicate::ReplicateResult;
+use cutover_pg::online::replicate::ReplicateResult;
 use cutover_pg::verify::VerifyResult;
 
 use crate::args::GlobalArgs;
@@ -99,7 +100,7 @@ async fn build(loaded: &LoadedPlan) -> anyhow::Result<String> {
     if opts.mode == cutover_core::plan_file::Mode::Online
         && let Ok(source_pool) = cutover_pg::connect::pool(&facts.source, session.glance(), 1).await
     {
-        warnings = cutover_pg::replication::health(&source_pool, &pool)
+        warnings = cutover_pg::online::subscription::health(&source_pool, &pool)
             .await
             .unwrap_or_default();
         source_pool.close().await;
@@ -324,7 +325,7 @@ fn render(f: &Facts) -> String {
     // Proof.
     let _ = writeln!(w, "## Verification\n");
     // The online mode verifies inside replicate, under the slot's snapshot.
-    let online = artefacts::<ReplicateResult>(f, cutover_pg::replicate::NAME).and_then(|r| r.verify);
+    let online = artefacts::<ReplicateResult>(f, cutover_pg::online::replicate::NAME).and_then(|r| r.verify);
     let under_snapshot = online.is_some();
     match artefacts::<VerifyResult>(f, cutover_core::stage::names::VERIFY_DATA).or(online) {
         Some(v) => {
@@ -364,8 +365,8 @@ fn render(f: &Facts) -> String {
             let _ = writeln!(w, "verify-data has not passed in this run.\n");
         }
     }
-    if let Some(resume) = artefacts::<ResumeResult>(f, cutover_ops::switch::RESUME) {
-        let switch = artefacts::<SwitchResult>(f, cutover_ops::switch::SWITCH).unwrap_or_default();
+    if let Some(resume) = artefacts::<ResumeResult>(f, RESUME) {
+        let switch = artefacts::<SwitchResult>(f, SWITCH).unwrap_or_default();
         let _ = writeln!(
             w,
             "The applications' write pause (online mode): from {} to {}, {} ms; pausing took {} ms, the target \

@@ -110,21 +110,21 @@ fn print_states(run: &cutover_core::journal::RunRecord, states: &[cutover_core::
 /// source that does not answer is said so).
 async fn replication(loaded: &LoadedPlan, target: &sqlx::PgPool) -> Vec<String> {
     let opts = &loaded.file.options;
-    let mut lines = match cutover_pg::replication::describe(target, "target").await {
+    let mut lines = match cutover_pg::online::leftovers::describe(target, "target").await {
         Ok(l) => l,
         Err(e) => vec![format!("the target's could not be read: {}", e.message)],
     };
     let source = async {
         let endpoint = loaded.source()?;
         let pool = cutover_pg::connect::pool(&endpoint, loaded.session().glance(), 1).await?;
-        let mut lines = cutover_pg::replication::describe(&pool, "source").await?;
-        let problems = cutover_pg::replication::health(&pool, target).await?;
-        if cutover_pg::replication::subscription(&pool, cutover_pg::replication::REVERSE)
+        let mut lines = cutover_pg::online::leftovers::describe(&pool, "source").await?;
+        let problems = cutover_pg::online::subscription::health(&pool, target).await?;
+        if cutover_pg::online::subscription::subscription(&pool, cutover_pg::online::REVERSE)
             .await?
             .is_some()
         {
             let behind =
-                cutover_pg::replication::sequences_behind(&pool, target, &opts.journal_schema).await?;
+                cutover_pg::online::sentinel::sequences_behind(&pool, target, &opts.journal_schema).await?;
             lines.push(if behind.is_empty() {
                 "sequences: the source's are level with the target's".to_string()
             } else {

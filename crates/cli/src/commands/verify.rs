@@ -41,7 +41,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
         // applications' rows back to the source, not their sequences (a
         // rollback sets those back): sequences ahead on the target are expected.
         let mut reverse_note = None;
-        if cutover_pg::replication::subscription(&dbs.source_pool, cutover_pg::replication::REVERSE)
+        if cutover_pg::online::subscription::subscription(&dbs.source_pool, cutover_pg::online::REVERSE)
             .await?
             .is_some()
             && !report.sequences.is_empty()
@@ -55,7 +55,7 @@ pub(crate) fn run(global: &GlobalArgs, _args: VerifyArgs) -> anyhow::Result<Code
             report.leave_out_sequences();
         }
         if loaded.file.options.mode == cutover_core::plan_file::Mode::Online {
-            for problem in cutover_pg::replication::health(&dbs.source_pool, &dbs.target_pool).await? {
+            for problem in cutover_pg::online::subscription::health(&dbs.source_pool, &dbs.target_pool).await? {
                 eprintln!("warning: {problem}");
             }
         }

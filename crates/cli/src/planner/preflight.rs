@@ -50,7 +50,7 @@ pub async fn inspect(
 /// The online mode: both servers ready for logical replication (else a
 /// refusal listing every problem), and the notes and stream warnings.
 pub async fn online_readiness(loaded: &LoadedPlan, dbs: &Databases) -> Result<Vec<String>> {
-    let r = cutover_pg::online::readiness(
+    let r = cutover_pg::online::readiness::check(
         &dbs.source_pool,
         &dbs.target_pool,
         &loaded.file.options.journal_schema,
@@ -61,11 +61,11 @@ pub async fn online_readiness(loaded: &LoadedPlan, dbs: &Databases) -> Result<Ve
         return Err(online_refused(&r));
     }
     let mut notes = r.notes;
-    notes.extend(cutover_pg::replication::health(&dbs.source_pool, &dbs.target_pool).await?);
+    notes.extend(cutover_pg::online::subscription::health(&dbs.source_pool, &dbs.target_pool).await?);
     Ok(notes)
 }
 
-fn online_refused(r: &cutover_pg::online::Readiness) -> Error {
+fn online_refused(r: &cutover_pg::online::readiness::Readiness) -> Error {
     Error::refused(format!(
         "options.mode = \"online\": the servers are not ready for logical replication; nothing was changed. \
          Fix these, then run again:\n  - {}",

@@ -108,7 +108,7 @@ async fn present(pass: &Pass<'_>) -> Result<bool> {
 /// A `pg_restore --list` line of the online mode's publications.
 fn cutover_publication(line: &str) -> bool {
     line.contains(" PUBLICATION ")
-        && [crate::replication::FORWARD, crate::replication::REVERSE]
+        && [cutover_core::objects::FORWARD, cutover_core::objects::REVERSE]
             .iter()
             .any(|name| line.split_whitespace().any(|w| w == *name))
 }

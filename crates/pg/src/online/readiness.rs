@@ -29,7 +29,7 @@ const OLD_TRANSACTION_SECS: i64 = 60;
 /// Reads both servers' settings, roles and tables.
 /// `identity_full`: keyless tables the plan publishes with `REPLICA
 /// IDENTITY FULL` (`schema.table`); they are not a problem.
-pub async fn readiness(
+pub async fn check(
     source: &PgPool,
     target: &PgPool,
     journal_schema: &str,

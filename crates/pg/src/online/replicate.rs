@@ -23,9 +23,9 @@ use cutover_core::stage::{Check, Description, RunContext, Stage, Undo};
 use cutover_core::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
 
+use super::{FORWARD, publication, sentinel, slot, subscription};
 use crate::copy::Copy;
 use crate::inventory::Inventory;
-use crate::replication::{self, FORWARD};
 use crate::verify::{VerifyData, VerifyResult};
 
 pub const NAME: &str = cutover_core::stage::names::REPLICATE;
@@ -109,7 +109,7 @@ impl Replicate {
         let schema = ctx.journal.schema();
         // A slot without a subscription is an earlier attempt's, and its
         // snapshot went with it: so does what it copied.
-        if replication::drop_slot(&ctx.source, FORWARD).await? {
+        if slot::drop_slot(&ctx.source, FORWARD).await? {
             ctx.emit(Event::Warning {
                 message: format!(
                     "an earlier attempt's slot {FORWARD} had no subscription yet: its snapshot is gone, so its copy \
@@ -125,11 +125,11 @@ impl Replicate {
         {
             self.copy.drop_copied(ctx).await?;
         }
-        replication::identity_full(&ctx.source, &self.online.replica_identity_full, true).await?;
-        let tables = replication::publish(&ctx.source, FORWARD, schema).await?;
-        replication::sentinel_table(&ctx.target, schema).await?;
-        let version = replication::server_version(&ctx.source).await?;
-        let slot = replication::ExportedSlot::create(&self.source, FORWARD, version).await?;
+        publication::identity_full(&ctx.source, &self.online.replica_identity_full, true).await?;
+        let tables = publication::publish(&ctx.source, FORWARD, schema).await?;
+        sentinel::sentinel_table(&ctx.target, schema).await?;
+        let version = crate::connect::server_version(&ctx.source).await?;
+        let slot = slot::ExportedSlot::create(&self.source, FORWARD, version).await?;
         ctx.emit(Event::Info {
             message: format!(
                 "replicate: slot {FORWARD} created at {} (snapshot {}), publication of {tables} tables; copying \
@@ -160,7 +160,7 @@ impl Replicate {
             Ok(done) => done,
             Err(e) => {
                 // The slot is useless without its snapshot, and keeps WAL.
-                if let Err(d) = replication::drop_slot(&ctx.source, FORWARD).await {
+                if let Err(d) = slot::drop_slot(&ctx.source, FORWARD).await {
                     ctx.emit(Event::Warning {
                         message: format!("dropping slot {FORWARD} after the failure: {}", d.message),
                     });
@@ -177,11 +177,11 @@ impl Replicate {
         });
         result.copy = Some(copied);
         result.verify = Some(verified);
-        let conninfo = replication::conninfo(&self.source, self.online.source_address.as_deref());
-        if let Err(e) = replication::subscribe(&ctx.target, FORWARD, &conninfo).await {
+        let conninfo = subscription::conninfo(&self.source, self.online.source_address.as_deref());
+        if let Err(e) = subscription::subscribe(&ctx.target, FORWARD, &conninfo).await {
             // Without a subscription the slot only keeps WAL; the next
             // attempt copies again anyway.
-            replication::drop_slot(&ctx.source, FORWARD).await?;
+            slot::drop_slot(&ctx.source, FORWARD).await?;
             return Err(e);
         }
         Ok(())
@@ -191,25 +191,25 @@ impl Replicate {
     async fn catch_up(&self, ctx: &RunContext) -> Result<(i64, u64)> {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(self.online.lag_timeout);
-        let baseline = replication::subscription(&ctx.target, FORWARD)
+        let baseline = subscription::subscription(&ctx.target, FORWARD)
             .await?
             .map_or(0, |s| s.apply_errors);
         // A sentinel proves the stream applies end to end (a lag near zero
         // alone does not: a stopped apply worker holds a small lag too).
-        let token = replication::write_sentinel(&ctx.source, ctx.journal.schema()).await?;
+        let token = sentinel::write_sentinel(&ctx.source, ctx.journal.schema()).await?;
         let written = Instant::now();
         let table_seen =
-            || replication::wait_for_sentinel(&ctx.target, ctx.journal.schema(), token, Instant::now(), None);
+            || sentinel::wait_for_sentinel(&ctx.target, ctx.journal.schema(), token, Instant::now(), None);
         let mut reported = Instant::now();
         loop {
             ctx.cancel.check()?;
-            let sub = replication::subscription(&ctx.target, FORWARD)
+            let sub = subscription::subscription(&ctx.target, FORWARD)
                 .await?
                 .ok_or_else(|| Error::failure(format!("subscription {FORWARD} vanished from the target")))?;
             if !sub.enabled || sub.apply_errors > baseline {
                 return Err(apply_error(sub.apply_errors));
             }
-            let lag = replication::lag(&ctx.source, FORWARD).await?.ok_or_else(|| {
+            let lag = slot::lag(&ctx.source, FORWARD).await?.ok_or_else(|| {
                 Error::failure(format!(
                     "slot {FORWARD} vanished from the source: the stream cannot go on; `cutover rollback`, then run \
                      again"
@@ -282,11 +282,11 @@ impl Stage for Replicate {
 
     async fn run(&self, ctx: &RunContext) -> Result<serde_json::Value> {
         let mut result = ReplicateResult::default();
-        if replication::subscription(&ctx.target, FORWARD).await?.is_none() {
+        if subscription::subscription(&ctx.target, FORWARD).await?.is_none() {
             self.start(ctx, &mut result).await?;
         } else {
             // An earlier attempt subscribed: the stream goes on from where it was.
-            replication::enable(&ctx.target, FORWARD).await?;
+            subscription::enable(&ctx.target, FORWARD).await?;
         }
         let started = Instant::now();
         (result.lag_bytes, result.sentinel_millis) = self.catch_up(ctx).await?;
@@ -304,7 +304,7 @@ impl Stage for Replicate {
     }
 
     async fn check(&self, ctx: &RunContext) -> Result<Check> {
-        Ok(match replication::subscription(&ctx.target, FORWARD).await? {
+        Ok(match subscription::subscription(&ctx.target, FORWARD).await? {
             Some(s) if s.enabled && s.streaming => Check::Holds,
             // A restarted source: the apply worker reconnects by itself;
             // replicate runs again and waits for the stream's sentinel.
@@ -316,11 +316,11 @@ impl Stage for Replicate {
 
     async fn undo(&self, ctx: &RunContext) -> Result<String> {
         let schema = ctx.journal.schema();
-        replication::unsubscribe(&ctx.target, FORWARD).await?;
-        replication::drop_slot(&ctx.source, FORWARD).await?;
-        replication::unpublish(&ctx.source, FORWARD, schema, true).await?;
-        replication::unpublish(&ctx.target, FORWARD, schema, false).await?;
-        replication::identity_full(&ctx.source, &self.online.replica_identity_full, false).await?;
+        subscription::unsubscribe(&ctx.target, FORWARD).await?;
+        slot::drop_slot(&ctx.source, FORWARD).await?;
+        publication::unpublish(&ctx.source, FORWARD, schema, true).await?;
+        publication::unpublish(&ctx.target, FORWARD, schema, false).await?;
+        publication::identity_full(&ctx.source, &self.online.replica_identity_full, false).await?;
         let dropped = self.copy.drop_copied(ctx).await?;
         Ok(format!(
             "subscription, slot and publication {FORWARD} dropped; {dropped}"
