@@ -23,7 +23,7 @@ pub enum ErrorKind {
     Interrupted,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,

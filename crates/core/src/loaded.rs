@@ -63,7 +63,7 @@ impl LoadedPlan {
                 path.display()
             ))
         })?;
-        let file = parse(&text).map_err(|msg| Error::bad_input(format!("{}: {msg}", path.display())))?;
+        let file = parse(&text).map_err(|e| e.context(path.display()))?;
         Ok(LoadedPlan::new(
             path.to_path_buf(),
             file,

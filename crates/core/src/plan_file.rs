@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::error::{Error, Result};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanFile {
@@ -434,11 +436,13 @@ pub enum AdminConsole {
 
 impl AdminConsole {
     /// The console's URL, or a message naming what is missing.
-    pub fn url(&self) -> std::result::Result<String, String> {
+    pub fn url(&self) -> Result<String> {
         match self {
             AdminConsole::Url(u) => Ok(u.clone()),
             AdminConsole::Env(var) => std::env::var(var).map_err(|_| {
-                format!("admin_url_env names {var}, which is not set in this environment; export it")
+                Error::bad_input(format!(
+                    "admin_url_env names {var}, which is not set in this environment; export it"
+                ))
             }),
         }
     }
@@ -496,31 +500,31 @@ impl ConsumerSpec {
 }
 
 impl TryFrom<RawConsumer> for ConsumerSpec {
-    type Error = String;
+    type Error = Error;
     /// Checks and types a `[[consumer]]` in one pass: what a kind needs is
     /// taken from the entry or named as missing, never assumed.
-    fn try_from(c: RawConsumer) -> std::result::Result<ConsumerSpec, String> {
+    fn try_from(c: RawConsumer) -> Result<ConsumerSpec> {
         let name = &c.name;
         if name.is_empty()
             || !name
                 .chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
         {
-            return Err(format!(
+            return Err(Error::bad_input(format!(
                 "[[consumer]] name {name:?}: use letters, digits, '-', '_' and '.' (it names a stage and a backup file)"
-            ));
+            )));
         }
         let missing = |what: &str| {
-            format!(
+            Error::bad_input(format!(
                 "[[consumer]] {name:?} (kind = {}) needs `{what}`",
                 as_toml(&c.kind)
-            )
+            ))
         };
         let unused = |what: &str| {
-            Err(format!(
+            Err(Error::bad_input(format!(
                 "[[consumer]] {name:?}: `{what}` does not apply to kind = {}",
                 as_toml(&c.kind)
-            ))
+            )))
         };
         let path = || c.path.clone().ok_or_else(|| missing("path"));
         let key = || c.key.clone().ok_or_else(|| missing("key"));
@@ -528,10 +532,10 @@ impl TryFrom<RawConsumer> for ConsumerSpec {
             ConsumerKind::PgService => {
                 let (path, service) = (path()?, key()?);
                 if !c.keys.is_empty() {
-                    return Err(format!(
+                    return Err(Error::bad_input(format!(
                         "[[consumer]] {name:?}: `keys` does not apply to kind = \"pg_service\" (the service's host, \
                          port, dbname, user and password lines are its keys)"
-                    ));
+                    )));
                 }
                 ConsumerConfig::PgService { path, service }
             }
@@ -545,16 +549,16 @@ impl TryFrom<RawConsumer> for ConsumerSpec {
             | ConsumerKind::Php => {
                 let path = path()?;
                 if c.key.is_none() && c.keys.is_empty() {
-                    return Err(format!(
+                    return Err(Error::bad_input(format!(
                         "[[consumer]] {name:?} (kind = {}) needs `key` (the key holding the whole connection) or `keys` \
                          (the keys holding its host, port, dbname, user and password)",
                         as_toml(&c.kind)
-                    ));
+                    )));
                 }
                 if c.key.is_none() && c.keys.host.is_none() && c.keys.dbname.is_none() {
-                    return Err(format!(
+                    return Err(Error::bad_input(format!(
                         "[[consumer]] {name:?}: keys names neither a host nor a database key, so it names no database"
-                    ));
+                    )));
                 }
                 ConsumerConfig::Keyed {
                     kind: match c.kind {
@@ -584,24 +588,24 @@ impl TryFrom<RawConsumer> for ConsumerSpec {
                 let (path, database) = (path()?, key()?);
                 let admin = match (&c.admin_url, &c.admin_url_env) {
                     (None, None) => {
-                        return Err(format!(
+                        return Err(Error::bad_input(format!(
                             "[[consumer]] {name:?} (kind = \"pgbouncer\") needs `admin_url` or `admin_url_env`: the \
                              entry is switched through PgBouncer's admin console (PAUSE, RELOAD, RESUME)"
-                        ));
+                        )));
                     }
                     (Some(_), Some(_)) => {
-                        return Err(format!(
+                        return Err(Error::bad_input(format!(
                             "[[consumer]] {name:?}: give `admin_url` or `admin_url_env`, not both"
-                        ));
+                        )));
                     }
                     (Some(u), None) => AdminConsole::Url(u.clone()),
                     (None, Some(v)) => AdminConsole::Env(v.clone()),
                 };
                 let pause_timeout = match c.pause_timeout {
                     Some(0) => {
-                        return Err(format!(
+                        return Err(Error::bad_input(format!(
                             "[[consumer]] {name:?}: pause_timeout must be at least 1 second"
-                        ));
+                        )));
                     }
                     t => t.unwrap_or(10),
                 };
@@ -637,7 +641,9 @@ impl TryFrom<RawConsumer> for ConsumerSpec {
             return unused("admin_url/admin_url_env/pause_timeout");
         }
         if c.health_expect.is_some() && c.health_url.is_none() {
-            return Err(format!("[[consumer]] {name:?}: health_expect needs health_url"));
+            return Err(Error::bad_input(format!(
+                "[[consumer]] {name:?}: health_expect needs health_url"
+            )));
         }
         Ok(ConsumerSpec {
             name: c.name,
@@ -756,34 +762,38 @@ pub enum DecommissionDriver {
 }
 
 /// Parses and validates a plan file's text; the error names line and column.
-pub fn parse(text: &str) -> std::result::Result<PlanFile, String> {
-    let file: PlanFile = toml::from_str(text).map_err(|e| {
-        let msg = e.message().to_string();
-        match e.span() {
-            Some(span) => {
-                let (line, col) = line_col(text, span.start);
-                format!("line {line}, column {col}: {msg}")
+pub fn parse(text: &str) -> Result<PlanFile> {
+    let file: PlanFile = toml::from_str(text)
+        .map_err(|e| {
+            let msg = e.message().to_string();
+            match e.span() {
+                Some(span) => {
+                    let (line, col) = line_col(text, span.start);
+                    format!("line {line}, column {col}: {msg}")
+                }
+                None => msg,
             }
-            None => msg,
-        }
-    })?;
+        })
+        .map_err(Error::bad_input)?;
     validate(&file)?;
     Ok(file)
 }
 
-fn validate(file: &PlanFile) -> std::result::Result<(), String> {
+fn validate(file: &PlanFile) -> Result<()> {
     let schema = &file.options.journal_schema;
     if schema.is_empty()
         || !schema
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     {
-        return Err(format!(
+        return Err(Error::bad_input(format!(
             "options.journal_schema = {schema:?}: use lower-case letters, digits and underscores"
-        ));
+        )));
     }
     if file.source.allow_ahead {
-        return Err("allow_ahead belongs under [target], not [source]".into());
+        return Err(Error::bad_input(
+            "allow_ahead belongs under [target], not [source]",
+        ));
     }
     let o = &file.options;
     let o2 = &o.online;
@@ -798,28 +808,28 @@ fn validate(file: &PlanFile) -> std::result::Result<(), String> {
         ("options.online.max_lag", o2.max_lag, 0, 1 << 40),
     ] {
         if value < min || value > max {
-            return Err(format!(
+            return Err(Error::bad_input(format!(
                 "{key} = {value}: must be between {min} and {max}; nothing was changed"
-            ));
+            )));
         }
     }
 
     let mut names = std::collections::BTreeSet::new();
     for c in &file.consumers {
         if !names.insert(&c.name) {
-            return Err(format!(
+            return Err(Error::bad_input(format!(
                 "two [[consumer]] entries are named {:?}: names must be unique",
                 c.name
-            ));
+            )));
         }
     }
     if let Some(d) = &file.decommission {
         let need = |what: &str, v: &Option<String>| match v {
             Some(_) => Ok(()),
-            None => Err(format!(
+            None => Err(Error::bad_input(format!(
                 "[decommission] driver = {} needs `{what}`",
                 as_toml(&d.driver)
-            )),
+            ))),
         };
         match d.driver {
             DecommissionDriver::Docker => need("container", &d.container)?,
@@ -831,9 +841,9 @@ fn validate(file: &PlanFile) -> std::result::Result<(), String> {
                 }
             }
             DecommissionDriver::None if d.destroy => {
-                return Err(
-                    "[decommission] destroy = true needs a driver (postgres, docker or command)".into(),
-                );
+                return Err(Error::bad_input(
+                    "[decommission] destroy = true needs a driver (postgres, docker or command)",
+                ));
             }
             _ => {}
         }
@@ -874,7 +884,9 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line_and_column() {
-        let err = parse(&format!("{MINIMAL}[options]\nfreeze_sorce = false\n")).unwrap_err();
+        let err = parse(&format!("{MINIMAL}[options]\nfreeze_sorce = false\n"))
+            .unwrap_err()
+            .message;
         assert!(err.starts_with("line 6, column 1:"), "{err}");
         assert!(err.contains("unknown field `freeze_sorce`"), "{err}");
         assert!(
@@ -895,23 +907,27 @@ mod tests {
             Duration::from_secs(3)
         );
         for bad in ["-1", "-1.0", "0", "0.0", "nan", "inf", "-inf", "3601"] {
-            let err = online(bad).unwrap_err();
+            let err = online(bad).unwrap_err().message;
             assert!(
                 err.contains("options.online.max_pause") && err.contains("above 0 and at most 3600"),
                 "{bad}: {err}"
             );
         }
-        let err = online("\"5\"").unwrap_err();
+        let err = online("\"5\"").unwrap_err().message;
         assert!(
             err.contains("without quotes") && err.contains("max_pause"),
             "{err}"
         );
-        let err = parse(&format!("{MINIMAL}[options]\nconnect_timeout = 0\n")).unwrap_err();
+        let err = parse(&format!("{MINIMAL}[options]\nconnect_timeout = 0\n"))
+            .unwrap_err()
+            .message;
         assert!(
             err.contains("options.connect_timeout = 0") && err.contains("between 1 and"),
             "{err}"
         );
-        let err = parse(&format!("{MINIMAL}[options]\njobs = -2\n")).unwrap_err();
+        let err = parse(&format!("{MINIMAL}[options]\njobs = -2\n"))
+            .unwrap_err()
+            .message;
         assert!(err.contains("line 6"), "{err}");
     }
 
@@ -928,32 +944,41 @@ mod tests {
             FenceScope::Roles(vec!["app_rw".into(), "cron".into()])
         );
         for bad in ["\"some\"", "[]", "3"] {
-            let err = fence(bad).unwrap_err();
+            let err = fence(bad).unwrap_err().message;
             assert!(err.contains("options.fence"), "{bad}: {err}");
         }
     }
 
     #[test]
     fn wrong_type_and_missing_section() {
-        let err = parse(&format!("{MINIMAL}[options]\njobs = \"four\"\n")).unwrap_err();
+        let err = parse(&format!("{MINIMAL}[options]\njobs = \"four\"\n"))
+            .unwrap_err()
+            .message;
         assert!(err.contains("line 6") && err.contains("invalid type"), "{err}");
-        let err = parse("[source]\nurl = \"postgresql://a@h/s\"\n").unwrap_err();
+        let err = parse("[source]\nurl = \"postgresql://a@h/s\"\n")
+            .unwrap_err()
+            .message;
         assert!(err.contains("missing field `target`"), "{err}");
     }
 
     #[test]
     fn validation_rejects_bad_schema_and_duplicate_consumers() {
-        let err = parse(&format!("{MINIMAL}[options]\njournal_schema = \"Bad-Name\"\n")).unwrap_err();
+        let err = parse(&format!("{MINIMAL}[options]\njournal_schema = \"Bad-Name\"\n"))
+            .unwrap_err()
+            .message;
         assert!(err.contains("journal_schema"), "{err}");
         let c = "[[consumer]]\nname = \"a\"\nkind = \"env\"\npath = \"x\"\nkey = \"K\"\n";
-        let err = parse(&format!("{MINIMAL}{c}{c}")).unwrap_err();
+        let err = parse(&format!("{MINIMAL}{c}{c}")).unwrap_err().message;
         assert!(err.contains("unique"), "{err}");
         let err = parse(&format!(
             "{MINIMAL}[[consumer]]\nname = \"a\"\nkind = \"yaml\"\npath = \"x\"\n"
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .message;
         assert!(err.contains("needs `key`"), "{err}");
-        let err = parse(&format!("{MINIMAL}[decommission]\ndriver = \"docker\"\n")).unwrap_err();
+        let err = parse(&format!("{MINIMAL}[decommission]\ndriver = \"docker\"\n"))
+            .unwrap_err()
+            .message;
         assert!(err.contains("needs `container`"), "{err}");
     }
 
@@ -1006,7 +1031,8 @@ mod tests {
         let err = parse(&format!(
             "{MINIMAL}[[consumer]]\nname = \"cron\"\nkind = \"text\"\npath = \"crontab\"\nget = \"x\"\n"
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .message;
         assert!(
             err.starts_with("line 5") && err.contains("`get/set` does not apply to kind = \"text\""),
             "{err}"

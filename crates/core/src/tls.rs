@@ -232,7 +232,7 @@ impl TlsSettings {
                         key.display()
                     ))
                 })?;
-                check_key_mode(&key).map_err(|e| Error::bad_input(format!("{what}: {e}")))?;
+                check_key_mode(&key).map_err(|e| e.context(what))?;
                 (Some(cert), Some(key))
             }
         };
@@ -345,17 +345,17 @@ fn readable(path: &Path) -> std::io::Result<()> {
 }
 
 /// libpq refuses a private key that others may read.
-fn check_key_mode(key: &Path) -> std::result::Result<(), String> {
+fn check_key_mode(key: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let meta = std::fs::metadata(key).map_err(|e| Error::bad_input(format!("{}: {e}", key.display())))?;
     let mode = meta.mode();
     if meta.uid() == unsafe { libc::geteuid() } && mode & 0o077 != 0 {
-        return Err(format!(
+        return Err(Error::bad_input(format!(
             "the client key {} can be read by others (mode {:o}); libpq refuses it: chmod 600 {}",
             key.display(),
             mode & 0o777,
             key.display()
-        ));
+        )));
     }
     Ok(())
 }

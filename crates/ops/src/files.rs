@@ -73,7 +73,7 @@ pub fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Whether `path` can be replaced: the file is writable and so is its folder
 /// (the rename needs the folder).
-pub fn check_writable(path: &Path) -> std::result::Result<(), String> {
+pub fn check_writable(path: &Path) -> cutover_core::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -81,13 +81,16 @@ pub fn check_writable(path: &Path) -> std::result::Result<(), String> {
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: valid NUL-terminated paths; access() only reads.
     if unsafe { libc::access(c(path).as_ptr(), libc::W_OK) } != 0 {
-        return Err(format!("{} is not writable by this user", path.display()));
+        return Err(cutover_core::Error::bad_input(format!(
+            "{} is not writable by this user",
+            path.display()
+        )));
     }
     if unsafe { libc::access(c(dir).as_ptr(), libc::W_OK) } != 0 {
-        return Err(format!(
+        return Err(cutover_core::Error::bad_input(format!(
             "its folder {} is not writable (the atomic replace writes a temporary file there)",
             dir.display()
-        ));
+        )));
     }
     Ok(())
 }

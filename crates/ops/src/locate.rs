@@ -5,6 +5,7 @@
 use std::sync::LazyLock;
 
 use cutover_core::plan_file::ConsumerKind;
+use cutover_core::{Error, Result};
 use regex::Regex;
 
 mod ini;
@@ -58,19 +59,21 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Encodes `value` for the place `occ` was found; `Err` when it cannot hold it.
-pub fn encode(occ: &Occurrence, value: &str) -> Result<String, String> {
+pub fn encode(occ: &Occurrence, value: &str) -> Result<String> {
     match occ.quoting {
         Quoting::Bare => {
             if value.contains([' ', '\t', '#', '"', '\'', '\n']) {
-                Err("the new value needs quoting but the old one was bare".into())
+                Err(Error::bad_input(
+                    "the new value needs quoting but the old one was bare",
+                ))
             } else {
                 Ok(value.to_string())
             }
         }
         Quoting::Double => Ok(value.replace('\\', "\\\\").replace('"', "\\\"")),
-        Quoting::Single if value.contains('\'') => {
-            Err("the new value holds a single quote, which a single-quoted value cannot".into())
-        }
+        Quoting::Single if value.contains('\'') => Err(Error::bad_input(
+            "the new value holds a single quote, which a single-quoted value cannot",
+        )),
         Quoting::Single => Ok(value.to_string()),
         Quoting::YamlSingle => Ok(value.replace('\'', "''")),
         Quoting::Escaped(q) => Ok(value.replace('\\', "\\\\").replace(q, &format!("\\{q}"))),
@@ -83,9 +86,9 @@ pub fn encode(occ: &Occurrence, value: &str) -> Result<String, String> {
             })
         }
         Quoting::Raw => Ok(value.to_string()),
-        Quoting::Delimited(d) if value.contains(d) || value.contains('\n') => Err(format!(
+        Quoting::Delimited(d) if value.contains(d) || value.contains('\n') => Err(Error::bad_input(format!(
             "the new value holds {d} or a line break, which a value written between {d} cannot"
-        )),
+        ))),
         Quoting::Delimited(_) => Ok(value.to_string()),
     }
 }
@@ -117,11 +120,11 @@ pub struct Leaf {
     pub line: usize,
     /// The value, or why it cannot be repointed where it is (an alias, a
     /// block scalar, a computed Python expression).
-    pub value: Result<Occurrence, String>,
+    pub value: Result<Occurrence>,
 }
 
 /// Every value of `text` read as a file of `kind` (not text or command).
-pub fn leaves(kind: ConsumerKind, text: &str) -> Result<Vec<Leaf>, String> {
+pub fn leaves(kind: ConsumerKind, text: &str) -> Result<Vec<Leaf>> {
     match kind {
         ConsumerKind::Env => Ok(env_leaves(text)),
         ConsumerKind::Yaml => yaml_leaves(text),
@@ -135,21 +138,21 @@ pub fn leaves(kind: ConsumerKind, text: &str) -> Result<Vec<Leaf>, String> {
         ConsumerKind::PgService => Ok(ini_leaves(text, Quoting::Bare)),
         // The rest of the line is the value: a connection string with blanks.
         ConsumerKind::Pgbouncer => Ok(ini_leaves(text, Quoting::Raw)),
-        ConsumerKind::Text | ConsumerKind::Command => Err("not a keyed file".into()),
+        ConsumerKind::Text | ConsumerKind::Command => Err(Error::bad_input("not a keyed file")),
     }
 }
 
 /// The one value at `path`, none, or an error naming the lines of several
 /// (tools disagree about which one wins) or why it cannot be repointed.
-pub fn find(leaves: &[Leaf], path: &str) -> Result<Option<Occurrence>, String> {
+pub fn find(leaves: &[Leaf], path: &str) -> Result<Option<Occurrence>> {
     let at: Vec<&Leaf> = leaves.iter().filter(|l| l.path == path).collect();
     if at.len() > 1 {
         let lines: Vec<String> = at.iter().map(|l| l.line.to_string()).collect();
-        return Err(format!(
+        return Err(Error::bad_input(format!(
             "{path} is set {} times (lines {}): remove all but one",
             at.len(),
             lines.join(", ")
-        ));
+        )));
     }
     match at.first() {
         None => Ok(None),
@@ -157,7 +160,7 @@ pub fn find(leaves: &[Leaf], path: &str) -> Result<Option<Occurrence>, String> {
             .value
             .clone()
             .map(Some)
-            .map_err(|e| format!("line {}: {path} {e}", l.line)),
+            .map_err(|e| Error::bad_input(format!("line {}: {path} {}", l.line, e.message))),
     }
 }
 
@@ -172,7 +175,7 @@ fn leaf(path: String, occurrence: Occurrence) -> Leaf {
 /// `KEY=value` in a dotenv / `--env-file` / EnvironmentFile file. `export`
 /// prefixes, quotes and trailing comments are understood.
 #[cfg(test)]
-fn env(text: &str, key: &str) -> Result<Option<Occurrence>, String> {
+fn env(text: &str, key: &str) -> Result<Option<Occurrence>> {
     find(&env_leaves(text), key)
 }
 
@@ -224,7 +227,7 @@ fn env_leaves(text: &str) -> Vec<Leaf> {
                     found.push(Leaf {
                         path,
                         line: i + 1,
-                        value: Err("has no closing quote".into()),
+                        value: Err(Error::bad_input("has no closing quote")),
                     });
                     continue;
                 };
@@ -276,11 +279,11 @@ enum Frame {
 /// The scalar at a dotted key path (`services.backend.environment.DATABASE_URL`),
 /// also in the list form (`environment: ["DATABASE_URL=…"]`).
 #[cfg(test)]
-fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>, String> {
+fn yaml(text: &str, path: &str) -> Result<Option<Occurrence>> {
     find(&yaml_leaves(text)?, path)
 }
 
-fn yaml_leaves(text: &str) -> Result<Vec<Leaf>, String> {
+fn yaml_leaves(text: &str) -> Result<Vec<Leaf>> {
     use saphyr_parser::{Event, Parser, ScalarStyle};
     // Char index -> byte offset (spans are in characters).
     let byte_at: Vec<usize> = text
@@ -307,7 +310,7 @@ fn yaml_leaves(text: &str) -> Result<Vec<Leaf>, String> {
         }
     }
     for event in Parser::new_from_str(text) {
-        let (event, span) = event.map_err(|e| format!("not valid YAML: {e}"))?;
+        let (event, span) = event.map_err(|e| Error::bad_input(format!("not valid YAML: {e}")))?;
         match event {
             Event::MappingStart(..) => frames.push(Frame::Map {
                 key: None,
@@ -329,9 +332,9 @@ fn yaml_leaves(text: &str) -> Result<Vec<Leaf>, String> {
                     found.push(Leaf {
                         path: current_path(&frames).join("."),
                         line: span.start.line(),
-                        value: Err(
-                            "is an alias (*name); set the key to the path of the anchor's definition".into(),
-                        ),
+                        value: Err(Error::bad_input(
+                            "is an alias (*name); set the key to the path of the anchor's definition",
+                        )),
                     });
                 }
                 value_done(&mut frames);
@@ -374,7 +377,9 @@ fn yaml_leaves(text: &str) -> Result<Vec<Leaf>, String> {
                             path,
                             line,
                             value: if block {
-                                Err("is a block scalar (| or >); write it on one line".into())
+                                Err(Error::bad_input(
+                                    "is a block scalar (| or >); write it on one line",
+                                ))
                             } else {
                                 Ok(Occurrence {
                                     line,
@@ -425,10 +430,10 @@ fn yaml_leaves(text: &str) -> Result<Vec<Leaf>, String> {
 
 /// Every string and number of a JSON document (comments and trailing commas
 /// allowed, as in appsettings.json), at its key path (`ConnectionStrings.Default`).
-fn json_leaves(text: &str) -> Result<Vec<Leaf>, String> {
+fn json_leaves(text: &str) -> Result<Vec<Leaf>> {
     use jsonc_parser::ast::{ObjectPropName, Value};
     let parsed = jsonc_parser::parse_to_ast(text, &Default::default(), &Default::default())
-        .map_err(|e| format!("not valid JSON: {e}"))?;
+        .map_err(|e| Error::bad_input(format!("not valid JSON: {e}")))?;
     let mut found = vec![];
     fn walk(text: &str, v: &Value, path: &mut Vec<String>, found: &mut Vec<Leaf>) {
         match v {
@@ -534,7 +539,9 @@ fn properties_leaves(text: &str) -> Vec<Leaf> {
             found.push(Leaf {
                 path: key,
                 line: line_no,
-                value: Err("is continued over several lines (a trailing \\); write it on one line".into()),
+                value: Err(Error::bad_input(
+                    "is continued over several lines (a trailing \\); write it on one line",
+                )),
             });
             continue;
         }
@@ -703,7 +710,7 @@ mod tests {
         let t = "DATABASE_URL = postgresql://a@h/d   # comment\nDATABASE_URL_RO=x\n";
         let o = env(t, "DATABASE_URL").unwrap().unwrap();
         assert_eq!(&t[o.start..o.end], "postgresql://a@h/d");
-        assert!(env("A=1\nA=2\n", "A").unwrap_err().contains("lines 1, 2"));
+        assert!(env("A=1\nA=2\n", "A").unwrap_err().message.contains("lines 1, 2"));
         assert!(env("B=1\n", "A").unwrap().is_none());
     }
 
@@ -723,7 +730,12 @@ mod tests {
             (&t[o.start..o.end], o.quoting),
             ("postgresql://a@h/d", Quoting::YamlSingle)
         );
-        assert!(yaml(t, "services.alias.url").unwrap_err().contains("alias"));
+        assert!(
+            yaml(t, "services.alias.url")
+                .unwrap_err()
+                .message
+                .contains("alias")
+        );
         assert!(yaml(t, "services.none").unwrap().is_none());
     }
 
@@ -751,7 +763,7 @@ mod tests {
             find(&l, "spring.datasource.username").unwrap().unwrap().value,
             "app"
         );
-        assert!(find(&l, "long").unwrap_err().contains("several lines"));
+        assert!(find(&l, "long").unwrap_err().message.contains("several lines"));
 
         let t = "[a]\nhost = h1\ndbname=d\n\n[b]\nhost=h2\n";
         let l = leaves(ConsumerKind::PgService, t).unwrap();

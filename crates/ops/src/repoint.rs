@@ -221,7 +221,7 @@ impl Repoint {
             Some(path),
         ) = (&spec.config, &self.reading.path)
         {
-            let console = crate::pgbouncer::Console::new(&admin.url().map_err(Error::bad_input)?).await?;
+            let console = crate::pgbouncer::Console::new(&admin.url()?).await?;
             let wanted = pgbouncer_entry(content, database);
             let paused = console
                 .switch(

@@ -501,11 +501,12 @@ impl VerifySync {
                 ctx.emit(Event::Info {
                     message: line.clone(),
                 });
-                let parity = privileges.as_ref().map(|(role, p)| match p {
-                    Ok(same) => format!("{}: role {role}, {same}", spec.name),
-                    Err(diff) => format!("{}: role {role}, {diff}", spec.name),
-                });
-                if let Some((_, Err(_))) = &privileges {
+                let parity = privileges
+                    .as_ref()
+                    .map(|(role, p)| format!("{}: role {role}, {}", spec.name, p.said));
+                if let Some((_, p)) = &privileges
+                    && !p.same
+                {
                     misses.push(parity.clone().unwrap_or_default());
                 }
                 if let Some(p) = &parity {
@@ -521,7 +522,7 @@ impl VerifySync {
                     millis,
                     http: http.map(|h| h.is_ok()),
                     privileges: parity,
-                    privileges_as_on_source: privileges.as_ref().map(|(_, p)| p.is_ok()),
+                    privileges_as_on_source: privileges.as_ref().map(|(_, p)| p.same),
                 });
                 if f.located.which == Which::Source {
                     misses.push(format!("consumer {} still points at the source", spec.name));
@@ -537,7 +538,7 @@ impl VerifySync {
         &self,
         ctx: &RunContext,
         probe: &hooks::SentinelProbe,
-    ) -> Result<(String, std::result::Result<String, String>)> {
+    ) -> Result<(String, cutover_pg::security::Parity)> {
         let mut conn = ctx.source.acquire().await?;
         let map = &self.role_map;
         let source_role = map.source(&probe.role).to_string();
@@ -548,10 +549,13 @@ impl VerifySync {
         if !exists {
             return Ok((
                 probe.role.clone(),
-                Ok(format!(
-                    "{} privilege(s) on the target (the role does not exist on the source)",
-                    probe.privileges.len()
-                )),
+                cutover_pg::security::Parity {
+                    same: true,
+                    said: format!(
+                        "{} privilege(s) on the target (the role does not exist on the source)",
+                        probe.privileges.len()
+                    ),
+                },
             ));
         }
         let on_source =

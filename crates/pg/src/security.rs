@@ -638,12 +638,24 @@ pub async fn privileges_of(
     Ok(rows.into_iter().collect())
 }
 
+/// One role's privileges on the target against the source's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parity {
+    /// The same set on both sides.
+    pub same: bool,
+    /// "N privilege(s) as on the source", or what is missing and extra.
+    pub said: String,
+}
+
 /// "as on the source" or what is missing and extra, for one role.
-pub fn parity(source: &BTreeSet<String>, target: &BTreeSet<String>) -> std::result::Result<String, String> {
+pub fn parity(source: &BTreeSet<String>, target: &BTreeSet<String>) -> Parity {
     let missing: Vec<&String> = source.difference(target).collect();
     let extra: Vec<&String> = target.difference(source).collect();
     if missing.is_empty() && extra.is_empty() {
-        return Ok(format!("{} privilege(s) as on the source", source.len()));
+        return Parity {
+            same: true,
+            said: format!("{} privilege(s) as on the source", source.len()),
+        };
     }
     let list = |v: &[&String]| {
         let shown: Vec<&str> = v.iter().take(10).map(|s| s.as_str()).collect();
@@ -661,7 +673,10 @@ pub fn parity(source: &BTreeSet<String>, target: &BTreeSet<String>) -> std::resu
     if !extra.is_empty() {
         parts.push(format!("not had on the source: {}", list(&extra)));
     }
-    Err(parts.join("; "))
+    Parity {
+        same: false,
+        said: parts.join("; "),
+    }
 }
 
 /// `[roles] map`: source role names → target role names.

@@ -8,6 +8,7 @@
 //! (configparser), which then cannot be repointed in place.
 
 use super::{Leaf, Occurrence, Quoting, leaf};
+use cutover_core::Error;
 
 pub fn ini_app_leaves(text: &str) -> Vec<Leaf> {
     let mut found: Vec<Leaf> = vec![];
@@ -34,8 +35,9 @@ pub fn ini_app_leaves(text: &str) -> Vec<Leaf> {
             if let Some(prev) = found.last_mut()
                 && last_key_line.is_some()
             {
-                prev.value =
-                    Err("spans several lines (an indented continuation): write it on one line".into());
+                prev.value = Err(Error::bad_input(
+                    "spans several lines (an indented continuation): write it on one line",
+                ));
             }
             continue;
         }
@@ -63,7 +65,7 @@ pub fn ini_app_leaves(text: &str) -> Vec<Leaf> {
                     found.push(Leaf {
                         path,
                         line: i + 1,
-                        value: Err(format!("has no closing {q} on its line")),
+                        value: Err(Error::bad_input(format!("has no closing {q} on its line"))),
                     });
                     continue;
                 };

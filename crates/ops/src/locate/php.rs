@@ -5,6 +5,7 @@
 //! a concatenation, a double-quoted string with `$`) is reported as such.
 
 use super::{Leaf, Occurrence, Quoting, leaf, line_of};
+use cutover_core::Error;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -159,10 +160,9 @@ pub fn php_leaves(text: &str) -> Vec<Leaf> {
                         _,
                     )) if ends(toks.get(k + 1)) => {
                         if *interpolated {
-                            Err(
-                                "is a double-quoted PHP string with a variable in it (computed at run time)"
-                                    .into(),
-                            )
+                            Err(Error::bad_input(
+                                "is a double-quoted PHP string with a variable in it (computed at run time)",
+                            ))
                         } else {
                             Ok(Occurrence {
                                 line: line_of(text, *start),
@@ -182,7 +182,9 @@ pub fn php_leaves(text: &str) -> Vec<Leaf> {
                         quoting: Quoting::Bare,
                         pgpass: false,
                     }),
-                    _ => Err("is computed by PHP code (not a literal string or number)".into()),
+                    _ => Err(Error::bad_input(
+                        "is computed by PHP code (not a literal string or number)",
+                    )),
                 };
                 // Skip the rest of this value (up to its comma or its array's end).
                 let mut depth = 0usize;
@@ -238,9 +240,9 @@ mod tests {
         let pw = get("dbpassword").unwrap();
         assert_eq!((pw.value.as_str(), &t[pw.start..pw.end]), ("it's", "it\\'s"));
         assert_eq!(get("dbport").unwrap().value, "5432");
-        assert!(get("redis.host").unwrap_err().contains("computed"));
+        assert!(get("redis.host").unwrap_err().message.contains("computed"));
         assert_eq!(get("redis.port").unwrap().value, "6379");
-        assert!(get("secret").unwrap_err().contains("variable"));
+        assert!(get("secret").unwrap_err().message.contains("variable"));
         assert!(!l.iter().any(|l| l.path.starts_with("trusted_domains.cloud")));
     }
 }

@@ -4,6 +4,7 @@
 //! at start-up (`os.environ[…]`, an f-string) is reported as such.
 
 use super::{Leaf, Occurrence, Quoting, leaf, line_of};
+use cutover_core::Error;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
@@ -228,7 +229,7 @@ impl Parser<'_> {
                     Some(p) => Leaf {
                         path: path.join("."),
                         line,
-                        value: Err(p),
+                        value: Err(Error::bad_input(p)),
                     },
                 });
                 self.skip_value();
@@ -260,10 +261,10 @@ impl Parser<'_> {
                 self.found.push(Leaf {
                     path: path.join("."),
                     line,
-                    value: Err(format!(
+                    value: Err(Error::bad_input(format!(
                         "is computed at start-up (`{expr}`); cutover repoints literal values only: repoint where \
                          the value comes from (an env file, for instance) as its own consumer"
-                    )),
+                    ))),
                 });
             }
             None => {}
@@ -354,9 +355,15 @@ mod tests {
         assert!(
             get("DATABASES.replica.HOST")
                 .unwrap_err()
+                .message
                 .contains("os.environ['REPLICA_HOST']")
         );
-        assert!(get("DATABASES.replica.NAME").unwrap_err().contains("f-string"));
+        assert!(
+            get("DATABASES.replica.NAME")
+                .unwrap_err()
+                .message
+                .contains("f-string")
+        );
         assert!(
             !leaves.iter().any(|l| l.path == "DEBUG"),
             "a constant is neither a value nor computed"

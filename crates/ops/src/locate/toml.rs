@@ -5,6 +5,7 @@
 //! TOML is not read as one; the spans come from a scan of its lines.
 
 use super::{Leaf, Occurrence, Quoting, leaf};
+use cutover_core::{Error, Result};
 
 /// A key: bare, or in quotes.
 fn key_parts(key: &str) -> Option<Vec<String>> {
@@ -30,7 +31,7 @@ fn key_parts(key: &str) -> Option<Vec<String>> {
 
 /// A value starting at `at` of `text`: the occurrence (or why it cannot be
 /// repointed) and where the value ends.
-fn value(text: &str, at: usize, line: usize) -> (Result<Occurrence, String>, usize) {
+fn value(text: &str, at: usize, line: usize) -> (Result<Occurrence>, usize) {
     let v = &text[at..];
     let occ = |start: usize, end: usize, value: String, quoting| Occurrence {
         line,
@@ -43,7 +44,7 @@ fn value(text: &str, at: usize, line: usize) -> (Result<Occurrence, String>, usi
     if v.starts_with("\"\"\"") || v.starts_with("'''") {
         let end = v[3..].find(&v[..3]).map_or(v.len(), |e| e + 6);
         return (
-            Err("is a multi-line string: write it on one line".into()),
+            Err(Error::bad_input("is a multi-line string: write it on one line")),
             at + end,
         );
     }
@@ -69,7 +70,7 @@ fn value(text: &str, at: usize, line: usize) -> (Result<Occurrence, String>, usi
                 out.push(c);
             }
         }
-        return (Err("has no closing quote".into()), text.len());
+        return (Err(Error::bad_input("has no closing quote")), text.len());
     }
     if let Some(r) = v.strip_prefix('\'') {
         return match r.find('\'') {
@@ -82,7 +83,7 @@ fn value(text: &str, at: usize, line: usize) -> (Result<Occurrence, String>, usi
                 )),
                 at + j + 2,
             ),
-            None => (Err("has no closing quote".into()), text.len()),
+            None => (Err(Error::bad_input("has no closing quote")), text.len()),
         };
     }
     let end = v.find([',', '}', '#', '\n', '\r', ']']).unwrap_or(v.len());
@@ -93,7 +94,7 @@ fn value(text: &str, at: usize, line: usize) -> (Result<Occurrence, String>, usi
             at + end,
         );
     }
-    (Err("is not a string or an integer".into()), at + end)
+    (Err(Error::bad_input("is not a string or an integer")), at + end)
 }
 
 /// `key = value` pairs of one line (or of an inline table) from `at`,
@@ -152,9 +153,9 @@ fn pairs(
     }
 }
 
-pub fn toml_leaves(text: &str) -> Result<Vec<Leaf>, String> {
+pub fn toml_leaves(text: &str) -> Result<Vec<Leaf>> {
     text.parse::<::toml::Table>()
-        .map_err(|e| format!("is not TOML: {}", e.message()))?;
+        .map_err(|e| Error::bad_input(format!("is not TOML: {}", e.message())))?;
     let mut found = vec![];
     let mut table: Vec<String> = vec![];
     let mut offset = 0;

@@ -56,7 +56,7 @@ impl Applications {
     }
 
     async fn console(b: &Bouncer) -> Result<Console> {
-        Console::new(&b.admin.url().map_err(Error::bad_input)?).await
+        Console::new(&b.admin.url()?).await
     }
 
     /// Pauses every application on the side `pool` serves (the PgBouncer
