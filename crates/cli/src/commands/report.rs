@@ -126,8 +126,63 @@ fn artefacts<T: Artefacts>(facts: &Facts, stage: &str) -> Option<T> {
 
 fn render(f: &Facts) -> String {
     let mut out = String::new();
-    let run = &f.run;
     let w = &mut out;
+    let discover: Option<DiscoverResult> = artefacts(f, cutover_core::stage::names::DISCOVER);
+    let retired: Option<DecommissionResult> = artefacts(f, cutover_ops::decommission::NAME);
+    let consumers = Consumers::of(f);
+    heading(w, f);
+    before(w, f, &consumers, discover.as_ref());
+    after(w, f, &consumers, retired.as_ref());
+    if let Some(d) = &discover {
+        side_by_side(w, f, &consumers, d);
+    }
+    steps(w, f);
+    verification(w, f);
+    online_pause(w, f);
+    consumer_proofs(w, f);
+    backup(w, f);
+    the_source(w, f, retired.as_ref());
+    out
+}
+
+/// The consumers, from the repoint artefacts: which side each used before,
+/// and all of them on the target after.
+struct Consumers<'a> {
+    before: BTreeMap<&'a str, Vec<String>>,
+    after: Vec<String>,
+}
+
+impl Consumers<'_> {
+    fn of(f: &Facts) -> Consumers<'_> {
+        let mut before: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut after: Vec<String> = vec![];
+        for s in &f.stages {
+            if let Some(name) = s.stage.strip_prefix(cutover_core::stage::names::REPOINT_PREFIX)
+                && s.event == StageEvent::Done
+            {
+                let repointed = s
+                    .artefacts
+                    .as_ref()
+                    .and_then(|a| RepointResult::from_value(a).ok());
+                let side = match repointed.map(|r| r.before) {
+                    Some(Which::Source) => "source",
+                    _ => "target",
+                };
+                before.entry(side).or_default().push(name.to_string());
+                after.push(name.to_string());
+            }
+        }
+        Consumers { before, after }
+    }
+
+    /// How many used `side` before.
+    fn on(&self, side: &str) -> usize {
+        self.before.get(side).map(|v| v.len()).unwrap_or(0)
+    }
+}
+
+fn heading(w: &mut String, f: &Facts) {
+    let run = &f.run;
     let _ = writeln!(w, "# Cutover report: {} → {}\n", f.source, f.target);
     let finished = run
         .finished_at
@@ -144,35 +199,18 @@ fn render(f: &Facts) -> String {
         run.plan_path,
         &run.plan_fingerprint[..12.min(run.plan_fingerprint.len())]
     );
+}
 
-    // Topology, from the repoint and sync artefacts.
-    let mut before: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    let mut after_consumers: Vec<String> = vec![];
-    for s in &f.stages {
-        if let Some(name) = s.stage.strip_prefix(cutover_core::stage::names::REPOINT_PREFIX)
-            && s.event == StageEvent::Done
-        {
-            let repointed = s
-                .artefacts
-                .as_ref()
-                .and_then(|a| RepointResult::from_value(a).ok());
-            let side = match repointed.map(|r| r.before) {
-                Some(Which::Source) => "source",
-                _ => "target",
-            };
-            before.entry(side).or_default().push(name.to_string());
-            after_consumers.push(name.to_string());
-        }
-    }
-    let discover: Option<DiscoverResult> = artefacts(f, cutover_core::stage::names::DISCOVER);
-    let describe = |side: &str| -> String {
-        let Some(d) = &discover else { return String::new() };
-        let s = if side == "source" { &d.source } else { &d.target };
-        format!("{} tables, {} rows", s.tables, s.rows)
-    };
-    let after_desc = format!("{} tables, {} rows", f.after.tables.len(), f.after.total_rows());
-    let retired: Option<DecommissionResult> = artefacts(f, cutover_ops::decommission::NAME);
+/// "N tables, M rows" of a side as discover saw it.
+fn described(discover: Option<&DiscoverResult>, side: &str) -> String {
+    let Some(d) = discover else { return String::new() };
+    let s = if side == "source" { &d.source } else { &d.target };
+    format!("{} tables, {} rows", s.tables, s.rows)
+}
 
+fn before(w: &mut String, f: &Facts, consumers: &Consumers, discover: Option<&DiscoverResult>) {
+    let describe = |side: &str| described(discover, side);
+    let before = &consumers.before;
     let _ = writeln!(w, "## Before\n");
     let _ = writeln!(w, "```");
     let _ = writeln!(
@@ -191,7 +229,7 @@ fn render(f: &Facts) -> String {
     let _ = writeln!(w, "```mermaid\nflowchart LR");
     let _ = writeln!(w, "  S[(\"source {}<br/>{}\")]", f.source, describe("source"));
     let _ = writeln!(w, "  T[(\"target {}<br/>{}\")]", f.target, describe("target"));
-    for (side, names) in &before {
+    for (side, names) in before {
         for n in names {
             let _ = writeln!(
                 w,
@@ -202,7 +240,11 @@ fn render(f: &Facts) -> String {
         }
     }
     let _ = writeln!(w, "```\n");
+}
 
+fn after(w: &mut String, f: &Facts, consumers: &Consumers, retired: Option<&DecommissionResult>) {
+    let after_desc = format!("{} tables, {} rows", f.after.tables.len(), f.after.total_rows());
+    let after_consumers = &consumers.after;
     let _ = writeln!(w, "## After\n");
     let _ = writeln!(w, "```");
     let _ = writeln!(
@@ -222,7 +264,20 @@ fn render(f: &Facts) -> String {
             after_consumers.join(", ")
         }
     );
-    let source_after = match retired.as_ref().map(|r| (r, &r.retirement)) {
+    let source_after = source_after(retired);
+    let _ = writeln!(w, "SOURCE {}: {source_after}", f.source);
+    let _ = writeln!(w, "```\n");
+    let _ = writeln!(w, "```mermaid\nflowchart LR");
+    let _ = writeln!(w, "  T[(\"target {}<br/>{after_desc}\")]", f.target);
+    for n in after_consumers {
+        let _ = writeln!(w, "  {}[\"{n}\"] --> T", mermaid_id(n));
+    }
+    let _ = writeln!(w, "```\n");
+}
+
+/// What became of the source, in a few words.
+fn source_after(retired: Option<&DecommissionResult>) -> String {
+    match retired.map(|r| (r, &r.retirement)) {
         Some((_, Some(r))) if r.destroyed => "destroyed (final dump kept)".to_string(),
         Some((
             _,
@@ -240,69 +295,60 @@ fn render(f: &Facts) -> String {
         Some((_, Some(r))) if !r.final_dump.path.is_empty() => "retired".to_string(),
         Some((r, _)) => r.summary.clone(),
         None => "left as it was (no decommission in the plan)".to_string(),
-    };
-    let _ = writeln!(w, "SOURCE {}: {source_after}", f.source);
-    let _ = writeln!(w, "```\n");
-    let _ = writeln!(w, "```mermaid\nflowchart LR");
-    let _ = writeln!(w, "  T[(\"target {}<br/>{after_desc}\")]", f.target);
-    for n in &after_consumers {
-        let _ = writeln!(w, "  {}[\"{n}\"] --> T", mermaid_id(n));
     }
-    let _ = writeln!(w, "```\n");
+}
 
-    // Side by side.
-    if let Some(d) = &discover {
-        let _ = writeln!(w, "## Side by side\n");
-        let _ = writeln!(w, "| | source before | target before | target after |");
-        let _ = writeln!(w, "| --- | ---: | ---: | ---: |");
-        let _ = writeln!(
-            w,
-            "| tables | {} | {} | {} |",
-            d.source.tables,
-            d.target.tables,
-            f.after.tables.len()
-        );
-        let _ = writeln!(
-            w,
-            "| rows | {} | {} | {} |",
-            d.source.rows,
-            d.target.rows,
-            f.after.total_rows()
-        );
-        let consumers_on = |side: &str| before.get(side).map(|v| v.len()).unwrap_or(0);
-        let _ = writeln!(
-            w,
-            "| consumers | {} | {} | {} |",
-            consumers_on("source"),
-            consumers_on("target"),
-            after_consumers.len()
-        );
-        let mut main: Vec<(String, i64)> = d.source.table_rows.clone();
-        main.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-        for (table, n) in main.iter().take(8) {
-            let tgt = d
-                .target
-                .rows_of(table)
-                .map(|x| x.to_string())
-                .unwrap_or_else(|| "—".into());
-            let now = f
-                .after
-                .storage_tables()
-                .find(|t| &t.display() == table)
-                .map(|t| t.rows.to_string())
-                .unwrap_or_else(|| "—".into());
-            let estimated = d.source.rows_estimated.contains(table);
-            let n = if estimated {
-                format!("about {n}")
-            } else {
-                n.to_string()
-            };
-            let _ = writeln!(w, "| rows of {table} | {n} | {tgt} | {now} |");
-        }
-        let _ = writeln!(w);
+fn side_by_side(w: &mut String, f: &Facts, consumers: &Consumers, d: &DiscoverResult) {
+    let _ = writeln!(w, "## Side by side\n");
+    let _ = writeln!(w, "| | source before | target before | target after |");
+    let _ = writeln!(w, "| --- | ---: | ---: | ---: |");
+    let _ = writeln!(
+        w,
+        "| tables | {} | {} | {} |",
+        d.source.tables,
+        d.target.tables,
+        f.after.tables.len()
+    );
+    let _ = writeln!(
+        w,
+        "| rows | {} | {} | {} |",
+        d.source.rows,
+        d.target.rows,
+        f.after.total_rows()
+    );
+    let _ = writeln!(
+        w,
+        "| consumers | {} | {} | {} |",
+        consumers.on("source"),
+        consumers.on("target"),
+        consumers.after.len()
+    );
+    let mut main: Vec<(String, i64)> = d.source.table_rows.clone();
+    main.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    for (table, n) in main.iter().take(8) {
+        let tgt = d
+            .target
+            .rows_of(table)
+            .map(|x| x.to_string())
+            .unwrap_or_else(|| "—".into());
+        let now = f
+            .after
+            .storage_tables()
+            .find(|t| &t.display() == table)
+            .map(|t| t.rows.to_string())
+            .unwrap_or_else(|| "—".into());
+        let estimated = d.source.rows_estimated.contains(table);
+        let n = if estimated {
+            format!("about {n}")
+        } else {
+            n.to_string()
+        };
+        let _ = writeln!(w, "| rows of {table} | {n} | {tgt} | {now} |");
     }
+    let _ = writeln!(w);
+}
 
-    // Steps.
+fn steps(w: &mut String, f: &Facts) {
     let _ = writeln!(w, "## Steps\n");
     let _ = writeln!(w, "| # | stage | state | started | seconds | result |");
     let _ = writeln!(w, "| ---: | --- | --- | --- | ---: | --- |");
@@ -321,8 +367,9 @@ fn render(f: &Facts) -> String {
         );
     }
     let _ = writeln!(w);
+}
 
-    // Proof.
+fn verification(w: &mut String, f: &Facts) {
     let _ = writeln!(w, "## Verification\n");
     // The online mode verifies inside replicate, under the slot's snapshot.
     let online = artefacts::<ReplicateResult>(f, cutover_pg::online::replicate::NAME).and_then(|r| r.verify);
@@ -365,6 +412,10 @@ fn render(f: &Facts) -> String {
             let _ = writeln!(w, "verify-data has not passed in this run.\n");
         }
     }
+}
+
+/// The online mode's write pause, as switch and resume recorded it.
+fn online_pause(w: &mut String, f: &Facts) {
     if let Some(resume) = artefacts::<ResumeResult>(f, RESUME) {
         let switch = artefacts::<SwitchResult>(f, SWITCH).unwrap_or_default();
         let _ = writeln!(
@@ -380,6 +431,10 @@ fn render(f: &Facts) -> String {
             switch.sequences
         );
     }
+}
+
+/// The sentinel read through each consumer, and the fence through each login.
+fn consumer_proofs(w: &mut String, f: &Facts) {
     if let Some(sync) = artefacts::<SyncResult>(f, cutover_core::stage::names::VERIFY_SYNC) {
         let _ = writeln!(
             w,
@@ -422,8 +477,9 @@ fn render(f: &Facts) -> String {
             let _ = writeln!(w);
         }
     }
+}
 
-    // Backup.
+fn backup(w: &mut String, f: &Facts) {
     let _ = writeln!(w, "## Backup of the target before it was cleared\n");
     match artefacts::<BackupResult>(f, cutover_core::stage::names::BACKUP_TARGET) {
         Some(b) => {
@@ -441,13 +497,14 @@ fn render(f: &Facts) -> String {
             let _ = writeln!(w, "No backup was taken in this run.\n");
         }
     }
+}
 
-    // Decommission.
+fn the_source(w: &mut String, f: &Facts, retired: Option<&DecommissionResult>) {
     let _ = writeln!(w, "## The source\n");
     match retired {
         Some(r) => {
             let _ = writeln!(w, "{}.", r.summary);
-            let retirement = r.retirement.unwrap_or_default();
+            let retirement = r.retirement.clone().unwrap_or_default();
             if !retirement.final_dump.path.is_empty() {
                 let _ = writeln!(
                     w,
@@ -466,10 +523,9 @@ fn render(f: &Facts) -> String {
             );
         }
         None => {
-            let _ = writeln!(w, "{}: {source_after}.\n", f.source);
+            let _ = writeln!(w, "{}: {}.\n", f.source, source_after(None));
         }
     }
-    out
 }
 
 fn list(names: Option<&Vec<String>>) -> String {
