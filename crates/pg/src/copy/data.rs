@@ -9,7 +9,8 @@ use cutover_core::{Error, Result};
 
 use super::Pass;
 use super::analyze::{analyze_item, gets_analyze};
-use super::schedule::{Analysis, EarlyEntry, Schedule};
+use super::early::EarlyEntry;
+use super::schedule::{Analysis, Schedule};
 use super::tables::{Split, Work, table_item, table_work};
 use super::workers::Worker;
 

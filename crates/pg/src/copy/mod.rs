@@ -5,6 +5,7 @@
 //! 1. the source as it is now, against what the plan was given (`Pass::begin`)
 //! 2. `schema`: one pg_dump archive, its pre-data restored
 //! 3. `schema`: which indexes and keys are built during the data phase
+//!    (`early`)
 //! 4. `data`: tables and block ranges streamed by the `workers` (`relay`),
 //!    largest first, the early builds and ANALYZE of large tables in between
 //!    (`schedule`)
@@ -25,6 +26,7 @@
 mod analyze;
 mod data;
 mod database_settings;
+pub mod early;
 mod extension_config;
 mod large_objects;
 mod post_data;

@@ -52,7 +52,7 @@ pub(super) async fn restore(pass: &Pass<'_>, early: &Early) -> Result<()> {
             )
             .collect();
         let list_file = pass.dir.join("post-data.list");
-        tools::write_private(&list_file, &super::schedule::remaining_list(&early.list, &skip))?;
+        tools::write_private(&list_file, &super::early::remaining_list(&early.list, &skip))?;
         let args = [
             "--section=post-data".to_string(),
             "--exit-on-error".into(),

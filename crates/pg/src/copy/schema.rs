@@ -7,7 +7,7 @@ use cutover_core::Result;
 use cutover_core::journal::ItemKey;
 
 use super::Pass;
-use super::schedule::{self, EarlyEntry};
+use super::early::{self, EarlyEntry};
 use crate::inventory::quote_ident;
 use crate::{target_objects, tools};
 
@@ -79,8 +79,8 @@ pub(super) async fn early_entries(pass: &Pass<'_>) -> Result<Early> {
     let mut cmd = tools::offline(&pass.pg_restore);
     cmd.arg("--list").arg(&pass.archive);
     let list = tools::run(cmd, "pg_restore --list of the schema archive").await?;
-    let entries = schedule::parse_list(&list);
-    let entries = schedule::plan(
+    let entries = early::parse_list(&list);
+    let entries = early::plan(
         &pass.ctx.source,
         &pass.source,
         &entries,

@@ -11,7 +11,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Executor, Postgres};
 
 use super::analyze::analyze_one;
-use super::schedule::{self, Analysis, EarlyEntry, Next, Schedule};
+use super::early::{self, EarlyEntry};
+use super::schedule::{Analysis, Next, Schedule};
 use super::tables::{Work, table_item};
 use super::{STAGE, on_source, on_target};
 use crate::inventory::quote_literal;
@@ -202,7 +203,7 @@ impl Worker {
         let list_file = self
             .dir
             .join(format!("early-{}-{}.list", entry.toc.catalog, entry.toc.oid));
-        let sql = schedule::script(
+        let sql = early::script(
             &self.pg_restore,
             self.target_major,
             &self.archive,
