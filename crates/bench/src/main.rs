@@ -490,7 +490,7 @@ impl Bench {
             &plan,
             format!(
                 "[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n[options]\nfreeze_source = false\njobs = {}\n\
-                 split_bytes = {}\nrow_hash = \"{}\"\nrehearse_schema = false\n",
+                 split_bytes = {}\nrow_hash = \"{}\"\n",
                 self.source.url(db),
                 self.target.url(target_db),
                 self.jobs,
@@ -543,17 +543,31 @@ impl Bench {
         if !stages.is_empty() {
             println!("      cutover stages: {}", stages.join(", "));
         }
-        for l in events.lines().filter(|l| l.contains("\"message\":\"copy: ")) {
+        // What users pay by default and pg_dump does not: the schema
+        // rehearsal, on its own line (its time is inside discover's).
+        for l in events.lines().filter(|l| {
+            l.contains("\"message\":\"copy: ") || l.contains("\"message\":\"discover: the schema rehearsal")
+        }) {
             if let Some(m) = l.split("\"message\":\"").nth(1) {
                 println!("      {}", m.trim_end_matches("\"}"));
             }
         }
         let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        println!(
-            "      cutover process CPU (with its pg_dump and pg_restore): {:.1} s user, {:.1} s system",
-            cpu(usage.ru_utime),
-            cpu(usage.ru_stime)
-        );
+        let (user, system) = (cpu(usage.ru_utime), cpu(usage.ru_stime));
+        // Named by its command, to the millisecond: `cutover verify` hashes
+        // on the servers and spends a few ms itself, which one decimal
+        // printed as "0.0 s". No usage at all means none was reported.
+        let command = args.first().copied().unwrap_or("cutover");
+        if usage.ru_maxrss == 0 && user == 0.0 && system == 0.0 {
+            println!(
+                "      cutover {command} process CPU: not measured (the kernel reported no usage for it)"
+            );
+        } else {
+            println!(
+                "      cutover {command} process CPU (with its pg_dump and pg_restore): {user:.3} s user, \
+                 {system:.3} s system"
+            );
+        }
         Ok(usage.ru_maxrss as f64 / 1024.0)
     }
 }

@@ -154,7 +154,7 @@ impl Bench {
             &plan,
             format!(
                 "[source]\nurl = \"{}\"\n[target]\nurl = \"{}\"\n[options]\nmode = \"online\"\njobs = {}\n\
-                 split_bytes = {}\nrehearse_schema = false\n[options.online]\nmax_pause = 5\n\
+                 split_bytes = {}\n[options.online]\nmax_pause = 5\n\
                  replica_identity_full = [\"public.pgbench_history\"]\n\
                  [[consumer]]\nname = \"bouncer\"\nkind = \"pgbouncer\"\npath = \"{}\"\nkey = \"{db}\"\n\
                  admin_url_env = \"BENCH_BOUNCER_ADMIN\"\npause_timeout = 5\n",

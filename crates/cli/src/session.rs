@@ -61,7 +61,7 @@ pub async fn open(
     let schema = &loaded.file.options.journal_schema;
     let target = loaded.target()?;
     cutover_pg::connect::probe(&target, loaded.file.options.connect_timeout).await?;
-    let lock = RunLock::acquire(&target.connect_options(target.connect_timeout())?, schema).await?;
+    let lock = RunLock::acquire(&target.connect_options()?, schema).await?;
     let planned = planner::build(loaded, switches).await?;
     let journal = Journal::ensure(&planned.dbs.target_pool, schema).await?;
     let mut latest = journal.latest_run().await?;

@@ -140,8 +140,10 @@ impl Endpoint {
         self.connect_timeout
     }
 
-    /// Options for sqlx; the password, when known, is set here and nowhere visible.
-    pub fn connect_options(&self, connect_timeout: Duration) -> Result<PgConnectOptions> {
+    /// Options for sqlx; the password, when known, is set here and nowhere
+    /// visible. How long connecting may take is the pool's acquire timeout
+    /// (or the caller's own bound), not an option of the connection.
+    pub fn connect_options(&self) -> Result<PgConnectOptions> {
         let mut opts = PgConnectOptions::from_str(&self.child_url())
             .map_err(|e| Error::bad_input(format!("{} url: {e}", self.role)))?;
         if let Some(pw) = &self.password {
@@ -154,7 +156,6 @@ impl Endpoint {
             // sqlx may have read PGSSLROOTCERT=system as a file name.
             opts = opts.ssl_root_cert(bundle);
         }
-        let _ = connect_timeout; // applied by the pool's acquire timeout
         Ok(opts.application_name(&format!(
             "cutover {} (pid {})",
             env!("CARGO_PKG_VERSION"),

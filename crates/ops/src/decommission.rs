@@ -216,7 +216,7 @@ impl Decommission {
         let timeout = self.connect_timeout;
         let mut last = None;
         for db in ["postgres", "template1"] {
-            let opts = self.source.with_database(db).connect_options(timeout)?;
+            let opts = self.source.with_database(db).connect_options()?;
             match PgPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(timeout)

@@ -80,8 +80,8 @@ impl Databases {
         max_connections: u32,
     ) -> Result<Databases> {
         let (source, target) = (plan.source()?, plan.target()?);
-        let source_pool = pool_options(plan.session(), max_connections)
-            .connect_lazy_with(source.connect_options(source.connect_timeout())?);
+        let source_pool =
+            pool_options(plan.session(), max_connections).connect_lazy_with(source.connect_options()?);
         let target_identity = ServerIdentity::of(&target_pool).await?;
         Ok(Databases {
             source,
@@ -160,7 +160,7 @@ pub async fn probe(endpoint: &Endpoint, connect_timeout: u64) -> Result<()> {
     use sqlx::Connection;
     let wait = Duration::from_secs(connect_timeout.max(1));
     let conn = connect_like_libpq(
-        || endpoint.connect_options(wait),
+        || endpoint.connect_options(),
         &endpoint.tls,
         &format!("the {} {endpoint}", endpoint.role),
         (&endpoint.user, &endpoint.dbname),
@@ -323,7 +323,7 @@ pub async fn target_journal(
 /// A pool whose sessions carry [`SESSION_SETTINGS`] and the plan's timeouts.
 pub async fn pool(endpoint: &Endpoint, session: SessionSettings, max_connections: u32) -> Result<PgPool> {
     probe(endpoint, session.connect_timeout).await?;
-    let options = endpoint.connect_options(Duration::from_secs(session.connect_timeout))?;
+    let options = endpoint.connect_options()?;
     let attempt = pool_options(session, max_connections).connect_with(options);
     let connect_timeout = Duration::from_secs(session.connect_timeout.max(1));
     let pool = match tokio::time::timeout(connect_timeout + Duration::from_secs(1), attempt).await {
@@ -503,7 +503,7 @@ pub async fn snapshot_pool(
         "{SESSION_SETTINGS}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
         crate::inventory::quote_literal(snapshot)
     );
-    let options = endpoint.connect_options(Duration::from_secs(connect_timeout))?;
+    let options = endpoint.connect_options()?;
     with_setup(setup, connect_timeout, max_connections)
         // A reader that opened and committed its own transaction (sqlx's
         // `begin`: a BEGIN inside ours is only a warning, its COMMIT ends

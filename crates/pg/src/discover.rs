@@ -171,6 +171,7 @@ async fn rehearse(
     }
     let scratch = format!("cutover_rehearsal_{}", &ctx.run_id.simple().to_string()[..12]);
     let dir = ctx.run_dir.join("rehearsal");
+    let t0 = std::time::Instant::now();
     let rehearsed = crate::rehearsal::rehearse(
         &ctx.source,
         &ctx.target,
@@ -191,6 +192,13 @@ async fn rehearse(
         },
     )
     .await?;
+    ctx.emit(cutover_core::event::Event::Info {
+        message: format!(
+            "discover: the schema rehearsal took {:.2} s ({})",
+            t0.elapsed().as_secs_f64(),
+            if rehearsed.passed { "passed" } else { "not passed" }
+        ),
+    });
     // Journaled only when it passed (without CREATEDB it says why it did not).
     if rehearsed.passed {
         ctx.journal

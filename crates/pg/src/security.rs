@@ -894,6 +894,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parity_names_what_is_missing_and_extra_and_at_most_ten_of_each() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+        let same = parity(&set(&["a", "b"]), &set(&["b", "a"]));
+        assert_eq!(
+            same,
+            Parity {
+                same: true,
+                said: "2 privilege(s) as on the source".into()
+            }
+        );
+        let differs = parity(&set(&["a", "b"]), &set(&["b", "c"]));
+        assert!(!differs.same);
+        assert_eq!(differs.said, "missing on the target: a; not had on the source: c");
+        let many: Vec<String> = (0..12).map(|i| format!("p{i:02}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let long = parity(&set(&many), &set(&[]));
+        assert!(long.said.ends_with("p09 and 2 more"), "{}", long.said);
+    }
+
+    #[test]
     fn maintain_is_left_out_for_an_older_source() {
         let mut sec = Security::default();
         sec.objects.insert(

@@ -553,3 +553,45 @@ fn boxed(title: &str, detail: &str) -> String {
         w = width - 2
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_core::artefacts::FinalDump;
+
+    #[test]
+    fn what_became_of_the_source_is_said_from_its_retirement() {
+        assert_eq!(source_after(None), "left as it was (no decommission in the plan)");
+        let retired = |r: Retirement| DecommissionResult {
+            summary: "retired".into(),
+            retirement: Some(r),
+        };
+        let dump = FinalDump {
+            path: "/runs/final.dump".into(),
+            sha256: "ab".into(),
+        };
+        let destroyed = Retirement {
+            destroyed: true,
+            final_dump: dump.clone(),
+            ..Default::default()
+        };
+        assert_eq!(
+            source_after(Some(&retired(destroyed))),
+            "destroyed (final dump kept)"
+        );
+        let renamed = Retirement {
+            retired_as: Some("app_retired".into()),
+            final_dump: dump,
+            ..Default::default()
+        };
+        assert_eq!(
+            source_after(Some(&retired(renamed))),
+            "quarantined as app_retired"
+        );
+        let nothing = DecommissionResult {
+            summary: "the source was already retired".into(),
+            retirement: None,
+        };
+        assert_eq!(source_after(Some(&nothing)), "the source was already retired");
+    }
+}
