@@ -106,7 +106,9 @@ impl Applications {
 
     /// Lifts the fence on `pool` and resumes every paused entry.
     pub(super) async fn resume(&self, pool: &PgPool) -> Result<()> {
-        read_only::lift(pool, &self.fence.journal_schema).await?;
+        // The mirror of `pause`: the CONNECT fence, then the read-only default.
+        fence::lift(pool, &self.fence.journal_schema).await?;
+        read_only::lift(pool).await?;
         for b in &self.bouncers {
             Self::resume_one(b)
                 .await

@@ -72,7 +72,8 @@ pub async fn back_to_source(ctx: &RunContext, online: &Online) -> Result<String>
     }
     // The source takes writes again before the stream goes: a failure
     // dropping it leaves the applications one side to go to, not two fenced.
-    read_only::lift(&ctx.source, schema).await?;
+    cutover_pg::fence::lift(&ctx.source, schema).await?;
+    read_only::lift(&ctx.source).await?;
     subscription::unsubscribe(&ctx.source, REVERSE).await?;
     slot::drop_slot(&ctx.target, REVERSE).await?;
     publication::unpublish(&ctx.target, REVERSE, schema, false).await?;

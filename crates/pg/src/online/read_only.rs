@@ -46,10 +46,9 @@ pub async fn impose(pool: &PgPool, roles: &[String]) -> Result<Vec<String>> {
     Ok(left)
 }
 
-/// Lifts [`impose`] for every role it made read-only in this database, and the
-/// CONNECT fence ([`crate::fence::lift`]).
-pub async fn lift(pool: &PgPool, journal_schema: &str) -> Result<Vec<String>> {
-    crate::fence::lift(pool, journal_schema).await?;
+/// Lifts [`impose`] for every role it made read-only in this database (the
+/// CONNECT fence is [`crate::fence::lift`]'s, lifted first by the caller).
+pub async fn lift(pool: &PgPool) -> Result<Vec<String>> {
     let roles = roles(pool).await?;
     let db = quote_ident(&current_database(pool).await?);
     for role in &roles {
